@@ -1,0 +1,155 @@
+//! `tfc-emulator`: the HCP Terraform token API emulator as a process, for the demo.
+//!
+//! ```text
+//! tfc-emulator --listen 127.0.0.1:PORT --org acme [--team NAME]... [--agent-pool NAME]...
+//!              [--admin-token-file PATH] [--tls-ca-out PATH] [--rate-limit N]
+//! ```
+//! Writes the owners-team user token to `--admin-token-file` (mode 0600), serves HTTPS with a fresh CA written to
+//! `--tls-ca-out` when given, logs one line per request (method, path, status) to stderr, and exits 0 on
+//! SIGINT/SIGTERM. Token values are never printed.
+#![forbid(unsafe_code)]
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use token_rotator_emulators::tfc::{Config, TfcEmulator};
+
+const USAGE: &str = "usage: tfc-emulator --listen 127.0.0.1:PORT --org NAME [--team NAME]... [--agent-pool NAME]... \
+[--admin-token-file PATH] [--tls-ca-out PATH] [--rate-limit N (0 = off)]";
+
+struct Args {
+    listen: SocketAddr,
+    org: String,
+    teams: Vec<String>,
+    pools: Vec<String>,
+    admin_token_file: Option<PathBuf>,
+    tls_ca_out: Option<PathBuf>,
+    rate_limit: Option<u32>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut listen = None;
+    let mut org = None;
+    let mut parsed = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        org: String::new(),
+        teams: Vec::new(),
+        pools: Vec::new(),
+        admin_token_file: None,
+        tls_ca_out: None,
+        rate_limit: Some(30),
+    };
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => {
+                let v = value()?;
+                listen = Some(v.parse::<SocketAddr>().map_err(|_| format!("--listen: {v:?} is not IP:PORT"))?);
+            }
+            "--org" => org = Some(value()?),
+            "--team" => parsed.teams.push(value()?),
+            "--agent-pool" => parsed.pools.push(value()?),
+            "--admin-token-file" => parsed.admin_token_file = Some(PathBuf::from(value()?)),
+            "--tls-ca-out" => parsed.tls_ca_out = Some(PathBuf::from(value()?)),
+            "--rate-limit" => {
+                let v = value()?;
+                let n = v.parse::<u32>().map_err(|_| format!("--rate-limit: {v:?} is not a number"))?;
+                parsed.rate_limit = (n > 0).then_some(n);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if let Some(listen) = listen {
+        if !listen.ip().is_loopback() {
+            return Err(format!("--listen: refusing non-loopback address {listen}"));
+        }
+        parsed.listen = listen;
+    }
+    parsed.org = org.ok_or("--org is required")?;
+    if parsed.org.is_empty() || !parsed.org.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err("--org: organization names are letters, digits, '-' and '_'".to_owned());
+    }
+    Ok(parsed)
+}
+
+/// Replaces `path` with a file only the owner can read.
+fn write_private(path: &PathBuf, contents: &str) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) if e.is_empty() => {
+            eprintln!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tfc-emulator: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = Config { rate_limit_per_second: args.rate_limit, log_requests: true };
+    let started = match &args.tls_ca_out {
+        Some(ca_path) => TfcEmulator::bind_tls(cfg, args.listen)
+            .await
+            .and_then(|(handle, ca_pem)| fs::write(ca_path, ca_pem).map(|()| handle)),
+        None => TfcEmulator::bind(cfg, args.listen).await,
+    };
+    let handle = match started {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("tfc-emulator: cannot start on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_token = handle.add_organization(&args.org);
+    match &args.admin_token_file {
+        Some(path) => {
+            if let Err(e) = write_private(path, &format!("{admin_token}\n")) {
+                eprintln!("tfc-emulator: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+        None => eprintln!("tfc-emulator: no --admin-token-file given: the owners-team token is not available"),
+    }
+    drop(admin_token);
+    eprintln!("tfc-emulator listening on {}", handle.url());
+    if let Some(owners) = handle.owners_team_id(&args.org) {
+        eprintln!("tfc-emulator team owners id {owners}");
+    }
+    for team in &args.teams {
+        eprintln!("tfc-emulator team {team} id {}", handle.add_team(&args.org, team));
+    }
+    for pool in &args.pools {
+        eprintln!("tfc-emulator agent-pool {pool} id {}", handle.add_agent_pool(&args.org, pool));
+    }
+    if let Err(e) = wait_for_signal().await {
+        eprintln!("tfc-emulator: cannot wait for signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    handle.stop().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,423 @@
+//! HCP Terraform / Terraform Enterprise token API emulator.
+//!
+//! A strict, in-process stand-in for the parts of `/api/v2` that token-rotator uses (SPEC §3 "Token types",
+//! token-apis.md Part A): organization and audit-trails tokens (singletons, replaced on create), legacy and
+//! described team tokens, agent tokens, `GET/DELETE /authentication-tokens/:id`, the org-wide team-token list,
+//! `GET /teams/:id`, `GET /account/details` and `GET /ping`. It listens on loopback only, over plain HTTP or
+//! HTTPS with a throw-away CA.
+//!
+//! Strictness, as the real service: bearer auth everywhere (401 for a missing, unknown, revoked, replaced or
+//! expired token, and for agent tokens); `Content-Type: application/vnd.api+json` on POST/PATCH/DELETE (415);
+//! 404 for anything the caller may not see; token values only in create responses; 30 requests per second per
+//! user with the documented 429 body, `X-RateLimit-Limit` and `X-RateLimit-Reset` and no `Retry-After`.
+//!
+//! The rate limit is a *sliding* one-second window: at most `rate_limit_per_second` accepted requests in any
+//! 1 s interval per principal (the owners user, an org's service user shared by its org and audit-trails tokens,
+//! or a team's service user shared by all its tokens; unauthenticated requests per client IP). Refused requests
+//! do not count. A client-side token bucket that allows a full burst on top of its steady rate can trip it.
+//!
+//! Test knobs on [`TfcHandle`]: injected failures, throttling, a delay on token creation, out-of-band revocation
+//! and expiry, and a request log. The request pipeline is described in `tfc/http.rs`.
+
+mod http;
+mod jsonapi;
+mod model;
+mod tls;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use model::{RequestRecord, TokenInfo, TokenKind, TokenState};
+
+use http::{Peer, Shared};
+use model::{ResourceRef, State};
+
+/// Emulator settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Requests per second per user; `None` (or `Some(0)`) disables the limit. Default `Some(30)` (TFC docs
+    /// `api-docs/index.mdx`: "up to 30 requests per second").
+    pub rate_limit_per_second: Option<u32>,
+    /// Print one line per request (method, path, status; never token values or queries) to stderr.
+    pub log_requests: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rate_limit_per_second: Some(30),
+            log_requests: false,
+        }
+    }
+}
+
+/// Starts emulator servers.
+pub struct TfcEmulator;
+
+impl TfcEmulator {
+    /// Plain HTTP on `127.0.0.1` with an ephemeral port.
+    pub async fn start(cfg: Config) -> io::Result<TfcHandle> {
+        Self::bind(cfg, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// HTTPS on `127.0.0.1` with an ephemeral port. Returns the PEM of a freshly generated CA that signed the
+    /// server certificate (valid for `127.0.0.1` and `localhost`).
+    pub async fn start_tls(cfg: Config) -> io::Result<(TfcHandle, String)> {
+        Self::bind_tls(cfg, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Plain HTTP on the given loopback address (refuses any other address).
+    pub async fn bind(cfg: Config, addr: SocketAddr) -> io::Result<TfcHandle> {
+        let tcp = bind_loopback(addr).await?;
+        let local = tcp.local_addr()?;
+        let (shared, app, stop, stop_rx) = prepare(&cfg, format!("http://{local}"));
+        let task = tokio::spawn(async move {
+            let make = app.into_make_service_with_connect_info::<Peer>();
+            let _ = axum::serve(tcp, make)
+                .with_graceful_shutdown(stopped(stop_rx))
+                .await;
+        });
+        Ok(TfcHandle::new(shared, local, "http", task, stop))
+    }
+
+    /// HTTPS on the given loopback address; see [`TfcEmulator::start_tls`].
+    pub async fn bind_tls(cfg: Config, addr: SocketAddr) -> io::Result<(TfcHandle, String)> {
+        let (config, ca_pem) = tls::server_config()?;
+        let tcp = bind_loopback(addr).await?;
+        let local = tcp.local_addr()?;
+        let listener = tls::TlsListener::new(tcp, config)?;
+        let (shared, app, stop, stop_rx) = prepare(&cfg, format!("https://{local}"));
+        let task = tokio::spawn(async move {
+            let make = app.into_make_service_with_connect_info::<Peer>();
+            let _ = axum::serve(listener, make)
+                .with_graceful_shutdown(stopped(stop_rx))
+                .await;
+        });
+        Ok((TfcHandle::new(shared, local, "https", task, stop), ca_pem))
+    }
+}
+
+async fn bind_loopback(addr: SocketAddr) -> io::Result<TcpListener> {
+    if !addr.ip().is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the tfc emulator listens on loopback addresses only, not {addr}"),
+        ));
+    }
+    TcpListener::bind(addr).await
+}
+
+type StopRx = watch::Receiver<bool>;
+
+fn prepare(cfg: &Config, base_url: String) -> (Arc<Shared>, Router, watch::Sender<bool>, StopRx) {
+    let shared = Arc::new(Shared::new(
+        State::new(),
+        cfg.rate_limit_per_second,
+        cfg.log_requests,
+        base_url,
+    ));
+    let app = Router::new()
+        .fallback(http::handle)
+        .with_state(Arc::clone(&shared));
+    let (stop, stop_rx) = watch::channel(false);
+    (shared, app, stop, stop_rx)
+}
+
+/// Resolves when a stop was requested or every handle is gone.
+async fn stopped(mut rx: StopRx) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Stops the server when the last clone of its handle is dropped.
+struct ServerGuard {
+    addr: SocketAddr,
+    scheme: &'static str,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A running emulator. Clones share the same server and state; the server stops when the last clone is dropped
+/// or on [`TfcHandle::shutdown`].
+#[derive(Clone)]
+pub struct TfcHandle {
+    shared: Arc<Shared>,
+    server: Arc<ServerGuard>,
+}
+
+impl TfcHandle {
+    fn new(
+        shared: Arc<Shared>,
+        addr: SocketAddr,
+        scheme: &'static str,
+        task: JoinHandle<()>,
+        stop: watch::Sender<bool>,
+    ) -> TfcHandle {
+        TfcHandle {
+            shared,
+            server: Arc::new(ServerGuard {
+                addr,
+                scheme,
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT` (no trailing slash; the API is under `/api/v2`).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.server.scheme, self.server.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// Stops the server (for every clone of this handle). Returns at once; see [`TfcHandle::stop`] to wait.
+    pub fn shutdown(self) {
+        let _ = self.server.stop.send(true);
+    }
+
+    /// Stops the server and waits until the listener is closed and in-flight requests have been answered.
+    pub async fn stop(self) {
+        let _ = self.server.stop.send(true);
+        let task = self
+            .server
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    // --- Fixtures ---
+
+    /// Creates an organization with an owners team and an owner user, and returns the value of that user's token
+    /// (never expires), which may manage the org, audit-trails, team and agent tokens of the organization.
+    /// Panics if the organization exists already or the name is not `[A-Za-z0-9_-]+`.
+    pub fn add_organization(&self, name: &str) -> String {
+        self.shared.lock().add_organization(name, Utc::now())
+    }
+
+    /// Adds a team and returns its id (`team-` + 16 alphanumerics); an existing team of that name is returned as
+    /// is. Panics on an unknown organization.
+    pub fn add_team(&self, org: &str, team_name: &str) -> String {
+        self.shared.lock().add_team(org, team_name)
+    }
+
+    /// The id of the organization's `owners` team, whose tokens have owner rights.
+    pub fn owners_team_id(&self, org: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .orgs
+            .get(org)
+            .map(|o| o.owners_team_id.clone())
+    }
+
+    /// Adds an agent pool and returns its id (`apool-` + 16 alphanumerics). Panics on an unknown organization.
+    pub fn add_agent_pool(&self, org: &str, name: &str) -> String {
+        self.shared.lock().add_agent_pool(org, name)
+    }
+
+    /// Mints a token out of band, with the API's semantics (singletons replace their predecessor, described team
+    /// tokens need a unique description), and returns `(id, value)`. `target` is the organization name for
+    /// `Organization`, `AuditTrails` and `User`, the team id for `Team`/`TeamLegacy`, the pool id for `Agent`.
+    /// `expired_at: None` means the API default (two years) for kinds that expire. Panics on a bad target or a
+    /// duplicate description.
+    pub fn mint(
+        &self,
+        kind: TokenKind,
+        target: &str,
+        description: Option<&str>,
+        expired_at: Option<DateTime<Utc>>,
+    ) -> (String, String) {
+        let now = Utc::now();
+        let mut st = self.shared.lock();
+        let expired_at = match kind {
+            TokenKind::Agent | TokenKind::User => expired_at,
+            _ => Some(
+                expired_at.unwrap_or(now + chrono::TimeDelta::milliseconds(model::DEFAULT_TTL_MS)),
+            ),
+        };
+        let created_by = ResourceRef {
+            id: "user-emulatorseed0000".to_owned(),
+            kind: "users",
+        };
+        let idx = st
+            .mint(
+                kind,
+                target,
+                description.map(str::to_owned),
+                expired_at,
+                created_by,
+                now,
+            )
+            .unwrap_or_else(|e| panic!("tfc emulator mint {}: {e}", kind.as_str()));
+        (st.tokens[idx].id.clone(), st.tokens[idx].value.clone())
+    }
+
+    // --- Inspection ---
+
+    /// The token exists, is neither revoked nor replaced, and has not expired.
+    pub fn is_valid(&self, token_value: &str) -> bool {
+        let st = self.shared.lock();
+        st.lookup_value(token_value)
+            .is_some_and(|i| st.tokens[i].is_valid_at(Utc::now()))
+    }
+
+    /// The id of the token with this value, whatever its state.
+    pub fn token_id_of(&self, token_value: &str) -> Option<String> {
+        let st = self.shared.lock();
+        st.lookup_value(token_value)
+            .map(|i| st.tokens[i].id.clone())
+    }
+
+    /// Metadata of one token by id, whatever its state.
+    pub fn token_info(&self, token_id: &str) -> Option<TokenInfo> {
+        let st = self.shared.lock();
+        st.any_by_id(token_id)
+            .map(|i| st.tokens[i].info(Utc::now()))
+    }
+
+    /// Every token valid now (state `Active`), in creation order.
+    pub fn valid_tokens(&self) -> Vec<TokenInfo> {
+        let now = Utc::now();
+        self.shared
+            .lock()
+            .tokens
+            .iter()
+            .filter(|t| t.is_valid_at(now))
+            .map(|t| t.info(now))
+            .collect()
+    }
+
+    /// Every token ever created, in creation order, with its [`TokenState`].
+    pub fn all_tokens(&self) -> Vec<TokenInfo> {
+        let now = Utc::now();
+        self.shared
+            .lock()
+            .tokens
+            .iter()
+            .map(|t| t.info(now))
+            .collect()
+    }
+
+    /// Total requests received (every status, injected failures included).
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().log.len()
+    }
+
+    /// Requests with this method and exact path (no query), e.g. `("POST", "/api/v2/teams/team-…/authentication-tokens")`.
+    pub fn request_count_for(&self, method: &str, path: &str) -> usize {
+        self.shared
+            .lock()
+            .log
+            .iter()
+            .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
+            .count()
+    }
+
+    /// Every request so far, in the order they were answered.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.shared.lock().log.clone()
+    }
+
+    /// The largest number of requests (any status) that arrived within any interval of length `window`.
+    pub fn max_requests_in_window(&self, window: Duration) -> usize {
+        let mut arrivals: Vec<Instant> = self.shared.lock().log.iter().map(|r| r.at).collect();
+        arrivals.sort();
+        let mut best = 0;
+        let mut start = 0;
+        for end in 0..arrivals.len() {
+            while arrivals[end].duration_since(arrivals[start]) >= window {
+                start += 1;
+            }
+            best = best.max(end - start + 1);
+        }
+        best
+    }
+
+    /// Requests from the same principal that arrived after a 429 but before its `X-RateLimit-Reset` had passed
+    /// (SPEC §5.4: "after a 429 no request goes to that issuer before `X-RateLimit-Reset` has passed").
+    pub fn requests_before_rate_limit_reset(&self) -> usize {
+        let log = self.request_log();
+        log.iter()
+            .filter(|r| {
+                log.iter().any(|limited| {
+                    limited.rate_limit_reset.is_some_and(|reset| {
+                        limited.principal == r.principal
+                            && r.at > limited.at
+                            && r.at < limited.at + reset
+                    })
+                })
+            })
+            .count()
+    }
+
+    // --- Fault injection and test hooks ---
+
+    /// Every successful token-create request waits this long before answering. The token exists (and a replaced
+    /// singleton is dead) during the wait, as when a real response is in flight or the client dies before reading it.
+    pub fn set_create_delay(&self, d: Duration) {
+        self.shared.lock().create_delay = d;
+    }
+
+    /// The next `n` requests (any path, before authentication) answer `status` with a JSON:API error body. A 429
+    /// gets the real rate-limit body and headers with a 1 s reset; prefer [`TfcHandle::throttle_for`].
+    pub fn fail_next(&self, n: usize, status: u16) {
+        let mut st = self.shared.lock();
+        st.fail_remaining = n;
+        st.fail_status = status;
+    }
+
+    /// For `d` from now, every request answers 429 with the documented body, `X-RateLimit-Limit`, and an
+    /// `X-RateLimit-Reset` counting down to the end of the throttle.
+    pub fn throttle_for(&self, d: Duration) {
+        self.shared.lock().throttle_until = Some(Instant::now() + d);
+    }
+
+    /// `false` makes `POST /teams/:id/authentication-tokens` answer 404, like a TFE release without described
+    /// team tokens (token-apis.md A.3).
+    pub fn set_multi_team_tokens_supported(&self, supported: bool) {
+        self.shared.lock().multi_team_tokens = supported;
+    }
+
+    /// Sets `last-used-at` to now (agent tokens cannot call the API; tests stand in for the agent).
+    pub fn mark_used(&self, token_id: &str) {
+        let mut st = self.shared.lock();
+        if let Some(i) = st.any_by_id(token_id) {
+            st.tokens[i].last_used_at = Some(Utc::now());
+        }
+    }
+
+    /// Overrides a token's expiry (a past time makes it invalid at once).
+    pub fn set_expired_at(&self, token_id: &str, at: DateTime<Utc>) {
+        let mut st = self.shared.lock();
+        if let Some(i) = st.any_by_id(token_id) {
+            st.tokens[i].expired_at = Some(at);
+        }
+    }
+
+    /// Revokes a token out of band, as if someone deleted it in the UI.
+    pub fn revoke(&self, token_id: &str) {
+        let mut st = self.shared.lock();
+        if let Some(i) = st.live_by_id(token_id) {
+            st.tokens[i].ended = Some((TokenState::Revoked, Utc::now()));
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! The emulated service's data: organizations, teams, agent pools, users and their authentication tokens, plus
+//! the test knobs (injected failures, throttling, create delay) and the request log. Everything here is plain
+//! synchronous code run under the emulator's one mutex; the HTTP layer (`http.rs`) only reads and mutates it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rand::distr::Alphanumeric;
+use rand::Rng;
+
+/// "The exact default TTL the API uses is `63113904000` ms" (token-apis.md A.0 Expiry), i.e. 730.5 days.
+pub(crate) const DEFAULT_TTL_MS: i64 = 63_113_904_000;
+
+/// The kind of an authentication token (token-apis.md A.1–A.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// A user's own token (the owners-team user token returned by `add_organization`).
+    User,
+    /// The organization token: one per organization, creating one replaces the previous one.
+    Organization,
+    /// The audit-trails token (`?token=audit-trails`): one per organization, independent of the org token.
+    AuditTrails,
+    /// The legacy, description-less team token: one per team, replaced on create.
+    TeamLegacy,
+    /// A described team token (`POST /teams/:id/authentication-tokens`); several coexist per team.
+    Team,
+    /// An agent-pool token; several coexist per pool; never expires; cannot call the API.
+    Agent,
+}
+
+impl TokenKind {
+    /// A short stable name, e.g. for assertions and log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::User => "user",
+            TokenKind::Organization => "organization",
+            TokenKind::AuditTrails => "audit-trails",
+            TokenKind::TeamLegacy => "team-legacy",
+            TokenKind::Team => "team",
+            TokenKind::Agent => "agent",
+        }
+    }
+
+    pub(crate) fn is_team(self) -> bool {
+        matches!(self, TokenKind::Team | TokenKind::TeamLegacy)
+    }
+}
+
+/// Lifecycle state of a token as seen by [`crate::tfc::TfcHandle::all_tokens`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenState {
+    /// Usable now.
+    Active,
+    /// Past its `expired-at`; still listed by the API until deleted, but rejected with 401.
+    Expired,
+    /// Deleted through the API (or [`crate::tfc::TfcHandle::revoke`]).
+    Revoked,
+    /// Invalidated because a newer singleton token (org, audit-trails, legacy team) was created.
+    Replaced,
+}
+
+/// Metadata of one token, for test assertions. Never carries the token value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// `at-` followed by 16 alphanumerics.
+    pub id: String,
+    pub kind: TokenKind,
+    pub description: Option<String>,
+    /// Name of the organization the token belongs to.
+    pub organization: String,
+    /// Set for team tokens (legacy and described).
+    pub team_id: Option<String>,
+    /// Set for agent tokens.
+    pub agent_pool_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// `None` for tokens that never expire (agent tokens, the owners-team user token).
+    pub expired_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When the token was revoked or replaced.
+    pub ended_at: Option<DateTime<Utc>>,
+    pub state: TokenState,
+}
+
+/// One request as the emulator saw it. Never carries a token value.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub method: String,
+    /// The URL path, without the query string.
+    pub path: String,
+    pub query: Option<String>,
+    pub status: u16,
+    /// When the request arrived.
+    pub at: Instant,
+    /// The rate-limit bucket the request was counted in: the caller's user id (`user-…`) for a valid API
+    /// token, else `ip:<address>`.
+    pub principal: String,
+    /// Id of the valid token that authenticated the request, if any.
+    pub token_id: Option<String>,
+    /// For a 429: the `X-RateLimit-Reset` the emulator sent.
+    pub rate_limit_reset: Option<Duration>,
+}
+
+/// A JSON:API resource identifier (`{"id", "type"}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ResourceRef {
+    pub id: String,
+    pub kind: &'static str,
+}
+
+pub(crate) struct Token {
+    pub id: String,
+    /// The secret. Only ever written into a create response; no `Debug` on this type so it cannot leak into logs.
+    pub value: String,
+    pub kind: TokenKind,
+    pub org: String,
+    pub team_id: Option<String>,
+    pub pool_id: Option<String>,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expired_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// `Revoked` or `Replaced`, and when.
+    pub ended: Option<(TokenState, DateTime<Utc>)>,
+    /// The (possibly synthetic "service") user the token authenticates as; `None` for agent tokens.
+    pub user_id: Option<String>,
+    pub created_by: ResourceRef,
+}
+
+impl Token {
+    /// Not revoked or replaced (it may still be expired: the API keeps listing expired tokens).
+    pub fn is_live(&self) -> bool {
+        self.ended.is_none()
+    }
+
+    pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
+        self.is_live() && self.expired_at.is_none_or(|at| at > now)
+    }
+
+    pub fn state_at(&self, now: DateTime<Utc>) -> TokenState {
+        match self.ended {
+            Some((state, _)) => state,
+            None if self.is_valid_at(now) => TokenState::Active,
+            None => TokenState::Expired,
+        }
+    }
+
+    pub fn info(&self, now: DateTime<Utc>) -> TokenInfo {
+        TokenInfo {
+            id: self.id.clone(),
+            kind: self.kind,
+            description: self.description.clone(),
+            organization: self.org.clone(),
+            team_id: self.team_id.clone(),
+            agent_pool_id: self.pool_id.clone(),
+            created_at: self.created_at,
+            expired_at: self.expired_at,
+            last_used_at: self.last_used_at,
+            ended_at: self.ended.map(|(_, at)| at),
+            state: self.state_at(now),
+        }
+    }
+
+    /// The resource a request made with this token acts as, for `created-by` of tokens it creates.
+    pub fn acting_as(&self) -> ResourceRef {
+        match self.kind {
+            TokenKind::Organization | TokenKind::AuditTrails => ResourceRef {
+                id: self.org.clone(),
+                kind: "organizations",
+            },
+            TokenKind::Team | TokenKind::TeamLegacy => ResourceRef {
+                id: self.team_id.clone().unwrap_or_default(),
+                kind: "teams",
+            },
+            TokenKind::User | TokenKind::Agent => ResourceRef {
+                id: self.user_id.clone().unwrap_or_default(),
+                kind: "users",
+            },
+        }
+    }
+}
+
+pub(crate) struct User {
+    pub id: String,
+    pub username: String,
+    /// Org and team tokens authenticate as a synthetic "service user" (TFC docs `api-docs/account.mdx`).
+    pub service: bool,
+    /// What `authenticated-resource` points at: the org, the team, or the user itself.
+    pub resource: ResourceRef,
+}
+
+pub(crate) struct Org {
+    pub name: String,
+    pub owners_team_id: String,
+    pub owner_user_id: String,
+    pub service_user_id: String,
+}
+
+pub(crate) struct Team {
+    pub id: String,
+    pub name: String,
+    pub org: String,
+    pub service_user_id: String,
+}
+
+pub(crate) struct Pool {
+    pub id: String,
+    pub org: String,
+}
+
+/// Everything the emulator knows, behind one mutex.
+pub(crate) struct State {
+    pub orgs: BTreeMap<String, Org>,
+    pub teams: BTreeMap<String, Team>,
+    pub pools: BTreeMap<String, Pool>,
+    pub users: HashMap<String, User>,
+    /// In creation order; never removed (revoked tokens stay for `all_tokens`).
+    pub tokens: Vec<Token>,
+    by_value: HashMap<String, usize>,
+    // Test knobs.
+    pub create_delay: Duration,
+    pub fail_remaining: usize,
+    pub fail_status: u16,
+    pub throttle_until: Option<Instant>,
+    pub multi_team_tokens: bool,
+    /// Accepted requests per rate-limit principal within the last second (sliding window).
+    pub rate_windows: HashMap<String, VecDeque<Instant>>,
+    pub log: Vec<RequestRecord>,
+}
+
+pub(crate) fn random_alnum(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+fn random_lower_alnum(len: usize) -> String {
+    random_alnum(len).to_ascii_lowercase()
+}
+
+/// Token ids look like `at-6yEmxNAhaoQLH1Da` (token-apis.md A.0); team, pool and user ids use the same shape.
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", random_alnum(16))
+}
+
+/// Token values look like `ZgqYdzuvlv8Iyg.atlasv1.6nV7…` (14 + `.atlasv1.` + 67; token-apis.md A.0).
+fn new_token_value() -> String {
+    format!("{}.atlasv1.{}", random_alnum(14), random_alnum(67))
+}
+
+impl State {
+    pub fn new() -> Self {
+        State {
+            orgs: BTreeMap::new(),
+            teams: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            users: HashMap::new(),
+            tokens: Vec::new(),
+            by_value: HashMap::new(),
+            create_delay: Duration::ZERO,
+            fail_remaining: 0,
+            fail_status: 500,
+            throttle_until: None,
+            multi_team_tokens: true,
+            rate_windows: HashMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn add_user(
+        &mut self,
+        username: String,
+        service: bool,
+        resource: Option<ResourceRef>,
+    ) -> String {
+        let id = new_id("user");
+        let resource = resource.unwrap_or_else(|| ResourceRef {
+            id: id.clone(),
+            kind: "users",
+        });
+        self.users.insert(
+            id.clone(),
+            User {
+                id: id.clone(),
+                username,
+                service,
+                resource,
+            },
+        );
+        id
+    }
+
+    fn add_team_record(&mut self, org: &str, name: &str) -> String {
+        let id = new_id("team");
+        // Team service users are named `api-team-<random>` (vault plugin PR #96 `account_details.go`).
+        let service_user_id = self.add_user(
+            format!("api-team-{}", random_lower_alnum(10)),
+            true,
+            Some(ResourceRef {
+                id: id.clone(),
+                kind: "teams",
+            }),
+        );
+        self.teams.insert(
+            id.clone(),
+            Team {
+                id: id.clone(),
+                name: name.to_owned(),
+                org: org.to_owned(),
+                service_user_id,
+            },
+        );
+        id
+    }
+
+    /// Creates the organization, its owners team, an owner user, and returns that user's never-expiring token value.
+    pub fn add_organization(&mut self, name: &str, now: DateTime<Utc>) -> String {
+        assert!(
+            !self.orgs.contains_key(name),
+            "tfc emulator: organization {name:?} already exists"
+        );
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "tfc emulator: organization names are letters, digits, '-' and '_'"
+        );
+        let owner_user_id = self.add_user(format!("owner-{name}"), false, None);
+        // Org service users are named `api-org-<orgname>-<random>` (vault plugin PR #96 `account_details.go`).
+        let service_user_id = self.add_user(
+            format!("api-org-{name}-{}", random_lower_alnum(10)),
+            true,
+            Some(ResourceRef {
+                id: name.to_owned(),
+                kind: "organizations",
+            }),
+        );
+        let owners_team_id = self.add_team_record(name, "owners");
+        self.orgs.insert(
+            name.to_owned(),
+            Org {
+                name: name.to_owned(),
+                owners_team_id,
+                owner_user_id: owner_user_id.clone(),
+                service_user_id,
+            },
+        );
+        let created_by = ResourceRef {
+            id: owner_user_id.clone(),
+            kind: "users",
+        };
+        let idx = self.insert_token(
+            TokenKind::User,
+            name,
+            None,
+            None,
+            Some("owners-team user token (emulator seed)".to_owned()),
+            None,
+            Some(owner_user_id),
+            created_by,
+            now,
+        );
+        self.tokens[idx].value.clone()
+    }
+
+    /// Adds a team; an existing team of that name in the organization is returned as is.
+    pub fn add_team(&mut self, org: &str, name: &str) -> String {
+        assert!(
+            self.orgs.contains_key(org),
+            "tfc emulator: unknown organization {org:?}"
+        );
+        if let Some(team) = self.teams.values().find(|t| t.org == org && t.name == name) {
+            return team.id.clone();
+        }
+        self.add_team_record(org, name)
+    }
+
+    pub fn add_agent_pool(&mut self, org: &str, _name: &str) -> String {
+        assert!(
+            self.orgs.contains_key(org),
+            "tfc emulator: unknown organization {org:?}"
+        );
+        let id = new_id("apool");
+        self.pools.insert(
+            id.clone(),
+            Pool {
+                id: id.clone(),
+                org: org.to_owned(),
+            },
+        );
+        id
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_token(
+        &mut self,
+        kind: TokenKind,
+        org: &str,
+        team_id: Option<String>,
+        pool_id: Option<String>,
+        description: Option<String>,
+        expired_at: Option<DateTime<Utc>>,
+        user_id: Option<String>,
+        created_by: ResourceRef,
+        now: DateTime<Utc>,
+    ) -> usize {
+        let value = new_token_value();
+        let idx = self.tokens.len();
+        self.by_value.insert(value.clone(), idx);
+        self.tokens.push(Token {
+            id: new_id("at"),
+            value,
+            kind,
+            org: org.to_owned(),
+            team_id,
+            pool_id,
+            description,
+            created_at: now,
+            expired_at,
+            last_used_at: None,
+            ended: None,
+            user_id,
+            created_by,
+        });
+        idx
+    }
+
+    /// Mints a token of `kind` for `target` (org name, team id or pool id) with the API's semantics: singleton
+    /// kinds replace their live predecessor. `created_by` is the acting resource. Returns the token's index.
+    pub fn mint(
+        &mut self,
+        kind: TokenKind,
+        target: &str,
+        description: Option<String>,
+        expired_at: Option<DateTime<Utc>>,
+        created_by: ResourceRef,
+        now: DateTime<Utc>,
+    ) -> Result<usize, &'static str> {
+        let (org, team_id, pool_id, user_id) = match kind {
+            TokenKind::Organization | TokenKind::AuditTrails => {
+                let org = self.orgs.get(target).ok_or("unknown organization")?;
+                (
+                    org.name.clone(),
+                    None,
+                    None,
+                    Some(org.service_user_id.clone()),
+                )
+            }
+            TokenKind::Team | TokenKind::TeamLegacy => {
+                let team = self.teams.get(target).ok_or("unknown team")?;
+                (
+                    team.org.clone(),
+                    Some(team.id.clone()),
+                    None,
+                    Some(team.service_user_id.clone()),
+                )
+            }
+            TokenKind::Agent => {
+                let pool = self.pools.get(target).ok_or("unknown agent pool")?;
+                (pool.org.clone(), None, Some(pool.id.clone()), None)
+            }
+            TokenKind::User => {
+                let org = self.orgs.get(target).ok_or("unknown organization")?;
+                (
+                    org.name.clone(),
+                    None,
+                    None,
+                    Some(org.owner_user_id.clone()),
+                )
+            }
+        };
+        match kind {
+            // "Generates a new organization API token, replacing any existing token." (A.1); the audit-trails
+            // token is a separate singleton (A.2); a new legacy team token revokes the previous legacy one but
+            // not the described ones (A.4).
+            TokenKind::Organization | TokenKind::AuditTrails | TokenKind::TeamLegacy => {
+                for token in &mut self.tokens {
+                    if token.is_live()
+                        && token.kind == kind
+                        && token.org == org
+                        && token.team_id == team_id
+                    {
+                        token.ended = Some((TokenState::Replaced, now));
+                    }
+                }
+            }
+            TokenKind::Team => {
+                let taken = self.tokens.iter().any(|t| {
+                    t.is_live()
+                        && t.kind == TokenKind::Team
+                        && t.team_id == team_id
+                        && t.description == description
+                });
+                if taken {
+                    return Err("Validation failed: Description has already been taken");
+                }
+            }
+            TokenKind::Agent | TokenKind::User => {}
+        }
+        Ok(self.insert_token(
+            kind,
+            &org,
+            team_id,
+            pool_id,
+            description,
+            expired_at,
+            user_id,
+            created_by,
+            now,
+        ))
+    }
+
+    pub fn lookup_value(&self, value: &str) -> Option<usize> {
+        self.by_value.get(value).copied()
+    }
+
+    /// Index of the live (not revoked/replaced) token with this id.
+    pub fn live_by_id(&self, id: &str) -> Option<usize> {
+        self.tokens.iter().position(|t| t.id == id && t.is_live())
+    }
+
+    pub fn any_by_id(&self, id: &str) -> Option<usize> {
+        self.tokens.iter().position(|t| t.id == id)
+    }
+
+    /// The live singleton token of `kind` for an org (or a team, for legacy team tokens).
+    pub fn live_singleton(
+        &self,
+        kind: TokenKind,
+        org: &str,
+        team_id: Option<&str>,
+    ) -> Option<usize> {
+        self.tokens.iter().position(|t| {
+            t.is_live() && t.kind == kind && t.org == org && t.team_id.as_deref() == team_id
+        })
+    }
+
+    // --- Who may do what (token-apis.md A.8). Forbidden requests answer 404, like the real API (A.0). ---
+
+    /// The owners-team user token, or a token of the owners team itself.
+    pub fn is_owner(&self, caller: &Token, org: &str) -> bool {
+        let Some(o) = self.orgs.get(org) else {
+            return false;
+        };
+        match caller.kind {
+            TokenKind::User => caller.user_id.as_deref() == Some(o.owner_user_id.as_str()),
+            TokenKind::Team | TokenKind::TeamLegacy => {
+                caller.org == org && caller.team_id.as_deref() == Some(o.owners_team_id.as_str())
+            }
+            _ => false,
+        }
+    }
+
+    /// "Only members of the owners team, the owners team API token, and the organization API token can access
+    /// this endpoint." (TFC docs `organization-tokens.mdx`, `audit-trails-tokens.mdx`; A.1, A.2). Org tokens may
+    /// also manage team tokens and agent pools of their organization (A.8).
+    pub fn can_administer(&self, caller: &Token, org: &str) -> bool {
+        self.is_owner(caller, org) || (caller.kind == TokenKind::Organization && caller.org == org)
+    }
+
+    /// Administrators, plus a team's own tokens for that team ("Manage team tokens": team tokens 🔶, A.3; the
+    /// emulator treats the team's member-token-management setting as enabled).
+    pub fn can_manage_team(&self, caller: &Token, team: &Team) -> bool {
+        self.can_administer(caller, &team.org)
+            || (caller.kind.is_team() && caller.team_id.as_deref() == Some(&team.id))
+    }
+
+    pub fn can_manage_token(&self, caller: &Token, target: &Token) -> bool {
+        match target.kind {
+            TokenKind::User => caller.kind == TokenKind::User && caller.user_id == target.user_id,
+            TokenKind::Organization | TokenKind::AuditTrails | TokenKind::Agent => {
+                self.can_administer(caller, &target.org)
+            }
+            TokenKind::Team | TokenKind::TeamLegacy => target
+                .team_id
+                .as_deref()
+                .and_then(|id| self.teams.get(id))
+                .is_some_and(|team| self.can_manage_team(caller, team)),
+        }
+    }
+
+    /// Sliding one-second window per principal: at most `limit` accepted requests in any second. On refusal
+    /// returns how long until the oldest counted request leaves the window (`X-RateLimit-Reset`).
+    pub fn rate_check(
+        &mut self,
+        principal: &str,
+        limit: u32,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let window = self.rate_windows.entry(principal.to_owned()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            window.pop_front();
+        }
+        if window.len() >= limit as usize {
+            let oldest = *window.front().expect("limit is at least 1");
+            let reset = (oldest + Duration::from_secs(1)).saturating_duration_since(now);
+            return Err(reset.max(Duration::from_millis(1)));
+        }
+        window.push_back(now);
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! Command line (SPEC §2): parse, run the command, map the outcome to an exit code (0 ok, 1 runtime, 2 usage/policy).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::{self, RunOptions};
+use crate::policy::{self, LogFormat, Policy, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser, Debug)]
+#[command(name = "token-rotator", version, about = "Keeps HCP Terraform / TFE tokens fresh in Vault/OpenBao")]
+pub struct Cli {
+    /// Log format on stderr (overrides `[daemon] log_format`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (with --once: rotate what is due, then exit).
+    Run {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Rotate what is due, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Validate the policy; with --online also probe issuers and sinks (read-only).
+    Check {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Also prove each issuer credential and read each sink target, changing nothing.
+        #[arg(long)]
+        online: bool,
+    },
+}
+
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+/// `--config`, else `$TOKEN_ROTATOR_CONFIG`, else the default path.
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("TOKEN_ROTATOR_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+fn load_or_report(path: &std::path::Path) -> Result<Policy, ExitCode> {
+    policy::load(path).map_err(|e| {
+        for line in e.lines() {
+            eprintln!("{line}");
+        }
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let flag_format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Run { config, once } => {
+            let path = config_path(config);
+            let policy = match load_or_report(&path) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            crate::logging::init(flag_format.or(policy.daemon.log_format).unwrap_or_default());
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("token-rotator: cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            let cancel = CancellationToken::new();
+            match rt.block_on(daemon::run(policy, RunOptions { once }, cancel)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) if once => ExitCode::from(EXIT_RUNTIME),
+                Ok(false) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "token-rotator cannot run");
+                    eprintln!("token-rotator: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Check { config, online } => {
+            let path = config_path(config);
+            let policy = match load_or_report(&path) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            if !online {
+                println!(
+                    "{}: ok ({} issuers, {} sinks, {} tokens)",
+                    path.display(),
+                    policy.issuers.len(),
+                    policy.sinks.len(),
+                    policy.tokens.len()
+                );
+                return ExitCode::SUCCESS;
+            }
+            crate::logging::init(flag_format.or(policy.daemon.log_format).unwrap_or_default());
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("token-rotator: cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            if rt.block_on(crate::online::check(&policy)) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The daemon: builds issuers and sinks from the policy, serves the endpoints, and runs the deadline loop —
+//! sleep until the earliest due token, wake on completion, reload or shutdown. No polling while nothing is due.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::issuer;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::policy::{self, Policy, TokenPolicy};
+use crate::rotation::{Failure, Rotator, Tended};
+use crate::schedule;
+use crate::secret::{SecretRef, SecretString};
+use crate::server::{self, AppState};
+use crate::sink::{self, Content};
+use crate::status::{StatusBoard, TokenStatus};
+
+/// How long in-flight rotations get to reach a journaled state after SIGTERM/SIGINT (SPEC §5.7).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// At most this many tokens are visited at once (issuers are paced separately).
+const MAX_CONCURRENT: usize = 32;
+/// Permanent failures are retried after this long, or on `rotate`.
+const PERMANENT_RETRY: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    pub once: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+/// Messages to the scheduler loop.
+#[derive(Debug)]
+pub enum Control {
+    Reload(Box<Policy>),
+}
+
+/// Builds every sink, then every issuer (whose credential may live in a sink).
+pub async fn build_rotator(policy: &Policy, journal: Arc<Journal>, metrics: Arc<Metrics>) -> Rotator {
+    let mut sinks = HashMap::new();
+    for (name, cfg) in &policy.sinks {
+        metrics.init_sink(name);
+        let built = sink::build(cfg).await.map_err(|e| e.message);
+        if let Err(why) = &built {
+            tracing::error!(sink = %name, error = %why, "sink is unusable; tokens writing to it will fail");
+        }
+        sinks.insert(name.clone(), built);
+    }
+    let mut issuers = HashMap::new();
+    for (name, cfg) in &policy.issuers {
+        let built = match resolve_credential(&cfg.token, &sinks).await {
+            Ok(cred) => issuer::build(cfg, cred, metrics.clone()).map_err(|e| e.message),
+            Err(why) => Err(format!("credential {}: {why}", cfg.token)),
+        };
+        if let Err(why) = &built {
+            tracing::error!(issuer = %name, error = %why, "issuer is unusable; its tokens will fail");
+        }
+        issuers.insert(name.clone(), built);
+    }
+    Rotator {
+        issuers,
+        sinks,
+        journal,
+        metrics,
+    }
+}
+
+/// Resolves an issuer credential: env, file, or the `token` of a record this daemon keeps in a sink.
+async fn resolve_credential(
+    r: &SecretRef,
+    sinks: &HashMap<String, Result<Arc<dyn sink::Sink>, String>>,
+) -> Result<SecretString, String> {
+    match r {
+        SecretRef::Sink { sink, target } => {
+            let s = match sinks.get(sink) {
+                Some(Ok(s)) => s,
+                Some(Err(why)) => return Err(format!("sink {sink} is unusable: {why}")),
+                None => return Err(format!("no sink named {sink}")),
+            };
+            let observed = s.read(target).await.map_err(|e| e.to_string())?;
+            match observed.content {
+                Content::Record(rec) => Ok(rec.token),
+                Content::Absent => Err(format!("sink {sink} holds no record at {target}")),
+                Content::Garbage(why) => Err(format!("sink {sink} at {target}: {why}")),
+            }
+        }
+        other => other.resolve_local().map_err(|e| e.to_string()),
+    }
+}
+
+struct Slot {
+    policy: TokenPolicy,
+    next_at: DateTime<Utc>,
+    in_flight: bool,
+    done: bool,
+    force: bool,
+    /// The jitter drawn for the current token (`jitter_for`), redrawn when the token changes.
+    jitter: Duration,
+    jitter_for: Option<String>,
+}
+
+impl Slot {
+    fn new(policy: TokenPolicy, now: DateTime<Utc>) -> Self {
+        Slot {
+            policy,
+            next_at: now,
+            in_flight: false,
+            done: false,
+            force: false,
+            jitter: Duration::ZERO,
+            jitter_for: None,
+        }
+    }
+}
+
+fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+pub struct Daemon {
+    policy: Policy,
+    rotator: Arc<Rotator>,
+    journal: Arc<Journal>,
+    metrics: Arc<Metrics>,
+    board: StatusBoard,
+    slots: BTreeMap<String, Slot>,
+    tasks: JoinSet<(String, Result<Tended, Failure>)>,
+    permits: Arc<Semaphore>,
+    failed: bool,
+}
+
+impl Daemon {
+    fn register(&mut self, t: &TokenPolicy, now: DateTime<Utc>) {
+        self.metrics.init_token(&t.name);
+        self.board.insert(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
+        self.slots.insert(t.name.clone(), Slot::new(t.clone(), now));
+    }
+
+    fn spawn_due(&mut self, now: DateTime<Utc>) {
+        for (name, slot) in self.slots.iter_mut() {
+            if slot.in_flight || slot.done || slot.next_at > now {
+                continue;
+            }
+            slot.in_flight = true;
+            let force = std::mem::take(&mut slot.force);
+            let rotator = self.rotator.clone();
+            let policy = slot.policy.clone();
+            let jitter = slot.jitter;
+            let permits = self.permits.clone();
+            let name = name.clone();
+            self.tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let result = rotator.tend(&policy, force, jitter, crate::clock::now()).await;
+                (name, result)
+            });
+        }
+    }
+
+    fn earliest(&self) -> Option<DateTime<Utc>> {
+        self.slots
+            .values()
+            .filter(|s| !s.in_flight && !s.done)
+            .map(|s| s.next_at)
+            .min()
+    }
+
+    fn complete(&mut self, name: String, result: Result<Tended, Failure>, once: bool) {
+        let now = crate::clock::now();
+        let drift = self.policy.daemon.drift_check;
+        let Some(slot) = self.slots.get_mut(&name) else {
+            return; // dropped by a reload while in flight
+        };
+        slot.in_flight = false;
+        slot.done = once;
+        match result {
+            Ok(t) => {
+                if t.rotated {
+                    self.metrics.rotations.with_label_values(&[name.as_str(), "success"]).inc();
+                }
+                let current_id = t.current.as_ref().map(|c| c.token_id.clone());
+                if current_id != slot.jitter_for {
+                    slot.jitter = schedule::draw_jitter(slot.policy.schedule.jitter);
+                    slot.jitter_for = current_id;
+                }
+                let due = if t.stored_everywhere || t.current.is_none() {
+                    schedule::next_due(&slot.policy.schedule, t.current.as_ref(), slot.jitter, now)
+                } else {
+                    t.due.clone()
+                };
+                slot.next_at = match due.at {
+                    Some(at) => at.min(after(now, drift)),
+                    None => after(now, drift),
+                };
+                self.board.update(&name, |s| {
+                    if t.rotated {
+                        s.last_success = Some(now);
+                    } else if s.last_success.is_none() {
+                        s.last_success = t.current.as_ref().map(|c| c.created_at);
+                    }
+                    s.current = t.current.clone();
+                    s.stored_everywhere = t.stored_everywhere;
+                    s.consecutive_failures = 0;
+                    s.last_error = None;
+                    s.next_due = due.at;
+                    s.next_reason = due.reason.to_string();
+                });
+            }
+            Err(f) => {
+                self.failed = true;
+                if f.attempted {
+                    self.metrics.rotations.with_label_values(&[name.as_str(), "failure"]).inc();
+                }
+                let mut failures = 0;
+                self.board.update(&name, |s| {
+                    s.consecutive_failures += 1;
+                    failures = s.consecutive_failures;
+                    s.last_error = Some(f.error.to_string());
+                    if let Some((current, stored)) = &f.learned {
+                        s.current = current.clone();
+                        s.stored_everywhere = *stored;
+                    }
+                });
+                let wait = if f.error.is_permanent() {
+                    PERMANENT_RETRY
+                } else {
+                    crate::retry::attempt_backoff(failures)
+                };
+                slot.next_at = after(now, wait);
+                self.board.update(&name, |s| {
+                    s.next_due = Some(slot.next_at);
+                    s.next_reason = format!("retry after a failed attempt ({} in a row)", failures);
+                });
+                tracing::error!(token = %name, failures, retry_in_s = wait.as_secs(), error = %f.error, "rotation attempt failed");
+            }
+        }
+    }
+
+    async fn reload(&mut self, policy: Policy) {
+        let now = crate::clock::now();
+        if policy.daemon.listen != self.policy.daemon.listen || policy.daemon.state_dir != self.policy.daemon.state_dir {
+            tracing::warn!("`listen` and `state_dir` changes take effect at the next restart");
+        }
+        self.rotator = Arc::new(build_rotator(&policy, self.journal.clone(), self.metrics.clone()).await);
+        let removed: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|k| !policy.tokens.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in removed {
+            self.slots.remove(&name);
+            self.board.remove(&name);
+            self.metrics.forget_token(&name);
+            tracing::info!(token = %name, "token removed from the policy");
+        }
+        for (name, t) in &policy.tokens {
+            match self.slots.get_mut(name) {
+                Some(slot) if slot.policy == *t => {}
+                Some(slot) => {
+                    slot.policy = t.clone();
+                    slot.next_at = now;
+                    tracing::info!(token = %name, "token changed; rescheduling");
+                }
+                None => {
+                    self.register(t, now);
+                    tracing::info!(token = %name, "token added");
+                }
+            }
+        }
+        self.policy = policy;
+        self.metrics.config_last_reload_success.set(1.0);
+        tracing::info!(tokens = self.slots.len(), "policy reloaded");
+    }
+}
+
+/// Runs the daemon until shutdown (or, with `once`, until every token was visited). Returns whether every
+/// visit succeeded.
+pub async fn run(policy: Policy, opts: RunOptions, cancel: CancellationToken) -> Result<bool, RunError> {
+    let journal = Arc::new(Journal::open(&policy.daemon.state_dir)?);
+    let metrics = Arc::new(Metrics::new());
+    let board = StatusBoard::new();
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
+
+    let server = if opts.once {
+        None
+    } else {
+        let addr = policy.daemon.listen;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+        let app = server::router(AppState {
+            metrics: metrics.clone(),
+            board: board.clone(),
+        });
+        let stop = cancel.clone();
+        tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz on http://{bound}/");
+        Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        }))
+    };
+
+    let rotator = Arc::new(build_rotator(&policy, journal.clone(), metrics.clone()).await);
+    metrics.config_last_reload_success.set(1.0);
+    let mut d = Daemon {
+        policy: policy.clone(),
+        rotator,
+        journal,
+        metrics,
+        board,
+        slots: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+        failed: false,
+    };
+    let now = crate::clock::now();
+    for t in policy.tokens.values() {
+        d.register(t, now);
+    }
+    if !opts.once {
+        crate::systemd::ready();
+        spawn_signal_handlers(policy.path.clone(), cancel.clone(), control_tx.clone(), d.metrics.clone());
+    }
+    tracing::info!(tokens = d.slots.len(), once = opts.once, "token-rotator started");
+
+    loop {
+        let now = crate::clock::now();
+        if !cancel.is_cancelled() {
+            d.spawn_due(now);
+        }
+        if opts.once && d.tasks.is_empty() && d.slots.values().all(|s| s.done) {
+            break;
+        }
+        let sleep_for = d
+            .earliest()
+            .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(86_400));
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(joined) = d.tasks.join_next(), if !d.tasks.is_empty() => {
+                match joined {
+                    Ok((name, result)) => d.complete(name, result, opts.once),
+                    Err(e) => tracing::error!(error = %e, "a rotation task panicked"),
+                }
+            }
+            Some(msg) = control_rx.recv() => match msg {
+                Control::Reload(p) => d.reload(*p).await,
+            },
+            _ = tokio::time::sleep(sleep_for) => {}
+        }
+    }
+
+    if cancel.is_cancelled() {
+        crate::systemd::stopping();
+    }
+    if cancel.is_cancelled() && !d.tasks.is_empty() {
+        tracing::info!(in_flight = d.tasks.len(), "shutting down; letting in-flight rotations reach a journaled state");
+        let drain = async {
+            while let Some(joined) = d.tasks.join_next().await {
+                if let Ok((name, result)) = joined {
+                    d.complete(name, result, true);
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("in-flight rotations did not finish within 10s; the journal resumes them at the next start");
+            d.tasks.abort_all();
+        }
+    }
+    if let Some(s) = server {
+        cancel.cancel();
+        let _ = s.await;
+    }
+    Ok(!d.failed)
+}
+
+/// SIGTERM/SIGINT cancel (a second one exits at once); SIGHUP reloads the policy or keeps the old one.
+fn spawn_signal_handlers(
+    path: std::path::PathBuf,
+    cancel: CancellationToken,
+    control: mpsc::Sender<Control>,
+    metrics: Arc<Metrics>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading the policy");
+                    match policy::load(&path) {
+                        Ok(p) => { let _ = control.send(Control::Reload(Box::new(p))).await; }
+                        Err(e) => {
+                            metrics.config_last_reload_success.set(0.0);
+                            for line in e.lines() {
+                                tracing::error!(problem = %line, "reload rejected; keeping the previous policy");
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+            if cancel.is_cancelled() {
+                tracing::warn!("second signal: exiting now; the journal resumes any interrupted rotation");
+                std::process::exit(0);
+            }
+            tracing::info!("shutdown requested");
+            cancel.cancel();
+        }
+    });
+}

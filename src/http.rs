@@ -1,0 +1,77 @@
+//! The one HTTP client builder for issuers: rustls, optional extra CA, timeouts, no redirects.
+
+use std::path::Path;
+use std::time::Duration;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Responses larger than this are cut off: a token API never needs more, and a hostile peer gets no memory.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("cannot read CA file {path}: {source}")]
+    CaRead {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable PEM certificate: {source}")]
+    CaParse { path: String, source: reqwest::Error },
+    #[error("cannot build HTTP client: {0}")]
+    Build(reqwest::Error),
+}
+
+/// Builds a client that verifies TLS (adding `ca_file` to the platform roots, never replacing verification),
+/// times out, and does not follow redirects (a redirect would carry our credential to another place).
+pub fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, ClientBuildError> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("token-rotator/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if let Some(path) = ca_file {
+        let display = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|source| ClientBuildError::CaRead {
+            path: display.clone(),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientBuildError::CaParse {
+            path: display,
+            source,
+        })?;
+        b = b.tls_certs_merge(certs);
+    }
+    b.build().map_err(ClientBuildError::Build)
+}
+
+/// Reads at most `MAX_BODY_BYTES` of a response body.
+pub async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = MAX_BODY_BYTES.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= MAX_BODY_BYTES {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The error chain of a transport error, for messages (reqwest errors never contain header values).
+pub fn reason(e: &reqwest::Error) -> String {
+    let mut out = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,349 @@
+//! HCP Terraform / Terraform Enterprise issuer (`kind = "tfe"`).
+//!
+//! Wire facts (shared/reference/token-apis.md A.0–A.1; developer.hashicorp.com/terraform/cloud-docs/api-docs):
+//! `Authorization: Bearer`, `Content-Type: application/vnd.api+json` on every POST/PATCH/DELETE (415 otherwise),
+//! JSON:API bodies, `expired-at` RFC 3339 UTC, the value only in the create response, 401 = bad credential,
+//! 404 = missing or not allowed, 429 with `X-RateLimit-Reset` (seconds) and no `Retry-After`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::Retryable;
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, Url};
+use serde_json::{json, Value};
+
+use super::{Issuer, IssuerError, IssuerErrorKind, MintedToken};
+use crate::metrics::Metrics;
+use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
+use crate::retry::{self, Pacer};
+use crate::secret::{ExposeSecret, SecretString};
+
+const JSON_API: &str = "application/vnd.api+json";
+
+pub struct TfeIssuer {
+    name: String,
+    base: Url,
+    credential: SecretString,
+    http: reqwest::Client,
+    pacer: Pacer,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for TfeIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TfeIssuer")
+            .field("name", &self.name)
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one HTTP exchange produced.
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+impl TfeIssuer {
+    pub fn new(cfg: &IssuerConfig, credential: SecretString, metrics: Arc<Metrics>) -> Result<Self, IssuerError> {
+        let config_err = |message: String| IssuerError {
+            issuer: cfg.name.clone(),
+            kind: IssuerErrorKind::Config,
+            status: None,
+            message,
+            retry_after: None,
+        };
+        let base = Url::parse(&format!("{}/", cfg.address.trim_end_matches('/')))
+            .map_err(|e| config_err(format!("invalid address: {e}")))?;
+        let http = crate::http::client(cfg.ca_file.as_deref()).map_err(|e| config_err(e.to_string()))?;
+        Ok(TfeIssuer {
+            name: cfg.name.clone(),
+            base,
+            credential,
+            http,
+            pacer: Pacer::new(cfg.requests_per_second),
+            metrics,
+        })
+    }
+
+    fn error(&self, kind: IssuerErrorKind, status: Option<u16>, message: impl Into<String>) -> IssuerError {
+        IssuerError {
+            issuer: self.name.clone(),
+            kind,
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `{address}/api/v2/<segments…>`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().expect("http(s) URLs have paths");
+            path.pop_if_empty().extend(["api", "v2"]).extend(segments);
+        }
+        url
+    }
+
+    /// One request, paced, counted in metrics; non-2xx becomes an error that says what to check.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        bearer: &SecretString,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Reply, IssuerError> {
+        self.pacer.acquire().await;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
+            .map_err(|_| self.error(IssuerErrorKind::Config, None, "credential is not a valid HTTP header value"))?;
+        auth.set_sensitive(true);
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .header(AUTHORIZATION, auth)
+            .header(ACCEPT, JSON_API);
+        if method != Method::GET {
+            // TFC answers 415 to a mutating request without it, even a body-less DELETE (go-tfe content_type.go).
+            req = req.header(CONTENT_TYPE, JSON_API);
+        }
+        if let Some(body) = body {
+            req = req.body(serde_json::to_vec(body).expect("JSON values serialise"));
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.count("error");
+                return Err(self.error(
+                    IssuerErrorKind::Unavailable,
+                    None,
+                    format!("{what}: {}", crate::http::reason(&e)),
+                ));
+            }
+        };
+        let status = resp.status().as_u16();
+        self.count(&status.to_string());
+        let reset = resp
+            .headers()
+            .get("x-ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+        let bytes = crate::http::read_capped(resp).await.map_err(|e| {
+            self.error(
+                IssuerErrorKind::Unavailable,
+                Some(status),
+                format!("{what}: reading the response: {}", crate::http::reason(&e)),
+            )
+        })?;
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => v,
+                Err(_) if (200..300).contains(&status) => {
+                    return Err(self.error(
+                        IssuerErrorKind::Unavailable,
+                        Some(status),
+                        format!("{what}: the {status} response is not JSON (truncated or not the TFC API?)"),
+                    ))
+                }
+                Err(_) => Value::Null,
+            }
+        };
+        if (200..300).contains(&status) {
+            return Ok(Reply { status, body });
+        }
+        let detail = api_errors(&body);
+        let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+        let (kind, hint) = match status {
+            401 => (
+                IssuerErrorKind::Unauthorized,
+                format!(" (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)", self.name),
+            ),
+            404 => (
+                IssuerErrorKind::NotFound,
+                " (TFC answers 404 both for a missing resource and for a credential without permission or entitlement)".to_string(),
+            ),
+            415 => (
+                IssuerErrorKind::Rejected,
+                " (the server refused the JSON:API content type; is this a supported TFE version?)".to_string(),
+            ),
+            429 => {
+                // After a 429 nothing goes to this issuer before X-RateLimit-Reset has passed (SPEC §5.4).
+                let wait = reset.unwrap_or(Duration::from_secs(1)) + jitter(Duration::from_millis(250));
+                self.pacer.block_for(wait).await;
+                let mut e = self.error(
+                    IssuerErrorKind::RateLimited,
+                    Some(status),
+                    format!("{what}: 429 rate limited{detail}; waiting {:.1}s", wait.as_secs_f64()),
+                );
+                e.retry_after = Some(wait);
+                return Err(e);
+            }
+            s if s >= 500 => (IssuerErrorKind::Unavailable, String::new()),
+            _ => (IssuerErrorKind::Rejected, String::new()),
+        };
+        Err(self.error(kind, Some(status), format!("{what}: {status}{detail}{hint}")))
+    }
+
+    /// `send` with the transient-failure retry policy.
+    async fn send_retrying(
+        &self,
+        method: Method,
+        url: Url,
+        bearer: &SecretString,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Reply, IssuerError> {
+        (|| self.send(method.clone(), url.clone(), bearer, body, what))
+            .retry(retry::transient())
+            .when(IssuerError::retryable)
+            .notify(|e, wait| {
+                tracing::warn!(issuer = %self.name, error = %e, retry_in_ms = wait.as_millis() as u64, "issuer request failed; retrying");
+            })
+            .await
+    }
+
+    fn count(&self, status: &str) {
+        self.metrics
+            .issuer_requests
+            .with_label_values(&[self.name.as_str(), status])
+            .inc();
+    }
+
+    fn parse_token(&self, reply: &Reply, what: &str) -> Result<MintedToken, IssuerError> {
+        let protocol = |m: &str| {
+            self.error(
+                IssuerErrorKind::Protocol,
+                Some(reply.status),
+                format!("{what}: {} response {m}", reply.status),
+            )
+        };
+        let data = reply.body.get("data").ok_or_else(|| protocol("has no `data`"))?;
+        let token_id = match data.get("id") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(protocol("has no token id")),
+        };
+        let attrs = data.get("attributes").ok_or_else(|| protocol("has no `attributes`"))?;
+        let value = attrs
+            .get("token")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| protocol("carries no token value"))?;
+        let time = |key: &str| -> Result<Option<DateTime<Utc>>, IssuerError> {
+            match attrs.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+                    .map(|t| Some(t.with_timezone(&Utc)))
+                    .map_err(|_| protocol(&format!("has an invalid `{key}`"))),
+                Some(_) => Err(protocol(&format!("has an invalid `{key}`"))),
+            }
+        };
+        Ok(MintedToken {
+            value: SecretString::from(value.to_string()),
+            token_id,
+            created_at: time("created-at")?.unwrap_or_else(crate::clock::now),
+            expires_at: time("expired-at")?,
+        })
+    }
+}
+
+/// `errors[].title/detail` of a JSON:API error body (or the plain `{"errors":["…"]}` form), shortened.
+fn api_errors(body: &Value) -> String {
+    let Some(errors) = body.get("errors").and_then(Value::as_array) else {
+        return String::new();
+    };
+    let parts: Vec<String> = errors
+        .iter()
+        .map(|e| match e {
+            Value::String(s) => s.clone(),
+            Value::Object(o) => {
+                let get = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                match (get("title"), get("detail")) {
+                    (t, d) if d.is_empty() => t,
+                    (t, d) if t.is_empty() => d,
+                    (t, d) => format!("{t}: {d}"),
+                }
+            }
+            _ => String::new(),
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut text = parts.join("; ");
+    if text.len() > 300 {
+        let cut = (0..=300).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+fn jitter(max: Duration) -> Duration {
+    max.mul_f64(rand::random::<f64>())
+}
+
+#[async_trait]
+impl Issuer for TfeIssuer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn mint(&self, token: &TokenPolicy, expires_at: Option<DateTime<Utc>>) -> Result<MintedToken, IssuerError> {
+        match &token.kind {
+            TokenKind::TfeOrganization { organization } => {
+                let url = self.url(&["organizations", organization, "authentication-token"]);
+                let mut attributes = serde_json::Map::new();
+                if let Some(at) = expires_at {
+                    attributes.insert("expired-at".into(), Value::String(at.to_rfc3339_opts(SecondsFormat::Secs, true)));
+                }
+                let body = json!({"data": {"type": "authentication-tokens", "attributes": attributes}});
+                let what = format!("creating the organization token of \"{organization}\"");
+                let reply = self
+                    .send_retrying(Method::POST, url, &self.credential, Some(&body), &what)
+                    .await?;
+                if reply.status != 201 {
+                    return Err(self.error(
+                        IssuerErrorKind::Protocol,
+                        Some(reply.status),
+                        format!("{what}: expected 201 Created, got {}", reply.status),
+                    ));
+                }
+                self.parse_token(&reply, &what)
+            }
+        }
+    }
+
+    async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {
+        let url = self.url(&["account", "details"]);
+        self.send_retrying(Method::GET, url, value, None, "proving the new token (GET account/details)")
+            .await
+            .map(|_| ())
+    }
+
+    async fn probe(&self) -> Result<(), IssuerError> {
+        let url = self.url(&["account", "details"]);
+        self.send(Method::GET, url, &self.credential, None, "proving the issuer credential (GET account/details)")
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_errors_reads_both_shapes() {
+        let v = json!({"errors":[{"status":"422","title":"invalid attributes","detail":"Validation failed: Description has already been taken"}]});
+        assert_eq!(api_errors(&v), "invalid attributes: Validation failed: Description has already been taken");
+        assert_eq!(api_errors(&json!({"errors":["plain"]})), "plain");
+        assert_eq!(api_errors(&json!({})), "");
+    }
+}

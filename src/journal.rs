@@ -1,0 +1,270 @@
+//! The rotation journal in `state_dir`: a minted token is persisted here (0600, fsync'd) before anything else
+//! happens, so that a crash at any later point resumes instead of losing it (SPEC §5.1).
+//!
+//! Layout: `state_dir/` (0700) holds `lock` (held for the daemon's lifetime) and `journal/<token>.json`, one file
+//! per token with a rotation in progress. Finished rotations delete their file, so the journal stays small.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::issuer::MintedToken;
+use crate::secret::{ExposeSecret, SecretString};
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("state_dir {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("state_dir {path} is accessible by group or others (mode {mode:04o}); run `chmod 0700 {path}`")]
+    Permissions { path: String, mode: u32 },
+    #[error("state_dir {0} is locked by another token-rotator process; two daemons must not share a state_dir")]
+    Locked(String),
+    #[error("journal file {path} is unreadable ({why}); move it aside after checking its token by hand")]
+    Corrupt { path: String, why: String },
+}
+
+/// Where a rotation stands. See ARCHITECTURE.md "Rotation state machine".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The create request is about to be sent; no value known yet.
+    Minting,
+    /// The issuer returned a token; it is being pushed to the sinks.
+    Minted,
+    /// Stored and read back everywhere and proven with the identity probe.
+    Verified,
+}
+
+/// A minted token as journaled. The value is serialised only into the 0600 journal file.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JournaledToken {
+    #[serde(serialize_with = "expose")]
+    pub value: SecretString,
+    pub token_id: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+impl std::fmt::Debug for JournaledToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournaledToken")
+            .field("value", &"[REDACTED]")
+            .field("token_id", &self.token_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<&MintedToken> for JournaledToken {
+    fn from(m: &MintedToken) -> Self {
+        JournaledToken {
+            value: m.value.clone(),
+            token_id: m.token_id.clone(),
+            created_at: m.created_at,
+            expires_at: m.expires_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub format: u32,
+    pub token: String,
+    pub issuer: String,
+    pub token_type: String,
+    pub started_at: DateTime<Utc>,
+    pub phase: Phase,
+    pub minted: Option<JournaledToken>,
+    /// Sink targets (`sink:target`) that hold and read back `minted`.
+    pub stored: Vec<String>,
+}
+
+impl Entry {
+    pub fn new(token: &str, issuer: &str, token_type: &str, now: DateTime<Utc>) -> Self {
+        Entry {
+            format: FORMAT,
+            token: token.into(),
+            issuer: issuer.into(),
+            token_type: token_type.into(),
+            started_at: now,
+            phase: Phase::Minting,
+            minted: None,
+            stored: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    _lock: File,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Token names become file names: everything but `[A-Za-z0-9_-]` is %-escaped (so no `.`/`..`/`/` tricks).
+fn file_name(token: &str) -> String {
+    let mut out = String::new();
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out + ".json"
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+impl Journal {
+    /// Creates (0700) or checks `state_dir`, takes its lock, and prepares `journal/`.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        if !state_dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(io(state_dir))?;
+        }
+        let mode = fs::metadata(state_dir).map_err(io(state_dir))?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(JournalError::Permissions {
+                path: state_dir.display().to_string(),
+                mode,
+            });
+        }
+        let lock_path = state_dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked(state_dir.display().to_string()))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
+        let dir = state_dir.join("journal");
+        if !dir.exists() {
+            fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io(&dir))?;
+            fsync_dir(state_dir)?;
+        }
+        Ok(Journal { dir, _lock: lock })
+    }
+
+    fn path(&self, token: &str) -> PathBuf {
+        self.dir.join(file_name(token))
+    }
+
+    pub fn load(&self, token: &str) -> Result<Option<Entry>, JournalError> {
+        let path = self.path(token);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let corrupt = |why: String| JournalError::Corrupt {
+            path: path.display().to_string(),
+            why,
+        };
+        let entry: Entry = serde_json::from_slice(&bytes)
+            // serde_json's message names a line and column, never the content.
+            .map_err(|e| corrupt(format!("invalid JSON at line {} column {}", e.line(), e.column())))?;
+        if entry.format != FORMAT {
+            return Err(corrupt(format!("format {} is not {FORMAT}", entry.format)));
+        }
+        Ok(Some(entry))
+    }
+
+    /// Atomically replaces the token's entry: temp file (0600) → fsync → rename → fsync the directory.
+    pub fn save(&self, entry: &Entry) -> Result<(), JournalError> {
+        let path = self.path(&entry.token);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(entry).expect("journal entries serialise");
+        {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            f.write_all(&bytes).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// The rotation finished: its entry goes.
+    pub fn remove(&self, token: &str) -> Result<(), JournalError> {
+        let path = self.path(token);
+        match fs::remove_file(&path) {
+            Ok(()) => fsync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_remove_with_private_modes() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let j = Journal::open(&state).unwrap();
+        assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+        let mut e = Entry::new("ci/org.x", "tfc", "organization", crate::clock::now());
+        e.phase = Phase::Minted;
+        e.minted = Some(JournaledToken {
+            value: SecretString::from("VALUE-xyz".to_string()),
+            token_id: "at-1".into(),
+            created_at: crate::clock::now(),
+            expires_at: None,
+        });
+        j.save(&e).unwrap();
+        let file = state.join("journal").join("ci%2Forg%2Ex.json");
+        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let back = j.load("ci/org.x").unwrap().unwrap();
+        assert_eq!(back.minted.unwrap().value.expose_secret(), "VALUE-xyz");
+        assert!(!format!("{e:?}").contains("VALUE-xyz"));
+        j.remove("ci/org.x").unwrap();
+        assert!(j.load("ci/org.x").unwrap().is_none());
+    }
+
+    #[test]
+    fn second_daemon_is_refused_and_open_dirs_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let _first = Journal::open(&state).unwrap();
+        assert!(matches!(Journal::open(&state), Err(JournalError::Locked(_))));
+        let open = root.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(Journal::open(&open), Err(JournalError::Permissions { .. })));
+    }
+}

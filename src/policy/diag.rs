@@ -1,0 +1,110 @@
+//! Located diagnostics: every policy problem carries a byte span that renders as `PATH:LINE:COL: message`.
+
+use std::fmt;
+use std::ops::Range;
+
+/// One problem found in a policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub span: Range<usize>,
+    pub message: String,
+}
+
+/// Every problem found in one policy file, in source order.
+#[derive(Clone, Debug)]
+pub struct Diagnostics {
+    pub path: String,
+    source: String,
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn new(path: impl Into<String>, source: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            source: source.into(),
+            items: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.items.push(Diagnostic {
+            span,
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        line_col(&self.source, offset)
+    }
+
+    fn sort(&mut self) {
+        self.items
+            .sort_by(|a, b| (a.span.start, &a.message).cmp(&(b.span.start, &b.message)));
+        self.items.dedup();
+    }
+
+    /// Sorted, deduplicated `PATH:LINE:COL: message` lines.
+    pub fn render(&mut self) -> Vec<String> {
+        self.sort();
+        self.items
+            .iter()
+            .map(|d| {
+                let (line, col) = line_col(&self.source, d.span.start);
+                format!("{}:{}:{}: {}", self.path, line, col, d.message)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut me = self.clone();
+        for line in me.render() {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let mut line = 1;
+    let mut line_start = 0;
+    for (i, b) in source.as_bytes()[..offset].iter().enumerate() {
+        if *b == b'\n' {
+            line += 1;
+            line_start = i + 1;
+        }
+    }
+    // Columns count characters; a span may start inside a multi-byte char only if toml reports it so.
+    let col = source
+        .get(line_start..offset)
+        .map(|s| s.chars().count())
+        .unwrap_or(offset - line_start)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_characters() {
+        let src = "a = 1\nbé = 2\n";
+        assert_eq!(line_col(src, 0), (1, 1));
+        assert_eq!(line_col(src, 6), (2, 1));
+        let eq = src.find('=').unwrap();
+        assert_eq!(line_col(src, eq), (1, 3));
+        let second_eq = src.rfind('=').unwrap();
+        assert_eq!(line_col(src, second_eq), (2, 4));
+    }
+}

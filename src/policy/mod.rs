@@ -1,0 +1,1006 @@
+//! The policy file: raw TOML → validated domain types, with every problem located (`PATH:LINE:COL: message`).
+//!
+//! The same `load` is used by `check`, start-up and reload (SPEC §2–3).
+
+pub mod diag;
+pub mod duration;
+mod reader;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+use toml::de::{DeTable, DeValue};
+
+pub use diag::Diagnostics;
+use reader::{wrong_type, Span, TableReader};
+
+use crate::secret::SecretRef;
+use crate::sink::Target;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/token-rotator/policy.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9851";
+pub const DEFAULT_TFE_ADDRESS: &str = "https://app.terraform.io";
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(3600);
+const DEFAULT_REQUESTS_PER_SECOND: u32 = 25;
+/// Policy files larger than this are refused before parsing.
+const MAX_POLICY_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub daemon: DaemonSettings,
+    pub issuers: BTreeMap<String, IssuerConfig>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+    pub tokens: BTreeMap<String, TokenPolicy>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DaemonSettings {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub log_format: Option<LogFormat>,
+    pub drift_check: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub kind: IssuerKind,
+    pub address: String,
+    pub token: SecretRef,
+    pub ca_file: Option<PathBuf>,
+    pub requests_per_second: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuerKind {
+    Tfe,
+}
+
+impl IssuerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuerKind::Tfe => "tfe",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum SinkKind {
+    Vault(VaultSinkConfig),
+}
+
+impl SinkKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SinkKind::Vault(_) => "vault",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct VaultSinkConfig {
+    pub address: String,
+    pub mount: String,
+    pub namespace: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub kv_version: Option<u8>,
+    pub auth: VaultAuth,
+}
+
+#[derive(Clone, Debug)]
+pub enum VaultAuth {
+    Token { token: SecretRef },
+}
+
+/// What the daemon regenerates for one policy token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    /// TFC/TFE organization token: a singleton that the create call replaces.
+    TfeOrganization { organization: String },
+}
+
+impl TokenKind {
+    /// The `type` key as written in the policy and in sink records.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            TokenKind::TfeOrganization { .. } => "organization",
+        }
+    }
+
+    /// Singleton types are replaced by the issuer at create time: the old token dies when the new one is minted.
+    pub fn is_singleton(&self) -> bool {
+        matches!(self, TokenKind::TfeOrganization { .. })
+    }
+
+    pub fn expires(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenPolicy {
+    pub name: String,
+    pub issuer: String,
+    pub kind: TokenKind,
+    pub schedule: Schedule,
+    pub description: Option<String>,
+    pub sinks: Vec<SinkTarget>,
+}
+
+/// The schedule keys of SPEC §3, with defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Requested validity of each new token; `None` for types that never expire.
+    pub lifetime: Option<Duration>,
+    pub rotate_before: Option<Duration>,
+    pub every: Option<Duration>,
+    pub jitter: Duration,
+    pub grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SinkTarget {
+    pub sink: String,
+    pub target: Target,
+}
+
+impl std::fmt::Display for SinkTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.sink, self.target)
+    }
+}
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: cannot read policy: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl PolicyError {
+    /// Lines for stderr, one per problem.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            PolicyError::Read { .. } => vec![self.to_string()],
+            PolicyError::Invalid(d) => d.clone().render(),
+        }
+    }
+}
+
+/// Reads and validates a policy file. `display_path` is the path as the operator gave it.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let display = path.display().to_string();
+    let read_err = |source| PolicyError::Read {
+        path: display.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if meta.len() > MAX_POLICY_BYTES {
+        let mut d = Diagnostics::new(display.clone(), "");
+        d.push(
+            0..0,
+            format!("policy file is larger than {MAX_POLICY_BYTES} bytes"),
+        );
+        return Err(PolicyError::Invalid(d));
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    let source = match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let offset = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let mut d = Diagnostics::new(display.clone(), text);
+            d.push(offset..offset, "policy file is not valid UTF-8");
+            return Err(PolicyError::Invalid(d));
+        }
+    };
+    parse(&display, path, &source, &Env::from_process()).map_err(PolicyError::Invalid)
+}
+
+/// The parts of the process environment that change policy defaults (kept explicit for tests).
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    pub state_directory: Option<String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Env {
+            state_directory: std::env::var("STATE_DIRECTORY").ok(),
+        }
+    }
+}
+
+/// Parses and validates policy text; `display` names the file in diagnostics.
+pub fn parse(display: &str, path: &Path, source: &str, env: &Env) -> Result<Policy, Diagnostics> {
+    let mut d = Diagnostics::new(display, source);
+    let (doc, syntax_errors) = DeTable::parse_recoverable(source);
+    for e in &syntax_errors {
+        let span = e.span().unwrap_or(0..0);
+        d.push(span, format!("TOML syntax error: {}", first_line(e.message())));
+    }
+    if !syntax_errors.is_empty() {
+        return Err(d);
+    }
+    let mut root = TableReader::new("the policy", 0..0, doc.get_ref());
+
+    let daemon = read_daemon(&mut root, &mut d, env);
+    let issuers = read_named(&mut root, &mut d, "issuers", read_issuer);
+    let sinks = read_named(&mut root, &mut d, "sinks", read_sink);
+    let tokens = read_tokens(&mut root, &mut d, &issuers, &sinks);
+    root.finish(&mut d);
+
+    if !d.is_empty() {
+        return Err(d);
+    }
+    Ok(Policy {
+        path: path.to_path_buf(),
+        daemon: daemon.expect("daemon settings present when there are no diagnostics"),
+        issuers: issuers.into_iter().map(|(k, (_, v))| (k, v)).collect(),
+        sinks: sinks.into_iter().map(|(k, (_, v))| (k, v)).collect(),
+        tokens,
+    })
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
+
+fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option<DaemonSettings> {
+    let default_state_dir = || {
+        env.state_directory
+            .as_deref()
+            .and_then(|s| s.split(':').next())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("./state"))
+    };
+    let mut settings = DaemonSettings {
+        state_dir: default_state_dir(),
+        listen: DEFAULT_LISTEN.parse().expect("valid default listen address"),
+        log_format: None,
+        drift_check: DEFAULT_DRIFT_CHECK,
+    };
+    let Some(mut t) = root.opt_table(d, "daemon") else {
+        return Some(settings);
+    };
+    t.name = "[daemon]".into();
+    let mut ok = true;
+    if let Some(dir) = t.opt_str(d, "state_dir") {
+        if dir.get_ref().is_empty() {
+            d.push(dir.span(), "`state_dir` must not be empty");
+            ok = false;
+        } else {
+            settings.state_dir = PathBuf::from(dir.into_inner());
+        }
+    }
+    if let Some(listen) = t.opt_str(d, "listen") {
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => settings.listen = addr,
+            Err(_) => {
+                d.push(
+                    listen.span(),
+                    format!(
+                        "`listen` must be an IP address and port such as \"{DEFAULT_LISTEN}\", found \"{}\"",
+                        listen.get_ref()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    if let Some(fmt) = t.opt_str(d, "log_format") {
+        match fmt.get_ref().as_str() {
+            "text" => settings.log_format = Some(LogFormat::Text),
+            "json" => settings.log_format = Some(LogFormat::Json),
+            other => {
+                d.push(
+                    fmt.span(),
+                    format!("`log_format` must be \"text\" or \"json\", found \"{other}\""),
+                );
+                ok = false;
+            }
+        }
+    }
+    if let Some(dc) = t.opt_duration(d, "drift_check") {
+        if dc.get_ref().is_zero() {
+            d.push(dc.span(), "`drift_check` must be longer than 0s");
+            ok = false;
+        } else {
+            settings.drift_check = dc.into_inner();
+        }
+    }
+    if let Some(v) = t.get("state_key") {
+        d.push(
+            v.span(),
+            "`state_key` (journal encryption at rest) is not supported by this version of token-rotator; remove it",
+        );
+        ok = false;
+    }
+    t.finish(d);
+    ok.then_some(settings)
+}
+
+type Named<T> = BTreeMap<String, (Span, T)>;
+
+/// Reads `[issuers.*]` / `[sinks.*]`: a table of named tables.
+fn read_named<T>(
+    root: &mut TableReader,
+    d: &mut Diagnostics,
+    key: &str,
+    read_one: fn(&mut TableReader, &mut Diagnostics, &str) -> Option<T>,
+) -> Named<T> {
+    let mut out = BTreeMap::new();
+    let Some(section) = root.opt_table(d, key) else {
+        return out;
+    };
+    for (name, value) in section.entries() {
+        let Some(table) = value.get_ref().as_table() else {
+            wrong_type(d, value, &format!("`{key}.{}`", name.get_ref()), "a table");
+            continue;
+        };
+        let label = format!("[{key}.{}]", name.get_ref());
+        let mut t = TableReader::new(label, name.span(), table);
+        if let Some(item) = read_one(&mut t, d, name.get_ref()) {
+            out.insert(name.get_ref().clone(), (name.span(), item));
+        }
+        t.finish(d);
+    }
+    out
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+/// SPEC §5.6: `https://` everywhere, plain `http://` only to loopback addresses.
+fn check_address(d: &mut Diagnostics, key: &str, table: &str, v: &Spanned<String>) -> bool {
+    let text = v.get_ref();
+    let Ok(url) = reqwest::Url::parse(text) else {
+        d.push(
+            v.span(),
+            format!("`{key}` in {table} is not a valid URL: \"{text}\""),
+        );
+        return false;
+    };
+    let host = url.host_str().unwrap_or("");
+    match url.scheme() {
+        "https" if !host.is_empty() => true,
+        "http" if is_loopback_host(host) => true,
+        "http" => {
+            d.push(
+                v.span(),
+                format!(
+                    "`{key}` in {table} uses plain http:// to {host}; only loopback addresses may use http://, use https://"
+                ),
+            );
+            false
+        }
+        _ => {
+            d.push(
+                v.span(),
+                format!("`{key}` in {table} must be an https:// URL, found \"{text}\""),
+            );
+            false
+        }
+    }
+}
+
+fn read_path(t: &mut TableReader, d: &mut Diagnostics, key: &str) -> Option<PathBuf> {
+    let v = t.opt_str(d, key)?;
+    if v.get_ref().is_empty() {
+        d.push(v.span(), format!("`{key}` in {} must not be empty", t.name));
+        return None;
+    }
+    Some(PathBuf::from(v.into_inner()))
+}
+
+/// Reads a secret reference; an inline string gets a message saying what to write instead.
+fn read_secret_ref(t: &mut TableReader, d: &mut Diagnostics, key: &str) -> Option<SecretRef> {
+    let Some(v) = t.get(key) else {
+        t.missing(
+            d,
+            key,
+            &format!(" (write `{key} = {{ env = \"NAME\" }}` or `{key} = {{ file = \"PATH\" }}`)"),
+        );
+        return None;
+    };
+    secret_ref_value(d, &format!("`{key}` in {}", t.name), key, v)
+}
+
+fn secret_ref_value(
+    d: &mut Diagnostics,
+    what: &str,
+    key: &str,
+    v: &Spanned<DeValue<'_>>,
+) -> Option<SecretRef> {
+    let table = match v.get_ref() {
+        DeValue::String(_) => {
+            d.push(
+                v.span(),
+                format!(
+                    "{what} must not be written inline; write `{key} = {{ env = \"NAME\" }}` or `{key} = {{ file = \"PATH\" }}` (or `{{ sink = \"NAME\", path = \"…\" }}`) instead"
+                ),
+            );
+            return None;
+        }
+        DeValue::Table(table) => table,
+        _ => {
+            wrong_type(d, v, what, "a secret reference such as { env = \"NAME\" }");
+            return None;
+        }
+    };
+    let mut r = TableReader::new(what.to_string(), v.span(), table);
+    let present: Vec<&str> = ["env", "file", "sink"]
+        .into_iter()
+        .filter(|k| r.has(k))
+        .collect();
+    let result = match present.as_slice() {
+        ["env"] => r.opt_str(d, "env").and_then(|s| {
+            if s.get_ref().is_empty() {
+                d.push(s.span(), format!("{what}: `env` must name a variable"));
+                None
+            } else {
+                Some(SecretRef::Env(s.into_inner()))
+            }
+        }),
+        ["file"] => r.opt_str(d, "file").and_then(|s| {
+            if s.get_ref().is_empty() {
+                d.push(s.span(), format!("{what}: `file` must name a path"));
+                None
+            } else {
+                Some(SecretRef::File(PathBuf::from(s.into_inner())))
+            }
+        }),
+        ["sink"] => {
+            let sink = r.opt_str(d, "sink");
+            let target = read_target(&mut r, d);
+            match (sink, target) {
+                (Some(sink), Some(target)) => Some(SecretRef::Sink {
+                    sink: sink.into_inner(),
+                    target,
+                }),
+                _ => None,
+            }
+        }
+        [] => {
+            d.push(
+                v.span(),
+                format!("{what} must have one of `env`, `file` or `sink`"),
+            );
+            None
+        }
+        _ => {
+            d.push(
+                v.span(),
+                format!("{what} must have exactly one of `env`, `file` or `sink`"),
+            );
+            r.allow(&["env", "file", "sink", "path", "secret_id"]);
+            None
+        }
+    };
+    r.finish(d);
+    result
+}
+
+/// `path = "…"` or `secret_id = "…"` in a sink reference.
+fn read_target(r: &mut TableReader, d: &mut Diagnostics) -> Option<Target> {
+    match (r.has("path"), r.has("secret_id")) {
+        (true, false) => r
+            .opt_str(d, "path")
+            .and_then(|p| non_empty(d, p, "path").map(Target::Path)),
+        (false, true) => r
+            .opt_str(d, "secret_id")
+            .and_then(|p| non_empty(d, p, "secret_id").map(Target::SecretId)),
+        (true, true) => {
+            d.push(
+                r.span.clone(),
+                format!("{} must have `path` or `secret_id`, not both", r.name),
+            );
+            r.allow(&["path", "secret_id"]);
+            None
+        }
+        (false, false) => {
+            r.missing(d, "path", " (or `secret_id` for an AWS sink)");
+            None
+        }
+    }
+}
+
+fn non_empty(d: &mut Diagnostics, v: Spanned<String>, key: &str) -> Option<String> {
+    if v.get_ref().trim().is_empty() {
+        d.push(v.span(), format!("`{key}` must not be empty"));
+        None
+    } else {
+        Some(v.into_inner())
+    }
+}
+
+fn read_kind<'k>(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    allowed: &[&'k str],
+    planned: &[&str],
+) -> Option<&'k str> {
+    let kind = t.req_str(d, "kind")?;
+    if let Some(k) = allowed.iter().find(|k| **k == kind.get_ref()) {
+        return Some(k);
+    }
+    let msg = if planned.contains(&kind.get_ref().as_str()) {
+        format!(
+            "`kind = \"{}\"` in {} is not supported by this version of token-rotator (supported: {})",
+            kind.get_ref(),
+            t.name,
+            allowed.join(", ")
+        )
+    } else {
+        format!(
+            "unknown `kind = \"{}\"` in {}; expected one of: {}",
+            kind.get_ref(),
+            t.name,
+            allowed.join(", ")
+        )
+    };
+    d.push(kind.span(), msg);
+    None
+}
+
+fn read_issuer(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<IssuerConfig> {
+    let kind = read_kind(t, d, &["tfe"], &["pulumi"]);
+    let address = match t.opt_str(d, "address") {
+        Some(a) => check_address(d, "address", &t.name, &a).then(|| a.into_inner()),
+        None => Some(DEFAULT_TFE_ADDRESS.to_string()),
+    };
+    let token = read_secret_ref(t, d, "token");
+    let ca_file = read_path(t, d, "ca_file");
+    let rps = t
+        .opt_int(d, "requests_per_second", 1..=1000)
+        .map(|v| v.into_inner() as u32)
+        .unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
+    let kind = match kind? {
+        "tfe" => IssuerKind::Tfe,
+        _ => return None,
+    };
+    Some(IssuerConfig {
+        name: name.to_string(),
+        kind,
+        address: address?.trim_end_matches('/').to_string(),
+        token: token?,
+        ca_file,
+        requests_per_second: rps,
+    })
+}
+
+fn read_sink(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<SinkConfig> {
+    let kind = read_kind(t, d, &["vault"], &["aws-secretsmanager", "file"])?;
+    let kind = match kind {
+        "vault" => SinkKind::Vault(read_vault(t, d)?),
+        _ => return None,
+    };
+    Some(SinkConfig {
+        name: name.to_string(),
+        kind,
+    })
+}
+
+fn read_vault(t: &mut TableReader, d: &mut Diagnostics) -> Option<VaultSinkConfig> {
+    let address = t
+        .req_str(d, "address")
+        .and_then(|a| check_address(d, "address", &t.name, &a).then(|| a.into_inner()));
+    let mount = match t.opt_str(d, "mount") {
+        Some(m) => non_empty(d, m, "mount").map(|m| m.trim_matches('/').to_string()),
+        None => Some("secret".to_string()),
+    };
+    let namespace = t.opt_str(d, "namespace").map(Spanned::into_inner);
+    let ca_file = read_path(t, d, "ca_file");
+    let kv_version = t.opt_int(d, "kv_version", 1..=2).map(|v| v.into_inner() as u8);
+    let auth = match t.opt_table(d, "auth") {
+        None => {
+            if !t.has("auth") {
+                t.missing(d, "auth", " (e.g. `auth = { method = \"token\", token = { env = \"VAULT_TOKEN\" } }`)");
+            }
+            None
+        }
+        Some(mut a) => {
+            let method = a.req_str(d, "method");
+            let auth = match method.as_ref().map(|m| m.get_ref().as_str()) {
+                Some("token") => read_secret_ref(&mut a, d, "token").map(|token| VaultAuth::Token { token }),
+                Some(m @ ("approle" | "kubernetes")) => {
+                    d.push(
+                        method.as_ref().map(|s| s.span()).unwrap_or(a.span.clone()),
+                        format!("Vault auth method \"{m}\" is not supported by this version of token-rotator (supported: token)"),
+                    );
+                    a.allow(&["mount", "role_id", "secret_id", "role", "jwt_file", "token"]);
+                    None
+                }
+                Some(other) => {
+                    d.push(
+                        method.as_ref().map(|s| s.span()).unwrap_or(a.span.clone()),
+                        format!("unknown Vault auth `method = \"{other}\"`; expected one of: token, approle, kubernetes"),
+                    );
+                    None
+                }
+                None => None,
+            };
+            a.finish(d);
+            auth
+        }
+    };
+    Some(VaultSinkConfig {
+        address: address?.trim_end_matches('/').to_string(),
+        mount: mount?,
+        namespace,
+        ca_file,
+        kv_version,
+        auth: auth?,
+    })
+}
+
+const TFE_TYPES: &[&str] = &["organization"];
+const TFE_PLANNED_TYPES: &[&str] = &["audit-trails", "team", "team-legacy", "agent"];
+
+fn read_tokens(
+    root: &mut TableReader,
+    d: &mut Diagnostics,
+    issuers: &Named<IssuerConfig>,
+    sinks: &Named<SinkConfig>,
+) -> BTreeMap<String, TokenPolicy> {
+    let mut out = BTreeMap::new();
+    // Which token already writes to a sink target, for the duplicate check.
+    let mut targets: HashMap<SinkTarget, String> = HashMap::new();
+    let Some(section) = root.opt_table(d, "tokens") else {
+        return out;
+    };
+    for (name, value) in section.entries() {
+        let Some(table) = value.get_ref().as_table() else {
+            wrong_type(d, value, &format!("`tokens.{}`", name.get_ref()), "a table");
+            continue;
+        };
+        let mut t = TableReader::new(format!("[tokens.{}]", name.get_ref()), name.span(), table);
+        if let Some(token) = read_token(&mut t, d, name.get_ref(), issuers, sinks, &mut targets) {
+            out.insert(name.get_ref().clone(), token);
+        }
+        t.finish(d);
+    }
+    out
+}
+
+fn read_token(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    name: &str,
+    issuers: &Named<IssuerConfig>,
+    sinks: &Named<SinkConfig>,
+    targets: &mut HashMap<SinkTarget, String>,
+) -> Option<TokenPolicy> {
+    let issuer_key = t.req_str(d, "issuer");
+    let issuer = issuer_key.as_ref().and_then(|i| match issuers.get(i.get_ref()) {
+        Some((_, cfg)) => Some(cfg),
+        None => {
+            let known: Vec<&str> = issuers.keys().map(String::as_str).collect();
+            d.push(
+                i.span(),
+                format!(
+                    "{} refers to unknown issuer \"{}\"{}",
+                    t.name,
+                    i.get_ref(),
+                    known_list(&known)
+                ),
+            );
+            None
+        }
+    });
+    let type_key = t.req_str(d, "type");
+    let kind = match (issuer, type_key.as_ref()) {
+        (Some(issuer), Some(ty)) => read_token_kind(t, d, issuer, ty),
+        _ => {
+            t.allow(&["organization"]);
+            None
+        }
+    };
+    let schedule = read_schedule(t, d, kind.as_ref());
+    let description = t.opt_str(d, "description").and_then(|s| {
+        if s.get_ref().trim().is_empty() || s.get_ref().len() > 100 {
+            d.push(s.span(), format!("`description` in {} must be 1 to 100 characters", t.name));
+            None
+        } else {
+            Some(s.into_inner())
+        }
+    });
+    let sink_targets = read_token_sinks(t, d, name, sinks, targets);
+    Some(TokenPolicy {
+        name: name.to_string(),
+        issuer: issuer_key?.into_inner(),
+        kind: kind?,
+        schedule: schedule?,
+        description,
+        sinks: sink_targets?,
+    })
+}
+
+fn known_list(known: &[&str]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (defined: {})", known.join(", "))
+    }
+}
+
+fn read_token_kind(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    issuer: &IssuerConfig,
+    ty: &Spanned<String>,
+) -> Option<TokenKind> {
+    match (issuer.kind, ty.get_ref().as_str()) {
+        (IssuerKind::Tfe, "organization") => {
+            let org = t.req_str(d, "organization")?;
+            let org = non_empty(d, org, "organization")?;
+            Some(TokenKind::TfeOrganization { organization: org })
+        }
+        (IssuerKind::Tfe, other) => {
+            let msg = if TFE_PLANNED_TYPES.contains(&other) {
+                format!(
+                    "`type = \"{other}\"` is not supported by this version of token-rotator (supported for kind \"tfe\": {})",
+                    TFE_TYPES.join(", ")
+                )
+            } else {
+                format!(
+                    "unknown `type = \"{other}\"` for issuer \"{}\" (kind \"tfe\"); expected one of: {}",
+                    issuer.name,
+                    TFE_TYPES.join(", ")
+                )
+            };
+            d.push(ty.span(), msg);
+            t.allow(&["organization", "team_id", "agent_pool_id"]);
+            None
+        }
+    }
+}
+
+fn read_schedule(t: &mut TableReader, d: &mut Diagnostics, kind: Option<&TokenKind>) -> Option<Schedule> {
+    let mut ok = true;
+    let lifetime = t.opt_duration(d, "lifetime");
+    let rotate_before = t.opt_duration(d, "rotate_before");
+    let every = t.opt_duration(d, "every");
+    let jitter = t.opt_duration(d, "jitter");
+    let grace = t.opt_duration(d, "grace");
+    for (key, v) in [("lifetime", &lifetime), ("every", &every)] {
+        if let Some(v) = v {
+            if v.get_ref().is_zero() {
+                d.push(v.span(), format!("`{key}` in {} must be longer than 0s", t.name));
+                ok = false;
+            }
+        }
+    }
+    let expires = kind.map(TokenKind::expires).unwrap_or(true);
+    let lifetime_value = if expires {
+        Some(lifetime.as_ref().map(|l| *l.get_ref()).unwrap_or(DEFAULT_LIFETIME))
+    } else {
+        None
+    };
+    let rotate_before_value = match (&rotate_before, lifetime_value) {
+        (Some(rb), Some(life)) => {
+            if *rb.get_ref() >= life {
+                d.push(
+                    rb.span(),
+                    format!(
+                        "`rotate_before` ({}) in {} must be shorter than `lifetime` ({})",
+                        duration::render(*rb.get_ref()),
+                        t.name,
+                        duration::render(life)
+                    ),
+                );
+                ok = false;
+            }
+            Some(*rb.get_ref())
+        }
+        (Some(rb), None) => Some(*rb.get_ref()),
+        (None, Some(life)) => Some(life / 3),
+        (None, None) => None,
+    };
+    if let (Some(j), Some(life)) = (&jitter, lifetime_value) {
+        let rb = rotate_before_value.unwrap_or(life / 3);
+        if *j.get_ref() >= rb {
+            d.push(
+                j.span(),
+                format!(
+                    "`jitter` ({}) in {} must be shorter than `rotate_before` ({}), or the token could expire first",
+                    duration::render(*j.get_ref()),
+                    t.name,
+                    duration::render(rb)
+                ),
+            );
+            ok = false;
+        }
+    }
+    if !ok || kind.is_none() {
+        return None;
+    }
+    Some(Schedule {
+        lifetime: lifetime_value,
+        rotate_before: rotate_before_value,
+        every: every.map(Spanned::into_inner),
+        jitter: jitter.map(Spanned::into_inner).unwrap_or_default(),
+        grace: grace.map(Spanned::into_inner).unwrap_or(DEFAULT_GRACE),
+    })
+}
+
+fn read_token_sinks(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    token: &str,
+    sinks: &Named<SinkConfig>,
+    targets: &mut HashMap<SinkTarget, String>,
+) -> Option<Vec<SinkTarget>> {
+    if !t.has("sinks") {
+        t.missing(d, "sinks", " (e.g. `sinks = [{ sink = \"vault\", path = \"ci/token\" }]`)");
+        return None;
+    }
+    let v = t.get("sinks")?;
+    let Some(items) = v.get_ref().as_array() else {
+        wrong_type(d, v, &format!("`sinks` in {}", t.name), "an array of tables");
+        return None;
+    };
+    if items.is_empty() {
+        d.push(v.span(), format!("`sinks` in {} must name at least one sink", t.name));
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items.iter() {
+        let Some(table) = item.get_ref().as_table() else {
+            wrong_type(d, item, &format!("an entry of `sinks` in {}", t.name), "a table like { sink = \"NAME\", path = \"…\" }");
+            ok = false;
+            continue;
+        };
+        let mut r = TableReader::new(format!("a `sinks` entry of {}", t.name), item.span(), table);
+        let sink = r.req_str(d, "sink");
+        let target = read_target(&mut r, d);
+        r.finish(d);
+        let (Some(sink), Some(target)) = (sink, target) else {
+            ok = false;
+            continue;
+        };
+        let Some((_, cfg)) = sinks.get(sink.get_ref()) else {
+            let known: Vec<&str> = sinks.keys().map(String::as_str).collect();
+            d.push(
+                sink.span(),
+                format!("{} refers to unknown sink \"{}\"{}", t.name, sink.get_ref(), known_list(&known)),
+            );
+            ok = false;
+            continue;
+        };
+        let expects_path = matches!(cfg.kind, SinkKind::Vault(_));
+        if expects_path != matches!(target, Target::Path(_)) {
+            let want = if expects_path { "`path`" } else { "`secret_id`" };
+            d.push(
+                item.span(),
+                format!("sink \"{}\" (kind \"{}\") takes {want}", sink.get_ref(), cfg.kind.as_str()),
+            );
+            ok = false;
+            continue;
+        }
+        let st = SinkTarget {
+            sink: sink.get_ref().clone(),
+            target,
+        };
+        if let Some(other) = targets.get(&st) {
+            d.push(
+                item.span(),
+                format!(
+                    "sink target {st} is already written by token \"{other}\"; each target holds one token"
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        targets.insert(st.clone(), token.to_string());
+        out.push(st);
+    }
+    ok.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[daemon]
+state_dir = "/tmp/x"
+
+[issuers.tfc]
+kind = "tfe"
+address = "http://127.0.0.1:1234"
+token = { env = "TFC_TOKEN" }
+
+[sinks.vault]
+kind = "vault"
+address = "http://127.0.0.1:8200"
+auth = { method = "token", token = { env = "VAULT_TOKEN" } }
+
+[tokens.ci-org]
+issuer = "tfc"
+type = "organization"
+organization = "acme"
+lifetime = "30d"
+sinks = [{ sink = "vault", path = "ci/tfc-org" }]
+"#;
+
+    fn errors(src: &str) -> Vec<String> {
+        match parse("p.toml", Path::new("p.toml"), src, &Env::default()) {
+            Ok(_) => vec![],
+            Err(mut d) => d.render(),
+        }
+    }
+
+    #[test]
+    fn good_policy_parses_with_defaults() {
+        let p = parse("p.toml", Path::new("p.toml"), GOOD, &Env::default()).unwrap();
+        let t = &p.tokens["ci-org"];
+        assert_eq!(t.schedule.lifetime, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(t.schedule.rotate_before, Some(Duration::from_secs(10 * 86_400)));
+        assert_eq!(t.schedule.grace, Duration::from_secs(3600));
+        assert_eq!(p.daemon.listen.to_string(), "127.0.0.1:9851");
+        match &p.sinks["vault"].kind {
+            SinkKind::Vault(v) => assert_eq!(v.mount, "secret"),
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_location() {
+        let src = GOOD
+            .replace("lifetime = \"30d\"", "lifetime = \"30x\"\nbogus = 1")
+            .replace("token = { env = \"TFC_TOKEN\" }", "token = \"abc\"");
+        let errs = errors(&src);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(errs[0].starts_with("p.toml:8:9: `token` in [issuers.tfc] must not be written inline"), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("`lifetime` in [tokens.ci-org]: invalid duration")));
+        assert!(errs.iter().any(|e| e.contains("unknown key `bogus` in [tokens.ci-org]")));
+    }
+
+    #[test]
+    fn missing_key_is_reported_at_the_table_line() {
+        let src = GOOD.replace("organization = \"acme\"\n", "");
+        let errs = errors(&src);
+        assert_eq!(errs, vec!["p.toml:15:9: missing key `organization` in [tokens.ci-org]".to_string()]);
+    }
+
+    #[test]
+    fn state_directory_env_sets_default_state_dir() {
+        let src = GOOD.replace("state_dir = \"/tmp/x\"\n", "");
+        let env = Env { state_directory: Some("/var/lib/token-rotator:/other".into()) };
+        let p = parse("p.toml", Path::new("p.toml"), &src, &env).unwrap();
+        assert_eq!(p.daemon.state_dir, PathBuf::from("/var/lib/token-rotator"));
+    }
+}

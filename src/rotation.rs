@@ -1,0 +1,406 @@
+//! One token's rotation as a state machine over the journal: observe → mint → journal → store (per sink, CAS,
+//! read back) → verify → done. See ARCHITECTURE.md for the states and what a restart does from each.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use futures_util::future::join_all;
+
+use crate::issuer::{Issuer, IssuerError, IssuerErrorKind};
+use crate::journal::{Entry, Journal, JournalError, Phase};
+use crate::metrics::Metrics;
+use crate::policy::{SinkTarget, TokenPolicy};
+use crate::record::SinkRecord;
+use crate::schedule::{self, Due, DueReason};
+use crate::sink::{Observed, Sink, SinkError, SinkErrorKind, Version};
+use crate::status::CurrentToken;
+
+/// The issuers and sinks of one loaded policy. A part that could not be built keeps its reason, so that only
+/// the tokens using it fail (SPEC §5.5).
+pub struct Rotator {
+    pub issuers: HashMap<String, Result<Arc<dyn Issuer>, String>>,
+    pub sinks: HashMap<String, Result<Arc<dyn Sink>, String>>,
+    pub journal: Arc<Journal>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a successful visit to a token established.
+#[derive(Clone, Debug)]
+pub struct Tended {
+    pub current: Option<CurrentToken>,
+    pub stored_everywhere: bool,
+    pub due: Due,
+    pub rotated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    #[error("{0}")]
+    Sinks(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl AttemptError {
+    /// Permanent failures wait for the next scheduled try instead of backing off quickly (SPEC §5.4).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            AttemptError::Issuer(e) => !e.retryable(),
+            AttemptError::Sinks(_) => false,
+            AttemptError::Journal(_) | AttemptError::Unusable(_) => true,
+        }
+    }
+}
+
+/// A failed visit, with whatever it learned about the current token on the way.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: AttemptError,
+    /// `Some` when the visit learned which token is current (for example a freshly minted singleton).
+    pub learned: Option<(Option<CurrentToken>, bool)>,
+    /// Whether a rotation was attempted (counted in `rotations_total`).
+    pub attempted: bool,
+}
+
+impl<E: Into<AttemptError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            error: e.into(),
+            learned: None,
+            attempted: false,
+        }
+    }
+}
+
+/// Test-only crash points (cargo feature `failpoints`): abort the process when `TOKEN_ROTATOR_FAILPOINT` names
+/// this step, to prove that a restart resumes from the journal.
+fn failpoint(_name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("TOKEN_ROTATOR_FAILPOINT").as_deref() == Ok(_name) {
+        eprintln!("failpoint {_name}: aborting");
+        std::process::abort();
+    }
+}
+
+fn to_current(expires: Option<DateTime<Utc>>, created: DateTime<Utc>, id: &str) -> CurrentToken {
+    CurrentToken {
+        token_id: id.to_string(),
+        created_at: created,
+        expires_at: expires,
+    }
+}
+
+impl Rotator {
+    fn issuer(&self, token: &TokenPolicy) -> Result<Arc<dyn Issuer>, AttemptError> {
+        match self.issuers.get(&token.issuer) {
+            Some(Ok(i)) => Ok(i.clone()),
+            Some(Err(why)) => Err(AttemptError::Unusable(format!("issuer {} is unusable: {why}", token.issuer))),
+            None => Err(AttemptError::Unusable(format!("issuer {} is not configured", token.issuer))),
+        }
+    }
+
+    fn sinks_of(&self, token: &TokenPolicy) -> Result<Vec<(SinkTarget, Arc<dyn Sink>)>, AttemptError> {
+        let mut out = Vec::new();
+        let mut broken = Vec::new();
+        for st in &token.sinks {
+            match self.sinks.get(&st.sink) {
+                Some(Ok(s)) => out.push((st.clone(), s.clone())),
+                Some(Err(why)) => broken.push(format!("sink {} is unusable: {why}", st.sink)),
+                None => broken.push(format!("sink {} is not configured", st.sink)),
+            }
+        }
+        if broken.is_empty() {
+            Ok(out)
+        } else {
+            Err(AttemptError::Unusable(broken.join("; ")))
+        }
+    }
+
+    /// Visits one token: resumes a journaled rotation, else reads the sinks and rotates when due (or `force`).
+    pub async fn tend(
+        &self,
+        token: &TokenPolicy,
+        force: bool,
+        jitter: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Tended, Failure> {
+        let issuer = self.issuer(token)?;
+        let sinks = self.sinks_of(token)?;
+        let mut force = force;
+        if let Some(entry) = self.journal.load(&token.name)? {
+            if entry.minted.is_some() {
+                tracing::info!(token = %token.name, phase = ?entry.phase, "resuming an interrupted rotation from the journal");
+                return self.finish(token, issuer.as_ref(), &sinks, entry, None, now, Instant::now()).await;
+            }
+            // Interrupted before the issuer's answer was journaled: the old token may already be replaced.
+            tracing::warn!(token = %token.name, "a rotation was interrupted before its token was journaled; rotating again");
+            self.journal.remove(&token.name)?;
+            force = true;
+        }
+
+        let observed = self.observe(token, &sinks).await?;
+        let (current, stored_everywhere) = current_of(&observed);
+        let due = if current.is_some() && !stored_everywhere {
+            Due {
+                at: Some(now),
+                reason: DueReason::SinksDisagree,
+            }
+        } else {
+            schedule::next_due(&token.schedule, current.as_ref(), jitter, now)
+        };
+        if !force && !due.is_due(now) {
+            return Ok(Tended {
+                current,
+                stored_everywhere,
+                due,
+                rotated: false,
+            });
+        }
+        let why = if force { "requested".to_string() } else { due.reason.to_string() };
+        tracing::info!(token = %token.name, issuer = %token.issuer, reason = %why, "rotation started");
+        let started = Instant::now();
+
+        let mut entry = Entry::new(&token.name, &token.issuer, token.kind.type_name(), now);
+        self.journal.save(&entry)?;
+        failpoint("before-create");
+        // Whole seconds: what we ask for is exactly what the issuer echoes and what the metric shows.
+        let expires_at = token
+            .schedule
+            .lifetime
+            .map(|l| now.trunc_subsecs(0) + TimeDelta::from_std(l).unwrap_or(TimeDelta::MAX));
+        let minted = match issuer.mint(token, expires_at).await {
+            Ok(m) => m,
+            Err(e) => {
+                // Nothing was minted that we know of; the next attempt starts afresh.
+                self.journal.remove(&token.name)?;
+                return Err(Failure {
+                    error: e.into(),
+                    learned: Some((current, stored_everywhere)),
+                    attempted: true,
+                });
+            }
+        };
+        failpoint("after-create");
+        entry.phase = Phase::Minted;
+        entry.minted = Some((&minted).into());
+        self.journal.save(&entry)?;
+        failpoint("after-journal");
+        tracing::info!(token = %token.name, issuer = %token.issuer, token_id = %minted.token_id, "minted and journaled a new token");
+        let versions: HashMap<String, Version> = token
+            .sinks
+            .iter()
+            .zip(observed.iter())
+            .map(|(st, o)| (st.to_string(), o.version))
+            .collect();
+        self.finish(token, issuer.as_ref(), &sinks, entry, Some(versions), now, started)
+            .await
+    }
+
+    async fn observe(&self, token: &TokenPolicy, sinks: &[(SinkTarget, Arc<dyn Sink>)]) -> Result<Vec<Observed>, Failure> {
+        let reads = join_all(sinks.iter().map(|(st, sink)| async move {
+            let r = (|| sink.read(&st.target))
+                .retry(crate::retry::transient().with_max_times(2))
+                .when(SinkError::retryable)
+                .await;
+            if let Ok(Observed {
+                content: crate::sink::Content::Garbage(why),
+                ..
+            }) = &r
+            {
+                tracing::warn!(token = %token.name, sink = %st.sink, target = %st.target, reason = %why, "the sink target holds something that is not our record; treating it as no record");
+            }
+            r
+        }))
+        .await;
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for r in reads {
+            match r {
+                Ok(o) => out.push(o),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(AttemptError::Sinks(errors.join("; ")).into())
+        }
+    }
+
+    /// Pushes the journaled token to every sink that lacks it, verifies it, and closes the journal entry.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        sinks: &[(SinkTarget, Arc<dyn Sink>)],
+        mut entry: Entry,
+        versions: Option<HashMap<String, Version>>,
+        now: DateTime<Utc>,
+        started: Instant,
+    ) -> Result<Tended, Failure> {
+        let minted = entry.minted.clone().expect("finish is called with a minted token");
+        let current = to_current(minted.expires_at, minted.created_at, &minted.token_id);
+        let record = SinkRecord {
+            token: minted.value.clone(),
+            token_id: minted.token_id.clone(),
+            issuer: token.issuer.clone(),
+            token_type: token.kind.type_name().to_string(),
+            created_at: minted.created_at,
+            expires_at: minted.expires_at,
+        };
+        let pending: Vec<&(SinkTarget, Arc<dyn Sink>)> = sinks
+            .iter()
+            .filter(|(st, _)| !entry.stored.contains(&st.to_string()))
+            .collect();
+        let results = join_all(pending.iter().map(|(st, sink)| {
+            let version = versions.as_ref().and_then(|v| v.get(&st.to_string()).copied());
+            let record = &record;
+            async move { (st, self.store(token, sink.as_ref(), st, record, version).await) }
+        }))
+        .await;
+        let mut errors = Vec::new();
+        for (st, r) in results {
+            match r {
+                Ok(()) => {
+                    entry.stored.push(st.to_string());
+                    failpoint("after-sink-write");
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        self.journal.save(&entry)?;
+        let fail = |error: AttemptError, stored_everywhere: bool| Failure {
+            error,
+            learned: Some((Some(current.clone()), stored_everywhere)),
+            attempted: true,
+        };
+        if !errors.is_empty() {
+            if token.kind.is_singleton() {
+                // SPEC §5.2: the issuer already replaced the old token; keep pushing this one, never re-mint.
+                tracing::error!(token = %token.name, token_id = %minted.token_id, errors = %errors.join("; "), "the new token is minted but not stored in every sink; consumers of the old token are failing; retrying the sinks");
+            }
+            return Err(fail(AttemptError::Sinks(errors.join("; ")), false));
+        }
+        if entry.phase != Phase::Verified {
+            if let Err(e) = issuer.verify(token, &minted.value).await {
+                return Err(fail(e.into(), true));
+            }
+            entry.phase = Phase::Verified;
+            self.journal.save(&entry)?;
+            failpoint("after-verify");
+            tracing::info!(token = %token.name, token_id = %minted.token_id, "the new token proved itself with the identity probe");
+        }
+        self.journal.remove(&token.name)?;
+        self.metrics
+            .rotation_duration
+            .with_label_values(&[token.issuer.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            token = %token.name,
+            issuer = %token.issuer,
+            token_id = %minted.token_id,
+            expires_at = %minted.expires_at.map(crate::record::rfc3339).unwrap_or_else(|| "never".into()),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "rotation complete"
+        );
+        let due = schedule::next_due(&token.schedule, Some(&current), Duration::ZERO, now);
+        Ok(Tended {
+            current: Some(current),
+            stored_everywhere: true,
+            due,
+            rotated: true,
+        })
+    }
+
+    /// Writes one record with check-and-set, then reads it back and compares.
+    async fn store(
+        &self,
+        token: &TokenPolicy,
+        sink: &dyn Sink,
+        st: &SinkTarget,
+        record: &SinkRecord,
+        version: Option<Version>,
+    ) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let result = async {
+            let version = match version {
+                Some(v) => v,
+                // Resuming: re-read first (SPEC §5.8); the record may already be there from before the crash.
+                None => {
+                    let o = sink.read(&st.target).await?;
+                    if o.record().is_some_and(|r| r.same_as(record)) {
+                        return Ok(());
+                    }
+                    o.version
+                }
+            };
+            let write = (|| sink.write(&st.target, record, version))
+                .retry(crate::retry::transient())
+                .when(SinkError::retryable)
+                .notify(|e, wait| {
+                    tracing::warn!(token = %token.name, sink = %st.sink, error = %e, retry_in_ms = wait.as_millis() as u64, "sink write failed; retrying");
+                })
+                .await;
+            if let Err(e) = write {
+                // A retried write whose first try landed meets its own version: accept it only if it is ours.
+                if e.kind == SinkErrorKind::Conflict {
+                    if let Ok(o) = sink.read(&st.target).await {
+                        if o.record().is_some_and(|r| r.same_as(record)) {
+                            return Ok(());
+                        }
+                    }
+                }
+                return Err(e);
+            }
+            let back = sink.read(&st.target).await?;
+            match back.record() {
+                Some(r) if r.same_as(record) => Ok(()),
+                _ => Err(SinkError {
+                    sink: st.sink.clone(),
+                    kind: SinkErrorKind::Mismatch,
+                    message: format!("read-back of {} does not match what was written", st.target),
+                }),
+            }
+        }
+        .await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.metrics.sink_writes.with_label_values(&[st.sink.as_str(), label]).inc();
+        match &result {
+            Ok(()) => tracing::info!(token = %token.name, sink = %st.sink, target = %st.target, token_id = %record.token_id, outcome = "stored", duration_ms = started.elapsed().as_millis() as u64, "stored and read back"),
+            Err(e) => tracing::warn!(token = %token.name, sink = %st.sink, target = %st.target, outcome = "failed", error = %e, "sink write failed"),
+        }
+        result
+    }
+}
+
+/// The newest record across the sinks, and whether every sink holds exactly it.
+fn current_of(observed: &[Observed]) -> (Option<CurrentToken>, bool) {
+    let newest = observed
+        .iter()
+        .filter_map(Observed::record)
+        .max_by_key(|r| r.created_at);
+    let Some(newest) = newest else {
+        return (None, false);
+    };
+    let everywhere = observed
+        .iter()
+        .all(|o| o.record().is_some_and(|r| r.token_id == newest.token_id && r.same_as(newest)));
+    (
+        Some(to_current(newest.expires_at, newest.created_at, &newest.token_id)),
+        everywhere,
+    )
+}
+
+impl IssuerError {
+    pub fn is_auth(&self) -> bool {
+        self.kind == IssuerErrorKind::Unauthorized
+    }
+}

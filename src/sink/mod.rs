@@ -1,0 +1,109 @@
+//! The sink seam: where new token values are written and read back (SPEC §4). Only `sink/*` talks to secret stores.
+
+pub mod vault;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::policy::{SinkConfig, SinkKind};
+use crate::record::SinkRecord;
+
+/// Where in a sink a record lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// Vault KV path or file path.
+    Path(String),
+    /// AWS Secrets Manager secret id.
+    SecretId(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Path(p) => write!(f, "{p}"),
+            Target::SecretId(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// The version a write must find in place (check-and-set), as observed by the last read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// Nothing was there.
+    Absent,
+    /// KV v2 `current_version`.
+    Kv2(u64),
+    /// The store has no versions to compare (KV v1): the write cannot detect a concurrent writer.
+    Unversioned,
+}
+
+/// What a read found at a target.
+#[derive(Debug)]
+pub enum Content {
+    Absent,
+    Record(SinkRecord),
+    /// Something that is not our record; the reason never quotes the content.
+    Garbage(String),
+}
+
+#[derive(Debug)]
+pub struct Observed {
+    pub version: Version,
+    pub content: Content,
+}
+
+impl Observed {
+    pub fn record(&self) -> Option<&SinkRecord> {
+        match &self.content {
+            Content::Record(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Bounded set of error kinds, usable as metric labels and to decide on retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// Check-and-set found another version: someone else wrote. Never overwritten in this attempt.
+    Conflict,
+    /// Credential or policy does not allow the operation.
+    Forbidden,
+    /// Store unreachable, sealed, rate-limited or 5xx: retry later.
+    Unavailable,
+    /// The read-back did not return what was written.
+    Mismatch,
+    /// Anything else that retrying will not fix (bad mount, bad request).
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("sink {sink}: {message}")]
+pub struct SinkError {
+    pub sink: String,
+    pub kind: SinkErrorKind,
+    pub message: String,
+}
+
+impl SinkError {
+    pub fn retryable(&self) -> bool {
+        matches!(self.kind, SinkErrorKind::Unavailable | SinkErrorKind::Mismatch)
+    }
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync {
+    fn name(&self) -> &str;
+    /// Reads what is stored at `target`, with the version a following write must expect.
+    async fn read(&self, target: &Target) -> Result<Observed, SinkError>;
+    /// Writes `record` if the target is still at `expected` (check-and-set where the store supports it).
+    async fn write(&self, target: &Target, record: &SinkRecord, expected: Version) -> Result<(), SinkError>;
+}
+
+/// Builds the sink for one `[sinks.NAME]` table.
+pub async fn build(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
+    match &cfg.kind {
+        SinkKind::Vault(v) => Ok(Arc::new(vault::VaultSink::new(&cfg.name, v)?)),
+    }
+}

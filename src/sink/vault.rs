@@ -1,0 +1,343 @@
+//! HashiCorp Vault / OpenBao KV sink (v1 and v2), written with check-and-set on v2.
+//!
+//! Facts relied on (shared/reference/secret-stores.md A.2–A.4, Vault KV v2 API docs):
+//! CAS mismatch is `400 "check-and-set parameter did not match the current version"`; a missing key is
+//! `404 {"errors":[]}`; a soft-deleted version is a 404 with the normal envelope; the KV version is read from
+//! `GET /v1/sys/internal/ui/mounts/<mount>` (`data.options.version`), as the Vault CLI does.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequestOptions};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+
+use super::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
+use crate::policy::{VaultAuth, VaultSinkConfig};
+use crate::record::SinkRecord;
+use crate::secret::ExposeSecret;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct VaultSink {
+    name: String,
+    mount: String,
+    address: String,
+    configured_kv: Option<u8>,
+    detected_kv: OnceCell<u8>,
+    client: VaultClient,
+}
+
+// The vaultrs client holds the Vault token in plain text: never let it reach a Debug formatter.
+impl std::fmt::Debug for VaultSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultSink")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("mount", &self.mount)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultSink {
+    pub fn new(name: &str, cfg: &VaultSinkConfig) -> Result<Self, SinkError> {
+        let err = |kind, message: String| SinkError {
+            sink: name.to_string(),
+            kind,
+            message,
+        };
+        let token = match &cfg.auth {
+            VaultAuth::Token { token } => token
+                .resolve_local()
+                .map_err(|e| err(SinkErrorKind::Permanent, format!("Vault token: {e}")))?,
+        };
+        let mut settings = VaultClientSettingsBuilder::default();
+        // Every setting is pinned so that VAULT_* environment variables (VAULT_SKIP_VERIFY above all) have no effect.
+        settings
+            .address(&cfg.address)
+            .token(token.expose_secret())
+            .verify(true)
+            .ca_certs(
+                cfg.ca_file
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .identity(None)
+            .timeout(Some(REQUEST_TIMEOUT));
+        if let Some(ns) = &cfg.namespace {
+            settings.namespace(Some(ns.clone()));
+        } else {
+            settings.namespace(None);
+        }
+        let settings = settings
+            .build()
+            .map_err(|e| err(SinkErrorKind::Permanent, format!("Vault client settings: {e}")))?;
+        let client = VaultClient::new(settings)
+            .map_err(|e| err(SinkErrorKind::Permanent, format!("Vault client: {}", describe(&e))))?;
+        Ok(VaultSink {
+            name: name.to_string(),
+            mount: cfg.mount.clone(),
+            address: cfg.address.clone(),
+            configured_kv: cfg.kv_version,
+            detected_kv: OnceCell::new(),
+            client,
+        })
+    }
+
+    fn error(&self, kind: SinkErrorKind, message: impl Into<String>) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    async fn kv_version(&self) -> Result<u8, SinkError> {
+        if let Some(v) = self.configured_kv {
+            return Ok(v);
+        }
+        self.detected_kv
+            .get_or_try_init(|| self.detect_kv_version())
+            .await
+            .copied()
+    }
+
+    /// The Vault CLI's preflight: `sys/internal/ui/mounts/<mount>`; 404 means an old server, so KV v1.
+    async fn detect_kv_version(&self) -> Result<u8, SinkError> {
+        let url = format!(
+            "{}/v1/sys/internal/ui/mounts/{}",
+            self.address.trim_end_matches('/'),
+            self.mount
+        );
+        let mut req = self
+            .client
+            .http
+            .http
+            .get(&url)
+            .header("X-Vault-Request", "true");
+        let mut token_header =
+            reqwest::header::HeaderValue::from_str(&self.client.settings.token).map_err(|_| {
+                self.error(SinkErrorKind::Permanent, "Vault token is not a valid header value")
+            })?;
+        token_header.set_sensitive(true);
+        req = req.header("X-Vault-Token", token_header);
+        if let Some(ns) = &self.client.settings.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        let resp = req.send().await.map_err(|e| {
+            self.error(
+                SinkErrorKind::Unavailable,
+                format!("cannot reach Vault at {}: {}", self.address, reqwest_reason(&e)),
+            )
+        })?;
+        let status = resp.status().as_u16();
+        match status {
+            200 => {
+                let body: Value = resp.json().await.map_err(|_| {
+                    self.error(SinkErrorKind::Unavailable, "mount lookup returned invalid JSON")
+                })?;
+                let version = body
+                    .pointer("/data/options/version")
+                    .and_then(Value::as_str)
+                    .unwrap_or("1");
+                Ok(if version == "2" { 2 } else { 1 })
+            }
+            404 => Ok(1),
+            403 => Err(self.error(
+                SinkErrorKind::Forbidden,
+                format!(
+                    "cannot detect the KV version of mount \"{}\" (403 permission denied on sys/internal/ui/mounts/{}): grant read on that path or set `kv_version` in the sink",
+                    self.mount, self.mount
+                ),
+            )),
+            s if s == 429 || s >= 500 => Err(self.error(
+                SinkErrorKind::Unavailable,
+                format!("Vault answered {s} to the KV version lookup"),
+            )),
+            s => Err(self.error(
+                SinkErrorKind::Permanent,
+                format!("Vault answered {s} to the KV version lookup of mount \"{}\"", self.mount),
+            )),
+        }
+    }
+
+    fn path<'t>(&self, target: &'t Target) -> Result<&'t str, SinkError> {
+        match target {
+            Target::Path(p) => Ok(p.trim_matches('/')),
+            Target::SecretId(_) => Err(self.error(SinkErrorKind::Permanent, "a Vault sink takes `path`, not `secret_id`")),
+        }
+    }
+
+    /// Turns a vaultrs error into our error, with the path and Vault's own message; never the response body.
+    fn map_err(&self, op: &str, path: &str, e: ClientError) -> SinkError {
+        let full = format!("{}/{}", self.mount, path);
+        match &e {
+            ClientError::APIError { code, errors } => {
+                let msg = errors.join("; ");
+                let (kind, hint) = match code {
+                    400 if msg.contains("check-and-set") => (
+                        SinkErrorKind::Conflict,
+                        " (another writer changed the secret since it was read; not overwritten)",
+                    ),
+                    403 => (
+                        SinkErrorKind::Forbidden,
+                        " (the daemon's Vault token or its policy does not allow this: grant create, update and read on the KV path)",
+                    ),
+                    404 => (SinkErrorKind::Permanent, " (no such mount or path, or no permission to see it)"),
+                    412 | 429 | 500..=599 => (SinkErrorKind::Unavailable, ""),
+                    _ => (SinkErrorKind::Permanent, ""),
+                };
+                self.error(kind, format!("{op} {full}: Vault answered {code}: {msg}{hint}"))
+            }
+            ClientError::RestClientError { source } => {
+                use rustify::errors::ClientError as R;
+                match source {
+                    R::ServerResponseError { code, .. } => {
+                        let kind = if *code == 429 || *code >= 500 {
+                            SinkErrorKind::Unavailable
+                        } else {
+                            SinkErrorKind::Permanent
+                        };
+                        self.error(kind, format!("{op} {full}: Vault answered {code}"))
+                    }
+                    _ => self.error(
+                        SinkErrorKind::Unavailable,
+                        format!("{op} {full}: cannot reach Vault at {}: {}", self.address, describe(&e)),
+                    ),
+                }
+            }
+            _ => self.error(SinkErrorKind::Permanent, format!("{op} {full}: {}", describe(&e))),
+        }
+    }
+
+    fn content_of(&self, data: &Value) -> Content {
+        match data.as_object() {
+            Some(map) => match SinkRecord::from_json(map) {
+                Ok(r) => Content::Record(r),
+                Err(why) => Content::Garbage(format!("not a token-rotator record: {why}")),
+            },
+            None => Content::Garbage("not a JSON object".into()),
+        }
+    }
+}
+
+/// A short description of a vaultrs error: its Display chain without any response content.
+fn describe(e: &ClientError) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        // Response bodies are never part of our messages; rustify puts them only in ServerResponseError.content.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
+
+fn reqwest_reason(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+fn is_not_found(e: &ClientError) -> bool {
+    match e {
+        ClientError::APIError { code: 404, .. } => true,
+        ClientError::RestClientError { source } => matches!(
+            source,
+            rustify::errors::ClientError::ServerResponseError { code: 404, .. }
+        ),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Sink for VaultSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn read(&self, target: &Target) -> Result<Observed, SinkError> {
+        let path = self.path(target)?;
+        if self.kv_version().await? == 1 {
+            return match vaultrs::kv1::get::<Value>(&self.client, &self.mount, path).await {
+                Ok(data) => Ok(Observed {
+                    version: Version::Unversioned,
+                    content: self.content_of(&data),
+                }),
+                Err(e) if is_not_found(&e) => Ok(Observed {
+                    version: Version::Unversioned,
+                    content: Content::Absent,
+                }),
+                Err(e) => Err(self.map_err("read", path, e)),
+            };
+        }
+        let endpoint = ReadSecretRequest::builder()
+            .mount(self.mount.as_str())
+            .path(path)
+            .build()
+            .map_err(|e| self.error(SinkErrorKind::Permanent, format!("read {path}: {e}")))?;
+        match vaultrs::api::exec_with_result(&self.client, endpoint).await {
+            Ok(resp) => Ok(Observed {
+                version: Version::Kv2(resp.metadata.version),
+                content: self.content_of(&resp.data),
+            }),
+            Err(e) if is_not_found(&e) => {
+                // Missing key, or latest version soft-deleted/destroyed: CAS must name the key's current version.
+                match vaultrs::kv2::read_metadata(&self.client, &self.mount, path).await {
+                    Ok(meta) => Ok(Observed {
+                        version: Version::Kv2(meta.current_version),
+                        content: Content::Absent,
+                    }),
+                    Err(e) if is_not_found(&e) => Ok(Observed {
+                        version: Version::Absent,
+                        content: Content::Absent,
+                    }),
+                    Err(e) => Err(self.map_err("read metadata of", path, e)),
+                }
+            }
+            Err(e) => Err(self.map_err("read", path, e)),
+        }
+    }
+
+    async fn write(&self, target: &Target, record: &SinkRecord, expected: Version) -> Result<(), SinkError> {
+        let path = self.path(target)?;
+        let data = record.to_json();
+        if self.kv_version().await? == 1 {
+            // KV v1 has no versions: nothing to compare, the write replaces in place.
+            let map: HashMap<&str, &Value> = data.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            return vaultrs::kv1::set(&self.client, &self.mount, path, &map)
+                .await
+                .map_err(|e| self.map_err("write", path, e));
+        }
+        let cas = match expected {
+            Version::Absent => 0,
+            Version::Kv2(v) => u32::try_from(v).map_err(|_| {
+                self.error(SinkErrorKind::Permanent, format!("write {path}: version {v} exceeds check-and-set range"))
+            })?,
+            Version::Unversioned => {
+                return Err(self.error(
+                    SinkErrorKind::Conflict,
+                    format!("write {path}: the mount changed from KV v1 to v2 since it was read"),
+                ))
+            }
+        };
+        vaultrs::kv2::set_with_options(&self.client, &self.mount, path, &data, SetSecretRequestOptions { cas })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_err("write", path, e))
+    }
+}
+

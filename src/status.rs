@@ -1,0 +1,122 @@
+//! What the daemon knows of each token's health, shared by the scheduler, `/readyz` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// The token currently in the sinks, as far as the daemon knows (never its value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CurrentToken {
+    pub token_id: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenStatus {
+    pub name: String,
+    pub issuer: String,
+    pub token_type: String,
+    pub current: Option<CurrentToken>,
+    /// Every sink target holds `current`.
+    pub stored_everywhere: bool,
+    pub last_success: Option<DateTime<Utc>>,
+    pub consecutive_failures: u32,
+    /// Why the last attempt failed; never contains a token value.
+    pub last_error: Option<String>,
+    pub next_due: Option<DateTime<Utc>>,
+    pub next_reason: String,
+}
+
+impl TokenStatus {
+    pub fn new(name: &str, issuer: &str, token_type: &str) -> Self {
+        TokenStatus {
+            name: name.into(),
+            issuer: issuer.into(),
+            token_type: token_type.into(),
+            current: None,
+            stored_everywhere: false,
+            last_success: None,
+            consecutive_failures: 0,
+            last_error: None,
+            next_due: None,
+            next_reason: "not yet examined".into(),
+        }
+    }
+
+    /// SPEC §7 `token_ready`: unexpired, stored in every sink, last attempt did not fail.
+    pub fn is_ready(&self, now: DateTime<Utc>) -> bool {
+        self.unready_reason(now).is_none()
+    }
+
+    pub fn unready_reason(&self, now: DateTime<Utc>) -> Option<String> {
+        if self.consecutive_failures > 0 {
+            return Some(format!(
+                "last rotation attempt failed ({} in a row): {}",
+                self.consecutive_failures,
+                self.last_error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        let Some(cur) = &self.current else {
+            return Some("no token stored yet".into());
+        };
+        if let Some(exp) = cur.expires_at {
+            if exp <= now {
+                return Some(format!("current token {} expired at {}", cur.token_id, crate::record::rfc3339(exp)));
+            }
+        }
+        if !self.stored_everywhere {
+            return Some(format!("current token {} is not stored in every sink", cur.token_id));
+        }
+        None
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StatusBoard {
+    inner: Arc<RwLock<BTreeMap<String, TokenStatus>>>,
+}
+
+impl StatusBoard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&self, status: TokenStatus) {
+        self.write().insert(status.name.clone(), status);
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.write().remove(name);
+    }
+
+    pub fn update(&self, name: &str, f: impl FnOnce(&mut TokenStatus)) {
+        if let Some(s) = self.write().get_mut(name) {
+            f(s);
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<TokenStatus> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn for_each(&self, mut f: impl FnMut(&TokenStatus)) {
+        for s in self.read().values() {
+            f(s);
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<TokenStatus> {
+        self.read().values().cloned().collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TokenStatus>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, TokenStatus>> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
