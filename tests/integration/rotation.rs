@@ -1,0 +1,267 @@
+//! End to end: the TFC emulator mints, a real OpenBao stores, the daemon rotates. Assertions are on what the
+//! sink holds, which tokens the issuer still accepts, and what `/metrics` and `/readyz` say.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle, TokenKind};
+
+use crate::harness::{free_port, metric, run_cli_async, wait_for, Bao, DaemonProc, Workdir, ROOT_TOKEN};
+
+struct Env {
+    tfc: TfcHandle,
+    bao: Bao,
+    work: Workdir,
+    admin: String,
+}
+
+async fn setup() -> Env {
+    let tfc = TfcEmulator::start(Config::default()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    Env {
+        tfc,
+        bao: Bao::start().await,
+        work: Workdir::new(),
+        admin,
+    }
+}
+
+impl Env {
+    fn policy(&self, listen: u16, mount: &str, token_keys: &str) -> std::path::PathBuf {
+        self.work.write_policy(&format!(
+            r#"[daemon]
+state_dir = "{state}"
+listen = "127.0.0.1:{listen}"
+
+[issuers.tfc]
+kind = "tfe"
+address = "{tfc}"
+token = {{ env = "TFC_TOKEN" }}
+
+[sinks.vault]
+kind = "vault"
+address = "{bao}"
+mount = "{mount}"
+auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
+
+[tokens.ci-org]
+issuer = "tfc"
+type = "organization"
+organization = "acme"
+{token_keys}
+sinks = [{{ sink = "vault", path = "ci/tfc-org" }}]
+"#,
+            state = self.work.state_dir().display(),
+            tfc = self.tfc.url(),
+            bao = self.bao.addr,
+        ))
+    }
+
+    fn envs(&self) -> Vec<(String, String)> {
+        vec![
+            ("TFC_TOKEN".into(), self.admin.clone()),
+            ("VAULT_TOKEN".into(), ROOT_TOKEN.into()),
+        ]
+    }
+
+    async fn once(&self, policy: &std::path::Path, extra: &[(&str, &str)]) -> crate::harness::Output {
+        let mut envs = self.envs();
+        envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        run_cli_async(
+            vec!["run".into(), "--once".into(), "--config".into(), policy.display().to_string()],
+            envs,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// The org tokens of `acme` the emulator still accepts.
+    fn valid_org_tokens(&self) -> Vec<token_rotator_emulators::tfc::TokenInfo> {
+        self.tfc
+            .valid_tokens()
+            .into_iter()
+            .filter(|t| t.kind == TokenKind::Organization && t.organization == "acme")
+            .collect()
+    }
+
+    fn org_creates(&self) -> usize {
+        self.tfc.request_count_for("POST", "/api/v2/organizations/acme/authentication-token")
+    }
+
+    /// The sink record holds exactly the one org token the emulator still considers valid.
+    fn assert_record_is_the_valid_token(&self, record: &Value) {
+        let value = record["token"].as_str().expect("record has a token");
+        assert!(self.tfc.is_valid(value), "the stored token is valid at the issuer");
+        let valid = self.valid_org_tokens();
+        assert_eq!(valid.len(), 1, "exactly one valid org token");
+        assert_eq!(record["token_id"], json!(valid[0].id));
+        assert_eq!(record["issuer"], "tfc");
+        assert_eq!(record["type"], "organization");
+        let expires = chrono::DateTime::parse_from_rfc3339(record["expires_at"].as_str().unwrap()).unwrap();
+        assert_eq!(Some(expires.timestamp()), valid[0].expired_at.map(|t| t.timestamp()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_token_rotates_into_vault_end_to_end() {
+    let env = setup().await;
+    let port = free_port();
+    // Due 4 s after each creation: the daemon rotates every few seconds.
+    let policy = env.policy(port, "secret", "lifetime = \"40s\"\nrotate_before = \"36s\"");
+    let envs = env.envs();
+    let mut env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env_refs.push(("RUST_LOG", "trace"));
+    let daemon = DaemonProc::start(&policy, port, &env_refs).await;
+
+    let first = wait_for(Duration::from_secs(20), "the first record", || async {
+        env.bao.kv2_get("secret", "ci/tfc-org").await
+    })
+    .await;
+    env.assert_record_is_the_valid_token(&first);
+    let first_value = first["token"].as_str().unwrap().to_string();
+
+    // The expiry metric equals the issuer's expired-at; the token is ready.
+    let text = wait_for(Duration::from_secs(10), "ready metric", || async {
+        let m = daemon.metrics().await;
+        (metric(&m, "token_rotator_token_ready", &[("token", "ci-org")]) == Some(1.0)).then_some(m)
+    })
+    .await;
+    let expiry = metric(
+        &text,
+        "token_rotator_token_expiry_timestamp_seconds",
+        &[("token", "ci-org"), ("issuer", "tfc"), ("type", "organization")],
+    )
+    .expect("expiry metric");
+    let valid = env.valid_org_tokens();
+    assert_eq!(expiry as i64, valid[0].expired_at.unwrap().timestamp());
+    assert!(metric(&text, "token_rotator_rotations_total", &[("token", "ci-org"), ("result", "success")]).unwrap() >= 1.0);
+    assert_eq!(metric(&text, "token_rotator_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    assert_eq!(metric(&text, "token_rotator_config_last_reload_success", &[]), Some(1.0));
+    for name in [
+        "token_rotator_token_next_rotation_timestamp_seconds",
+        "token_rotator_token_last_success_timestamp_seconds",
+        "token_rotator_token_consecutive_failures",
+        "token_rotator_revocations_total",
+        "token_rotator_rotation_duration_seconds_bucket",
+        "token_rotator_issuer_requests_total",
+        "token_rotator_sink_writes_total",
+    ] {
+        assert!(text.contains(name), "{name} is exported");
+    }
+    let (code, body) = daemon.readyz().await;
+    assert_eq!((code, &body), (200, &json!({"ready": true, "unhealthy": []})));
+
+    // A second rotation replaces it; the issuer no longer accepts the old value.
+    let second = wait_for(Duration::from_secs(20), "a second rotation", || async {
+        env.bao
+            .kv2_get("secret", "ci/tfc-org")
+            .await
+            .filter(|r| r["token"].as_str() != Some(first_value.as_str()))
+    })
+    .await;
+    env.assert_record_is_the_valid_token(&second);
+    assert!(!env.tfc.is_valid(&first_value), "the replaced token is dead");
+
+    let stderr = daemon.stderr();
+    let code = daemon.terminate();
+    assert_eq!(code, 0, "SIGTERM exits 0");
+    for secret in [first_value.as_str(), second["token"].as_str().unwrap(), env.admin.as_str(), ROOT_TOKEN] {
+        assert!(!stderr.contains(secret), "a secret value appeared in the daemon's stderr");
+    }
+    assert!(stderr.contains("rotation complete"), "the log tells what happened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_rotates_only_what_is_due() {
+    let env = setup().await;
+    let policy = env.policy(free_port(), "secret", "lifetime = \"30d\"");
+    let out = env.once(&policy, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let record = env.bao.kv2_get("secret", "ci/tfc-org").await.expect("record written");
+    env.assert_record_is_the_valid_token(&record);
+    assert_eq!(env.org_creates(), 1);
+
+    // Nothing is due 20 days before rotate_before: a second run changes nothing.
+    let out = env.once(&policy, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(env.org_creates(), 1, "no second mint");
+    assert_eq!(env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap()["token_id"], record["token_id"]);
+    assert_eq!(env.bao.kv2_version("secret", "ci/tfc-org").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_v1_mount_is_detected_and_written() {
+    let env = setup().await;
+    env.bao.enable_kv("kv1", 1).await;
+    let policy = env.policy(free_port(), "kv1", "lifetime = \"30d\"");
+    let out = env.once(&policy, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let record = env.bao.kv1_get("kv1", "ci/tfc-org").await.expect("KV v1 record");
+    env.assert_record_is_the_valid_token(&record);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_write_is_detected_and_never_overwritten() {
+    let env = setup().await;
+    let policy = env.policy(free_port(), "secret", "lifetime = \"30d\"");
+    // The issuer answers slowly; meanwhile someone else writes the same path.
+    env.tfc.set_create_delay(Duration::from_secs(2));
+    let run = tokio::spawn({
+        let policy = policy.clone();
+        let envs = env.envs();
+        async move {
+            run_cli_async(
+                vec!["run".into(), "--once".into(), "--config".into(), policy.display().to_string()],
+                envs,
+                Duration::from_secs(60),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let other = json!({"token": "written-by-someone-else", "owner": "another tool"});
+    env.bao.kv2_put("secret", "ci/tfc-org", other.clone()).await;
+    let out = run.await.unwrap();
+    assert_eq!(out.code, 1, "the conflict fails the run: {}", out.stderr);
+    assert!(out.stderr.contains("check-and-set"), "the conflict is reported: {}", out.stderr);
+    assert_eq!(env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap(), other, "never overwritten");
+    assert_eq!(env.org_creates(), 1);
+
+    // The minted token was journaled: the next run re-reads the record and stores it, without minting again.
+    env.tfc.set_create_delay(Duration::ZERO);
+    let out = env.once(&policy, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(env.org_creates(), 1, "nothing minted twice");
+    let record = env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap();
+    env.assert_record_is_the_valid_token(&record);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_credential_fails_with_a_clear_message_and_touches_nothing() {
+    let env = setup().await;
+    let policy = env.policy(free_port(), "secret", "lifetime = \"30d\"");
+    let out = env.once(&policy, &[("TFC_TOKEN", "not-a-valid-token")]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    assert!(out.stderr.contains("check `token` of [issuers.tfc]"), "{}", out.stderr);
+    assert!(env.bao.kv2_get("secret", "ci/tfc-org").await.is_none());
+    assert!(!out.stderr.contains("not-a-valid-token"));
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_journal_write_resumes_without_minting_again() {
+    let env = setup().await;
+    let policy = env.policy(free_port(), "secret", "lifetime = \"30d\"");
+    let out = env.once(&policy, &[("TOKEN_ROTATOR_FAILPOINT", "after-journal")]).await;
+    assert_ne!(out.code, 0, "the process aborted: {}", out.stderr);
+    assert!(env.bao.kv2_get("secret", "ci/tfc-org").await.is_none(), "nothing stored before the crash");
+    assert_eq!(env.valid_org_tokens().len(), 1, "the issuer minted (and replaced the old token)");
+
+    let out = env.once(&policy, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("resuming an interrupted rotation"), "{}", out.stderr);
+    assert_eq!(env.org_creates(), 1, "the journaled value was pushed, not re-minted");
+    let record = env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap();
+    env.assert_record_is_the_valid_token(&record);
+}
