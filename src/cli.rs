@@ -10,7 +10,11 @@ use crate::daemon::{self, RunOptions};
 use crate::policy::{self, LogFormat, Policy, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser, Debug)]
-#[command(name = "token-rotator", version, about = "Keeps HCP Terraform / TFE tokens fresh in Vault/OpenBao")]
+#[command(
+    name = "token-rotator",
+    version,
+    about = "Keeps HCP Terraform / TFE tokens fresh in Vault/OpenBao"
+)]
 pub struct Cli {
     /// Log format on stderr (overrides `[daemon] log_format`).
     #[arg(long, global = true, value_enum)]
@@ -87,7 +91,10 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             crate::logging::init(flag_format.or(policy.daemon.log_format).unwrap_or_default());
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("token-rotator: cannot start the async runtime: {e}");
@@ -123,7 +130,10 @@ pub fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             crate::logging::init(flag_format.or(policy.daemon.log_format).unwrap_or_default());
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("token-rotator: cannot start the async runtime: {e}");

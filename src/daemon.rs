@@ -38,7 +38,10 @@ pub enum RunError {
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// Messages to the scheduler loop.
@@ -48,7 +51,11 @@ pub enum Control {
 }
 
 /// Builds every sink, then every issuer (whose credential may live in a sink).
-pub async fn build_rotator(policy: &Policy, journal: Arc<Journal>, metrics: Arc<Metrics>) -> Rotator {
+pub async fn build_rotator(
+    policy: &Policy,
+    journal: Arc<Journal>,
+    metrics: Arc<Metrics>,
+) -> Rotator {
     let mut sinks = HashMap::new();
     for (name, cfg) in &policy.sinks {
         metrics.init_sink(name);
@@ -144,7 +151,8 @@ pub struct Daemon {
 impl Daemon {
     fn register(&mut self, t: &TokenPolicy, now: DateTime<Utc>) {
         self.metrics.init_token(&t.name);
-        self.board.insert(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
+        self.board
+            .insert(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
         self.slots.insert(t.name.clone(), Slot::new(t.clone(), now));
     }
 
@@ -162,7 +170,9 @@ impl Daemon {
             let name = name.clone();
             self.tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                let result = rotator.tend(&policy, force, jitter, crate::clock::now()).await;
+                let result = rotator
+                    .tend(&policy, force, jitter, crate::clock::now())
+                    .await;
                 (name, result)
             });
         }
@@ -187,7 +197,10 @@ impl Daemon {
         match result {
             Ok(t) => {
                 if t.rotated {
-                    self.metrics.rotations.with_label_values(&[name.as_str(), "success"]).inc();
+                    self.metrics
+                        .rotations
+                        .with_label_values(&[name.as_str(), "success"])
+                        .inc();
                 }
                 let current_id = t.current.as_ref().map(|c| c.token_id.clone());
                 if current_id != slot.jitter_for {
@@ -220,7 +233,10 @@ impl Daemon {
             Err(f) => {
                 self.failed = true;
                 if f.attempted {
-                    self.metrics.rotations.with_label_values(&[name.as_str(), "failure"]).inc();
+                    self.metrics
+                        .rotations
+                        .with_label_values(&[name.as_str(), "failure"])
+                        .inc();
                 }
                 let mut failures = 0;
                 self.board.update(&name, |s| {
@@ -249,10 +265,13 @@ impl Daemon {
 
     async fn reload(&mut self, policy: Policy) {
         let now = crate::clock::now();
-        if policy.daemon.listen != self.policy.daemon.listen || policy.daemon.state_dir != self.policy.daemon.state_dir {
+        if policy.daemon.listen != self.policy.daemon.listen
+            || policy.daemon.state_dir != self.policy.daemon.state_dir
+        {
             tracing::warn!("`listen` and `state_dir` changes take effect at the next restart");
         }
-        self.rotator = Arc::new(build_rotator(&policy, self.journal.clone(), self.metrics.clone()).await);
+        self.rotator =
+            Arc::new(build_rotator(&policy, self.journal.clone(), self.metrics.clone()).await);
         let removed: Vec<String> = self
             .slots
             .keys()
@@ -287,7 +306,11 @@ impl Daemon {
 
 /// Runs the daemon until shutdown (or, with `once`, until every token was visited). Returns whether every
 /// visit succeeded.
-pub async fn run(policy: Policy, opts: RunOptions, cancel: CancellationToken) -> Result<bool, RunError> {
+pub async fn run(
+    policy: Policy,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> Result<bool, RunError> {
     let journal = Arc::new(Journal::open(&policy.daemon.state_dir)?);
     let metrics = Arc::new(Metrics::new());
     let board = StatusBoard::new();
@@ -297,11 +320,16 @@ pub async fn run(policy: Policy, opts: RunOptions, cancel: CancellationToken) ->
         None
     } else {
         let addr = policy.daemon.listen;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
-        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| addr.to_string());
         let app = server::router(AppState {
             metrics: metrics.clone(),
             board: board.clone(),
@@ -334,9 +362,18 @@ pub async fn run(policy: Policy, opts: RunOptions, cancel: CancellationToken) ->
     }
     if !opts.once {
         crate::systemd::ready();
-        spawn_signal_handlers(policy.path.clone(), cancel.clone(), control_tx.clone(), d.metrics.clone());
+        spawn_signal_handlers(
+            policy.path.clone(),
+            cancel.clone(),
+            control_tx.clone(),
+            d.metrics.clone(),
+        );
     }
-    tracing::info!(tokens = d.slots.len(), once = opts.once, "token-rotator started");
+    tracing::info!(
+        tokens = d.slots.len(),
+        once = opts.once,
+        "token-rotator started"
+    );
 
     loop {
         let now = crate::clock::now();
@@ -369,7 +406,10 @@ pub async fn run(policy: Policy, opts: RunOptions, cancel: CancellationToken) ->
         crate::systemd::stopping();
     }
     if cancel.is_cancelled() && !d.tasks.is_empty() {
-        tracing::info!(in_flight = d.tasks.len(), "shutting down; letting in-flight rotations reach a journaled state");
+        tracing::info!(
+            in_flight = d.tasks.len(),
+            "shutting down; letting in-flight rotations reach a journaled state"
+        );
         let drain = async {
             while let Some(joined) = d.tasks.join_next().await {
                 if let Ok((name, result)) = joined {
@@ -425,7 +465,9 @@ fn spawn_signal_handlers(
                 }
             }
             if cancel.is_cancelled() {
-                tracing::warn!("second signal: exiting now; the journal resumes any interrupted rotation");
+                tracing::warn!(
+                    "second signal: exiting now; the journal resumes any interrupted rotation"
+                );
                 std::process::exit(0);
             }
             tracing::info!("shutdown requested");

@@ -16,7 +16,10 @@ pub enum ClientBuildError {
         source: std::io::Error,
     },
     #[error("CA file {path} holds no usable PEM certificate: {source}")]
-    CaParse { path: String, source: reqwest::Error },
+    CaParse {
+        path: String,
+        source: reqwest::Error,
+    },
     #[error("cannot build HTTP client: {0}")]
     Build(reqwest::Error),
 }
@@ -36,9 +39,11 @@ pub fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, ClientBuildErro
             path: display.clone(),
             source,
         })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientBuildError::CaParse {
-            path: display,
-            source,
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+            ClientBuildError::CaParse {
+                path: display,
+                source,
+            }
         })?;
         b = b.tls_certs_merge(certs);
     }

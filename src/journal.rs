@@ -20,12 +20,17 @@ pub const FORMAT: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("state_dir {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("state_dir {path} is accessible by group or others (mode {mode:04o}); run `chmod 0700 {path}`")]
     Permissions { path: String, mode: u32 },
     #[error("state_dir {0} is locked by another token-rotator process; two daemons must not share a state_dir")]
     Locked(String),
-    #[error("journal file {path} is unreadable ({why}); move it aside after checking its token by hand")]
+    #[error(
+        "journal file {path} is unreadable ({why}); move it aside after checking its token by hand"
+    )]
     Corrupt { path: String, why: String },
 }
 
@@ -143,7 +148,11 @@ impl Journal {
                 .create(state_dir)
                 .map_err(io(state_dir))?;
         }
-        let mode = fs::metadata(state_dir).map_err(io(state_dir))?.permissions().mode() & 0o777;
+        let mode = fs::metadata(state_dir)
+            .map_err(io(state_dir))?
+            .permissions()
+            .mode()
+            & 0o777;
         if mode & 0o077 != 0 {
             return Err(JournalError::Permissions {
                 path: state_dir.display().to_string(),
@@ -167,7 +176,10 @@ impl Journal {
         }
         let dir = state_dir.join("journal");
         if !dir.exists() {
-            fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io(&dir))?;
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io(&dir))?;
             fsync_dir(state_dir)?;
         }
         Ok(Journal { dir, _lock: lock })
@@ -190,7 +202,13 @@ impl Journal {
         };
         let entry: Entry = serde_json::from_slice(&bytes)
             // serde_json's message names a line and column, never the content.
-            .map_err(|e| corrupt(format!("invalid JSON at line {} column {}", e.line(), e.column())))?;
+            .map_err(|e| {
+                corrupt(format!(
+                    "invalid JSON at line {} column {}",
+                    e.line(),
+                    e.column()
+                ))
+            })?;
         if entry.format != FORMAT {
             return Err(corrupt(format!("format {} is not {FORMAT}", entry.format)));
         }
@@ -237,7 +255,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
         let j = Journal::open(&state).unwrap();
-        assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let mut e = Entry::new("ci/org.x", "tfc", "organization", crate::clock::now());
         e.phase = Phase::Minted;
         e.minted = Some(JournaledToken {
@@ -248,7 +269,10 @@ mod tests {
         });
         j.save(&e).unwrap();
         let file = state.join("journal").join("ci%2Forg%2Ex.json");
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let back = j.load("ci/org.x").unwrap().unwrap();
         assert_eq!(back.minted.unwrap().value.expose_secret(), "VALUE-xyz");
         assert!(!format!("{e:?}").contains("VALUE-xyz"));
@@ -261,10 +285,16 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
         let _first = Journal::open(&state).unwrap();
-        assert!(matches!(Journal::open(&state), Err(JournalError::Locked(_))));
+        assert!(matches!(
+            Journal::open(&state),
+            Err(JournalError::Locked(_))
+        ));
         let open = root.path().join("open");
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(matches!(Journal::open(&open), Err(JournalError::Permissions { .. })));
+        assert!(matches!(
+            Journal::open(&open),
+            Err(JournalError::Permissions { .. })
+        ));
     }
 }

@@ -4,7 +4,8 @@
 use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::status::StatusBoard;
@@ -33,7 +34,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -41,13 +43,22 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            reg(
+                &r,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let int_gauge = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let m = Metrics {
             expiry: gauge(
@@ -112,10 +123,15 @@ impl Metrics {
         };
         let build = reg(
             &m.registry,
-            GaugeVec::new(Opts::new("token_rotator_build_info", "Build information."), &["version"])
-                .expect("valid metric"),
+            GaugeVec::new(
+                Opts::new("token_rotator_build_info", "Build information."),
+                &["version"],
+            )
+            .expect("valid metric"),
         );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
         m
     }
 
@@ -160,12 +176,18 @@ impl Metrics {
                 }
             }
             if let Some(next) = s.next_due {
-                self.next_rotation.with_label_values(&[name]).set(next.timestamp() as f64);
+                self.next_rotation
+                    .with_label_values(&[name])
+                    .set(next.timestamp() as f64);
             }
             if let Some(t) = s.last_success {
-                self.last_success.with_label_values(&[name]).set(t.timestamp() as f64);
+                self.last_success
+                    .with_label_values(&[name])
+                    .set(t.timestamp() as f64);
             }
-            self.ready.with_label_values(&[name]).set(i64::from(s.is_ready(now)));
+            self.ready
+                .with_label_values(&[name])
+                .set(i64::from(s.is_ready(now)));
             self.consecutive_failures
                 .with_label_values(&[name])
                 .set(i64::from(s.consecutive_failures));

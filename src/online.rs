@@ -25,7 +25,10 @@ pub async fn check(policy: &Policy) -> bool {
         let cred = match &cfg.token {
             crate::secret::SecretRef::Sink { sink, target } => match sinks.get(sink) {
                 Some(s) => match s.read(target).await {
-                    Ok(o) => o.record().map(|r| r.token.clone()).ok_or_else(|| format!("no record at {sink}:{target}")),
+                    Ok(o) => o
+                        .record()
+                        .map(|r| r.token.clone())
+                        .ok_or_else(|| format!("no record at {sink}:{target}")),
                     Err(e) => Err(e.to_string()),
                 },
                 None => Err(format!("sink {sink} is unusable")),
@@ -49,13 +52,17 @@ pub async fn check(policy: &Policy) -> bool {
     }
     for t in policy.tokens.values() {
         for st in &t.sinks {
-            let Some(s) = sinks.get(&st.sink) else { continue };
+            let Some(s) = sinks.get(&st.sink) else {
+                continue;
+            };
             match s.read(&st.target).await {
                 Ok(o) => {
                     let what = match &o.content {
                         crate::sink::Content::Absent => "no record yet".to_string(),
                         crate::sink::Content::Record(r) => format!("holds token {}", r.token_id),
-                        crate::sink::Content::Garbage(why) => format!("holds something else ({why})"),
+                        crate::sink::Content::Garbage(why) => {
+                            format!("holds something else ({why})")
+                        }
                     };
                     println!("token {} → {st}: ok ({what})", t.name);
                 }

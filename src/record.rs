@@ -37,14 +37,19 @@ impl SinkRecord {
     /// The JSON object written to a sink. This is one of the few places a token value is exposed.
     pub fn to_json(&self) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert("token".into(), Value::String(self.token.expose_secret().to_string()));
+        m.insert(
+            "token".into(),
+            Value::String(self.token.expose_secret().to_string()),
+        );
         m.insert("token_id".into(), Value::String(self.token_id.clone()));
         m.insert("issuer".into(), Value::String(self.issuer.clone()));
         m.insert("type".into(), Value::String(self.token_type.clone()));
         m.insert("created_at".into(), Value::String(rfc3339(self.created_at)));
         m.insert(
             "expires_at".into(),
-            self.expires_at.map(|t| Value::String(rfc3339(t))).unwrap_or(Value::Null),
+            self.expires_at
+                .map(|t| Value::String(rfc3339(t)))
+                .unwrap_or(Value::Null),
         );
         m
     }
@@ -113,7 +118,14 @@ mod tests {
         let json = r.to_json();
         let keys: Vec<&str> = json.keys().map(String::as_str).collect();
         assert_eq!(keys.len(), 6);
-        for k in ["token", "token_id", "issuer", "type", "created_at", "expires_at"] {
+        for k in [
+            "token",
+            "token_id",
+            "issuer",
+            "type",
+            "created_at",
+            "expires_at",
+        ] {
             assert!(keys.contains(&k));
         }
         assert_eq!(json["expires_at"], "2026-02-01T00:00:00Z");

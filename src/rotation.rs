@@ -18,6 +18,9 @@ use crate::schedule::{self, Due, DueReason};
 use crate::sink::{Observed, Sink, SinkError, SinkErrorKind, Version};
 use crate::status::CurrentToken;
 
+/// A token's sink targets with the sink that serves each.
+type BoundSinks = Vec<(SinkTarget, Arc<dyn Sink>)>;
+
 /// The issuers and sinks of one loaded policy. A part that could not be built keeps its reason, so that only
 /// the tokens using it fail (SPEC §5.5).
 pub struct Rotator {
@@ -101,12 +104,21 @@ impl Rotator {
     fn issuer(&self, token: &TokenPolicy) -> Result<Arc<dyn Issuer>, AttemptError> {
         match self.issuers.get(&token.issuer) {
             Some(Ok(i)) => Ok(i.clone()),
-            Some(Err(why)) => Err(AttemptError::Unusable(format!("issuer {} is unusable: {why}", token.issuer))),
-            None => Err(AttemptError::Unusable(format!("issuer {} is not configured", token.issuer))),
+            Some(Err(why)) => Err(AttemptError::Unusable(format!(
+                "issuer {} is unusable: {why}",
+                token.issuer
+            ))),
+            None => Err(AttemptError::Unusable(format!(
+                "issuer {} is not configured",
+                token.issuer
+            ))),
         }
     }
 
-    fn sinks_of(&self, token: &TokenPolicy) -> Result<Vec<(SinkTarget, Arc<dyn Sink>)>, AttemptError> {
+    fn sinks_of(
+        &self,
+        token: &TokenPolicy,
+    ) -> Result<BoundSinks, AttemptError> {
         let mut out = Vec::new();
         let mut broken = Vec::new();
         for st in &token.sinks {
@@ -137,7 +149,17 @@ impl Rotator {
         if let Some(entry) = self.journal.load(&token.name)? {
             if entry.minted.is_some() {
                 tracing::info!(token = %token.name, phase = ?entry.phase, "resuming an interrupted rotation from the journal");
-                return self.finish(token, issuer.as_ref(), &sinks, entry, None, now, Instant::now()).await;
+                return self
+                    .finish(
+                        token,
+                        issuer.as_ref(),
+                        &sinks,
+                        entry,
+                        None,
+                        now,
+                        Instant::now(),
+                    )
+                    .await;
             }
             // Interrupted before the issuer's answer was journaled: the old token may already be replaced.
             tracing::warn!(token = %token.name, "a rotation was interrupted before its token was journaled; rotating again");
@@ -163,7 +185,11 @@ impl Rotator {
                 rotated: false,
             });
         }
-        let why = if force { "requested".to_string() } else { due.reason.to_string() };
+        let why = if force {
+            "requested".to_string()
+        } else {
+            due.reason.to_string()
+        };
         tracing::info!(token = %token.name, issuer = %token.issuer, reason = %why, "rotation started");
         let started = Instant::now();
 
@@ -199,11 +225,23 @@ impl Rotator {
             .zip(observed.iter())
             .map(|(st, o)| (st.to_string(), o.version))
             .collect();
-        self.finish(token, issuer.as_ref(), &sinks, entry, Some(versions), now, started)
-            .await
+        self.finish(
+            token,
+            issuer.as_ref(),
+            &sinks,
+            entry,
+            Some(versions),
+            now,
+            started,
+        )
+        .await
     }
 
-    async fn observe(&self, token: &TokenPolicy, sinks: &[(SinkTarget, Arc<dyn Sink>)]) -> Result<Vec<Observed>, Failure> {
+    async fn observe(
+        &self,
+        token: &TokenPolicy,
+        sinks: &[(SinkTarget, Arc<dyn Sink>)],
+    ) -> Result<Vec<Observed>, Failure> {
         let reads = join_all(sinks.iter().map(|(st, sink)| async move {
             let r = (|| sink.read(&st.target))
                 .retry(crate::retry::transient().with_max_times(2))
@@ -246,7 +284,10 @@ impl Rotator {
         now: DateTime<Utc>,
         started: Instant,
     ) -> Result<Tended, Failure> {
-        let minted = entry.minted.clone().expect("finish is called with a minted token");
+        let minted = entry
+            .minted
+            .clone()
+            .expect("finish is called with a minted token");
         let current = to_current(minted.expires_at, minted.created_at, &minted.token_id);
         let record = SinkRecord {
             token: minted.value.clone(),
@@ -261,9 +302,16 @@ impl Rotator {
             .filter(|(st, _)| !entry.stored.contains(&st.to_string()))
             .collect();
         let results = join_all(pending.iter().map(|(st, sink)| {
-            let version = versions.as_ref().and_then(|v| v.get(&st.to_string()).copied());
+            let version = versions
+                .as_ref()
+                .and_then(|v| v.get(&st.to_string()).copied());
             let record = &record;
-            async move { (st, self.store(token, sink.as_ref(), st, record, version).await) }
+            async move {
+                (
+                    st,
+                    self.store(token, sink.as_ref(), st, record, version).await,
+                )
+            }
         }))
         .await;
         let mut errors = Vec::new();
@@ -372,10 +420,17 @@ impl Rotator {
         }
         .await;
         let label = if result.is_ok() { "success" } else { "failure" };
-        self.metrics.sink_writes.with_label_values(&[st.sink.as_str(), label]).inc();
+        self.metrics
+            .sink_writes
+            .with_label_values(&[st.sink.as_str(), label])
+            .inc();
         match &result {
-            Ok(()) => tracing::info!(token = %token.name, sink = %st.sink, target = %st.target, token_id = %record.token_id, outcome = "stored", duration_ms = started.elapsed().as_millis() as u64, "stored and read back"),
-            Err(e) => tracing::warn!(token = %token.name, sink = %st.sink, target = %st.target, outcome = "failed", error = %e, "sink write failed"),
+            Ok(()) => {
+                tracing::info!(token = %token.name, sink = %st.sink, target = %st.target, token_id = %record.token_id, outcome = "stored", duration_ms = started.elapsed().as_millis() as u64, "stored and read back")
+            }
+            Err(e) => {
+                tracing::warn!(token = %token.name, sink = %st.sink, target = %st.target, outcome = "failed", error = %e, "sink write failed")
+            }
         }
         result
     }
@@ -390,11 +445,16 @@ fn current_of(observed: &[Observed]) -> (Option<CurrentToken>, bool) {
     let Some(newest) = newest else {
         return (None, false);
     };
-    let everywhere = observed
-        .iter()
-        .all(|o| o.record().is_some_and(|r| r.token_id == newest.token_id && r.same_as(newest)));
+    let everywhere = observed.iter().all(|o| {
+        o.record()
+            .is_some_and(|r| r.token_id == newest.token_id && r.same_as(newest))
+    });
     (
-        Some(to_current(newest.expires_at, newest.created_at, &newest.token_id)),
+        Some(to_current(
+            newest.expires_at,
+            newest.created_at,
+            &newest.token_id,
+        )),
         everywhere,
     )
 }

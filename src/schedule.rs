@@ -16,11 +16,17 @@ pub enum DueReason {
     /// The sinks hold different tokens (or some hold none).
     SinksDisagree,
     /// `rotate_before` reached ahead of expiry.
-    Expiry { expires_at: DateTime<Utc>, rotate_before: Duration },
+    Expiry {
+        expires_at: DateTime<Utc>,
+        rotate_before: Duration,
+    },
     /// The current token already expired.
     Expired { expires_at: DateTime<Utc> },
     /// `every` since the last rotation.
-    Every { last: DateTime<Utc>, every: Duration },
+    Every {
+        last: DateTime<Utc>,
+        every: Duration,
+    },
     /// Neither applies (a type that never expires without `every`).
     Never,
 }
@@ -31,7 +37,10 @@ impl fmt::Display for DueReason {
         match self {
             DueReason::NoRecord => write!(f, "no record in the sinks: rotate at start-up"),
             DueReason::SinksDisagree => write!(f, "the sinks do not all hold the current token"),
-            DueReason::Expiry { expires_at, rotate_before } => write!(
+            DueReason::Expiry {
+                expires_at,
+                rotate_before,
+            } => write!(
                 f,
                 "expires at {}, rotate {} before",
                 rfc3339(*expires_at),
@@ -39,7 +48,12 @@ impl fmt::Display for DueReason {
             ),
             DueReason::Expired { expires_at } => write!(f, "expired at {}", rfc3339(*expires_at)),
             DueReason::Every { last, every } => {
-                write!(f, "every {} since the last rotation at {}", render(*every), rfc3339(*last))
+                write!(
+                    f,
+                    "every {} since the last rotation at {}",
+                    render(*every),
+                    rfc3339(*last)
+                )
             }
             DueReason::Never => write!(f, "nothing schedules a rotation"),
         }
@@ -67,7 +81,12 @@ fn delta(d: Duration) -> TimeDelta {
 ///
 /// `jitter_offset` is the random delay (≤ the policy's `jitter`) drawn for this token's current cycle. A due time
 /// in the past means "now" (after a suspend the rotation happens at once, once).
-pub fn next_due(schedule: &Schedule, current: Option<&CurrentToken>, jitter_offset: Duration, now: DateTime<Utc>) -> Due {
+pub fn next_due(
+    schedule: &Schedule,
+    current: Option<&CurrentToken>,
+    jitter_offset: Duration,
+    now: DateTime<Utc>,
+) -> Due {
     let Some(cur) = current else {
         return Due {
             at: Some(now),
@@ -160,8 +179,15 @@ mod tests {
     #[test]
     fn table() {
         let now = t("2026-06-10T00:00:00Z");
-        let cases: Vec<(&str, Schedule, Option<CurrentToken>, Option<&str>, &str)> = vec![
-            ("no record", sched(30, 10, None), None, Some("2026-06-10T00:00:00Z"), "no record"),
+        type Case = (&'static str, Schedule, Option<CurrentToken>, Option<&'static str>, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                "no record",
+                sched(30, 10, None),
+                None,
+                Some("2026-06-10T00:00:00Z"),
+                "no record",
+            ),
             (
                 "expiry-based",
                 sched(30, 10, None),
@@ -201,7 +227,11 @@ mod tests {
         for (name, s, c, want_at, want_reason) in cases {
             let due = next_due(&s, c.as_ref(), Duration::ZERO, now);
             assert_eq!(due.at, want_at.map(t), "{name}");
-            assert!(due.reason.to_string().contains(want_reason), "{name}: {}", due.reason);
+            assert!(
+                due.reason.to_string().contains(want_reason),
+                "{name}: {}",
+                due.reason
+            );
         }
     }
 
@@ -209,9 +239,19 @@ mod tests {
     fn jitter_delays_but_never_past_expiry() {
         let now = t("2026-06-10T00:00:00Z");
         let c = cur("2026-06-01T00:00:00Z", Some("2026-07-01T00:00:00Z"));
-        let due = next_due(&sched(30, 10, None), Some(&c), Duration::from_secs(3600), now);
+        let due = next_due(
+            &sched(30, 10, None),
+            Some(&c),
+            Duration::from_secs(3600),
+            now,
+        );
         assert_eq!(due.at, Some(t("2026-06-21T01:00:00Z")));
-        let due = next_due(&sched(30, 10, None), Some(&c), Duration::from_secs(20 * DAY), now);
+        let due = next_due(
+            &sched(30, 10, None),
+            Some(&c),
+            Duration::from_secs(20 * DAY),
+            now,
+        );
         assert_eq!(due.at, Some(t("2026-07-01T00:00:00Z")));
     }
 
@@ -220,7 +260,12 @@ mod tests {
         let mut s = sched(30, 10, None);
         s.lifetime = None;
         s.rotate_before = None;
-        let due = next_due(&s, Some(&cur("2026-06-01T00:00:00Z", None)), Duration::ZERO, t("2026-06-10T00:00:00Z"));
+        let due = next_due(
+            &s,
+            Some(&cur("2026-06-01T00:00:00Z", None)),
+            Duration::ZERO,
+            t("2026-06-10T00:00:00Z"),
+        );
         assert_eq!(due.at, None);
     }
 }

@@ -16,7 +16,10 @@ pub enum SecretRef {
     Env(String),
     File(PathBuf),
     /// The `token` field of a record this daemon stored in a sink.
-    Sink { sink: String, target: Target },
+    Sink {
+        sink: String,
+        target: Target,
+    },
 }
 
 impl fmt::Debug for SecretRef {

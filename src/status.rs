@@ -64,11 +64,18 @@ impl TokenStatus {
         };
         if let Some(exp) = cur.expires_at {
             if exp <= now {
-                return Some(format!("current token {} expired at {}", cur.token_id, crate::record::rfc3339(exp)));
+                return Some(format!(
+                    "current token {} expired at {}",
+                    cur.token_id,
+                    crate::record::rfc3339(exp)
+                ));
             }
         }
         if !self.stored_everywhere {
-            return Some(format!("current token {} is not stored in every sink", cur.token_id));
+            return Some(format!(
+                "current token {} is not stored in every sink",
+                cur.token_id
+            ));
         }
         None
     }

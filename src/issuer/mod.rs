@@ -63,7 +63,10 @@ pub struct IssuerError {
 
 impl IssuerError {
     pub fn retryable(&self) -> bool {
-        matches!(self.kind, IssuerErrorKind::RateLimited | IssuerErrorKind::Unavailable)
+        matches!(
+            self.kind,
+            IssuerErrorKind::RateLimited | IssuerErrorKind::Unavailable
+        )
     }
 }
 
@@ -71,7 +74,11 @@ impl IssuerError {
 pub trait Issuer: Send + Sync {
     fn name(&self) -> &str;
     /// Creates a new token for `token`, valid until `expires_at` where the type expires.
-    async fn mint(&self, token: &TokenPolicy, expires_at: Option<DateTime<Utc>>) -> Result<MintedToken, IssuerError>;
+    async fn mint(
+        &self,
+        token: &TokenPolicy,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<MintedToken, IssuerError>;
     /// Proves that `value` works (the identity probe).
     async fn verify(&self, token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError>;
     /// Proves the issuer's own credential works, changing nothing (`check --online`).

@@ -48,7 +48,11 @@ struct Reply {
 }
 
 impl TfeIssuer {
-    pub fn new(cfg: &IssuerConfig, credential: SecretString, metrics: Arc<Metrics>) -> Result<Self, IssuerError> {
+    pub fn new(
+        cfg: &IssuerConfig,
+        credential: SecretString,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, IssuerError> {
         let config_err = |message: String| IssuerError {
             issuer: cfg.name.clone(),
             kind: IssuerErrorKind::Config,
@@ -58,7 +62,8 @@ impl TfeIssuer {
         };
         let base = Url::parse(&format!("{}/", cfg.address.trim_end_matches('/')))
             .map_err(|e| config_err(format!("invalid address: {e}")))?;
-        let http = crate::http::client(cfg.ca_file.as_deref()).map_err(|e| config_err(e.to_string()))?;
+        let http =
+            crate::http::client(cfg.ca_file.as_deref()).map_err(|e| config_err(e.to_string()))?;
         Ok(TfeIssuer {
             name: cfg.name.clone(),
             base,
@@ -69,7 +74,12 @@ impl TfeIssuer {
         })
     }
 
-    fn error(&self, kind: IssuerErrorKind, status: Option<u16>, message: impl Into<String>) -> IssuerError {
+    fn error(
+        &self,
+        kind: IssuerErrorKind,
+        status: Option<u16>,
+        message: impl Into<String>,
+    ) -> IssuerError {
         IssuerError {
             issuer: self.name.clone(),
             kind,
@@ -100,7 +110,13 @@ impl TfeIssuer {
     ) -> Result<Reply, IssuerError> {
         self.pacer.acquire().await;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
-            .map_err(|_| self.error(IssuerErrorKind::Config, None, "credential is not a valid HTTP header value"))?;
+            .map_err(|_| {
+                self.error(
+                    IssuerErrorKind::Config,
+                    None,
+                    "credential is not a valid HTTP header value",
+                )
+            })?;
         auth.set_sensitive(true);
         let mut req = self
             .http
@@ -146,13 +162,13 @@ impl TfeIssuer {
         } else {
             match serde_json::from_slice(&bytes) {
                 Ok(v) => v,
-                Err(_) if (200..300).contains(&status) => {
-                    return Err(self.error(
-                        IssuerErrorKind::Unavailable,
-                        Some(status),
-                        format!("{what}: the {status} response is not JSON (truncated or not the TFC API?)"),
-                    ))
-                }
+                Err(_) if (200..300).contains(&status) => return Err(self.error(
+                    IssuerErrorKind::Unavailable,
+                    Some(status),
+                    format!(
+                        "{what}: the {status} response is not JSON (truncated or not the TFC API?)"
+                    ),
+                )),
                 Err(_) => Value::Null,
             }
         };
@@ -160,7 +176,11 @@ impl TfeIssuer {
             return Ok(Reply { status, body });
         }
         let detail = api_errors(&body);
-        let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {detail}")
+        };
         let (kind, hint) = match status {
             401 => (
                 IssuerErrorKind::Unauthorized,
@@ -189,7 +209,11 @@ impl TfeIssuer {
             s if s >= 500 => (IssuerErrorKind::Unavailable, String::new()),
             _ => (IssuerErrorKind::Rejected, String::new()),
         };
-        Err(self.error(kind, Some(status), format!("{what}: {status}{detail}{hint}")))
+        Err(self.error(
+            kind,
+            Some(status),
+            format!("{what}: {status}{detail}{hint}"),
+        ))
     }
 
     /// `send` with the transient-failure retry policy.
@@ -225,13 +249,18 @@ impl TfeIssuer {
                 format!("{what}: {} response {m}", reply.status),
             )
         };
-        let data = reply.body.get("data").ok_or_else(|| protocol("has no `data`"))?;
+        let data = reply
+            .body
+            .get("data")
+            .ok_or_else(|| protocol("has no `data`"))?;
         let token_id = match data.get("id") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(protocol("has no token id")),
         };
-        let attrs = data.get("attributes").ok_or_else(|| protocol("has no `attributes`"))?;
+        let attrs = data
+            .get("attributes")
+            .ok_or_else(|| protocol("has no `attributes`"))?;
         let value = attrs
             .get("token")
             .and_then(Value::as_str)
@@ -278,7 +307,10 @@ fn api_errors(body: &Value) -> String {
         .collect();
     let mut text = parts.join("; ");
     if text.len() > 300 {
-        let cut = (0..=300).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=300)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
         text.truncate(cut);
         text.push('…');
     }
@@ -295,15 +327,23 @@ impl Issuer for TfeIssuer {
         &self.name
     }
 
-    async fn mint(&self, token: &TokenPolicy, expires_at: Option<DateTime<Utc>>) -> Result<MintedToken, IssuerError> {
+    async fn mint(
+        &self,
+        token: &TokenPolicy,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<MintedToken, IssuerError> {
         match &token.kind {
             TokenKind::TfeOrganization { organization } => {
                 let url = self.url(&["organizations", organization, "authentication-token"]);
                 let mut attributes = serde_json::Map::new();
                 if let Some(at) = expires_at {
-                    attributes.insert("expired-at".into(), Value::String(at.to_rfc3339_opts(SecondsFormat::Secs, true)));
+                    attributes.insert(
+                        "expired-at".into(),
+                        Value::String(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                    );
                 }
-                let body = json!({"data": {"type": "authentication-tokens", "attributes": attributes}});
+                let body =
+                    json!({"data": {"type": "authentication-tokens", "attributes": attributes}});
                 let what = format!("creating the organization token of \"{organization}\"");
                 let reply = self
                     .send_retrying(Method::POST, url, &self.credential, Some(&body), &what)
@@ -322,16 +362,28 @@ impl Issuer for TfeIssuer {
 
     async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {
         let url = self.url(&["account", "details"]);
-        self.send_retrying(Method::GET, url, value, None, "proving the new token (GET account/details)")
-            .await
-            .map(|_| ())
+        self.send_retrying(
+            Method::GET,
+            url,
+            value,
+            None,
+            "proving the new token (GET account/details)",
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn probe(&self) -> Result<(), IssuerError> {
         let url = self.url(&["account", "details"]);
-        self.send(Method::GET, url, &self.credential, None, "proving the issuer credential (GET account/details)")
-            .await
-            .map(|_| ())
+        self.send(
+            Method::GET,
+            url,
+            &self.credential,
+            None,
+            "proving the issuer credential (GET account/details)",
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -342,7 +394,10 @@ mod tests {
     #[test]
     fn api_errors_reads_both_shapes() {
         let v = json!({"errors":[{"status":"422","title":"invalid attributes","detail":"Validation failed: Description has already been taken"}]});
-        assert_eq!(api_errors(&v), "invalid attributes: Validation failed: Description has already been taken");
+        assert_eq!(
+            api_errors(&v),
+            "invalid attributes: Validation failed: Description has already been taken"
+        );
         assert_eq!(api_errors(&json!({"errors":["plain"]})), "plain");
         assert_eq!(api_errors(&json!({})), "");
     }

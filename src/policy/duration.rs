@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-pub const HINT: &str = "expected a number followed by s, m, h or d, e.g. `90s`, `12h`, `30d`, `1h30m`";
+pub const HINT: &str =
+    "expected a number followed by s, m, h or d, e.g. `90s`, `12h`, `30d`, `1h30m`";
 
 /// Parses `1h30m`-style durations. Zero (`0s`) is allowed; callers decide whether it makes sense.
 pub fn parse(text: &str) -> Result<Duration, String> {
@@ -43,7 +44,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     // Keep every duration representable as a chrono::TimeDelta and far beyond any token lifetime.
     const MAX: u64 = 100 * 365 * 86_400;
     if total > MAX {
-        return Err(format!("duration `{text}` is too large (at most 100 years)"));
+        return Err(format!(
+            "duration `{text}` is too large (at most 100 years)"
+        ));
     }
     Ok(Duration::from_secs(total))
 }
@@ -79,7 +82,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "10", "h", "1x", "1.5h", "-1h", "1 h", "99999999999999999999d", "40000d"] {
+        for bad in [
+            "",
+            "10",
+            "h",
+            "1x",
+            "1.5h",
+            "-1h",
+            "1 h",
+            "99999999999999999999d",
+            "40000d",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -87,7 +100,10 @@ mod tests {
     #[test]
     fn renders_round_trip() {
         for text in ["0s", "90s", "1h30m", "30d", "1d2h3m4s"] {
-            assert_eq!(parse(&render(parse(text).unwrap())).unwrap(), parse(text).unwrap());
+            assert_eq!(
+                parse(&render(parse(text).unwrap())).unwrap(),
+                parse(text).unwrap()
+            );
         }
         assert_eq!(render(Duration::from_secs(5400)), "1h30m");
     }

@@ -241,7 +241,10 @@ pub fn parse(display: &str, path: &Path, source: &str, env: &Env) -> Result<Poli
     let (doc, syntax_errors) = DeTable::parse_recoverable(source);
     for e in &syntax_errors {
         let span = e.span().unwrap_or(0..0);
-        d.push(span, format!("TOML syntax error: {}", first_line(e.message())));
+        d.push(
+            span,
+            format!("TOML syntax error: {}", first_line(e.message())),
+        );
     }
     if !syntax_errors.is_empty() {
         return Err(d);
@@ -260,8 +263,14 @@ pub fn parse(display: &str, path: &Path, source: &str, env: &Env) -> Result<Poli
     Ok(Policy {
         path: path.to_path_buf(),
         daemon: daemon.expect("daemon settings present when there are no diagnostics"),
-        issuers: issuers.into_iter().filter_map(|(k, (_, v))| Some((k, v?))).collect(),
-        sinks: sinks.into_iter().filter_map(|(k, (_, v))| Some((k, v?))).collect(),
+        issuers: issuers
+            .into_iter()
+            .filter_map(|(k, (_, v))| Some((k, v?)))
+            .collect(),
+        sinks: sinks
+            .into_iter()
+            .filter_map(|(k, (_, v))| Some((k, v?)))
+            .collect(),
         tokens,
     })
 }
@@ -281,7 +290,9 @@ fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option
     };
     let mut settings = DaemonSettings {
         state_dir: default_state_dir(),
-        listen: DEFAULT_LISTEN.parse().expect("valid default listen address"),
+        listen: DEFAULT_LISTEN
+            .parse()
+            .expect("valid default listen address"),
         log_format: None,
         drift_check: DEFAULT_DRIFT_CHECK,
     };
@@ -623,18 +634,26 @@ fn read_vault(t: &mut TableReader, d: &mut Diagnostics) -> Option<VaultSinkConfi
     };
     let namespace = t.opt_str(d, "namespace").map(Spanned::into_inner);
     let ca_file = read_path(t, d, "ca_file");
-    let kv_version = t.opt_int(d, "kv_version", 1..=2).map(|v| v.into_inner() as u8);
+    let kv_version = t
+        .opt_int(d, "kv_version", 1..=2)
+        .map(|v| v.into_inner() as u8);
     let auth = match t.opt_table(d, "auth") {
         None => {
             if !t.has("auth") {
-                t.missing(d, "auth", " (e.g. `auth = { method = \"token\", token = { env = \"VAULT_TOKEN\" } }`)");
+                t.missing(
+                    d,
+                    "auth",
+                    " (e.g. `auth = { method = \"token\", token = { env = \"VAULT_TOKEN\" } }`)",
+                );
             }
             None
         }
         Some(mut a) => {
             let method = a.req_str(d, "method");
             let auth = match method.as_ref().map(|m| m.get_ref().as_str()) {
-                Some("token") => read_secret_ref(&mut a, d, "token").map(|token| VaultAuth::Token { token }),
+                Some("token") => {
+                    read_secret_ref(&mut a, d, "token").map(|token| VaultAuth::Token { token })
+                }
                 Some(m @ ("approle" | "kubernetes")) => {
                     d.push(
                         method.as_ref().map(|s| s.span()).unwrap_or(a.span.clone()),
@@ -704,22 +723,24 @@ fn read_token(
     targets: &mut HashMap<SinkTarget, String>,
 ) -> Option<TokenPolicy> {
     let issuer_key = t.req_str(d, "issuer");
-    let issuer = issuer_key.as_ref().and_then(|i| match issuers.get(i.get_ref()) {
-        Some((_, cfg)) => cfg.as_ref(),
-        None => {
-            let known: Vec<&str> = issuers.keys().map(String::as_str).collect();
-            d.push(
-                i.span(),
-                format!(
-                    "{} refers to unknown issuer \"{}\"{}",
-                    t.name,
-                    i.get_ref(),
-                    known_list(&known)
-                ),
-            );
-            None
-        }
-    });
+    let issuer = issuer_key
+        .as_ref()
+        .and_then(|i| match issuers.get(i.get_ref()) {
+            Some((_, cfg)) => cfg.as_ref(),
+            None => {
+                let known: Vec<&str> = issuers.keys().map(String::as_str).collect();
+                d.push(
+                    i.span(),
+                    format!(
+                        "{} refers to unknown issuer \"{}\"{}",
+                        t.name,
+                        i.get_ref(),
+                        known_list(&known)
+                    ),
+                );
+                None
+            }
+        });
     let type_key = t.req_str(d, "type");
     let kind = match (issuer, type_key.as_ref()) {
         (Some(issuer), Some(ty)) => read_token_kind(t, d, issuer, ty),
@@ -731,7 +752,10 @@ fn read_token(
     let schedule = read_schedule(t, d, kind.as_ref());
     let description = t.opt_str(d, "description").and_then(|s| {
         if s.get_ref().trim().is_empty() || s.get_ref().len() > 100 {
-            d.push(s.span(), format!("`description` in {} must be 1 to 100 characters", t.name));
+            d.push(
+                s.span(),
+                format!("`description` in {} must be 1 to 100 characters", t.name),
+            );
             None
         } else {
             Some(s.into_inner())
@@ -788,7 +812,11 @@ fn read_token_kind(
     }
 }
 
-fn read_schedule(t: &mut TableReader, d: &mut Diagnostics, kind: Option<&TokenKind>) -> Option<Schedule> {
+fn read_schedule(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    kind: Option<&TokenKind>,
+) -> Option<Schedule> {
     let mut ok = true;
     let lifetime = t.opt_duration(d, "lifetime");
     let rotate_before = t.opt_duration(d, "rotate_before");
@@ -798,14 +826,22 @@ fn read_schedule(t: &mut TableReader, d: &mut Diagnostics, kind: Option<&TokenKi
     for (key, v) in [("lifetime", &lifetime), ("every", &every)] {
         if let Some(v) = v {
             if v.get_ref().is_zero() {
-                d.push(v.span(), format!("`{key}` in {} must be longer than 0s", t.name));
+                d.push(
+                    v.span(),
+                    format!("`{key}` in {} must be longer than 0s", t.name),
+                );
                 ok = false;
             }
         }
     }
     let expires = kind.map(TokenKind::expires).unwrap_or(true);
     let lifetime_value = if expires {
-        Some(lifetime.as_ref().map(|l| *l.get_ref()).unwrap_or(DEFAULT_LIFETIME))
+        Some(
+            lifetime
+                .as_ref()
+                .map(|l| *l.get_ref())
+                .unwrap_or(DEFAULT_LIFETIME),
+        )
     } else {
         None
     };
@@ -864,23 +900,40 @@ fn read_token_sinks(
     targets: &mut HashMap<SinkTarget, String>,
 ) -> Option<Vec<SinkTarget>> {
     if !t.has("sinks") {
-        t.missing(d, "sinks", " (e.g. `sinks = [{ sink = \"vault\", path = \"ci/token\" }]`)");
+        t.missing(
+            d,
+            "sinks",
+            " (e.g. `sinks = [{ sink = \"vault\", path = \"ci/token\" }]`)",
+        );
         return None;
     }
     let v = t.get("sinks")?;
     let Some(items) = v.get_ref().as_array() else {
-        wrong_type(d, v, &format!("`sinks` in {}", t.name), "an array of tables");
+        wrong_type(
+            d,
+            v,
+            &format!("`sinks` in {}", t.name),
+            "an array of tables",
+        );
         return None;
     };
     if items.is_empty() {
-        d.push(v.span(), format!("`sinks` in {} must name at least one sink", t.name));
+        d.push(
+            v.span(),
+            format!("`sinks` in {} must name at least one sink", t.name),
+        );
         return None;
     }
     let mut out = Vec::new();
     let mut ok = true;
     for item in items.iter() {
         let Some(table) = item.get_ref().as_table() else {
-            wrong_type(d, item, &format!("an entry of `sinks` in {}", t.name), "a table like { sink = \"NAME\", path = \"…\" }");
+            wrong_type(
+                d,
+                item,
+                &format!("an entry of `sinks` in {}", t.name),
+                "a table like { sink = \"NAME\", path = \"…\" }",
+            );
             ok = false;
             continue;
         };
@@ -896,7 +949,12 @@ fn read_token_sinks(
             let known: Vec<&str> = sinks.keys().map(String::as_str).collect();
             d.push(
                 sink.span(),
-                format!("{} refers to unknown sink \"{}\"{}", t.name, sink.get_ref(), known_list(&known)),
+                format!(
+                    "{} refers to unknown sink \"{}\"{}",
+                    t.name,
+                    sink.get_ref(),
+                    known_list(&known)
+                ),
             );
             ok = false;
             continue;
@@ -907,10 +965,18 @@ fn read_token_sinks(
         };
         let expects_path = matches!(cfg.kind, SinkKind::Vault(_));
         if expects_path != matches!(target, Target::Path(_)) {
-            let want = if expects_path { "`path`" } else { "`secret_id`" };
+            let want = if expects_path {
+                "`path`"
+            } else {
+                "`secret_id`"
+            };
             d.push(
                 item.span(),
-                format!("sink \"{}\" (kind \"{}\") takes {want}", sink.get_ref(), cfg.kind.as_str()),
+                format!(
+                    "sink \"{}\" (kind \"{}\") takes {want}",
+                    sink.get_ref(),
+                    cfg.kind.as_str()
+                ),
             );
             ok = false;
             continue;
@@ -973,7 +1039,10 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
         let p = parse("p.toml", Path::new("p.toml"), GOOD, &Env::default()).unwrap();
         let t = &p.tokens["ci-org"];
         assert_eq!(t.schedule.lifetime, Some(Duration::from_secs(30 * 86_400)));
-        assert_eq!(t.schedule.rotate_before, Some(Duration::from_secs(10 * 86_400)));
+        assert_eq!(
+            t.schedule.rotate_before,
+            Some(Duration::from_secs(10 * 86_400))
+        );
         assert_eq!(t.schedule.grace, Duration::from_secs(3600));
         assert_eq!(p.daemon.listen.to_string(), "127.0.0.1:9851");
         match &p.sinks["vault"].kind {
@@ -988,22 +1057,34 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
             .replace("token = { env = \"TFC_TOKEN\" }", "token = \"abc\"");
         let errs = errors(&src);
         assert_eq!(errs.len(), 3, "{errs:#?}");
-        assert!(errs[0].starts_with("p.toml:8:9: `token` in [issuers.tfc] must not be written inline"), "{errs:#?}");
-        assert!(errs.iter().any(|e| e.contains("`lifetime` in [tokens.ci-org]: invalid duration")));
-        assert!(errs.iter().any(|e| e.contains("unknown key `bogus` in [tokens.ci-org]")));
+        assert!(
+            errs[0].starts_with("p.toml:8:9: `token` in [issuers.tfc] must not be written inline"),
+            "{errs:#?}"
+        );
+        assert!(errs
+            .iter()
+            .any(|e| e.contains("`lifetime` in [tokens.ci-org]: invalid duration")));
+        assert!(errs
+            .iter()
+            .any(|e| e.contains("unknown key `bogus` in [tokens.ci-org]")));
     }
 
     #[test]
     fn missing_key_is_reported_at_the_table_line() {
         let src = GOOD.replace("organization = \"acme\"\n", "");
         let errs = errors(&src);
-        assert_eq!(errs, vec!["p.toml:15:9: missing key `organization` in [tokens.ci-org]".to_string()]);
+        assert_eq!(
+            errs,
+            vec!["p.toml:15:9: missing key `organization` in [tokens.ci-org]".to_string()]
+        );
     }
 
     #[test]
     fn state_directory_env_sets_default_state_dir() {
         let src = GOOD.replace("state_dir = \"/tmp/x\"\n", "");
-        let env = Env { state_directory: Some("/var/lib/token-rotator:/other".into()) };
+        let env = Env {
+            state_directory: Some("/var/lib/token-rotator:/other".into()),
+        };
         let p = parse("p.toml", Path::new("p.toml"), &src, &env).unwrap();
         assert_eq!(p.daemon.state_dir, PathBuf::from("/var/lib/token-rotator"));
     }

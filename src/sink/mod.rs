@@ -88,7 +88,10 @@ pub struct SinkError {
 
 impl SinkError {
     pub fn retryable(&self) -> bool {
-        matches!(self.kind, SinkErrorKind::Unavailable | SinkErrorKind::Mismatch)
+        matches!(
+            self.kind,
+            SinkErrorKind::Unavailable | SinkErrorKind::Mismatch
+        )
     }
 }
 
@@ -98,7 +101,12 @@ pub trait Sink: Send + Sync {
     /// Reads what is stored at `target`, with the version a following write must expect.
     async fn read(&self, target: &Target) -> Result<Observed, SinkError>;
     /// Writes `record` if the target is still at `expected` (check-and-set where the store supports it).
-    async fn write(&self, target: &Target, record: &SinkRecord, expected: Version) -> Result<(), SinkError>;
+    async fn write(
+        &self,
+        target: &Target,
+        record: &SinkRecord,
+        expected: Version,
+    ) -> Result<(), SinkError>;
 }
 
 /// Builds the sink for one `[sinks.NAME]` table.

@@ -73,11 +73,18 @@ impl VaultSink {
         } else {
             settings.namespace(None);
         }
-        let settings = settings
-            .build()
-            .map_err(|e| err(SinkErrorKind::Permanent, format!("Vault client settings: {e}")))?;
-        let client = VaultClient::new(settings)
-            .map_err(|e| err(SinkErrorKind::Permanent, format!("Vault client: {}", describe(&e))))?;
+        let settings = settings.build().map_err(|e| {
+            err(
+                SinkErrorKind::Permanent,
+                format!("Vault client settings: {e}"),
+            )
+        })?;
+        let client = VaultClient::new(settings).map_err(|e| {
+            err(
+                SinkErrorKind::Permanent,
+                format!("Vault client: {}", describe(&e)),
+            )
+        })?;
         Ok(VaultSink {
             name: name.to_string(),
             mount: cfg.mount.clone(),
@@ -119,9 +126,12 @@ impl VaultSink {
             .http
             .get(&url)
             .header("X-Vault-Request", "true");
-        let mut token_header =
-            reqwest::header::HeaderValue::from_str(&self.client.settings.token).map_err(|_| {
-                self.error(SinkErrorKind::Permanent, "Vault token is not a valid header value")
+        let mut token_header = reqwest::header::HeaderValue::from_str(&self.client.settings.token)
+            .map_err(|_| {
+                self.error(
+                    SinkErrorKind::Permanent,
+                    "Vault token is not a valid header value",
+                )
             })?;
         token_header.set_sensitive(true);
         req = req.header("X-Vault-Token", token_header);
@@ -131,7 +141,11 @@ impl VaultSink {
         let resp = req.send().await.map_err(|e| {
             self.error(
                 SinkErrorKind::Unavailable,
-                format!("cannot reach Vault at {}: {}", self.address, reqwest_reason(&e)),
+                format!(
+                    "cannot reach Vault at {}: {}",
+                    self.address,
+                    reqwest_reason(&e)
+                ),
             )
         })?;
         let status = resp.status().as_u16();
@@ -168,7 +182,10 @@ impl VaultSink {
     fn path<'t>(&self, target: &'t Target) -> Result<&'t str, SinkError> {
         match target {
             Target::Path(p) => Ok(p.trim_matches('/')),
-            Target::SecretId(_) => Err(self.error(SinkErrorKind::Permanent, "a Vault sink takes `path`, not `secret_id`")),
+            Target::SecretId(_) => Err(self.error(
+                SinkErrorKind::Permanent,
+                "a Vault sink takes `path`, not `secret_id`",
+            )),
         }
     }
 
@@ -191,7 +208,10 @@ impl VaultSink {
                     412 | 429 | 500..=599 => (SinkErrorKind::Unavailable, ""),
                     _ => (SinkErrorKind::Permanent, ""),
                 };
-                self.error(kind, format!("{op} {full}: Vault answered {code}: {msg}{hint}"))
+                self.error(
+                    kind,
+                    format!("{op} {full}: Vault answered {code}: {msg}{hint}"),
+                )
             }
             ClientError::RestClientError { source } => {
                 use rustify::errors::ClientError as R;
@@ -206,11 +226,18 @@ impl VaultSink {
                     }
                     _ => self.error(
                         SinkErrorKind::Unavailable,
-                        format!("{op} {full}: cannot reach Vault at {}: {}", self.address, describe(&e)),
+                        format!(
+                            "{op} {full}: cannot reach Vault at {}: {}",
+                            self.address,
+                            describe(&e)
+                        ),
                     ),
                 }
             }
-            _ => self.error(SinkErrorKind::Permanent, format!("{op} {full}: {}", describe(&e))),
+            _ => self.error(
+                SinkErrorKind::Permanent,
+                format!("{op} {full}: {}", describe(&e)),
+            ),
         }
     }
 
@@ -312,7 +339,12 @@ impl Sink for VaultSink {
         }
     }
 
-    async fn write(&self, target: &Target, record: &SinkRecord, expected: Version) -> Result<(), SinkError> {
+    async fn write(
+        &self,
+        target: &Target,
+        record: &SinkRecord,
+        expected: Version,
+    ) -> Result<(), SinkError> {
         let path = self.path(target)?;
         let data = record.to_json();
         if self.kv_version().await? == 1 {
@@ -325,7 +357,10 @@ impl Sink for VaultSink {
         let cas = match expected {
             Version::Absent => 0,
             Version::Kv2(v) => u32::try_from(v).map_err(|_| {
-                self.error(SinkErrorKind::Permanent, format!("write {path}: version {v} exceeds check-and-set range"))
+                self.error(
+                    SinkErrorKind::Permanent,
+                    format!("write {path}: version {v} exceeds check-and-set range"),
+                )
             })?,
             Version::Unversioned => {
                 return Err(self.error(
@@ -334,10 +369,15 @@ impl Sink for VaultSink {
                 ))
             }
         };
-        vaultrs::kv2::set_with_options(&self.client, &self.mount, path, &data, SetSecretRequestOptions { cas })
-            .await
-            .map(|_| ())
-            .map_err(|e| self.map_err("write", path, e))
+        vaultrs::kv2::set_with_options(
+            &self.client,
+            &self.mount,
+            path,
+            &data,
+            SetSecretRequestOptions { cas },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| self.map_err("write", path, e))
     }
 }
-

