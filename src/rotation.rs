@@ -115,10 +115,7 @@ impl Rotator {
         }
     }
 
-    fn sinks_of(
-        &self,
-        token: &TokenPolicy,
-    ) -> Result<BoundSinks, AttemptError> {
+    fn sinks_of(&self, token: &TokenPolicy) -> Result<BoundSinks, AttemptError> {
         let mut out = Vec::new();
         let mut broken = Vec::new();
         for st in &token.sinks {

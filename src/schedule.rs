@@ -179,7 +179,13 @@ mod tests {
     #[test]
     fn table() {
         let now = t("2026-06-10T00:00:00Z");
-        type Case = (&'static str, Schedule, Option<CurrentToken>, Option<&'static str>, &'static str);
+        type Case = (
+            &'static str,
+            Schedule,
+            Option<CurrentToken>,
+            Option<&'static str>,
+            &'static str,
+        );
         let cases: Vec<Case> = vec![
             (
                 "no record",

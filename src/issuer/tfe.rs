@@ -162,13 +162,15 @@ impl TfeIssuer {
         } else {
             match serde_json::from_slice(&bytes) {
                 Ok(v) => v,
-                Err(_) if (200..300).contains(&status) => return Err(self.error(
-                    IssuerErrorKind::Unavailable,
-                    Some(status),
-                    format!(
+                Err(_) if (200..300).contains(&status) => {
+                    return Err(self.error(
+                        IssuerErrorKind::Unavailable,
+                        Some(status),
+                        format!(
                         "{what}: the {status} response is not JSON (truncated or not the TFC API?)"
                     ),
-                )),
+                    ))
+                }
                 Err(_) => Value::Null,
             }
         };
