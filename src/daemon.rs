@@ -212,10 +212,14 @@ impl Daemon {
                 } else {
                     t.due.clone()
                 };
-                slot.next_at = match due.at {
+                let mut next = match due.at {
                     Some(at) => at.min(after(now, drift)),
                     None => after(now, drift),
                 };
+                if let Some(wake) = t.wake_at {
+                    next = next.min(wake.max(now));
+                }
+                slot.next_at = next;
                 self.board.update(&name, |s| {
                     if t.rotated {
                         s.last_success = Some(now);

@@ -80,31 +80,62 @@ impl From<&MintedToken> for JournaledToken {
     }
 }
 
+/// One token's journal: the rotation in progress (if any) and the old tokens waiting to be revoked.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
     pub format: u32,
     pub token: String,
     pub issuer: String,
     pub token_type: String,
+    pub rotation: Option<Rotation>,
+    /// Old tokens of coexisting types, revoked after `grace` (or after their successor is used).
+    #[serde(default)]
+    pub revocations: Vec<PendingRevocation>,
+    /// A create may have happened without its answer being journaled: look for orphans at the issuer.
+    #[serde(default)]
+    pub sweep: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rotation {
     pub started_at: DateTime<Utc>,
     pub phase: Phase,
+    /// The label sent to the issuer (TFC description, Pulumi name), so an orphan can be recognised.
+    pub label: Option<String>,
     pub minted: Option<JournaledToken>,
     /// Sink targets (`sink:target`) that hold and read back `minted`.
     pub stored: Vec<String>,
+    /// The token this rotation replaces, revoked once the new one is stored and verified (coexisting types).
+    pub replaces: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRevocation {
+    pub token_id: String,
+    /// Not before this time (`grace` after the successor was stored and verified).
+    pub not_before: DateTime<Utc>,
+    /// Revoke as soon as this successor shows a `last-used-at` (agent tokens with `revoke_after_use`).
+    pub after_use_of: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 impl Entry {
-    pub fn new(token: &str, issuer: &str, token_type: &str, now: DateTime<Utc>) -> Self {
+    pub fn new(token: &str, issuer: &str, token_type: &str) -> Self {
         Entry {
             format: FORMAT,
             token: token.into(),
             issuer: issuer.into(),
             token_type: token_type.into(),
-            started_at: now,
-            phase: Phase::Minting,
-            minted: None,
-            stored: Vec::new(),
+            rotation: None,
+            revocations: Vec::new(),
+            sweep: false,
         }
+    }
+
+    /// Nothing in progress: the file can go (compaction).
+    pub fn is_idle(&self) -> bool {
+        self.rotation.is_none() && self.revocations.is_empty() && !self.sweep
     }
 }
 
@@ -215,8 +246,12 @@ impl Journal {
         Ok(Some(entry))
     }
 
-    /// Atomically replaces the token's entry: temp file (0600) → fsync → rename → fsync the directory.
+    /// Atomically replaces the token's entry: temp file (0600) → fsync → rename → fsync the directory. An idle
+    /// entry removes the file, so finished work leaves nothing behind.
     pub fn save(&self, entry: &Entry) -> Result<(), JournalError> {
+        if entry.is_idle() {
+            return self.remove(&entry.token);
+        }
         let path = self.path(&entry.token);
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(entry).expect("journal entries serialise");
@@ -259,13 +294,19 @@ mod tests {
             fs::metadata(&state).unwrap().permissions().mode() & 0o777,
             0o700
         );
-        let mut e = Entry::new("ci/org.x", "tfc", "organization", crate::clock::now());
-        e.phase = Phase::Minted;
-        e.minted = Some(JournaledToken {
-            value: SecretString::from("VALUE-xyz".to_string()),
-            token_id: "at-1".into(),
-            created_at: crate::clock::now(),
-            expires_at: None,
+        let mut e = Entry::new("ci/org.x", "tfc", "organization");
+        e.rotation = Some(Rotation {
+            started_at: crate::clock::now(),
+            phase: Phase::Minted,
+            label: None,
+            minted: Some(JournaledToken {
+                value: SecretString::from("VALUE-xyz".to_string()),
+                token_id: "at-1".into(),
+                created_at: crate::clock::now(),
+                expires_at: None,
+            }),
+            stored: vec![],
+            replaces: None,
         });
         j.save(&e).unwrap();
         let file = state.join("journal").join("ci%2Forg%2Ex.json");
@@ -274,10 +315,18 @@ mod tests {
             0o600
         );
         let back = j.load("ci/org.x").unwrap().unwrap();
-        assert_eq!(back.minted.unwrap().value.expose_secret(), "VALUE-xyz");
+        assert_eq!(
+            back.rotation.unwrap().minted.unwrap().value.expose_secret(),
+            "VALUE-xyz"
+        );
         assert!(!format!("{e:?}").contains("VALUE-xyz"));
-        j.remove("ci/org.x").unwrap();
-        assert!(j.load("ci/org.x").unwrap().is_none());
+        e.rotation = None;
+        j.save(&e).unwrap();
+        assert!(
+            j.load("ci/org.x").unwrap().is_none(),
+            "an idle entry is compacted away"
+        );
+        assert!(!file.exists());
     }
 
     #[test]

@@ -10,9 +10,9 @@ use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use futures_util::future::join_all;
 
 use crate::issuer::{Issuer, IssuerError, IssuerErrorKind};
-use crate::journal::{Entry, Journal, JournalError, Phase};
+use crate::journal::{Entry, Journal, JournalError, PendingRevocation, Phase, Rotation};
 use crate::metrics::Metrics;
-use crate::policy::{SinkTarget, TokenPolicy};
+use crate::policy::{SinkTarget, TokenKind, TokenPolicy};
 use crate::record::SinkRecord;
 use crate::schedule::{self, Due, DueReason};
 use crate::sink::{Observed, Sink, SinkError, SinkErrorKind, Version};
@@ -37,6 +37,23 @@ pub struct Tended {
     pub stored_everywhere: bool,
     pub due: Due,
     pub rotated: bool,
+    /// When pending revocations need the token visited again (before its next due time).
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+/// How often an agent token waiting for its successor's first use is looked at again.
+const AFTER_USE_POLL: Duration = Duration::from_secs(60);
+
+/// The earliest time a pending revocation needs attention.
+fn wake_time(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    entry
+        .revocations
+        .iter()
+        .map(|r| match r.after_use_of {
+            Some(_) => now + TimeDelta::from_std(AFTER_USE_POLL).unwrap_or(TimeDelta::MAX),
+            None => r.not_before,
+        })
+        .min()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +149,8 @@ impl Rotator {
         }
     }
 
-    /// Visits one token: resumes a journaled rotation, else reads the sinks and rotates when due (or `force`).
+    /// Visits one token: resumes a journaled rotation, revokes old tokens whose time has come, reads the sinks
+    /// and rotates when due (or `force`).
     pub async fn tend(
         &self,
         token: &TokenPolicy,
@@ -143,9 +161,13 @@ impl Rotator {
         let issuer = self.issuer(token)?;
         let sinks = self.sinks_of(token)?;
         let mut force = force;
-        if let Some(entry) = self.journal.load(&token.name)? {
-            if entry.minted.is_some() {
-                tracing::info!(token = %token.name, phase = ?entry.phase, "resuming an interrupted rotation from the journal");
+        let mut entry = self
+            .journal
+            .load(&token.name)?
+            .unwrap_or_else(|| Entry::new(&token.name, &token.issuer, token.kind.type_name()));
+        if let Some(rotation) = &entry.rotation {
+            if rotation.minted.is_some() {
+                tracing::info!(token = %token.name, phase = ?rotation.phase, "resuming an interrupted rotation from the journal");
                 return self
                     .finish(
                         token,
@@ -158,14 +180,19 @@ impl Rotator {
                     )
                     .await;
             }
-            // Interrupted before the issuer's answer was journaled: the old token may already be replaced.
-            tracing::warn!(token = %token.name, "a rotation was interrupted before its token was journaled; rotating again");
-            self.journal.remove(&token.name)?;
-            force = true;
+            // Interrupted before the issuer's answer was journaled: a token may exist that nobody tracks.
+            tracing::warn!(token = %token.name, "a rotation was interrupted before its token was journaled; looking for orphans");
+            entry.rotation = None;
+            entry.sweep = true;
+            self.journal.save(&entry)?;
+            // A singleton's old token may already be replaced: rotate again at once.
+            force |= token.kind.is_singleton();
         }
 
         let observed = self.observe(token, &sinks).await?;
         let (current, stored_everywhere) = current_of(&observed);
+        self.revoke_due(token, issuer.as_ref(), &mut entry, now)
+            .await?;
         let due = if current.is_some() && !stored_everywhere {
             Due {
                 at: Some(now),
@@ -175,11 +202,17 @@ impl Rotator {
             schedule::next_due(&token.schedule, current.as_ref(), jitter, now)
         };
         if !force && !due.is_due(now) {
+            if entry.sweep {
+                let keep: Vec<&str> = current.iter().map(|c| c.token_id.as_str()).collect();
+                self.sweep(token, issuer.as_ref(), &mut entry, &keep)
+                    .await?;
+            }
             return Ok(Tended {
                 current,
                 stored_everywhere,
                 due,
                 rotated: false,
+                wake_at: wake_time(&entry, now),
             });
         }
         let why = if force {
@@ -190,19 +223,50 @@ impl Rotator {
         tracing::info!(token = %token.name, issuer = %token.issuer, reason = %why, "rotation started");
         let started = Instant::now();
 
-        let mut entry = Entry::new(&token.name, &token.issuer, token.kind.type_name(), now);
+        let replaces = match (&current, token.kind.is_singleton()) {
+            (Some(c), false) => Some(c.token_id.clone()),
+            _ => None,
+        };
+        let mut label = issuer.label(token, now);
+        entry.rotation = Some(Rotation {
+            started_at: now,
+            phase: Phase::Minting,
+            label: Some(label.clone()),
+            minted: None,
+            stored: Vec::new(),
+            replaces,
+        });
         self.journal.save(&entry)?;
         failpoint("before-create");
         // Whole seconds: what we ask for is exactly what the issuer echoes and what the metric shows.
         let expires_at = token
             .schedule
             .lifetime
+            .filter(|_| token.kind.expires())
             .map(|l| now.trunc_subsecs(0) + TimeDelta::from_std(l).unwrap_or(TimeDelta::MAX));
-        let minted = match issuer.mint(token, expires_at).await {
+        let mut minted = issuer.mint(token, &label, expires_at).await;
+        if matches!(&minted, Err(e) if e.kind == IssuerErrorKind::Conflict) {
+            // The label is taken (two rotations in one second, or a name reserved forever): a fresh one, once.
+            let bumped = issuer.label(token, now + TimeDelta::seconds(1));
+            label = if bumped != label {
+                bumped
+            } else {
+                issuer.label(token, now + TimeDelta::seconds(2))
+            };
+            tracing::warn!(token = %token.name, "the token label is taken at the issuer; retrying once with a fresh one");
+            if let Some(r) = entry.rotation.as_mut() {
+                r.label = Some(label.clone());
+            }
+            self.journal.save(&entry)?;
+            minted = issuer.mint(token, &label, expires_at).await;
+        }
+        let minted = match minted {
             Ok(m) => m,
             Err(e) => {
-                // Nothing was minted that we know of; the next attempt starts afresh.
-                self.journal.remove(&token.name)?;
+                // A transport failure may hide a token that was created: look for it next time.
+                entry.sweep |= e.kind == IssuerErrorKind::Unavailable && !token.kind.is_singleton();
+                entry.rotation = None;
+                self.journal.save(&entry)?;
                 return Err(Failure {
                     error: e.into(),
                     learned: Some((current, stored_everywhere)),
@@ -211,8 +275,10 @@ impl Rotator {
             }
         };
         failpoint("after-create");
-        entry.phase = Phase::Minted;
-        entry.minted = Some((&minted).into());
+        if let Some(r) = entry.rotation.as_mut() {
+            r.phase = Phase::Minted;
+            r.minted = Some((&minted).into());
+        }
         self.journal.save(&entry)?;
         failpoint("after-journal");
         tracing::info!(token = %token.name, issuer = %token.issuer, token_id = %minted.token_id, "minted and journaled a new token");
@@ -269,7 +335,8 @@ impl Rotator {
         }
     }
 
-    /// Pushes the journaled token to every sink that lacks it, verifies it, and closes the journal entry.
+    /// Pushes the journaled token to every sink that lacks it, verifies it, schedules the old token's revocation,
+    /// sweeps orphans, and closes the rotation.
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
@@ -281,7 +348,11 @@ impl Rotator {
         now: DateTime<Utc>,
         started: Instant,
     ) -> Result<Tended, Failure> {
-        let minted = entry
+        let rotation = entry
+            .rotation
+            .clone()
+            .expect("finish is called with a rotation");
+        let minted = rotation
             .minted
             .clone()
             .expect("finish is called with a minted token");
@@ -296,7 +367,7 @@ impl Rotator {
         };
         let pending: Vec<&(SinkTarget, Arc<dyn Sink>)> = sinks
             .iter()
-            .filter(|(st, _)| !entry.stored.contains(&st.to_string()))
+            .filter(|(st, _)| !rotation.stored.contains(&st.to_string()))
             .collect();
         let results = join_all(pending.iter().map(|(st, sink)| {
             let version = versions
@@ -315,7 +386,9 @@ impl Rotator {
         for (st, r) in results {
             match r {
                 Ok(()) => {
-                    entry.stored.push(st.to_string());
+                    if let Some(r) = entry.rotation.as_mut() {
+                        r.stored.push(st.to_string());
+                    }
                     failpoint("after-sink-write");
                 }
                 Err(e) => errors.push(e.to_string()),
@@ -334,16 +407,39 @@ impl Rotator {
             }
             return Err(fail(AttemptError::Sinks(errors.join("; ")), false));
         }
-        if entry.phase != Phase::Verified {
-            if let Err(e) = issuer.verify(token, &minted.value).await {
-                return Err(fail(e.into(), true));
+        if rotation.phase != Phase::Verified {
+            if token.kind.can_prove_itself() {
+                if let Err(e) = issuer.verify(token, &minted.value).await {
+                    return Err(fail(e.into(), true));
+                }
+                tracing::info!(token = %token.name, token_id = %minted.token_id, "the new token proved itself with the identity probe");
             }
-            entry.phase = Phase::Verified;
+            if let Some(r) = entry.rotation.as_mut() {
+                r.phase = Phase::Verified;
+            }
             self.journal.save(&entry)?;
             failpoint("after-verify");
-            tracing::info!(token = %token.name, token_id = %minted.token_id, "the new token proved itself with the identity probe");
         }
-        self.journal.remove(&token.name)?;
+        // The old token goes only now: the new one is stored, read back everywhere and proven (SPEC §5.2).
+        if let Some(old) = rotation.replaces.filter(|old| *old != minted.token_id) {
+            let after_use_of = match token.kind {
+                TokenKind::TfeAgent {
+                    revoke_after_use: true,
+                    ..
+                } => Some(minted.token_id.clone()),
+                _ => None,
+            };
+            entry.revocations.push(PendingRevocation {
+                token_id: old,
+                not_before: now
+                    + TimeDelta::from_std(token.schedule.grace).unwrap_or(TimeDelta::MAX),
+                after_use_of,
+                attempts: 0,
+            });
+        }
+        entry.rotation = None;
+        entry.sweep |= !token.kind.is_singleton();
+        self.journal.save(&entry)?;
         self.metrics
             .rotation_duration
             .with_label_values(&[token.issuer.as_str()])
@@ -356,13 +452,137 @@ impl Rotator {
             duration_ms = started.elapsed().as_millis() as u64,
             "rotation complete"
         );
+        // Housekeeping after the rotation counts: its failures are logged and retried, never undo the rotation.
+        if let Err(e) = self.revoke_due(token, issuer, &mut entry, now).await {
+            tracing::warn!(token = %token.name, error = %e.error, "revocation bookkeeping failed");
+        }
+        if entry.sweep {
+            if let Err(e) = self
+                .sweep(token, issuer, &mut entry, &[minted.token_id.as_str()])
+                .await
+            {
+                tracing::warn!(token = %token.name, error = %e.error, "orphan sweep failed; it is retried at the next visit");
+            }
+        }
         let due = schedule::next_due(&token.schedule, Some(&current), Duration::ZERO, now);
         Ok(Tended {
             current: Some(current),
             stored_everywhere: true,
             due,
             rotated: true,
+            wake_at: wake_time(&entry, now),
         })
+    }
+
+    /// Revokes the pending old tokens whose time has come; failures stay pending and are retried.
+    async fn revoke_due(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        entry: &mut Entry,
+        now: DateTime<Utc>,
+    ) -> Result<(), Failure> {
+        if entry.revocations.is_empty() {
+            return Ok(());
+        }
+        let needs_list = entry.revocations.iter().any(|r| r.after_use_of.is_some());
+        let listed = if needs_list {
+            match issuer.list_own(token).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(token = %token.name, error = %e, "cannot read last-used-at of the new token; will look again");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut kept = Vec::new();
+        for mut rev in std::mem::take(&mut entry.revocations) {
+            let due = match &rev.after_use_of {
+                None => rev.not_before <= now,
+                Some(successor) => listed
+                    .as_ref()
+                    .and_then(|l| l.iter().find(|t| &t.token_id == successor))
+                    .is_some_and(|t| t.last_used_at.is_some()),
+            };
+            if !due {
+                kept.push(rev);
+                continue;
+            }
+            failpoint("before-revoke");
+            match issuer.revoke(token, &rev.token_id).await {
+                Ok(()) => {
+                    failpoint("after-revoke");
+                    self.metrics
+                        .revocations
+                        .with_label_values(&[token.name.as_str(), "success"])
+                        .inc();
+                    tracing::info!(token = %token.name, token_id = %rev.token_id, outcome = "revoked", "revoked the old token");
+                }
+                Err(e) => {
+                    self.metrics
+                        .revocations
+                        .with_label_values(&[token.name.as_str(), "failure"])
+                        .inc();
+                    rev.attempts += 1;
+                    tracing::warn!(token = %token.name, token_id = %rev.token_id, attempts = rev.attempts, error = %e, "revoking the old token failed; will retry");
+                    // Retry with the attempt backoff rather than at once.
+                    rev.not_before = now
+                        + TimeDelta::from_std(crate::retry::attempt_backoff(rev.attempts))
+                            .unwrap_or(TimeDelta::MAX);
+                    kept.push(rev);
+                }
+            }
+        }
+        entry.revocations = kept;
+        self.journal.save(entry)?;
+        Ok(())
+    }
+
+    /// Revokes tokens that carry our label for this policy token but are neither current nor pending (SPEC §5.3).
+    async fn sweep(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        entry: &mut Entry,
+        keep: &[&str],
+    ) -> Result<(), Failure> {
+        let listed = issuer
+            .list_own(token)
+            .await
+            .map_err(|e| Failure::from(AttemptError::from(e)))?;
+        for t in listed {
+            let tracked = keep.contains(&t.token_id.as_str())
+                || entry.revocations.iter().any(|r| r.token_id == t.token_id)
+                || entry
+                    .rotation
+                    .as_ref()
+                    .and_then(|r| r.minted.as_ref())
+                    .is_some_and(|m| m.token_id == t.token_id);
+            if tracked {
+                continue;
+            }
+            match issuer.revoke(token, &t.token_id).await {
+                Ok(()) => {
+                    self.metrics
+                        .revocations
+                        .with_label_values(&[token.name.as_str(), "success"])
+                        .inc();
+                    tracing::warn!(token = %token.name, token_id = %t.token_id, label = %t.label, outcome = "revoked", "revoked an orphaned token this daemon had minted but no longer tracked");
+                }
+                Err(e) => {
+                    self.metrics
+                        .revocations
+                        .with_label_values(&[token.name.as_str(), "failure"])
+                        .inc();
+                    return Err(AttemptError::from(e).into());
+                }
+            }
+        }
+        entry.sweep = false;
+        self.journal.save(entry)?;
+        Ok(())
     }
 
     /// Writes one record with check-and-set, then reads it back and compares.

@@ -1,4 +1,4 @@
-//! The issuer seam: whoever mints, proves and revokes tokens (HCP Terraform / TFE today).
+//! The issuer seam: whoever mints, proves, lists and revokes tokens (HCP Terraform / TFE, Pulumi Cloud).
 
 pub mod tfe;
 
@@ -32,18 +32,32 @@ impl std::fmt::Debug for MintedToken {
     }
 }
 
+/// A token as an issuer's list shows it (never with a value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub token_id: String,
+    pub label: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
 /// Bounded error kinds: decide retries and explain failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IssuerErrorKind {
     /// 401: the credential is wrong, expired or revoked.
     Unauthorized,
+    /// 403: the credential is valid but may not do this.
+    Forbidden,
     /// 404: missing, or not allowed (TFC answers 404 for both).
     NotFound,
+    /// The label (TFC description, Pulumi name) is already taken: pick a fresh one.
+    Conflict,
     /// 429.
     RateLimited,
     /// 5xx, timeouts, connection errors, truncated bodies.
     Unavailable,
-    /// Any other 4xx (409, 415, 422, …): the request itself is refused.
+    /// Any other 4xx (400, 415, 422, …): the request itself is refused.
     Rejected,
     /// A 2xx whose body is not what the API documents.
     Protocol,
@@ -73,14 +87,24 @@ impl IssuerError {
 #[async_trait]
 pub trait Issuer: Send + Sync {
     fn name(&self) -> &str;
-    /// Creates a new token for `token`, valid until `expires_at` where the type expires.
+    /// The label (TFC description, Pulumi name) for a token of `token` minted at `at`: the policy's label plus a
+    /// UTC timestamp, unique per second.
+    fn label(&self, token: &TokenPolicy, at: DateTime<Utc>) -> String;
+    /// Whether `label` is one this daemon gives to `token`'s tokens (so the orphan sweep never touches others).
+    fn is_own_label(&self, token: &TokenPolicy, label: &str) -> bool;
+    /// Creates a new token for `token`, labelled `label`, valid until `expires_at` where the type expires.
     async fn mint(
         &self,
         token: &TokenPolicy,
+        label: &str,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<MintedToken, IssuerError>;
     /// Proves that `value` works (the identity probe).
     async fn verify(&self, token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError>;
+    /// Revokes one token of a type whose tokens coexist; a token already gone counts as revoked.
+    async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError>;
+    /// The tokens at the issuer that carry this daemon's label for `token` (coexisting types only).
+    async fn list_own(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError>;
     /// Proves the issuer's own credential works, changing nothing (`check --online`).
     async fn probe(&self) -> Result<(), IssuerError>;
 }
@@ -93,5 +117,54 @@ pub fn build(
 ) -> Result<Arc<dyn Issuer>, IssuerError> {
     match cfg.kind {
         IssuerKind::Tfe => Ok(Arc::new(tfe::TfeIssuer::new(cfg, credential, metrics)?)),
+        IssuerKind::Pulumi => Err(IssuerError {
+            issuer: cfg.name.clone(),
+            kind: IssuerErrorKind::Config,
+            status: None,
+            message: "kind \"pulumi\" is not supported by this version of token-rotator".into(),
+            retry_after: None,
+        }),
+    }
+}
+
+/// Labels shared by the issuers: `<prefix><sep><timestamp>`, where the timestamp parses back with `format`.
+pub mod label {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+
+    pub fn make(prefix: &str, sep: char, format: &str, at: DateTime<Utc>) -> String {
+        format!("{prefix}{sep}{}", at.format(format))
+    }
+
+    pub fn is_own(prefix: &str, sep: char, format: &str, label: &str) -> bool {
+        label
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(sep))
+            .is_some_and(|ts| NaiveDateTime::parse_from_str(ts, format).is_ok())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn labels_round_trip_and_foreign_ones_are_not_ours() {
+            let at: DateTime<Utc> = "2026-11-23T19:45:01Z".parse().unwrap();
+            let l = make("token-rotator ci", ' ', "%Y%m%dT%H%M%SZ", at);
+            assert_eq!(l, "token-rotator ci 20261123T194501Z");
+            assert!(is_own("token-rotator ci", ' ', "%Y%m%dT%H%M%SZ", &l));
+            assert!(!is_own("token-rotator c", ' ', "%Y%m%dT%H%M%SZ", &l));
+            assert!(!is_own(
+                "token-rotator ci",
+                ' ',
+                "%Y%m%dT%H%M%SZ",
+                "token-rotator ci manual"
+            ));
+            assert!(!is_own(
+                "token-rotator ci",
+                ' ',
+                "%Y%m%dT%H%M%SZ",
+                "someone else's token"
+            ));
+        }
     }
 }

@@ -15,7 +15,7 @@ use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
-use super::{Issuer, IssuerError, IssuerErrorKind, MintedToken};
+use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
 use crate::metrics::Metrics;
 use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
 use crate::retry::{self, Pacer};
@@ -188,6 +188,10 @@ impl TfeIssuer {
                 IssuerErrorKind::Unauthorized,
                 format!(" (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)", self.name),
             ),
+            403 => (
+                IssuerErrorKind::Forbidden,
+                " (the credential is valid but lacks the permission)".to_string(),
+            ),
             404 => (
                 IssuerErrorKind::NotFound,
                 " (TFC answers 404 both for a missing resource and for a credential without permission or entitlement)".to_string(),
@@ -323,43 +327,190 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(rand::random::<f64>())
 }
 
+/// TFC descriptions: `<description> <YYYYMMDDThhmmssZ>`.
+const LABEL_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+/// Pages read from a list endpoint at most (100 items each): a bound, not an expected size.
+const MAX_PAGES: u32 = 1000;
+
+impl TfeIssuer {
+    /// `POST` a create request and parse the 201.
+    async fn create(
+        &self,
+        url: Url,
+        attributes: serde_json::Map<String, Value>,
+        what: &str,
+    ) -> Result<MintedToken, IssuerError> {
+        let body = json!({"data": {"type": "authentication-tokens", "attributes": attributes}});
+        let reply = self
+            .send_retrying(Method::POST, url, &self.credential, Some(&body), what)
+            .await?;
+        if reply.status != 201 {
+            return Err(self.error(
+                IssuerErrorKind::Protocol,
+                Some(reply.status),
+                format!("{what}: expected 201 Created, got {}", reply.status),
+            ));
+        }
+        self.parse_token(&reply, what)
+    }
+
+    /// Reads every page of a JSON:API list (`page[number]`, `page[size]=100`).
+    async fn list_pages(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Vec<Value>, IssuerError> {
+        let mut items = Vec::new();
+        let mut page = 1u32;
+        loop {
+            let mut url = self.url(segments);
+            {
+                let mut q = url.query_pairs_mut();
+                for (k, v) in query {
+                    q.append_pair(k, v);
+                }
+                q.append_pair("page[number]", &page.to_string());
+                q.append_pair("page[size]", "100");
+            }
+            let reply = self
+                .send_retrying(Method::GET, url, &self.credential, None, what)
+                .await?;
+            if let Some(data) = reply.body.get("data").and_then(Value::as_array) {
+                items.extend(data.iter().cloned());
+            }
+            let next = reply
+                .body
+                .pointer("/meta/pagination/next-page")
+                .and_then(Value::as_u64);
+            match next {
+                Some(n) if n as u32 > page && page < MAX_PAGES => page = n as u32,
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    fn issued(&self, item: &Value) -> Option<IssuedToken> {
+        let id = item.get("id")?.as_str()?.to_string();
+        let attrs = item.get("attributes")?;
+        let time = |k: &str| {
+            attrs
+                .get(k)
+                .and_then(Value::as_str)
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Some(IssuedToken {
+            token_id: id,
+            label: attrs
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            created_at: time("created-at"),
+            expires_at: time("expired-at"),
+            last_used_at: time("last-used-at"),
+        })
+    }
+}
+
 #[async_trait]
 impl Issuer for TfeIssuer {
     fn name(&self) -> &str {
         &self.name
     }
 
+    fn label(&self, token: &TokenPolicy, at: DateTime<Utc>) -> String {
+        super::label::make(&token.label, ' ', LABEL_FORMAT, at)
+    }
+
+    fn is_own_label(&self, token: &TokenPolicy, label: &str) -> bool {
+        super::label::is_own(&token.label, ' ', LABEL_FORMAT, label)
+    }
+
     async fn mint(
         &self,
         token: &TokenPolicy,
+        label: &str,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<MintedToken, IssuerError> {
-        match &token.kind {
+        let mut attributes = serde_json::Map::new();
+        if let Some(at) = expires_at {
+            attributes.insert(
+                "expired-at".into(),
+                Value::String(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            );
+        }
+        // Singletons are replaced in place and carry no description; coexisting tokens need a unique one.
+        let described = |mut a: serde_json::Map<String, Value>| {
+            a.insert("description".into(), Value::String(label.to_string()));
+            a
+        };
+        let result = match &token.kind {
             TokenKind::TfeOrganization { organization } => {
                 let url = self.url(&["organizations", organization, "authentication-token"]);
-                let mut attributes = serde_json::Map::new();
-                if let Some(at) = expires_at {
-                    attributes.insert(
-                        "expired-at".into(),
-                        Value::String(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
-                    );
-                }
-                let body =
-                    json!({"data": {"type": "authentication-tokens", "attributes": attributes}});
-                let what = format!("creating the organization token of \"{organization}\"");
-                let reply = self
-                    .send_retrying(Method::POST, url, &self.credential, Some(&body), &what)
-                    .await?;
-                if reply.status != 201 {
-                    return Err(self.error(
-                        IssuerErrorKind::Protocol,
-                        Some(reply.status),
-                        format!("{what}: expected 201 Created, got {}", reply.status),
-                    ));
-                }
-                self.parse_token(&reply, &what)
+                self.create(
+                    url,
+                    attributes,
+                    &format!("creating the organization token of \"{organization}\""),
+                )
+                .await
             }
-        }
+            TokenKind::TfeAuditTrails { organization } => {
+                let mut url = self.url(&["organizations", organization, "authentication-token"]);
+                url.query_pairs_mut().append_pair("token", "audit-trails");
+                self.create(
+                    url,
+                    attributes,
+                    &format!("creating the audit-trails token of \"{organization}\""),
+                )
+                .await
+            }
+            TokenKind::TfeTeamLegacy { team_id } => {
+                let url = self.url(&["teams", team_id, "authentication-token"]);
+                self.create(
+                    url,
+                    attributes,
+                    &format!("creating the legacy team token of {team_id}"),
+                )
+                .await
+            }
+            TokenKind::TfeTeam { team_id } => {
+                let url = self.url(&["teams", team_id, "authentication-tokens"]);
+                self.create(url, described(attributes), &format!("creating a team token of {team_id}"))
+                    .await
+                    .map_err(|mut e| {
+                        if e.kind == IssuerErrorKind::NotFound {
+                            e.message.push_str(
+                                "; for team tokens this also means a Terraform Enterprise version without multiple team tokens (use `type = \"team-legacy\"` there)",
+                            );
+                        }
+                        e
+                    })
+            }
+            TokenKind::TfeAgent { agent_pool_id, .. } => {
+                // Agent tokens have no expiry attribute (token-apis.md A.5).
+                let url = self.url(&["agent-pools", agent_pool_id, "authentication-tokens"]);
+                self.create(
+                    url,
+                    described(serde_json::Map::new()),
+                    &format!("creating an agent token of pool {agent_pool_id}"),
+                )
+                .await
+            }
+            other => Err(self.error(
+                IssuerErrorKind::Config,
+                None,
+                format!("token type {} is not a TFC type", other.type_name()),
+            )),
+        };
+        result.map_err(|mut e| {
+            // Duplicate team-token description: 422 "Validation failed: Description has already been taken".
+            if e.status == Some(422) && e.message.contains("already been taken") {
+                e.kind = IssuerErrorKind::Conflict;
+            }
+            e
+        })
     }
 
     async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {
@@ -373,6 +524,92 @@ impl Issuer for TfeIssuer {
         )
         .await
         .map(|_| ())
+    }
+
+    async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError> {
+        if token.kind.is_singleton() {
+            return Err(self.error(
+                IssuerErrorKind::Config,
+                None,
+                "singleton tokens are replaced at create time and never revoked separately",
+            ));
+        }
+        let url = self.url(&["authentication-tokens", token_id]);
+        match self
+            .send_retrying(
+                Method::DELETE,
+                url,
+                &self.credential,
+                None,
+                &format!("revoking token {token_id}"),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already gone counts as revoked (vault#29392 shows what happens otherwise).
+            Err(e) if e.kind == IssuerErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_own(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError> {
+        let items = match &token.kind {
+            TokenKind::TfeTeam { team_id } => {
+                // There is no per-team list: read the team's name and organization, then filter the org-wide list.
+                let what = format!("reading team {team_id}");
+                let reply = self
+                    .send_retrying(
+                        Method::GET,
+                        self.url(&["teams", team_id]),
+                        &self.credential,
+                        None,
+                        &what,
+                    )
+                    .await?;
+                let name = reply
+                    .body
+                    .pointer("/data/attributes/name")
+                    .and_then(Value::as_str);
+                let org = reply
+                    .body
+                    .pointer("/data/relationships/organization/data/id")
+                    .and_then(Value::as_str);
+                let (Some(name), Some(org)) = (name, org) else {
+                    return Err(self.error(
+                        IssuerErrorKind::Protocol,
+                        Some(reply.status),
+                        format!("{what}: no name or organization"),
+                    ));
+                };
+                self.list_pages(
+                    &["organizations", org, "team-tokens"],
+                    &[("q", name)],
+                    &format!("listing the team tokens of {team_id}"),
+                )
+                .await?
+                .into_iter()
+                .filter(|i| {
+                    i.pointer("/relationships/team/data/id")
+                        .and_then(Value::as_str)
+                        == Some(team_id)
+                })
+                .collect()
+            }
+            TokenKind::TfeAgent { agent_pool_id, .. } => {
+                self.list_pages(
+                    &["agent-pools", agent_pool_id, "authentication-tokens"],
+                    &[],
+                    &format!("listing the tokens of agent pool {agent_pool_id}"),
+                )
+                .await?
+            }
+            _ => Vec::new(),
+        };
+        Ok(items
+            .iter()
+            .filter_map(|i| self.issued(i))
+            .filter(|t| self.is_own_label(token, &t.label))
+            .collect())
     }
 
     async fn probe(&self) -> Result<(), IssuerError> {

@@ -23,6 +23,11 @@ use crate::sink::Target;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/token-rotator/policy.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9851";
 pub const DEFAULT_TFE_ADDRESS: &str = "https://app.terraform.io";
+pub const DEFAULT_PULUMI_ADDRESS: &str = "https://api.pulumi.com";
+/// Pulumi caps token expiry at two years (Pulumi docs, access-tokens.md).
+const PULUMI_MAX_LIFETIME: Duration = Duration::from_secs(730 * 86_400);
+/// Pulumi names are `<name_prefix>-<YYYYMMDDhhmmss>`, at most 40 characters (SPEC §3).
+pub const PULUMI_MAX_NAME_PREFIX: usize = 25;
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(3600);
@@ -67,15 +72,29 @@ pub struct IssuerConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IssuerKind {
     Tfe,
+    Pulumi,
 }
 
 impl IssuerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             IssuerKind::Tfe => "tfe",
+            IssuerKind::Pulumi => "pulumi",
+        }
+    }
+
+    fn default_address(self) -> &'static str {
+        match self {
+            IssuerKind::Tfe => DEFAULT_TFE_ADDRESS,
+            IssuerKind::Pulumi => DEFAULT_PULUMI_ADDRESS,
         }
     }
 }
+
+/// Kinds this build implements; the others parse but `check` says they are not supported yet.
+pub const SUPPORTED_ISSUER_KINDS: &[&str] = &["tfe"];
+pub const SUPPORTED_SINK_KINDS: &[&str] = &["vault"];
+pub const SUPPORTED_VAULT_AUTH: &[&str] = &["token"];
 
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
@@ -86,14 +105,35 @@ pub struct SinkConfig {
 #[derive(Clone, Debug)]
 pub enum SinkKind {
     Vault(VaultSinkConfig),
+    AwsSecretsManager(AwsSinkConfig),
+    File(FileSinkConfig),
 }
 
 impl SinkKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             SinkKind::Vault(_) => "vault",
+            SinkKind::AwsSecretsManager(_) => "aws-secretsmanager",
+            SinkKind::File(_) => "file",
         }
     }
+
+    /// Whether targets are named by `path` (Vault, file) rather than `secret_id` (AWS).
+    pub fn takes_path(&self) -> bool {
+        !matches!(self, SinkKind::AwsSecretsManager(_))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AwsSinkConfig {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FileSinkConfig {
+    pub directory: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -108,7 +148,29 @@ pub struct VaultSinkConfig {
 
 #[derive(Clone, Debug)]
 pub enum VaultAuth {
-    Token { token: SecretRef },
+    Token {
+        token: SecretRef,
+    },
+    AppRole {
+        mount: String,
+        role_id: String,
+        secret_id: SecretRef,
+    },
+    Kubernetes {
+        mount: String,
+        role: String,
+        jwt_file: PathBuf,
+    },
+}
+
+impl VaultAuth {
+    pub fn method(&self) -> &'static str {
+        match self {
+            VaultAuth::Token { .. } => "token",
+            VaultAuth::AppRole { .. } => "approle",
+            VaultAuth::Kubernetes { .. } => "kubernetes",
+        }
+    }
 }
 
 /// What the daemon regenerates for one policy token.
@@ -116,23 +178,62 @@ pub enum VaultAuth {
 pub enum TokenKind {
     /// TFC/TFE organization token: a singleton that the create call replaces.
     TfeOrganization { organization: String },
+    /// TFC audit-trails token (`?token=audit-trails`): a singleton, independent of the organization token.
+    TfeAuditTrails { organization: String },
+    /// TFC team token with a description: several coexist per team.
+    TfeTeam { team_id: String },
+    /// TFC legacy (description-less) team token: a singleton per team.
+    TfeTeamLegacy { team_id: String },
+    /// TFC agent-pool token: several coexist; never expires; cannot call the API.
+    TfeAgent {
+        agent_pool_id: String,
+        revoke_after_use: bool,
+    },
+    /// Pulumi organization token (needs an org admin's personal token to manage).
+    PulumiOrganization {
+        organization: String,
+        admin: bool,
+        role_id: Option<String>,
+    },
+    /// Pulumi team token, the team addressed by name.
+    PulumiTeam { organization: String, team: String },
+    /// Pulumi personal access token of the calling user.
+    PulumiPersonal,
 }
 
 impl TokenKind {
     /// The `type` key as written in the policy and in sink records.
     pub fn type_name(&self) -> &'static str {
         match self {
-            TokenKind::TfeOrganization { .. } => "organization",
+            TokenKind::TfeOrganization { .. } | TokenKind::PulumiOrganization { .. } => {
+                "organization"
+            }
+            TokenKind::TfeAuditTrails { .. } => "audit-trails",
+            TokenKind::TfeTeam { .. } | TokenKind::PulumiTeam { .. } => "team",
+            TokenKind::TfeTeamLegacy { .. } => "team-legacy",
+            TokenKind::TfeAgent { .. } => "agent",
+            TokenKind::PulumiPersonal => "personal",
         }
     }
 
     /// Singleton types are replaced by the issuer at create time: the old token dies when the new one is minted.
     pub fn is_singleton(&self) -> bool {
-        matches!(self, TokenKind::TfeOrganization { .. })
+        matches!(
+            self,
+            TokenKind::TfeOrganization { .. }
+                | TokenKind::TfeAuditTrails { .. }
+                | TokenKind::TfeTeamLegacy { .. }
+        )
     }
 
+    /// Whether tokens of this type carry an expiry (agent tokens never expire).
     pub fn expires(&self) -> bool {
-        true
+        !matches!(self, TokenKind::TfeAgent { .. })
+    }
+
+    /// Whether a token of this type can call the issuer's identity probe (agent tokens cannot).
+    pub fn can_prove_itself(&self) -> bool {
+        !matches!(self, TokenKind::TfeAgent { .. })
     }
 }
 
@@ -142,7 +243,9 @@ pub struct TokenPolicy {
     pub issuer: String,
     pub kind: TokenKind,
     pub schedule: Schedule,
-    pub description: Option<String>,
+    /// How new tokens are labelled at the issuer (TFC `description`, Pulumi `name_prefix`); the issuer adds a
+    /// UTC timestamp so each one is unique and recognisable as ours.
+    pub label: String,
     pub sinks: Vec<SinkTarget>,
 }
 
@@ -557,40 +660,52 @@ fn non_empty(d: &mut Diagnostics, v: Spanned<String>, key: &str) -> Option<Strin
     }
 }
 
+/// Reads `kind`: one of `known`; a known kind that this build does not implement yet is reported as such.
 fn read_kind<'k>(
     t: &mut TableReader,
     d: &mut Diagnostics,
-    allowed: &[&'k str],
-    planned: &[&str],
+    known: &[&'k str],
+    supported: &[&str],
 ) -> Option<&'k str> {
     let kind = t.req_str(d, "kind")?;
-    if let Some(k) = allowed.iter().find(|k| **k == kind.get_ref()) {
-        return Some(k);
+    match known.iter().find(|k| **k == kind.get_ref()) {
+        Some(k) if supported.contains(k) => Some(k),
+        Some(k) => {
+            d.push(
+                kind.span(),
+                format!(
+                    "`kind = \"{k}\"` in {} is not supported by this version of token-rotator (supported: {})",
+                    t.name,
+                    supported.join(", ")
+                ),
+            );
+            None
+        }
+        None => {
+            d.push(
+                kind.span(),
+                format!(
+                    "unknown `kind = \"{}\"` in {}; expected one of: {}",
+                    kind.get_ref(),
+                    t.name,
+                    known.join(", ")
+                ),
+            );
+            None
+        }
     }
-    let msg = if planned.contains(&kind.get_ref().as_str()) {
-        format!(
-            "`kind = \"{}\"` in {} is not supported by this version of token-rotator (supported: {})",
-            kind.get_ref(),
-            t.name,
-            allowed.join(", ")
-        )
-    } else {
-        format!(
-            "unknown `kind = \"{}\"` in {}; expected one of: {}",
-            kind.get_ref(),
-            t.name,
-            allowed.join(", ")
-        )
-    };
-    d.push(kind.span(), msg);
-    None
 }
 
 fn read_issuer(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<IssuerConfig> {
-    let kind = read_kind(t, d, &["tfe"], &["pulumi"]);
+    let kind = read_kind(t, d, &["tfe", "pulumi"], SUPPORTED_ISSUER_KINDS);
+    let kind = match kind {
+        Some("tfe") => Some(IssuerKind::Tfe),
+        Some("pulumi") => Some(IssuerKind::Pulumi),
+        _ => None,
+    };
     let address = match t.opt_str(d, "address") {
         Some(a) => check_address(d, "address", &t.name, &a).then(|| a.into_inner()),
-        None => Some(DEFAULT_TFE_ADDRESS.to_string()),
+        None => kind.map(|k| k.default_address().to_string()),
     };
     let token = read_secret_ref(t, d, "token");
     let ca_file = read_path(t, d, "ca_file");
@@ -598,13 +713,9 @@ fn read_issuer(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<I
         .opt_int(d, "requests_per_second", 1..=1000)
         .map(|v| v.into_inner() as u32)
         .unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
-    let kind = match kind? {
-        "tfe" => IssuerKind::Tfe,
-        _ => return None,
-    };
     Some(IssuerConfig {
         name: name.to_string(),
-        kind,
+        kind: kind?,
         address: address?.trim_end_matches('/').to_string(),
         token: token?,
         ca_file,
@@ -613,15 +724,90 @@ fn read_issuer(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<I
 }
 
 fn read_sink(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<SinkConfig> {
-    let kind = read_kind(t, d, &["vault"], &["aws-secretsmanager", "file"])?;
+    let kind = read_kind(
+        t,
+        d,
+        &["vault", "aws-secretsmanager", "file"],
+        SUPPORTED_SINK_KINDS,
+    );
     let kind = match kind {
-        "vault" => SinkKind::Vault(read_vault(t, d)?),
-        _ => return None,
+        Some("vault") => SinkKind::Vault(read_vault(t, d)?),
+        Some("aws-secretsmanager") => SinkKind::AwsSecretsManager(read_aws(t, d)?),
+        Some("file") => SinkKind::File(read_file_sink(t, d)?),
+        _ => {
+            t.allow(&[
+                "address",
+                "mount",
+                "namespace",
+                "ca_file",
+                "kv_version",
+                "auth",
+                "region",
+                "endpoint_url",
+                "kms_key_id",
+                "directory",
+            ]);
+            return None;
+        }
     };
     Some(SinkConfig {
         name: name.to_string(),
         kind,
     })
+}
+
+fn read_aws(t: &mut TableReader, d: &mut Diagnostics) -> Option<AwsSinkConfig> {
+    let region = t
+        .opt_str(d, "region")
+        .and_then(|r| non_empty(d, r, "region"));
+    let mut ok = true;
+    let endpoint_url = t.opt_str(d, "endpoint_url").and_then(|e| {
+        if check_address(d, "endpoint_url", &t.name, &e) {
+            Some(e.into_inner())
+        } else {
+            ok = false;
+            None
+        }
+    });
+    let kms_key_id = t
+        .opt_str(d, "kms_key_id")
+        .and_then(|k| non_empty(d, k, "kms_key_id"));
+    ok.then_some(AwsSinkConfig {
+        region,
+        endpoint_url,
+        kms_key_id,
+    })
+}
+
+fn read_file_sink(t: &mut TableReader, d: &mut Diagnostics) -> Option<FileSinkConfig> {
+    let dir = t.req_str(d, "directory")?;
+    if !Path::new(dir.get_ref()).is_absolute() {
+        d.push(
+            dir.span(),
+            format!("`directory` in {} must be an absolute path", t.name),
+        );
+        return None;
+    }
+    Some(FileSinkConfig {
+        directory: PathBuf::from(dir.into_inner()),
+    })
+}
+
+/// A file sink target must stay inside the sink's directory: relative, no `..`, no empty components.
+fn check_file_target(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err(format!(
+            "file target `{path}` must be relative to the sink's directory"
+        ));
+    }
+    for part in path.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!(
+                "file target `{path}` must not contain empty, `.` or `..` components"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_vault(t: &mut TableReader, d: &mut Diagnostics) -> Option<VaultSinkConfig> {
@@ -685,8 +871,14 @@ fn read_vault(t: &mut TableReader, d: &mut Diagnostics) -> Option<VaultSinkConfi
     })
 }
 
-const TFE_TYPES: &[&str] = &["organization"];
-const TFE_PLANNED_TYPES: &[&str] = &["audit-trails", "team", "team-legacy", "agent"];
+const TFE_TYPES: &[&str] = &[
+    "organization",
+    "audit-trails",
+    "team",
+    "team-legacy",
+    "agent",
+];
+const PULUMI_TYPES: &[&str] = &["organization", "team", "personal"];
 
 fn read_tokens(
     root: &mut TableReader,
@@ -745,31 +937,114 @@ fn read_token(
     let kind = match (issuer, type_key.as_ref()) {
         (Some(issuer), Some(ty)) => read_token_kind(t, d, issuer, ty),
         _ => {
-            t.allow(&["organization"]);
+            t.allow(&[
+                "organization",
+                "team_id",
+                "agent_pool_id",
+                "team",
+                "admin",
+                "role_id",
+                "revoke_after_use",
+            ]);
             None
         }
     };
     let schedule = read_schedule(t, d, kind.as_ref());
-    let description = t.opt_str(d, "description").and_then(|s| {
-        if s.get_ref().trim().is_empty() || s.get_ref().len() > 100 {
-            d.push(
-                s.span(),
-                format!("`description` in {} must be 1 to 100 characters", t.name),
-            );
-            None
-        } else {
-            Some(s.into_inner())
-        }
-    });
+    let label = read_label(t, d, name, issuer.map(|i| i.kind));
     let sink_targets = read_token_sinks(t, d, name, sinks, targets);
     Some(TokenPolicy {
         name: name.to_string(),
         issuer: issuer_key?.into_inner(),
         kind: kind?,
         schedule: schedule?,
-        description,
+        label: label?,
         sinks: sink_targets?,
     })
+}
+
+/// TFC `description` / Pulumi `name_prefix`, with their defaults.
+fn read_label(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    name: &str,
+    kind: Option<IssuerKind>,
+) -> Option<String> {
+    match kind {
+        Some(IssuerKind::Tfe) => {
+            if let Some(v) = t.get("name_prefix") {
+                d.push(
+                    v.span(),
+                    format!(
+                        "`name_prefix` in {} is for Pulumi tokens; TFC tokens take `description`",
+                        t.name
+                    ),
+                );
+            }
+            match t.opt_str(d, "description") {
+                Some(s) if s.get_ref().trim().is_empty() || s.get_ref().chars().count() > 80 => {
+                    d.push(
+                        s.span(),
+                        format!("`description` in {} must be 1 to 80 characters", t.name),
+                    );
+                    None
+                }
+                Some(s) => Some(s.into_inner()),
+                None => Some(format!("token-rotator {name}")),
+            }
+        }
+        Some(IssuerKind::Pulumi) => {
+            if let Some(v) = t.get("description") {
+                d.push(
+                    v.span(),
+                    format!(
+                        "`description` in {} is for TFC tokens; Pulumi tokens take `name_prefix`",
+                        t.name
+                    ),
+                );
+            }
+            match t.opt_str(d, "name_prefix") {
+                Some(s) => {
+                    let ok_chars = s
+                        .get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                    if s.get_ref().is_empty()
+                        || s.get_ref().chars().count() > PULUMI_MAX_NAME_PREFIX
+                        || !ok_chars
+                    {
+                        d.push(
+                            s.span(),
+                            format!(
+                                "`name_prefix` in {} must be 1 to {PULUMI_MAX_NAME_PREFIX} characters of A-Z, a-z, 0-9, `-`, `_`, `.` (names are `<name_prefix>-<YYYYMMDDhhmmss>`, at most 40 characters)",
+                                t.name
+                            ),
+                        );
+                        None
+                    } else {
+                        Some(s.into_inner())
+                    }
+                }
+                None => {
+                    let cleaned: String = name
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                                c
+                            } else {
+                                '-'
+                            }
+                        })
+                        .take(PULUMI_MAX_NAME_PREFIX)
+                        .collect();
+                    Some(cleaned)
+                }
+            }
+        }
+        None => {
+            t.allow(&["description", "name_prefix"]);
+            None
+        }
+    }
 }
 
 fn known_list(known: &[&str]) -> String {
@@ -786,30 +1061,86 @@ fn read_token_kind(
     issuer: &IssuerConfig,
     ty: &Spanned<String>,
 ) -> Option<TokenKind> {
-    match (issuer.kind, ty.get_ref().as_str()) {
-        (IssuerKind::Tfe, "organization") => {
-            let org = t.req_str(d, "organization")?;
-            let org = non_empty(d, org, "organization")?;
-            Some(TokenKind::TfeOrganization { organization: org })
+    let req = |t: &mut TableReader, d: &mut Diagnostics, key: &str| {
+        let v = t.req_str(d, key)?;
+        non_empty(d, v, key)
+    };
+    let kind = match (issuer.kind, ty.get_ref().as_str()) {
+        (IssuerKind::Tfe, "organization") => Some(TokenKind::TfeOrganization {
+            organization: req(t, d, "organization")?,
+        }),
+        (IssuerKind::Tfe, "audit-trails") => Some(TokenKind::TfeAuditTrails {
+            organization: req(t, d, "organization")?,
+        }),
+        (IssuerKind::Tfe, "team") => Some(TokenKind::TfeTeam {
+            team_id: req(t, d, "team_id")?,
+        }),
+        (IssuerKind::Tfe, "team-legacy") => Some(TokenKind::TfeTeamLegacy {
+            team_id: req(t, d, "team_id")?,
+        }),
+        (IssuerKind::Tfe, "agent") => {
+            let pool = req(t, d, "agent_pool_id");
+            let revoke_after_use = t
+                .opt_bool(d, "revoke_after_use")
+                .map(Spanned::into_inner)
+                .unwrap_or(false);
+            Some(TokenKind::TfeAgent {
+                agent_pool_id: pool?,
+                revoke_after_use,
+            })
         }
-        (IssuerKind::Tfe, other) => {
-            let msg = if TFE_PLANNED_TYPES.contains(&other) {
-                format!(
-                    "`type = \"{other}\"` is not supported by this version of token-rotator (supported for kind \"tfe\": {})",
-                    TFE_TYPES.join(", ")
-                )
+        (IssuerKind::Pulumi, "organization") => {
+            let org = req(t, d, "organization");
+            let admin = t
+                .opt_bool(d, "admin")
+                .map(Spanned::into_inner)
+                .unwrap_or(false);
+            let role_id = t
+                .opt_str(d, "role_id")
+                .and_then(|r| non_empty(d, r, "role_id"));
+            Some(TokenKind::PulumiOrganization {
+                organization: org?,
+                admin,
+                role_id,
+            })
+        }
+        (IssuerKind::Pulumi, "team") => {
+            let org = req(t, d, "organization");
+            let team = req(t, d, "team");
+            Some(TokenKind::PulumiTeam {
+                organization: org?,
+                team: team?,
+            })
+        }
+        (IssuerKind::Pulumi, "personal") => Some(TokenKind::PulumiPersonal),
+        (kind, other) => {
+            let types = if kind == IssuerKind::Tfe {
+                TFE_TYPES
             } else {
-                format!(
-                    "unknown `type = \"{other}\"` for issuer \"{}\" (kind \"tfe\"); expected one of: {}",
-                    issuer.name,
-                    TFE_TYPES.join(", ")
-                )
+                PULUMI_TYPES
             };
-            d.push(ty.span(), msg);
-            t.allow(&["organization", "team_id", "agent_pool_id"]);
+            d.push(
+                ty.span(),
+                format!(
+                    "unknown `type = \"{other}\"` for issuer \"{}\" (kind \"{}\"); expected one of: {}",
+                    issuer.name,
+                    kind.as_str(),
+                    types.join(", ")
+                ),
+            );
             None
         }
-    }
+    };
+    t.allow(&[
+        "organization",
+        "team_id",
+        "agent_pool_id",
+        "team",
+        "admin",
+        "role_id",
+        "revoke_after_use",
+    ]);
+    kind
 }
 
 fn read_schedule(
@@ -835,6 +1166,56 @@ fn read_schedule(
         }
     }
     let expires = kind.map(TokenKind::expires).unwrap_or(true);
+    if !expires {
+        if let Some(l) = &lifetime {
+            d.push(
+                l.span(),
+                format!(
+                    "{}: agent tokens never expire, so `lifetime` does not apply; use `every`",
+                    t.name
+                ),
+            );
+            ok = false;
+        }
+        if let Some(rb) = &rotate_before {
+            d.push(
+                rb.span(),
+                format!(
+                    "{}: agent tokens never expire, so `rotate_before` does not apply; use `every`",
+                    t.name
+                ),
+            );
+            ok = false;
+        }
+        if every.is_none() && kind.is_some() {
+            t.missing(
+                d,
+                "every",
+                " (agent tokens never expire, so `every` sets the rotation period)",
+            );
+            ok = false;
+        }
+    }
+    if let (
+        Some(
+            TokenKind::PulumiOrganization { .. }
+            | TokenKind::PulumiTeam { .. }
+            | TokenKind::PulumiPersonal,
+        ),
+        Some(l),
+    ) = (kind, &lifetime)
+    {
+        if *l.get_ref() > PULUMI_MAX_LIFETIME {
+            d.push(
+                l.span(),
+                format!(
+                    "`lifetime` in {} exceeds Pulumi's maximum of two years (730d)",
+                    t.name
+                ),
+            );
+            ok = false;
+        }
+    }
     let lifetime_value = if expires {
         Some(
             lifetime
@@ -927,6 +1308,7 @@ fn read_token_sinks(
     let mut out = Vec::new();
     let mut ok = true;
     for item in items.iter() {
+        let item: &Spanned<DeValue> = item;
         let Some(table) = item.get_ref().as_table() else {
             wrong_type(
                 d,
@@ -963,7 +1345,7 @@ fn read_token_sinks(
             ok = false;
             continue;
         };
-        let expects_path = matches!(cfg.kind, SinkKind::Vault(_));
+        let expects_path = cfg.kind.takes_path();
         if expects_path != matches!(target, Target::Path(_)) {
             let want = if expects_path {
                 "`path`"
@@ -980,6 +1362,13 @@ fn read_token_sinks(
             );
             ok = false;
             continue;
+        }
+        if let (SinkKind::File(_), Target::Path(p)) = (&cfg.kind, &target) {
+            if let Err(why) = check_file_target(p) {
+                d.push(item.span(), why);
+                ok = false;
+                continue;
+            }
         }
         let st = SinkTarget {
             sink: sink.get_ref().clone(),
@@ -1047,7 +1436,9 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
         assert_eq!(p.daemon.listen.to_string(), "127.0.0.1:9851");
         match &p.sinks["vault"].kind {
             SinkKind::Vault(v) => assert_eq!(v.mount, "secret"),
+            other => panic!("unexpected {other:?}"),
         }
+        assert_eq!(t.label, "token-rotator ci-org");
     }
 
     #[test]

@@ -113,5 +113,13 @@ pub trait Sink: Send + Sync {
 pub async fn build(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
     match &cfg.kind {
         SinkKind::Vault(v) => Ok(Arc::new(vault::VaultSink::new(&cfg.name, v)?)),
+        other => Err(SinkError {
+            sink: cfg.name.clone(),
+            kind: SinkErrorKind::Permanent,
+            message: format!(
+                "kind \"{}\" is not supported by this version of token-rotator",
+                other.as_str()
+            ),
+        }),
     }
 }

@@ -53,6 +53,15 @@ impl VaultSink {
             VaultAuth::Token { token } => token
                 .resolve_local()
                 .map_err(|e| err(SinkErrorKind::Permanent, format!("Vault token: {e}")))?,
+            other => {
+                return Err(err(
+                    SinkErrorKind::Permanent,
+                    format!(
+                        "Vault auth method \"{}\" is not supported by this version",
+                        other.method()
+                    ),
+                ))
+            }
         };
         let mut settings = VaultClientSettingsBuilder::default();
         // Every setting is pinned so that VAULT_* environment variables (VAULT_SKIP_VERIFY above all) have no effect.
