@@ -438,7 +438,6 @@ impl Rotator {
             });
         }
         entry.rotation = None;
-        entry.sweep |= !token.kind.is_singleton();
         self.journal.save(&entry)?;
         self.metrics
             .rotation_duration

@@ -260,15 +260,19 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs the CLI to completion (bounded by `timeout`).
+/// Runs the CLI to completion (bounded by `timeout`). Output goes to files, not pipes, so a chatty process
+/// never blocks on a full pipe.
 pub fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
     let mut cmd = Command::new(binary());
     cmd.args(args)
         .env_remove("TOKEN_ROTATOR_CONFIG")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -278,15 +282,11 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Outpu
         if let Some(status) = child.try_wait().unwrap() {
             let mut stdout = String::new();
             let mut stderr = String::new();
-            child
-                .stdout
-                .take()
+            std::fs::File::open(&out_path)
                 .unwrap()
                 .read_to_string(&mut stdout)
                 .unwrap();
-            child
-                .stderr
-                .take()
+            std::fs::File::open(&err_path)
                 .unwrap()
                 .read_to_string(&mut stderr)
                 .unwrap();
@@ -298,7 +298,12 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Outpu
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("{args:?} did not finish within {timeout:?}");
+            let tail = std::fs::read_to_string(&err_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+            panic!(
+                "{args:?} did not finish within {timeout:?}; last stderr lines (newest first):\n{}",
+                tail.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
