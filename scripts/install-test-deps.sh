@@ -12,25 +12,27 @@ fi
 .venv/bin/bao version >&2
 
 # promtool (and the prometheus server) for the alert-rule tests: Debian's `prometheus` package, pinned. This step
-# changes the system, so it runs only when promtool is missing (set PROMTOOL to use one installed elsewhere).
+# changes the system, so it runs only when promtool or prometheus is missing (PROMTOOL / PROMETHEUS point the tests
+# at binaries installed elsewhere).
 # Debian stable keeps only the newest revision of a package; if a point release replaced the pinned one, the same
 # upstream version (PROMETHEUS_UPSTREAM) is accepted with a warning, anything else is refused.
 PROMETHEUS_DEB_VERSION="${PROMETHEUS_DEB_VERSION:-2.42.0+ds-5+deb12u1}"
 PROMETHEUS_UPSTREAM="${PROMETHEUS_DEB_VERSION%%-*}"
-if [ -n "${PROMTOOL:-}" ] && [ -x "${PROMTOOL}" ]; then
-  :
-elif ! command -v promtool >/dev/null 2>&1; then
+have() { if [ -n "${1}" ]; then [ -x "${1}" ]; else command -v "${2}" >/dev/null 2>&1; fi; }
+if ! have "${PROMTOOL:-}" promtool || ! have "${PROMETHEUS:-}" prometheus; then
   if [ "$(id -u)" -eq 0 ]; then
     as_root=()
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     as_root=(sudo -n)
   else
-    echo "promtool is missing and installing it needs root: run this script as root (or with passwordless sudo)," >&2
-    echo "or install Debian's prometheus=${PROMETHEUS_DEB_VERSION} yourself, or set PROMTOOL=/path/to/promtool" >&2
+    echo "promtool / prometheus are missing and installing them needs root: run this script as root (or with" >&2
+    echo "passwordless sudo), or install Debian's prometheus=${PROMETHEUS_DEB_VERSION} yourself, or set PROMTOOL and" >&2
+    echo "PROMETHEUS" >&2
     exit 1
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "promtool is missing and apt-get is not available: install promtool ${PROMETHEUS_UPSTREAM} and set PROMTOOL" >&2
+    echo "promtool / prometheus are missing and apt-get is not available: install Prometheus ${PROMETHEUS_UPSTREAM}" >&2
+    echo "and set PROMTOOL and PROMETHEUS" >&2
     exit 1
   fi
   "${as_root[@]}" apt-get update -qq
@@ -43,7 +45,7 @@ elif ! command -v promtool >/dev/null 2>&1; then
     if [ -z "$version" ]; then
       echo "prometheus=${PROMETHEUS_DEB_VERSION} (or any ${PROMETHEUS_UPSTREAM}-*) is not in the apt sources; available:" >&2
       printf '  %s\n' $available >&2
-      echo "set PROMETHEUS_DEB_VERSION (and update scripts/install-test-deps.sh), or set PROMTOOL" >&2
+      echo "set PROMETHEUS_DEB_VERSION (and update scripts/install-test-deps.sh), or set PROMTOOL and PROMETHEUS" >&2
       exit 1
     fi
     echo "warning: prometheus=${PROMETHEUS_DEB_VERSION} is gone from the apt sources; using ${version} (same upstream)" >&2
@@ -64,11 +66,13 @@ elif ! command -v promtool >/dev/null 2>&1; then
     "${as_root[@]}" rm -f /usr/sbin/policy-rc.d
   fi
   [ "$status" -eq 0 ] || { echo "installing prometheus=${version} failed" >&2; exit "$status"; }
-  # The tests start their own servers on loopback; the packaged service must not be left running.
+  # The tests start their own servers on loopback; the packaged service must not be left running (nor enabled for
+  # the next boot, where systemd runs it).
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     "${as_root[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
   elif [ -x /etc/init.d/prometheus ] && "${as_root[@]}" /etc/init.d/prometheus status >/dev/null 2>&1; then
     "${as_root[@]}" /etc/init.d/prometheus stop >/dev/null 2>&1 || true
   fi
-  command -v promtool >/dev/null 2>&1 || { echo "promtool is still not on PATH after installing prometheus" >&2; exit 1; }
+  command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 ||
+    { echo "promtool / prometheus are still not on PATH after installing prometheus" >&2; exit 1; }
 fi

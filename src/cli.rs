@@ -39,6 +39,31 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Per token: current token, expiry, next rotation time and why. Changes nothing.
+    Plan {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate now (hands the request to a running daemon if there is one).
+    Rotate {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Every token of the policy.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        /// Token names.
+        #[arg(required_unless_present = "all")]
+        names: Vec<String>,
+    },
+    /// Health of every token as the running daemon sees it.
+    Status {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the policy; with --online also probe issuers and sinks (read-only).
     Check {
         #[arg(long, value_name = "PATH")]
@@ -113,6 +138,31 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Plan { config, json } => with_runtime(config, flag_format, |p| async move {
+            if crate::commands::plan(&p, json).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }),
+        Command::Status { config, json } => with_runtime(config, flag_format, |p| async move {
+            match crate::commands::status(&p, json).await {
+                Some(true) => ExitCode::SUCCESS,
+                _ => ExitCode::from(EXIT_RUNTIME),
+            }
+        }),
+        Command::Rotate { config, all, names } => {
+            with_runtime(config, flag_format, |p| async move {
+                match crate::commands::rotate(&p, names, all).await {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::from(EXIT_RUNTIME),
+                    Err(e) => {
+                        eprintln!("token-rotator: {e}");
+                        ExitCode::from(EXIT_RUNTIME)
+                    }
+                }
+            })
+        }
         Command::Check { config, online } => {
             let path = config_path(config);
             let policy = match load_or_report(&path) {
@@ -145,6 +195,37 @@ pub fn main() -> ExitCode {
             } else {
                 ExitCode::from(EXIT_RUNTIME)
             }
+        }
+    }
+}
+
+/// Loads the policy, starts logging (warnings only, so command output stays readable) and a runtime, and runs `f`.
+fn with_runtime<F, Fut>(config: Option<PathBuf>, format: Option<LogFormat>, f: F) -> ExitCode
+where
+    F: FnOnce(Policy) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let path = config_path(config);
+    let policy = match load_or_report(&path) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    if std::env::var_os("RUST_LOG").is_none() {
+        crate::logging::init_with_default(
+            format.or(policy.daemon.log_format).unwrap_or_default(),
+            "warn",
+        );
+    } else {
+        crate::logging::init(format.or(policy.daemon.log_format).unwrap_or_default());
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f(policy)),
+        Err(e) => {
+            eprintln!("token-rotator: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{RotateRequest, RotateResult};
 use crate::issuer;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
@@ -136,6 +137,12 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
+struct Waiter {
+    remaining: std::collections::BTreeSet<String>,
+    results: Vec<RotateResult>,
+    reply: Option<tokio::sync::oneshot::Sender<Vec<RotateResult>>>,
+}
+
 pub struct Daemon {
     policy: Policy,
     rotator: Arc<Rotator>,
@@ -143,7 +150,9 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     board: StatusBoard,
     slots: BTreeMap<String, Slot>,
-    tasks: JoinSet<(String, Result<Tended, Failure>)>,
+    tasks: JoinSet<(String, bool, Result<Tended, Failure>)>,
+    /// `rotate` requests waiting for their forced rotations to finish.
+    waiters: Vec<Waiter>,
     permits: Arc<Semaphore>,
     failed: bool,
 }
@@ -173,7 +182,7 @@ impl Daemon {
                 let result = rotator
                     .tend(&policy, force, jitter, crate::clock::now())
                     .await;
-                (name, result)
+                (name, force, result)
             });
         }
     }
@@ -186,7 +195,85 @@ impl Daemon {
             .min()
     }
 
-    fn complete(&mut self, name: String, result: Result<Tended, Failure>, once: bool) {
+    /// A `rotate` request: force the named tokens now and answer when each forced visit finished.
+    fn request_rotation(&mut self, req: RotateRequest, now: DateTime<Utc>) {
+        let names: Vec<String> = if req.all {
+            self.slots.keys().cloned().collect()
+        } else {
+            req.tokens
+        };
+        let mut waiter = Waiter {
+            remaining: Default::default(),
+            results: Vec::new(),
+            reply: Some(req.reply),
+        };
+        for name in names {
+            match self.slots.get_mut(&name) {
+                Some(slot) => {
+                    slot.force = true;
+                    if !slot.in_flight {
+                        slot.next_at = now;
+                    }
+                    waiter.remaining.insert(name);
+                }
+                None => waiter.results.push(RotateResult {
+                    token: name.clone(),
+                    ok: false,
+                    message: format!("no token named {name} in the policy"),
+                }),
+            }
+        }
+        if waiter.remaining.is_empty() {
+            if let Some(reply) = waiter.reply.take() {
+                let _ = reply.send(waiter.results);
+            }
+        } else {
+            self.waiters.push(waiter);
+        }
+    }
+
+    fn answer_waiters(&mut self, name: &str, ok: bool, message: String) {
+        for w in &mut self.waiters {
+            if w.remaining.remove(name) {
+                w.results.push(RotateResult {
+                    token: name.to_string(),
+                    ok,
+                    message: message.clone(),
+                });
+                if w.remaining.is_empty() {
+                    if let Some(reply) = w.reply.take() {
+                        let _ = reply.send(std::mem::take(&mut w.results));
+                    }
+                }
+            }
+        }
+        self.waiters.retain(|w| w.reply.is_some());
+    }
+
+    fn complete(
+        &mut self,
+        name: String,
+        forced: bool,
+        result: Result<Tended, Failure>,
+        once: bool,
+    ) {
+        if forced {
+            let (ok, message) = match &result {
+                Ok(t) if t.rotated => (
+                    true,
+                    format!(
+                        "rotated; current token {}",
+                        t.current
+                            .as_ref()
+                            .map(|c| c.token_id.as_str())
+                            .unwrap_or("?")
+                    ),
+                ),
+                Ok(_) => (true, "visited; nothing to rotate".to_string()),
+                Err(f) => (false, f.error.to_string()),
+            };
+            self.answer_waiters(&name, ok, message);
+        }
         let now = crate::clock::now();
         let drift = self.policy.daemon.drift_check;
         let Some(slot) = self.slots.get_mut(&name) else {
@@ -194,6 +281,8 @@ impl Daemon {
         };
         slot.in_flight = false;
         slot.done = once;
+        // A `rotate` that arrived while this visit was in flight runs right after it.
+        let forced_next = slot.force;
         match result {
             Ok(t) => {
                 if t.rotated {
@@ -263,6 +352,11 @@ impl Daemon {
                     s.next_reason = format!("retry after a failed attempt ({} in a row)", failures);
                 });
                 tracing::error!(token = %name, failures, retry_in_s = wait.as_secs(), error = %f.error, "rotation attempt failed");
+            }
+        }
+        if forced_next {
+            if let Some(slot) = self.slots.get_mut(&name) {
+                slot.next_at = now;
             }
         }
     }
@@ -357,6 +451,7 @@ pub async fn run(
         board,
         slots: BTreeMap::new(),
         tasks: JoinSet::new(),
+        waiters: Vec::new(),
         permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
         failed: false,
     };
@@ -364,6 +459,18 @@ pub async fn run(
     for t in policy.tokens.values() {
         d.register(t, now);
     }
+    let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(16);
+    let control = if opts.once {
+        None
+    } else {
+        match crate::control::serve(&policy.daemon.state_dir, d.board.clone(), rotate_tx) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the control socket; `rotate` and `status` will not reach this daemon");
+                None
+            }
+        }
+    };
     if !opts.once {
         crate::systemd::ready();
         spawn_signal_handlers(
@@ -395,13 +502,14 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             Some(joined) = d.tasks.join_next(), if !d.tasks.is_empty() => {
                 match joined {
-                    Ok((name, result)) => d.complete(name, result, opts.once),
+                    Ok((name, forced, result)) => d.complete(name, forced, result, opts.once),
                     Err(e) => tracing::error!(error = %e, "a rotation task panicked"),
                 }
             }
             Some(msg) = control_rx.recv() => match msg {
                 Control::Reload(p) => d.reload(*p).await,
             },
+            Some(req) = rotate_rx.recv() => d.request_rotation(req, crate::clock::now()),
             _ = tokio::time::sleep(sleep_for) => {}
         }
     }
@@ -416,8 +524,8 @@ pub async fn run(
         );
         let drain = async {
             while let Some(joined) = d.tasks.join_next().await {
-                if let Ok((name, result)) = joined {
-                    d.complete(name, result, true);
+                if let Ok((name, forced, result)) = joined {
+                    d.complete(name, forced, result, true);
                 }
             }
         };
@@ -429,6 +537,10 @@ pub async fn run(
     if let Some(s) = server {
         cancel.cancel();
         let _ = s.await;
+    }
+    if let Some(c) = control {
+        c.abort();
+        let _ = std::fs::remove_file(crate::control::socket_path(&d.policy.daemon.state_dir));
     }
     Ok(!d.failed)
 }

@@ -142,7 +142,8 @@ impl Entry {
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
-    _lock: File,
+    /// `None` for a read-only view (`plan`), which neither locks nor writes.
+    _lock: Option<File>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -213,7 +214,26 @@ impl Journal {
                 .map_err(io(&dir))?;
             fsync_dir(state_dir)?;
         }
-        Ok(Journal { dir, _lock: lock })
+        Ok(Journal {
+            dir,
+            _lock: Some(lock),
+        })
+    }
+
+    /// A read-only view for `plan`: no lock, nothing created; a missing `state_dir` reads as an empty journal.
+    pub fn open_read_only(state_dir: &Path) -> Journal {
+        Journal {
+            dir: state_dir.join("journal"),
+            _lock: None,
+        }
+    }
+
+    /// Whether another process holds the `state_dir` lock (a daemon is running there).
+    pub fn is_locked(state_dir: &Path) -> bool {
+        let Ok(f) = OpenOptions::new().write(true).open(state_dir.join("lock")) else {
+            return false;
+        };
+        matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock))
     }
 
     fn path(&self, token: &str) -> PathBuf {
@@ -249,6 +269,12 @@ impl Journal {
     /// Atomically replaces the token's entry: temp file (0600) → fsync → rename → fsync the directory. An idle
     /// entry removes the file, so finished work leaves nothing behind.
     pub fn save(&self, entry: &Entry) -> Result<(), JournalError> {
+        if self._lock.is_none() {
+            return Err(JournalError::Io {
+                path: self.dir.display().to_string(),
+                source: std::io::Error::other("the journal was opened read-only"),
+            });
+        }
         if entry.is_idle() {
             return self.remove(&entry.token);
         }
@@ -272,6 +298,12 @@ impl Journal {
 
     /// The rotation finished: its entry goes.
     pub fn remove(&self, token: &str) -> Result<(), JournalError> {
+        if self._lock.is_none() {
+            return Err(JournalError::Io {
+                path: self.dir.display().to_string(),
+                source: std::io::Error::other("the journal was opened read-only"),
+            });
+        }
         let path = self.path(token);
         match fs::remove_file(&path) {
             Ok(()) => fsync_dir(&self.dir),

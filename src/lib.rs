@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod clock;
+pub mod commands;
+pub mod control;
 pub mod daemon;
 pub mod http;
 pub mod issuer;

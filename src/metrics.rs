@@ -23,6 +23,7 @@ pub struct Metrics {
     pub issuer_requests: IntCounterVec,
     pub sink_writes: IntCounterVec,
     pub config_last_reload_success: Gauge,
+    pub window_missed: IntCounterVec,
     /// Serialises scrapes: gauges are reset and refilled per scrape.
     scrape: Mutex<()>,
 }
@@ -118,6 +119,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            window_missed: counter(
+                "token_rotator_window_missed_total",
+                "Rotations done outside the maintenance window because waiting would leave less than min_validity.",
+                &["token"],
+            ),
             scrape: Mutex::new(()),
             registry: r,
         };
@@ -141,6 +147,7 @@ impl Metrics {
             self.rotations.with_label_values(&[token, result]);
             self.revocations.with_label_values(&[token, result]);
         }
+        self.window_missed.with_label_values(&[token]);
     }
 
     pub fn init_sink(&self, sink: &str) {
@@ -155,6 +162,7 @@ impl Metrics {
             let _ = self.rotations.remove_label_values(&[token, result]);
             let _ = self.revocations.remove_label_values(&[token, result]);
         }
+        let _ = self.window_missed.remove_label_values(&[token]);
     }
 
     /// Renders the text exposition format, refreshing the per-token gauges from `board` first.

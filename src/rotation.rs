@@ -41,6 +41,16 @@ pub struct Tended {
     pub wake_at: Option<DateTime<Utc>>,
 }
 
+/// What `plan` shows of one token.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub current: Option<CurrentToken>,
+    pub stored_everywhere: bool,
+    pub due: Due,
+    /// Journal state worth knowing (an interrupted rotation, pending revocations).
+    pub notes: Vec<String>,
+}
+
 /// How often an agent token waiting for its successor's first use is looked at again.
 const AFTER_USE_POLL: Duration = Duration::from_secs(60);
 
@@ -298,6 +308,59 @@ impl Rotator {
             started,
         )
         .await
+    }
+
+    /// What `plan` shows: the current token per the sinks, the next due time and why, and journal state.
+    /// Changes nothing.
+    pub async fn inspect(
+        &self,
+        token: &TokenPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Inspection, String> {
+        let sinks = self.sinks_of(token).map_err(|e| e.to_string())?;
+        let observed = self
+            .observe(token, &sinks)
+            .await
+            .map_err(|f| f.error.to_string())?;
+        let (current, stored_everywhere) = current_of(&observed);
+        let due = if current.is_some() && !stored_everywhere {
+            Due {
+                at: Some(now),
+                reason: DueReason::SinksDisagree,
+            }
+        } else {
+            schedule::next_due(&token.schedule, current.as_ref(), Duration::ZERO, now)
+        };
+        let entry = self.journal.load(&token.name).map_err(|e| e.to_string())?;
+        let mut notes = Vec::new();
+        if let Some(e) = &entry {
+            if let Some(r) = &e.rotation {
+                notes.push(match &r.minted {
+                    Some(m) => format!(
+                        "interrupted rotation holds token {} for {} sink(s)",
+                        m.token_id,
+                        token.sinks.len().saturating_sub(r.stored.len())
+                    ),
+                    None => "interrupted rotation before the issuer answered".to_string(),
+                });
+            }
+            for rev in &e.revocations {
+                notes.push(match &rev.after_use_of {
+                    Some(s) => format!("{} to be revoked once {s} is used", rev.token_id),
+                    None => format!(
+                        "{} to be revoked at {}",
+                        rev.token_id,
+                        crate::record::rfc3339(rev.not_before)
+                    ),
+                });
+            }
+        }
+        Ok(Inspection {
+            current,
+            stored_everywhere,
+            due,
+            notes,
+        })
     }
 
     async fn observe(

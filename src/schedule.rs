@@ -29,6 +29,17 @@ pub enum DueReason {
     },
     /// Neither applies (a type that never expires without `every`).
     Never,
+    /// Due earlier, waiting for the maintenance window that opens then.
+    Window { due: Box<DueReason>, window: String },
+    /// The next window opens too late (less than `min_validity` left): rotate at once.
+    WindowMissed { due: Box<DueReason>, window: String },
+}
+
+impl DueReason {
+    /// Whether the window could not be waited for (logged and counted by the daemon).
+    pub fn window_missed(&self) -> bool {
+        matches!(self, DueReason::WindowMissed { .. })
+    }
 }
 
 impl fmt::Display for DueReason {
@@ -56,6 +67,11 @@ impl fmt::Display for DueReason {
                 )
             }
             DueReason::Never => write!(f, "nothing schedules a rotation"),
+            DueReason::Window { due, window } => write!(f, "{due}; waiting for the window `{window}`"),
+            DueReason::WindowMissed { due, window } => write!(
+                f,
+                "{due}; the next window `{window}` opens too late (less than min_validity would be left), rotating at once"
+            ),
         }
     }
 }
@@ -135,11 +151,61 @@ pub fn next_due(
             if let Some(exp) = cur.expires_at {
                 at = at.min(exp);
             }
-            Due {
-                at: Some(at.max(now)),
-                reason,
+            let at = at.max(now);
+            match &schedule.window {
+                None => Due {
+                    at: Some(at),
+                    reason,
+                },
+                Some(w) => apply_window(w, schedule.min_validity, cur.expires_at, at, reason),
             }
         }
+    }
+}
+
+/// Moves a due time into the next maintenance window, unless that would leave less than `min_validity`.
+fn apply_window(
+    w: &crate::policy::Window,
+    min_validity: Option<Duration>,
+    expires_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+    reason: DueReason,
+) -> Due {
+    let local = at.with_timezone(&w.timezone);
+    // Inside a window that opened at or before `at` and is still open: go now.
+    if let Ok(open) = w.cron.find_previous_occurrence(&local, true) {
+        if at < open.with_timezone(&Utc) + delta(w.duration) {
+            return Due {
+                at: Some(at),
+                reason,
+            };
+        }
+    }
+    let next = w
+        .cron
+        .find_next_occurrence(&local, false)
+        .ok()
+        .map(|t| t.with_timezone(&Utc));
+    let deadline = match (expires_at, min_validity) {
+        (Some(exp), Some(mv)) => Some(exp - delta(mv)),
+        (Some(exp), None) => Some(exp),
+        _ => None,
+    };
+    match next {
+        Some(start) if deadline.is_none_or(|dl| start <= dl) => Due {
+            at: Some(start),
+            reason: DueReason::Window {
+                due: Box::new(reason),
+                window: w.text.clone(),
+            },
+        },
+        _ => Due {
+            at: Some(at),
+            reason: DueReason::WindowMissed {
+                due: Box::new(reason),
+                window: w.text.clone(),
+            },
+        },
     }
 }
 
@@ -166,7 +232,128 @@ mod tests {
             every: every_d.map(|d| Duration::from_secs(d * DAY)),
             jitter: Duration::ZERO,
             grace: Duration::from_secs(3600),
+            window: None,
+            min_validity: Some(Duration::from_secs(rb_d * DAY / 2)),
         }
+    }
+
+    fn window(cron: &str, hours: u64, tz: &str) -> Option<crate::policy::Window> {
+        Some(crate::policy::Window {
+            cron: crate::policy::parse_cron(cron).unwrap(),
+            text: cron.into(),
+            duration: Duration::from_secs(hours * 3600),
+            timezone: tz.parse().unwrap(),
+        })
+    }
+
+    /// Due at `due` (expires 10 days later with rotate_before 10d), with the given window: when does it run?
+    fn windowed(due: &str, cron: &str, hours: u64, tz: &str) -> Due {
+        let due_at = t(due);
+        let expires = due_at + TimeDelta::days(10);
+        let mut s = sched(30, 10, None);
+        s.window = window(cron, hours, tz);
+        let c = CurrentToken {
+            token_id: "at-1".into(),
+            created_at: expires - TimeDelta::days(30),
+            expires_at: Some(expires),
+        };
+        next_due(&s, Some(&c), Duration::ZERO, due_at - TimeDelta::days(1))
+    }
+
+    #[test]
+    fn windows_table() {
+        // (name, due, cron, window hours, zone, expected time, expect waiting (true) or in-window/missed)
+        let cases = [
+            (
+                "inside an open window: at once",
+                "2026-06-10T03:30:00Z",
+                "0 3 * * *",
+                1,
+                "UTC",
+                "2026-06-10T03:30:00Z",
+            ),
+            (
+                "before today's window: wait for it",
+                "2026-06-10T01:00:00Z",
+                "0 3 * * *",
+                1,
+                "UTC",
+                "2026-06-10T03:00:00Z",
+            ),
+            (
+                "after today's window: tomorrow's",
+                "2026-06-10T05:00:00Z",
+                "0 3 * * *",
+                1,
+                "UTC",
+                "2026-06-11T03:00:00Z",
+            ),
+            (
+                "weekly window, Sundays",
+                "2026-06-10T05:00:00Z",
+                "0 3 * * 0",
+                1,
+                "UTC",
+                "2026-06-14T03:00:00Z",
+            ),
+            (
+                "zone: 03:00 Berlin summer time is 01:00Z",
+                "2026-06-10T00:00:00Z",
+                "0 3 * * *",
+                1,
+                "Europe/Berlin",
+                "2026-06-10T01:00:00Z",
+            ),
+            (
+                "zone: winter time is 02:00Z",
+                "2026-01-10T00:00:00Z",
+                "0 3 * * *",
+                1,
+                "Europe/Berlin",
+                "2026-01-10T02:00:00Z",
+            ),
+        ];
+        for (name, due, cron, hours, tz, want) in cases {
+            let d = windowed(due, cron, hours, tz);
+            assert_eq!(d.at, Some(t(want)), "{name}: {}", d.reason);
+        }
+    }
+
+    #[test]
+    fn dst_transition_days_in_berlin() {
+        // Spring forward, 2026-03-29: 02:00 local jumps to 03:00. A 02:30 window start does not exist that day.
+        // croner (like OCPS cron) runs a start that falls in the gap at the end of the gap: 03:00 CEST = 01:00Z.
+        let d = windowed("2026-03-28T23:00:00Z", "30 2 * * *", 1, "Europe/Berlin");
+        assert_eq!(d.at, Some(t("2026-03-29T01:00:00Z")), "{}", d.reason);
+        // A window at 03:00 on the spring-forward day is 01:00Z (CEST).
+        let d = windowed("2026-03-28T23:00:00Z", "0 3 * * *", 1, "Europe/Berlin");
+        assert_eq!(d.at, Some(t("2026-03-29T01:00:00Z")));
+        // Fall back, 2026-10-25: 03:00 local becomes 02:00 again; 02:30 happens twice. The first one counts.
+        let d = windowed("2026-10-24T23:00:00Z", "30 2 * * *", 1, "Europe/Berlin");
+        assert_eq!(d.at, Some(t("2026-10-25T00:30:00Z")), "{}", d.reason);
+        // The day after, 02:30 is CET again: 01:30Z.
+        let d = windowed("2026-10-25T03:00:00Z", "30 2 * * *", 1, "Europe/Berlin");
+        assert_eq!(d.at, Some(t("2026-10-26T01:30:00Z")));
+    }
+
+    #[test]
+    fn a_window_that_opens_too_late_is_skipped_and_said_so() {
+        // Window only on 1 January; the token expires in 10 days with min_validity 5 days.
+        let d = windowed("2026-06-10T05:00:00Z", "0 3 1 1 *", 1, "UTC");
+        assert_eq!(d.at, Some(t("2026-06-10T05:00:00Z")));
+        assert!(d.reason.window_missed(), "{}", d.reason);
+        assert!(d.reason.to_string().contains("opens too late"));
+    }
+
+    #[test]
+    fn every_combined_with_rotate_before_and_a_window() {
+        let mut s = sched(30, 10, Some(7));
+        s.window = window("0 3 * * *", 2, "UTC");
+        let c = cur("2026-06-01T12:00:00Z", Some("2026-07-01T12:00:00Z"));
+        // `every` (7d) is earlier than expiry-based (21 Jun); it waits for the next 03:00 window.
+        let d = next_due(&s, Some(&c), Duration::ZERO, t("2026-06-02T00:00:00Z"));
+        assert_eq!(d.at, Some(t("2026-06-09T03:00:00Z")));
+        assert!(d.reason.to_string().contains("every 7d"), "{}", d.reason);
     }
     fn cur(created: &str, expires: Option<&str>) -> CurrentToken {
         CurrentToken {

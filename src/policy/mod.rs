@@ -258,6 +258,35 @@ pub struct Schedule {
     pub every: Option<Duration>,
     pub jitter: Duration,
     pub grace: Duration,
+    /// Rotations wait for this window unless that would leave less than `min_validity`.
+    pub window: Option<Window>,
+    pub min_validity: Option<Duration>,
+}
+
+/// A maintenance window: a 5-field cron for its starts, how long it stays open, and the zone it is read in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub cron: croner::Cron,
+    pub text: String,
+    pub duration: Duration,
+    pub timezone: chrono_tz::Tz,
+}
+
+const DEFAULT_WINDOW_DURATION: Duration = Duration::from_secs(3600);
+
+/// Parses a 5-field cron (minute hour day-of-month month day-of-week).
+pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    let fields = text.split_whitespace().count();
+    if fields != 5 {
+        return Err(format!(
+            "`window` must be a 5-field cron (minute hour day-of-month month day-of-week), found {fields} fields"
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .build()
+        .parse(text)
+        .map_err(|e| format!("`window` is not a valid cron: {e}"))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -1154,6 +1183,71 @@ fn read_schedule(
     let every = t.opt_duration(d, "every");
     let jitter = t.opt_duration(d, "jitter");
     let grace = t.opt_duration(d, "grace");
+    let window_text = t.opt_str(d, "window");
+    let window_duration = t.opt_duration(d, "window_duration");
+    let timezone = t.opt_str(d, "timezone");
+    let min_validity = t.opt_duration(d, "min_validity");
+    let cron = window_text
+        .as_ref()
+        .and_then(|w| match parse_cron(w.get_ref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                d.push(w.span(), format!("{e} (in {})", t.name));
+                ok = false;
+                None
+            }
+        });
+    let tz = match &timezone {
+        None => Some(chrono_tz::UTC),
+        Some(z) => match z.get_ref().parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                d.push(
+                    z.span(),
+                    format!("`timezone` in {} must be an IANA zone name such as \"Europe/Berlin\", found \"{}\"", t.name, z.get_ref()),
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    if window_text.is_none() {
+        for (key, v) in [
+            (
+                "window_duration",
+                window_duration.as_ref().map(|v| v.span()),
+            ),
+            ("timezone", timezone.as_ref().map(|v| v.span())),
+        ] {
+            if let Some(span) = v {
+                d.push(
+                    span,
+                    format!("`{key}` in {} only applies with `window`", t.name),
+                );
+                ok = false;
+            }
+        }
+    }
+    if let Some(wd) = &window_duration {
+        if wd.get_ref().is_zero() {
+            d.push(
+                wd.span(),
+                format!("`window_duration` in {} must be longer than 0s", t.name),
+            );
+            ok = false;
+        }
+    }
+    let window = match (cron, window_text, tz) {
+        (Some(cron), Some(text), Some(timezone)) => Some(Window {
+            cron,
+            text: text.into_inner(),
+            duration: window_duration
+                .map(Spanned::into_inner)
+                .unwrap_or(DEFAULT_WINDOW_DURATION),
+            timezone,
+        }),
+        _ => None,
+    };
     for (key, v) in [("lifetime", &lifetime), ("every", &every)] {
         if let Some(v) = v {
             if v.get_ref().is_zero() {
@@ -1261,6 +1355,21 @@ fn read_schedule(
             ok = false;
         }
     }
+    let min_validity_value = match (&min_validity, lifetime_value) {
+        (Some(mv), Some(life)) if *mv.get_ref() >= life => {
+            d.push(
+                mv.span(),
+                format!(
+                    "`min_validity` in {} must be shorter than `lifetime`",
+                    t.name
+                ),
+            );
+            ok = false;
+            None
+        }
+        (Some(mv), _) => Some(*mv.get_ref()),
+        (None, _) => rotate_before_value.map(|rb| rb / 2),
+    };
     if !ok || kind.is_none() {
         return None;
     }
@@ -1270,6 +1379,8 @@ fn read_schedule(
         every: every.map(Spanned::into_inner),
         jitter: jitter.map(Spanned::into_inner).unwrap_or_default(),
         grace: grace.map(Spanned::into_inner).unwrap_or(DEFAULT_GRACE),
+        window,
+        min_validity: min_validity_value,
     })
 }
 

@@ -1,0 +1,300 @@
+//! The operator's commands and signals: `plan`, `rotate` (through the daemon and without one), `status`,
+//! SIGHUP reload, and the systemd notify protocol.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle};
+
+use crate::harness::{
+    free_port, metric, run_cli_async, wait_for, Bao, DaemonProc, Output, Workdir, ROOT_TOKEN,
+};
+
+struct Env {
+    tfc: TfcHandle,
+    bao: Bao,
+    work: Workdir,
+    admin: String,
+    listen: u16,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let tfc = TfcEmulator::start(Config::default()).await.unwrap();
+        let admin = tfc.add_organization("acme");
+        Env {
+            tfc,
+            bao: Bao::start().await,
+            work: Workdir::new(),
+            admin,
+            listen: free_port(),
+        }
+    }
+
+    /// An `organization` token of acme, or (`audit`) its audit-trails token: both manageable by acme's owners.
+    fn token(name: &str, kind: &str) -> String {
+        let ty = if kind == "audit" {
+            "audit-trails"
+        } else {
+            "organization"
+        };
+        format!(
+            "[tokens.{name}]\nissuer = \"tfc\"\ntype = \"{ty}\"\norganization = \"acme\"\nsinks = [{{ sink = \"vault\", path = \"ops/{name}\" }}]\n"
+        )
+    }
+
+    fn policy(&self, tokens: &str) -> PathBuf {
+        self.work.write_policy(&format!(
+            r#"[daemon]
+state_dir = "{state}"
+listen = "127.0.0.1:{listen}"
+
+[issuers.tfc]
+kind = "tfe"
+address = "{tfc}"
+token = {{ env = "TFC_TOKEN" }}
+
+[sinks.vault]
+kind = "vault"
+address = "{bao}"
+auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
+
+{tokens}"#,
+            state = self.work.state_dir().display(),
+            listen = self.listen,
+            tfc = self.tfc.url(),
+            bao = self.bao.addr,
+        ))
+    }
+
+    fn envs(&self) -> Vec<(String, String)> {
+        vec![
+            ("TFC_TOKEN".into(), self.admin.clone()),
+            ("VAULT_TOKEN".into(), ROOT_TOKEN.into()),
+        ]
+    }
+
+    async fn cli(&self, args: &[&str], policy: &std::path::Path) -> Output {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.push("--config".into());
+        v.push(policy.display().to_string());
+        run_cli_async(v, self.envs(), Duration::from_secs(60)).await
+    }
+
+    async fn daemon(&self, policy: &std::path::Path) -> DaemonProc {
+        let envs = self.envs();
+        let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        DaemonProc::start(policy, self.listen, &refs).await
+    }
+
+    async fn token_id(&self, name: &str) -> Option<String> {
+        self.bao
+            .kv2_get("secret", &format!("ops/{name}"))
+            .await
+            .and_then(|r| r["token_id"].as_str().map(String::from))
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_the_next_rotation_and_why_without_changing_anything() {
+    let env = Env::new().await;
+    let policy = env.policy(&Env::token("ci-org", "acme"));
+    let out = env.cli(&["plan"], &policy).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("NEXT ROTATION"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("no record in the sinks: rotate at start-up"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(env.tfc.request_count(), 0, "plan never calls the issuer");
+    assert!(
+        env.token_id("ci-org").await.is_none(),
+        "plan writes nothing"
+    );
+
+    assert_eq!(env.cli(&["run", "--once"], &policy).await.code, 0);
+    let id = env.token_id("ci-org").await.unwrap();
+    let out = env.cli(&["plan", "--json"], &policy).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(rows[0]["token"], "ci-org");
+    assert_eq!(rows[0]["current_token_id"], Value::String(id));
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rotate 10d before"),
+        "{rows}"
+    );
+    let next =
+        chrono::DateTime::parse_from_rfc3339(rows[0]["next_rotation"].as_str().unwrap()).unwrap();
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(rows[0]["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!((expires - next).num_days(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_goes_through_the_running_daemon_and_status_reports_it() {
+    let env = Env::new().await;
+    let policy = env.policy(&Env::token("ci-org", "acme"));
+    let daemon = env.daemon(&policy).await;
+    let first = wait_for(Duration::from_secs(20), "first record", || {
+        env.token_id("ci-org")
+    })
+    .await;
+
+    let out = env.cli(&["rotate", "ci-org"], &policy).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("handed to the running daemon"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.starts_with("ci-org: ok: rotated"),
+        "{}",
+        out.stdout
+    );
+    let second = env.token_id("ci-org").await.unwrap();
+    assert_ne!(first, second);
+    assert!(out.stdout.contains(&second));
+
+    let out = env.cli(&["status", "--json"], &policy).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(rows[0]["name"], "ci-org");
+    assert_eq!(rows[0]["ready"], true);
+    assert_eq!(rows[0]["current"]["token_id"], Value::String(second));
+    let out = env.cli(&["status"], &policy).await;
+    assert!(
+        out.stdout.contains("READY") && out.stdout.contains("yes"),
+        "{}",
+        out.stdout
+    );
+
+    let out = env.cli(&["rotate", "nope"], &policy).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no token named nope"));
+    let socket = env.work.state_dir().join("control.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(daemon.terminate(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_without_a_daemon_rotates_under_the_lock_and_status_says_none_runs() {
+    let env = Env::new().await;
+    let policy = env.policy(&Env::token("ci-org", "acme"));
+    let out = env.cli(&["rotate", "--all"], &policy).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("handed to the running daemon"));
+    let id = env.token_id("ci-org").await.expect("rotated locally");
+    assert!(out.stdout.contains(&id));
+    let out = env.cli(&["status"], &policy).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no daemon is running"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_and_removes_tokens_and_rejects_a_broken_policy() {
+    let env = Env::new().await;
+    let policy = env.policy(&Env::token("a", "acme"));
+    let daemon = env.daemon(&policy).await;
+    wait_for(Duration::from_secs(20), "token a", || env.token_id("a")).await;
+
+    env.policy(&format!(
+        "{}\n{}",
+        Env::token("a", "acme"),
+        Env::token("b", "audit")
+    ));
+    signal(daemon.pid(), "HUP");
+    wait_for(Duration::from_secs(20), "token b after reload", || {
+        env.token_id("b")
+    })
+    .await;
+
+    // A broken policy is rejected, the old one kept, and the gauge says so.
+    std::fs::write(&policy, "[tokens.a]\nissuer = 1\n").unwrap();
+    signal(daemon.pid(), "HUP");
+    let m = wait_for(Duration::from_secs(10), "rejected reload", || async {
+        let m = daemon.metrics().await;
+        (metric(&m, "token_rotator_config_last_reload_success", &[]) == Some(0.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        metric(&m, "token_rotator_token_ready", &[("token", "b")]),
+        Some(1.0),
+        "old policy kept"
+    );
+    assert!(
+        daemon.stderr().contains("reload rejected"),
+        "located errors are logged"
+    );
+
+    // Removing a token drops its series.
+    env.policy(&Env::token("a", "acme"));
+    signal(daemon.pid(), "HUP");
+    wait_for(Duration::from_secs(10), "b dropped", || async {
+        let m = daemon.metrics().await;
+        (metric(&m, "token_rotator_token_ready", &[("token", "b")]).is_none()
+            && metric(&m, "token_rotator_config_last_reload_success", &[]) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        !daemon.metrics().await.contains("token=\"b\""),
+        "no stale series for a removed token"
+    );
+    assert_eq!(daemon.terminate(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_notify_ready_watchdog_and_stopping() {
+    let env = Env::new().await;
+    let policy = env.policy(&Env::token("ci-org", "acme"));
+    let sock_path = env.work.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut envs = env.envs();
+    envs.push(("NOTIFY_SOCKET".into(), sock_path.display().to_string()));
+    envs.push(("WATCHDOG_USEC".into(), "400000".into()));
+    let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let daemon = DaemonProc::start(&policy, env.listen, &refs).await;
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {
+        let n = sock.recv(&mut buf).expect("a notification within 20 s");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    let pid = daemon.pid();
+    signal(pid, "TERM");
+    loop {
+        let n = sock.recv(&mut buf).expect("STOPPING within 20 s");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(daemon.terminate(), 0);
+}
