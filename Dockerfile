@@ -19,6 +19,8 @@ ENV TOKEN_ROTATOR_CONFIG=/etc/token-rotator/policy.toml \
     STATE_DIRECTORY=/var/lib/token-rotator
 VOLUME ["/var/lib/token-rotator"]
 EXPOSE 9851
+HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/token-rotator", "healthcheck"]
 # The policy is mounted at /etc/token-rotator/policy.toml; `listen` must be 0.0.0.0:9851 to be scraped from outside.
 ENTRYPOINT ["/usr/local/bin/token-rotator"]
 CMD ["run"]

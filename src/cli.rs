@@ -64,6 +64,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when the daemon answers /healthz on `listen` (for container HEALTHCHECKs; no curl needed).
+    Healthcheck {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
     /// Validate the policy; with --online also probe issuers and sinks (read-only).
     Check {
         #[arg(long, value_name = "PATH")]
@@ -163,6 +168,27 @@ pub fn main() -> ExitCode {
                 }
             })
         }
+        Command::Healthcheck { config } => with_runtime(config, flag_format, |p| async move {
+            let mut addr = p.daemon.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            let url = format!("http://{addr}/healthz");
+            let ok = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build() {
+                Ok(c) => c.get(&url).send().await.is_ok_and(|r| r.status().is_success()),
+                Err(_) => false,
+            };
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("token-rotator: {url} did not answer 200");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }),
         Command::Check { config, online } => {
             let path = config_path(config);
             let policy = match load_or_report(&path) {
