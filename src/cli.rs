@@ -178,8 +178,15 @@ pub fn main() -> ExitCode {
                 });
             }
             let url = format!("http://{addr}/healthz");
-            let ok = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build() {
-                Ok(c) => c.get(&url).send().await.is_ok_and(|r| r.status().is_success()),
+            let ok = match reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+            {
+                Ok(c) => c
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
                 Err(_) => false,
             };
             if ok {

@@ -60,7 +60,17 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// `plan`: reads the sinks and the journal, computes each token's next rotation and why. Changes nothing.
 /// Returns whether every token could be inspected.
 pub async fn plan(policy: &Policy, json: bool) -> bool {
-    let journal = Arc::new(Journal::open_read_only(&policy.daemon.state_dir));
+    let journal = match crate::daemon::open_journal(policy, true) {
+        Ok(Ok(j)) => Arc::new(j),
+        Ok(Err(e)) => {
+            eprintln!("token-rotator: {e}");
+            return false;
+        }
+        Err(e) => {
+            eprintln!("token-rotator: {e}");
+            return false;
+        }
+    };
     let rotator = build_rotator(policy, journal, Arc::new(Metrics::new())).await;
     let now = crate::clock::now();
     let mut rows = Vec::new();
@@ -258,56 +268,57 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
         tokens: names.clone(),
         all,
     };
-    let results =
-        match control::request(&policy.daemon.state_dir, &req, control::ROTATE_TIMEOUT).await? {
-            Some(Response::Rotate { results }) => {
-                eprintln!("token-rotator: handed to the running daemon");
-                results
+    let results = match control::request(&policy.daemon.state_dir, &req, control::ROTATE_TIMEOUT)
+        .await?
+    {
+        Some(Response::Rotate { results }) => {
+            eprintln!("token-rotator: handed to the running daemon");
+            results
+        }
+        Some(Response::Error { error }) => return Err(format!("the daemon answered: {error}")),
+        Some(_) => return Err("unexpected answer from the daemon".into()),
+        None => {
+            if Journal::is_locked(&policy.daemon.state_dir) {
+                return Err(format!(
+                    "a daemon holds the lock on {} but its control socket does not answer",
+                    policy.daemon.state_dir.display()
+                ));
             }
-            Some(Response::Error { error }) => return Err(format!("the daemon answered: {error}")),
-            Some(_) => return Err("unexpected answer from the daemon".into()),
-            None => {
-                if Journal::is_locked(&policy.daemon.state_dir) {
-                    return Err(format!(
-                        "a daemon holds the lock on {} but its control socket does not answer",
-                        policy.daemon.state_dir.display()
-                    ));
-                }
-                let journal =
-                    Arc::new(Journal::open(&policy.daemon.state_dir).map_err(|e| e.to_string())?);
-                let rotator = build_rotator(policy, journal, Arc::new(Metrics::new())).await;
-                let selected: Vec<_> = policy
-                    .tokens
-                    .values()
-                    .filter(|t| all || names.contains(&t.name))
-                    .collect();
-                let mut results = Vec::new();
-                for t in selected {
-                    let r = rotator
-                        .tend(t, true, std::time::Duration::ZERO, crate::clock::now())
-                        .await;
-                    results.push(match r {
-                        Ok(tended) => RotateResult {
-                            token: t.name.clone(),
-                            ok: true,
-                            message: format!(
-                                "rotated; current token {}",
-                                tended
-                                    .current
-                                    .map(|c| c.token_id)
-                                    .unwrap_or_else(|| "?".into())
-                            ),
-                        },
-                        Err(f) => RotateResult {
-                            token: t.name.clone(),
-                            ok: false,
-                            message: f.error.to_string(),
-                        },
-                    });
-                }
-                results
+            let journal =
+                Arc::new(crate::daemon::open_journal(policy, false)?.map_err(|e| e.to_string())?);
+            let rotator = build_rotator(policy, journal, Arc::new(Metrics::new())).await;
+            let selected: Vec<_> = policy
+                .tokens
+                .values()
+                .filter(|t| all || names.contains(&t.name))
+                .collect();
+            let mut results = Vec::new();
+            for t in selected {
+                let r = rotator
+                    .tend(t, true, std::time::Duration::ZERO, crate::clock::now())
+                    .await;
+                results.push(match r {
+                    Ok(tended) => RotateResult {
+                        token: t.name.clone(),
+                        ok: true,
+                        message: format!(
+                            "rotated; current token {}",
+                            tended
+                                .current
+                                .map(|c| c.token_id)
+                                .unwrap_or_else(|| "?".into())
+                        ),
+                    },
+                    Err(f) => RotateResult {
+                        token: t.name.clone(),
+                        ok: false,
+                        message: f.error.to_string(),
+                    },
+                });
             }
-        };
+            results
+        }
+    };
     let mut ok = true;
     for r in &results {
         ok &= r.ok;

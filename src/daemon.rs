@@ -34,8 +34,33 @@ pub struct RunOptions {
     pub once: bool,
 }
 
+/// Opens the journal of `policy` (read-only for `plan`), with its `state_key` when one is set.
+pub fn open_journal(
+    policy: &Policy,
+    read_only: bool,
+) -> Result<Result<Journal, crate::journal::JournalError>, String> {
+    let key = match &policy.daemon.state_key {
+        None => None,
+        Some(r) => {
+            let secret = r.resolve_local().map_err(|e| format!("state_key: {e}"))?;
+            Some(
+                crate::journal::JournalKey::parse(&secret)
+                    .map_err(|e| format!("state_key: {e}"))?,
+            )
+        }
+    };
+    let journal = if read_only {
+        Ok(Journal::open_read_only(&policy.daemon.state_dir))
+    } else {
+        Journal::open(&policy.daemon.state_dir)
+    };
+    Ok(journal.map(|j| j.with_key(key)))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("{0}")]
+    StateKey(String),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot listen on {addr}: {source}")]
@@ -409,7 +434,7 @@ pub async fn run(
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> Result<bool, RunError> {
-    let journal = Arc::new(Journal::open(&policy.daemon.state_dir)?);
+    let journal = Arc::new(open_journal(&policy, false).map_err(RunError::StateKey)??);
     let metrics = Arc::new(Metrics::new());
     let board = StatusBoard::new();
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);

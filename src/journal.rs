@@ -144,7 +144,50 @@ pub struct Journal {
     dir: PathBuf,
     /// `None` for a read-only view (`plan`), which neither locks nor writes.
     _lock: Option<File>,
+    /// With `[daemon] state_key`, entries are sealed with XChaCha20-Poly1305 (the token name as associated data).
+    key: Option<JournalKey>,
 }
+
+/// The journal's encryption key: 32 bytes, given as 64 hex characters or standard base64.
+#[derive(Clone)]
+pub struct JournalKey(chacha20poly1305::Key);
+
+impl std::fmt::Debug for JournalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JournalKey([REDACTED])")
+    }
+}
+
+impl JournalKey {
+    pub fn parse(secret: &SecretString) -> Result<Self, String> {
+        use base64::Engine as _;
+        let text = secret.expose_secret().trim();
+        let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits"))
+                .collect::<Vec<u8>>()
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| "state_key must be 32 bytes as 64 hex characters or base64 (e.g. `openssl rand -hex 32`)".to_string())?
+        };
+        if bytes.len() != 32 {
+            return Err(format!("state_key must be 32 bytes, found {}", bytes.len()));
+        }
+        Ok(JournalKey(*chacha20poly1305::Key::from_slice(&bytes)))
+    }
+}
+
+/// An encrypted journal file.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    format: u32,
+    cipher: String,
+    nonce: String,
+    data: String,
+}
+
+const CIPHER: &str = "xchacha20poly1305";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     move |source| JournalError::Io {
@@ -217,7 +260,83 @@ impl Journal {
         Ok(Journal {
             dir,
             _lock: Some(lock),
+            key: None,
         })
+    }
+
+    /// Seals entries with `key` from now on (and requires it to read sealed ones).
+    pub fn with_key(mut self, key: Option<JournalKey>) -> Self {
+        self.key = key;
+        self
+    }
+
+    fn seal(&self, token: &str, plain: Vec<u8>) -> Vec<u8> {
+        use base64::Engine as _;
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let Some(key) = &self.key else {
+            return plain;
+        };
+        let nonce_bytes: [u8; 24] = rand::random();
+        let nonce = chacha20poly1305::XNonce::from_slice(&nonce_bytes);
+        let data = chacha20poly1305::XChaCha20Poly1305::new(&key.0)
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: &plain,
+                    aad: token.as_bytes(),
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption does not fail for in-memory data");
+        let sealed = Sealed {
+            format: FORMAT,
+            cipher: CIPHER.into(),
+            nonce: nonce_bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+        };
+        serde_json::to_vec_pretty(&sealed).expect("sealed entries serialise")
+    }
+
+    fn unseal(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        corrupt: impl Fn(String) -> JournalError,
+    ) -> Result<Vec<u8>, JournalError> {
+        use base64::Engine as _;
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let Ok(sealed) = serde_json::from_slice::<Sealed>(&bytes) else {
+            // A plain entry (written before `state_key` was set) is read as is and sealed at the next write.
+            return Ok(bytes);
+        };
+        let Some(key) = &self.key else {
+            return Err(corrupt(
+                "the entry is encrypted; set `[daemon] state_key` to the key it was written with"
+                    .into(),
+            ));
+        };
+        if sealed.cipher != CIPHER {
+            return Err(corrupt(format!("unknown cipher {}", sealed.cipher)));
+        }
+        let nonce: Vec<u8> = (0..sealed.nonce.len() / 2)
+            .filter_map(|i| u8::from_str_radix(sealed.nonce.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        if nonce.len() != 24 {
+            return Err(corrupt("bad nonce".into()));
+        }
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(&sealed.data)
+            .map_err(|_| corrupt("bad ciphertext encoding".into()))?;
+        chacha20poly1305::XChaCha20Poly1305::new(&key.0)
+            .decrypt(
+                chacha20poly1305::XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &data,
+                    aad: token.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                corrupt("cannot decrypt: wrong `state_key`, or the file was altered".into())
+            })
     }
 
     /// A read-only view for `plan`: no lock, nothing created; a missing `state_dir` reads as an empty journal.
@@ -225,6 +344,7 @@ impl Journal {
         Journal {
             dir: state_dir.join("journal"),
             _lock: None,
+            key: None,
         }
     }
 
@@ -247,6 +367,11 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
+        let corrupt = |why: String| JournalError::Corrupt {
+            path: path.display().to_string(),
+            why,
+        };
+        let bytes = self.unseal(token, bytes, corrupt)?;
         let corrupt = |why: String| JournalError::Corrupt {
             path: path.display().to_string(),
             why,
@@ -280,7 +405,10 @@ impl Journal {
         }
         let path = self.path(&entry.token);
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(entry).expect("journal entries serialise");
+        let bytes = self.seal(
+            &entry.token,
+            serde_json::to_vec_pretty(entry).expect("journal entries serialise"),
+        );
         {
             let mut f = OpenOptions::new()
                 .create(true)
@@ -359,6 +487,41 @@ mod tests {
             "an idle entry is compacted away"
         );
         assert!(!file.exists());
+    }
+
+    #[test]
+    fn state_key_seals_entries_and_a_wrong_key_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let key = JournalKey::parse(&SecretString::from("11".repeat(32))).unwrap();
+        let j = Journal::open(&state).unwrap().with_key(Some(key));
+        let mut e = Entry::new("tok", "tfc", "team");
+        e.sweep = true;
+        e.revocations.push(PendingRevocation {
+            token_id: "at-secretive".into(),
+            not_before: crate::clock::now(),
+            after_use_of: None,
+            attempts: 0,
+        });
+        j.save(&e).unwrap();
+        let raw = fs::read_to_string(state.join("journal").join("tok.json")).unwrap();
+        assert!(
+            raw.contains("xchacha20poly1305") && !raw.contains("at-secretive"),
+            "sealed on disk"
+        );
+        assert_eq!(
+            j.load("tok").unwrap().unwrap().revocations[0].token_id,
+            "at-secretive"
+        );
+        drop(j);
+        let wrong = JournalKey::parse(&SecretString::from("22".repeat(32))).unwrap();
+        let j = Journal::open(&state).unwrap().with_key(Some(wrong));
+        assert!(matches!(j.load("tok"), Err(JournalError::Corrupt { .. })));
+        drop(j);
+        let j = Journal::open(&state).unwrap();
+        let err = j.load("tok").unwrap_err().to_string();
+        assert!(err.contains("state_key"), "{err}");
+        assert!(JournalKey::parse(&SecretString::from("short".to_string())).is_err());
     }
 
     #[test]

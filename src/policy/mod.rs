@@ -4,6 +4,8 @@
 
 pub mod diag;
 pub mod duration;
+#[cfg(test)]
+mod proptests;
 mod reader;
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,6 +59,8 @@ pub struct DaemonSettings {
     pub listen: SocketAddr,
     pub log_format: Option<LogFormat>,
     pub drift_check: Duration,
+    /// Encrypts the journal at rest (`env` or `file` reference to a 32-byte key).
+    pub state_key: Option<SecretRef>,
 }
 
 #[derive(Clone, Debug)]
@@ -427,6 +431,7 @@ fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option
             .expect("valid default listen address"),
         log_format: None,
         drift_check: DEFAULT_DRIFT_CHECK,
+        state_key: None,
     };
     let Some(mut t) = root.opt_table(d, "daemon") else {
         return Some(settings);
@@ -477,12 +482,15 @@ fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option
             settings.drift_check = dc.into_inner();
         }
     }
-    if let Some(v) = t.get("state_key") {
-        d.push(
-            v.span(),
-            "`state_key` (journal encryption at rest) is not supported by this version of token-rotator; remove it",
-        );
-        ok = false;
+    if t.has("state_key") {
+        match read_secret_ref(&mut t, d, "state_key") {
+            Some(SecretRef::Sink { .. }) => {
+                d.push(t.span.clone(), "`state_key` in [daemon] must be an `env` or `file` reference (the journal is read before any sink)");
+                ok = false;
+            }
+            Some(r) => settings.state_key = Some(r),
+            None => ok = false,
+        }
     }
     t.finish(d);
     ok.then_some(settings)

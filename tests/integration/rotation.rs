@@ -375,3 +375,50 @@ async fn killed_after_the_journal_write_resumes_without_minting_again() {
     let record = env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap();
     env.assert_record_is_the_valid_token(&record);
 }
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_journal_never_shows_the_token_and_still_resumes() {
+    let env = setup().await;
+    let key = env.work.write_secret("state.key", &"ab".repeat(32));
+    let text =
+        std::fs::read_to_string(env.policy(free_port(), "secret", "lifetime = \"30d\"")).unwrap();
+    let text = text.replacen(
+        "[daemon]\n",
+        &format!("[daemon]\nstate_key = {{ file = \"{}\" }}\n", key.display()),
+        1,
+    );
+    let policy = env.work.write_policy(&text);
+    let out = env
+        .once(&policy, &[("TOKEN_ROTATOR_FAILPOINT", "after-journal")])
+        .await;
+    assert_ne!(out.code, 0);
+    let raw =
+        std::fs::read_to_string(env.work.state_dir().join("journal").join("ci-org.json")).unwrap();
+    assert!(raw.contains("xchacha20poly1305"), "sealed: {raw}");
+    let valid = env.valid_org_tokens();
+    assert_eq!(valid.len(), 1);
+    assert!(
+        !raw.contains(&valid[0].id),
+        "not even the token id is readable"
+    );
+
+    // A wrong key is refused with a clear error and nothing is lost.
+    let wrong = env.work.write_secret("wrong.key", &"cd".repeat(32));
+    let wrong_policy = env
+        .work
+        .write_policy(&text.replace(&key.display().to_string(), &wrong.display().to_string()));
+    let out = env.once(&wrong_policy, &[]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("wrong `state_key`"), "{}", out.stderr);
+
+    let policy = env.work.write_policy(&text);
+    let out = env.once(&policy, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        env.org_creates(),
+        1,
+        "resumed from the sealed journal, not re-minted"
+    );
+    env.assert_record_is_the_valid_token(&env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap());
+}
