@@ -158,6 +158,18 @@ impl Slot {
     }
 }
 
+/// The next drift check, rounded up to a whole minute so that the checks of many tokens share one wake-up.
+fn drift_at(now: DateTime<Utc>, drift: Duration) -> DateTime<Utc> {
+    let t = after(now, drift);
+    let rem = t.timestamp().rem_euclid(60);
+    let base = t - TimeDelta::nanoseconds(i64::from(t.timestamp_subsec_nanos()));
+    if rem == 0 && t.timestamp_subsec_nanos() == 0 {
+        t
+    } else {
+        base + TimeDelta::seconds(60 - rem)
+    }
+}
+
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
@@ -327,8 +339,8 @@ impl Daemon {
                     t.due.clone()
                 };
                 let mut next = match due.at {
-                    Some(at) => at.min(after(now, drift)),
-                    None => after(now, drift),
+                    Some(at) => at.min(drift_at(now, drift)),
+                    None => drift_at(now, drift),
                 };
                 if let Some(wake) = t.wake_at {
                     next = next.min(wake.max(now));
@@ -615,4 +627,23 @@ fn spawn_signal_handlers(
             cancel.cancel();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_checks_coalesce_on_minute_boundaries() {
+        let now: DateTime<Utc> = "2026-06-10T10:00:07.250Z".parse().unwrap();
+        assert_eq!(
+            drift_at(now, Duration::from_secs(3600)),
+            "2026-06-10T11:01:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        let exact: DateTime<Utc> = "2026-06-10T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            drift_at(exact, Duration::from_secs(60)),
+            "2026-06-10T10:01:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
 }
