@@ -104,6 +104,11 @@ pub async fn build_rotator(
     }
     Rotator {
         issuers,
+        credential_refs: policy
+            .issuers
+            .iter()
+            .map(|(name, cfg)| (name.clone(), cfg.token.clone()))
+            .collect(),
         sinks,
         journal,
         metrics,

@@ -25,6 +25,8 @@ type BoundSinks = Vec<(SinkTarget, Arc<dyn Sink>)>;
 /// the tokens using it fail (SPEC §5.5).
 pub struct Rotator {
     pub issuers: HashMap<String, Result<Arc<dyn Issuer>, String>>,
+    /// Where each issuer's credential comes from, to notice a token that is its own issuer's credential.
+    pub credential_refs: HashMap<String, crate::secret::SecretRef>,
     pub sinks: HashMap<String, Result<Arc<dyn Sink>, String>>,
     pub journal: Arc<Journal>,
     pub metrics: Arc<Metrics>,
@@ -285,6 +287,13 @@ impl Rotator {
             }
         };
         failpoint("after-create");
+        let own_credential = observed
+            .iter()
+            .filter_map(Observed::record)
+            .any(|r| issuer.credential_is(&r.token));
+        if own_credential || self.credential_lives_in(token) {
+            self.switch_credential(token, issuer.as_ref(), &minted.value);
+        }
         if let Some(r) = entry.rotation.as_mut() {
             r.phase = Phase::Minted;
             r.minted = Some((&minted).into());
@@ -308,6 +317,39 @@ impl Rotator {
             started,
         )
         .await
+    }
+
+    /// Whether this token is written to the sink target its issuer reads its credential from.
+    fn credential_lives_in(&self, token: &TokenPolicy) -> bool {
+        match self.credential_refs.get(&token.issuer) {
+            Some(crate::secret::SecretRef::Sink { sink, target }) => token
+                .sinks
+                .iter()
+                .any(|st| &st.sink == sink && &st.target == target),
+            _ => false,
+        }
+    }
+
+    /// Self-rotation: the issuer's own credential was just replaced; use the new value from now on.
+    fn switch_credential(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        value: &crate::secret::SecretString,
+    ) {
+        issuer.set_credential(value.clone());
+        match self.credential_refs.get(&token.issuer) {
+            Some(crate::secret::SecretRef::Sink { .. }) => tracing::info!(
+                token = %token.name,
+                issuer = %token.issuer,
+                "this token is its issuer's own credential: switched to the new value (read from the sink after a restart)"
+            ),
+            _ => tracing::warn!(
+                token = %token.name,
+                issuer = %token.issuer,
+                "this token is its issuer's own credential: switched to the new value now, but the issuer reads `token` from env/file, which still holds the old value after a restart; use `token = {{ sink = \"…\", path = \"…\" }}` instead"
+            ),
+        }
     }
 
     /// What `plan` shows: the current token per the sinks, the next due time and why, and journal state.

@@ -107,6 +107,12 @@ pub trait Issuer: Send + Sync {
     async fn list_own(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError>;
     /// Proves the issuer's own credential works, changing nothing (`check --online`).
     async fn probe(&self) -> Result<(), IssuerError>;
+    /// Whether `value` is the credential this issuer calls the API with (self-rotation detection).
+    fn credential_is(&self, _value: &SecretString) -> bool {
+        false
+    }
+    /// Switches the issuer to a new credential: its own token was just rotated.
+    fn set_credential(&self, _value: SecretString) {}
 }
 
 /// Builds the issuer for one `[issuers.NAME]` table with its already-resolved credential.

@@ -26,7 +26,8 @@ const JSON_API: &str = "application/vnd.api+json";
 pub struct TfeIssuer {
     name: String,
     base: Url,
-    credential: SecretString,
+    /// Replaced in place when the issuer's own credential is the token being rotated (self-rotation).
+    credential: std::sync::RwLock<SecretString>,
     http: reqwest::Client,
     pacer: Pacer,
     metrics: Arc<Metrics>,
@@ -67,11 +68,18 @@ impl TfeIssuer {
         Ok(TfeIssuer {
             name: cfg.name.clone(),
             base,
-            credential,
+            credential: std::sync::RwLock::new(credential),
             http,
             pacer: Pacer::new(cfg.requests_per_second),
             metrics,
         })
+    }
+
+    fn credential(&self) -> SecretString {
+        self.credential
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn error(
@@ -342,7 +350,7 @@ impl TfeIssuer {
     ) -> Result<MintedToken, IssuerError> {
         let body = json!({"data": {"type": "authentication-tokens", "attributes": attributes}});
         let reply = self
-            .send_retrying(Method::POST, url, &self.credential, Some(&body), what)
+            .send_retrying(Method::POST, url, &self.credential(), Some(&body), what)
             .await?;
         if reply.status != 201 {
             return Err(self.error(
@@ -374,7 +382,7 @@ impl TfeIssuer {
                 q.append_pair("page[size]", "100");
             }
             let reply = self
-                .send_retrying(Method::GET, url, &self.credential, None, what)
+                .send_retrying(Method::GET, url, &self.credential(), None, what)
                 .await?;
             if let Some(data) = reply.body.get("data").and_then(Value::as_array) {
                 items.extend(data.iter().cloned());
@@ -539,7 +547,7 @@ impl Issuer for TfeIssuer {
             .send_retrying(
                 Method::DELETE,
                 url,
-                &self.credential,
+                &self.credential(),
                 None,
                 &format!("revoking token {token_id}"),
             )
@@ -561,7 +569,7 @@ impl Issuer for TfeIssuer {
                     .send_retrying(
                         Method::GET,
                         self.url(&["teams", team_id]),
-                        &self.credential,
+                        &self.credential(),
                         None,
                         &what,
                     )
@@ -612,12 +620,20 @@ impl Issuer for TfeIssuer {
             .collect())
     }
 
+    fn credential_is(&self, value: &SecretString) -> bool {
+        self.credential().expose_secret() == value.expose_secret()
+    }
+
+    fn set_credential(&self, value: SecretString) {
+        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+
     async fn probe(&self) -> Result<(), IssuerError> {
         let url = self.url(&["account", "details"]);
         self.send(
             Method::GET,
             url,
-            &self.credential,
+            &self.credential(),
             None,
             "proving the issuer credential (GET account/details)",
         )

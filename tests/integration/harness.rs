@@ -446,3 +446,8 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// RFC 3339 UTC with whole seconds, as sink records carry it.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

@@ -422,3 +422,74 @@ async fn an_encrypted_journal_never_shows_the_token_and_still_resumes() {
     );
     env.assert_record_is_the_valid_token(&env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_token_that_is_its_own_issuer_credential_rotates_itself() {
+    let env = setup().await;
+    // Bootstrap: the org token itself, stored where the daemon keeps it, is the issuer's credential.
+    let expires = token_rotator::clock::now() + chrono::TimeDelta::days(30);
+    let (id0, v0) = env
+        .tfc
+        .mint(TokenKind::Organization, "acme", None, Some(expires));
+    env.bao
+        .kv2_put(
+            "secret",
+            "ci/tfc-org",
+            json!({"token": v0, "token_id": id0, "issuer": "tfc", "type": "organization",
+                   "created_at": "2026-01-01T00:00:00Z", "expires_at": crate::harness::rfc3339(expires)}),
+        )
+        .await;
+    let port = free_port();
+    let text =
+        std::fs::read_to_string(env.policy(port, "secret", "lifetime = \"30d\"\nevery = \"2s\""))
+            .unwrap();
+    let policy = env.work.write_policy(&text.replace(
+        "token = { env = \"TFC_TOKEN\" }",
+        "token = { sink = \"vault\", path = \"ci/tfc-org\" }",
+    ));
+    let envs = [("VAULT_TOKEN", ROOT_TOKEN)];
+    let daemon = DaemonProc::start(&policy, port, &envs).await;
+    // Two rotations in a row: the second only works if the daemon switched to the first one's value.
+    let mut seen = vec![id0.clone()];
+    for n in 0..2 {
+        let id = wait_for(Duration::from_secs(20), "a self-rotation", || async {
+            let r = env.bao.kv2_get("secret", "ci/tfc-org").await?;
+            let id = r["token_id"].as_str()?.to_string();
+            (!seen.contains(&id)).then_some(id)
+        })
+        .await;
+        assert!(
+            !env.tfc.is_valid(&v0),
+            "rotation {n}: the bootstrap token is dead"
+        );
+        seen.push(id);
+    }
+    let m = daemon.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "token_rotator_token_consecutive_failures",
+            &[("token", "ci-org")]
+        ),
+        Some(0.0),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(daemon.terminate(), 0);
+
+    // After a restart the credential is read from the sink again: the next rotation works too.
+    let daemon = DaemonProc::start(&policy, port, &envs).await;
+    let last = seen.last().unwrap().clone();
+    wait_for(
+        Duration::from_secs(20),
+        "a rotation after restart",
+        || async {
+            let r = env.bao.kv2_get("secret", "ci/tfc-org").await?;
+            (r["token_id"].as_str()? != last).then_some(())
+        },
+    )
+    .await;
+    let record = env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap();
+    env.assert_record_is_the_valid_token(&record);
+    assert_eq!(daemon.terminate(), 0);
+}
