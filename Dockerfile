@@ -3,7 +3,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 RUN rustup target add x86_64-unknown-linux-musl && apt-get update \
-    && apt-get install -y --no-install-recommends musl-tools cmake \
+    && apt-get install -y --no-install-recommends musl-tools=1.2.3-1 cmake=3.25.1-1 \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p token-rotator \
@@ -15,6 +15,7 @@ COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certifica
 COPY --from=build /out/token-rotator /usr/local/bin/token-rotator
 COPY --from=build --chown=65532:65532 /out/state /var/lib/token-rotator
 USER 65532:65532
+# hadolint ignore=DL3064
 ENV TOKEN_ROTATOR_CONFIG=/etc/token-rotator/policy.toml \
     STATE_DIRECTORY=/var/lib/token-rotator
 VOLUME ["/var/lib/token-rotator"]
