@@ -121,15 +121,9 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             crate::logging::init(flag_format.or(policy.daemon.log_format).unwrap_or_default());
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("token-rotator: cannot start the async runtime: {e}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
+                Err(code) => return code,
             };
             let cancel = CancellationToken::new();
             match rt.block_on(daemon::run(policy, RunOptions { once }, cancel)) {
@@ -213,15 +207,9 @@ pub fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             crate::logging::init(flag_format.or(policy.daemon.log_format).unwrap_or_default());
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("token-rotator: cannot start the async runtime: {e}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
+                Err(code) => return code,
             };
             if rt.block_on(crate::online::check(&policy)) {
                 ExitCode::SUCCESS
