@@ -239,14 +239,19 @@ where
     } else {
         crate::logging::init(format.or(policy.daemon.log_format).unwrap_or_default());
     }
-    match tokio::runtime::Builder::new_multi_thread()
+    match runtime() {
+        Ok(rt) => rt.block_on(f(policy)),
+        Err(code) => code,
+    }
+}
+
+/// The multi-threaded tokio runtime every async command runs on.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt.block_on(f(policy)),
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("token-rotator: cannot start the async runtime: {e}");
             ExitCode::from(EXIT_RUNTIME)
-        }
-    }
+        })
 }
