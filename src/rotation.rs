@@ -112,12 +112,19 @@ impl<E: Into<AttemptError>> From<E> for Failure {
 }
 
 /// Test-only crash points (cargo feature `failpoints`): abort the process when `TOKEN_ROTATOR_FAILPOINT` names
-/// this step, to prove that a restart resumes from the journal.
+/// this step, to prove that a restart resumes from the journal; `<step>:panic` panics there instead (the
+/// canary test scans panic output for secrets).
 fn failpoint(_name: &str) {
     #[cfg(feature = "failpoints")]
-    if std::env::var("TOKEN_ROTATOR_FAILPOINT").as_deref() == Ok(_name) {
-        eprintln!("failpoint {_name}: aborting");
-        std::process::abort();
+    {
+        let set = std::env::var("TOKEN_ROTATOR_FAILPOINT").unwrap_or_default();
+        if set == _name {
+            eprintln!("failpoint {_name}: aborting");
+            std::process::abort();
+        }
+        if set.strip_suffix(":panic") == Some(_name) {
+            panic!("failpoint {_name}: panicking");
+        }
     }
 }
 
@@ -269,6 +276,9 @@ impl Rotator {
             if let Some(r) = entry.rotation.as_mut() {
                 r.label = Some(label.clone());
             }
+            // The label may be taken by our own create whose answer was lost (reset, timeout, cut-off body) and
+            // that the transport retry repeated: that token is untracked, so sweep once this rotation is done.
+            entry.sweep |= !token.kind.is_singleton();
             self.journal.save(&entry)?;
             minted = issuer.mint(token, &label, expires_at).await;
         }

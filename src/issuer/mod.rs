@@ -1,5 +1,6 @@
 //! The issuer seam: whoever mints, proves, lists and revokes tokens (HCP Terraform / TFE, Pulumi Cloud).
 
+pub mod pulumi;
 pub mod tfe;
 
 use std::sync::Arc;
@@ -123,13 +124,9 @@ pub fn build(
 ) -> Result<Arc<dyn Issuer>, IssuerError> {
     match cfg.kind {
         IssuerKind::Tfe => Ok(Arc::new(tfe::TfeIssuer::new(cfg, credential, metrics)?)),
-        IssuerKind::Pulumi => Err(IssuerError {
-            issuer: cfg.name.clone(),
-            kind: IssuerErrorKind::Config,
-            status: None,
-            message: "kind \"pulumi\" is not supported by this version of token-rotator".into(),
-            retry_after: None,
-        }),
+        IssuerKind::Pulumi => Ok(Arc::new(pulumi::PulumiIssuer::new(
+            cfg, credential, metrics,
+        )?)),
     }
 }
 

@@ -96,9 +96,9 @@ impl IssuerKind {
 }
 
 /// Kinds this build implements; the others parse but `check` says they are not supported yet.
-pub const SUPPORTED_ISSUER_KINDS: &[&str] = &["tfe"];
-pub const SUPPORTED_SINK_KINDS: &[&str] = &["vault"];
-pub const SUPPORTED_VAULT_AUTH: &[&str] = &["token"];
+pub const SUPPORTED_ISSUER_KINDS: &[&str] = &["tfe", "pulumi"];
+pub const SUPPORTED_SINK_KINDS: &[&str] = &["vault", "aws-secretsmanager", "file"];
+pub const SUPPORTED_VAULT_AUTH: &[&str] = &["token", "approle", "kubernetes"];
 
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
@@ -877,10 +877,42 @@ fn read_vault(t: &mut TableReader, d: &mut Diagnostics) -> Option<VaultSinkConfi
                 Some("token") => {
                     read_secret_ref(&mut a, d, "token").map(|token| VaultAuth::Token { token })
                 }
+                Some("approle") if SUPPORTED_VAULT_AUTH.contains(&"approle") => {
+                    let mount = read_auth_mount(&mut a, d, "approle");
+                    let role_id = a
+                        .req_str(d, "role_id")
+                        .and_then(|r| non_empty(d, r, "role_id"));
+                    let secret_id = read_local_secret_ref(&mut a, d, "secret_id");
+                    match (mount, role_id, secret_id) {
+                        (Some(mount), Some(role_id), Some(secret_id)) => Some(VaultAuth::AppRole {
+                            mount,
+                            role_id,
+                            secret_id,
+                        }),
+                        _ => None,
+                    }
+                }
+                Some("kubernetes") if SUPPORTED_VAULT_AUTH.contains(&"kubernetes") => {
+                    let mount = read_auth_mount(&mut a, d, "kubernetes");
+                    let role = a.req_str(d, "role").and_then(|r| non_empty(d, r, "role"));
+                    let jwt_file = if a.has("jwt_file") {
+                        read_path(&mut a, d, "jwt_file")
+                    } else {
+                        Some(PathBuf::from(DEFAULT_K8S_JWT_FILE))
+                    };
+                    match (mount, role, jwt_file) {
+                        (Some(mount), Some(role), Some(jwt_file)) => Some(VaultAuth::Kubernetes {
+                            mount,
+                            role,
+                            jwt_file,
+                        }),
+                        _ => None,
+                    }
+                }
                 Some(m @ ("approle" | "kubernetes")) => {
                     d.push(
                         method.as_ref().map(|s| s.span()).unwrap_or(a.span.clone()),
-                        format!("Vault auth method \"{m}\" is not supported by this version of token-rotator (supported: token)"),
+                        format!("Vault auth method \"{m}\" is not supported by this version of token-rotator (supported: {})", SUPPORTED_VAULT_AUTH.join(", ")),
                     );
                     a.allow(&["mount", "role_id", "secret_id", "role", "jwt_file", "token"]);
                     None
@@ -906,6 +938,32 @@ fn read_vault(t: &mut TableReader, d: &mut Diagnostics) -> Option<VaultSinkConfi
         kv_version,
         auth: auth?,
     })
+}
+
+/// Where Kubernetes mounts a pod's service-account token.
+const DEFAULT_K8S_JWT_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// `mount` of a Vault auth method: default the method's name, no surrounding slashes.
+fn read_auth_mount(a: &mut TableReader, d: &mut Diagnostics, default: &str) -> Option<String> {
+    match a.opt_str(d, "mount") {
+        Some(m) => non_empty(d, m, "mount").map(|m| m.trim_matches('/').to_string()),
+        None => Some(default.to_string()),
+    }
+}
+
+/// A secret reference read before any sink exists (a sink's own credential): `env` or `file` only.
+fn read_local_secret_ref(a: &mut TableReader, d: &mut Diagnostics, key: &str) -> Option<SecretRef> {
+    let span = a.get(key).map(|v| v.span());
+    match read_secret_ref(a, d, key)? {
+        SecretRef::Sink { .. } => {
+            d.push(
+                span.unwrap_or(a.span.clone()),
+                format!("`{key}` in {} must be an `env` or `file` reference (a sink's credential cannot come from a sink)", a.name),
+            );
+            None
+        }
+        r => Some(r),
+    }
 }
 
 const TFE_TYPES: &[&str] = &[

@@ -1,5 +1,7 @@
 //! The sink seam: where new token values are written and read back (SPEC §4). Only `sink/*` talks to secret stores.
 
+pub mod aws;
+pub mod file;
 pub mod vault;
 
 use std::fmt;
@@ -37,6 +39,51 @@ pub enum Version {
     Kv2(u64),
     /// The store has no versions to compare (KV v1): the write cannot detect a concurrent writer.
     Unversioned,
+    /// AWS Secrets Manager: the `VersionId` that holds `AWSCURRENT`.
+    Aws(AwsVersionId),
+    /// A file's content digest (first 16 bytes of its SHA-256): a write fails if the file changed since it was read.
+    Digest([u8; 16]),
+}
+
+/// An AWS Secrets Manager `VersionId` (32–64 characters), kept inline so that `Version` stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AwsVersionId {
+    len: u8,
+    bytes: [u8; AwsVersionId::MAX],
+}
+
+impl AwsVersionId {
+    pub const MAX: usize = 64;
+
+    /// `None` when `id` is longer than AWS allows (64) or not ASCII.
+    pub fn new(id: &str) -> Option<Self> {
+        if id.len() > Self::MAX || !id.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; Self::MAX];
+        bytes[..id.len()].copy_from_slice(id.as_bytes());
+        Some(AwsVersionId {
+            len: id.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for AwsVersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for AwsVersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a read found at a target.
@@ -113,13 +160,7 @@ pub trait Sink: Send + Sync {
 pub async fn build(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
     match &cfg.kind {
         SinkKind::Vault(v) => Ok(Arc::new(vault::VaultSink::new(&cfg.name, v)?)),
-        other => Err(SinkError {
-            sink: cfg.name.clone(),
-            kind: SinkErrorKind::Permanent,
-            message: format!(
-                "kind \"{}\" is not supported by this version of token-rotator",
-                other.as_str()
-            ),
-        }),
+        SinkKind::AwsSecretsManager(a) => Ok(Arc::new(aws::AwsSink::new(&cfg.name, a).await?)),
+        SinkKind::File(f) => Ok(Arc::new(file::FileSink::new(&cfg.name, f)?)),
     }
 }

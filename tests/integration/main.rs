@@ -1,8 +1,13 @@
 //! The one integration-test binary: real OpenBao, the in-repo TFC emulator, and the daemon as a process.
 
+mod canary;
+mod crash;
+mod faults;
 mod harness;
 mod operations;
 mod ops;
 mod policy_check;
+mod pulumi;
 mod rotation;
+mod sinks;
 mod tfc_types;

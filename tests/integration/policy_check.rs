@@ -161,3 +161,23 @@ fn every_problem_is_reported_not_only_the_first() {
     assert_eq!(code, 2);
     assert_eq!(stderr.lines().count(), 3, "{stderr}");
 }
+
+#[test]
+fn every_example_policy_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut checked = 0;
+    for dir in std::fs::read_dir(&root).unwrap() {
+        let p = dir.unwrap().path().join("policy.toml");
+        if !p.exists() {
+            continue;
+        }
+        let out = run_cli(
+            &["check", "--config", p.to_str().unwrap()],
+            &[],
+            Duration::from_secs(20),
+        );
+        assert_eq!(out.code, 0, "{}: {}", p.display(), out.stderr);
+        checked += 1;
+    }
+    assert!(checked >= 2, "the examples were found");
+}

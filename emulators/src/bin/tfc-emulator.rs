@@ -1,12 +1,14 @@
 //! `tfc-emulator`: the HCP Terraform token API emulator as a process, for the demo.
 //!
 //! ```text
-//! tfc-emulator --listen 127.0.0.1:PORT --org acme [--team NAME]... [--agent-pool NAME]...
-//!              [--admin-token-file PATH] [--tls-ca-out PATH] [--rate-limit N]
+//! tfc-emulator --listen 127.0.0.1:PORT --org acme [--team NAME]... [--teams N] [--team-ids-out PATH]
+//!              [--agent-pool NAME]... [--admin-token-file PATH] [--tls-ca-out PATH] [--rate-limit N]
 //! ```
 //! Writes the owners-team user token to `--admin-token-file` (mode 0600), serves HTTPS with a fresh CA written to
 //! `--tls-ca-out` when given, logs one line per request (method, path, status) to stderr, and exits 0 on
-//! SIGINT/SIGTERM. Token values are never printed.
+//! SIGINT/SIGTERM. Token values are never printed. `--teams N` adds N more teams named `team-00001`, `team-00002`,
+//! … (for benchmarks: thousands of teams without thousands of arguments); `--team-ids-out` writes one
+//! `NAME ID` line per team added, after all of them exist.
 #![forbid(unsafe_code)]
 
 use std::fs::{self, OpenOptions};
@@ -18,13 +20,18 @@ use std::process::ExitCode;
 
 use token_rotator_emulators::tfc::{Config, TfcEmulator};
 
-const USAGE: &str = "usage: tfc-emulator --listen 127.0.0.1:PORT --org NAME [--team NAME]... [--agent-pool NAME]... \
-[--admin-token-file PATH] [--tls-ca-out PATH] [--rate-limit N (0 = off)]";
+const USAGE: &str = "usage: tfc-emulator --listen 127.0.0.1:PORT --org NAME [--team NAME]... [--teams N] \
+[--team-ids-out PATH] [--agent-pool NAME]... [--admin-token-file PATH] [--tls-ca-out PATH] [--rate-limit N (0 = off)]";
+
+/// `--teams` at most: a bound for a benchmark fixture, not a limit of the service.
+const MAX_GENERATED_TEAMS: u32 = 100_000;
 
 struct Args {
     listen: SocketAddr,
     org: String,
     teams: Vec<String>,
+    generated_teams: u32,
+    team_ids_out: Option<PathBuf>,
     pools: Vec<String>,
     admin_token_file: Option<PathBuf>,
     tls_ca_out: Option<PathBuf>,
@@ -38,6 +45,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         org: String::new(),
         teams: Vec::new(),
+        generated_teams: 0,
+        team_ids_out: None,
         pools: Vec::new(),
         admin_token_file: None,
         tls_ca_out: None,
@@ -58,6 +67,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--org" => org = Some(value()?),
             "--team" => parsed.teams.push(value()?),
+            "--teams" => {
+                let v = value()?;
+                parsed.generated_teams = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n <= MAX_GENERATED_TEAMS)
+                    .ok_or_else(|| {
+                        format!("--teams: {v:?} is not a number from 0 to {MAX_GENERATED_TEAMS}")
+                    })?;
+            }
+            "--team-ids-out" => parsed.team_ids_out = Some(PathBuf::from(value()?)),
             "--agent-pool" => parsed.pools.push(value()?),
             "--admin-token-file" => parsed.admin_token_file = Some(PathBuf::from(value()?)),
             "--tls-ca-out" => parsed.tls_ca_out = Some(PathBuf::from(value()?)),
@@ -159,11 +179,24 @@ async fn main() -> ExitCode {
     if let Some(owners) = handle.owners_team_id(&args.org) {
         eprintln!("tfc-emulator team owners id {owners}");
     }
+    let mut team_ids = String::new();
     for team in &args.teams {
-        eprintln!(
-            "tfc-emulator team {team} id {}",
-            handle.add_team(&args.org, team)
-        );
+        let id = handle.add_team(&args.org, team);
+        eprintln!("tfc-emulator team {team} id {id}");
+        team_ids.push_str(&format!("{team} {id}\n"));
+    }
+    for i in 1..=args.generated_teams {
+        let team = format!("team-{i:05}");
+        let id = handle.add_team(&args.org, &team);
+        team_ids.push_str(&format!("{team} {id}\n"));
+    }
+    if let Some(path) = &args.team_ids_out {
+        // Written whole and renamed, so that a reader polling for the file never sees half of it.
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = fs::write(&tmp, &team_ids).and_then(|()| fs::rename(&tmp, path)) {
+            eprintln!("tfc-emulator: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
     }
     for pool in &args.pools {
         eprintln!(

@@ -1,0 +1,681 @@
+#!/usr/bin/env python3
+"""Benchmarks token-rotator at scale, side by side with the Python script a team would otherwise write.
+
+    python3 bench/run.py                  # 100, 1,000 and 10,000 tokens; release binaries; ~25 minutes
+    python3 bench/run.py --sizes 10000    # one size
+    python3 bench/run.py --quick          # 100 tokens, debug binaries, a few seconds per phase (CI smoke test)
+
+For each size it starts, on loopback only, one HCP Terraform emulator per organization (rate limit 30 requests/s
+per user, as the real service), a real OpenBao dev server, and then, in this order:
+
+  baseline  bench/baseline.py (requests + hvac, sequential): `rotate` every token (this also writes the records
+            the daemon starts from), one cron `check` pass (its "start-up to ready"), and the `loop` form idle
+  daemon    `token-rotator run`: start-up to sd_notify READY (a NOTIFY_SOCKET this driver listens on), to
+            /healthz and to /readyz 200 (every record read from OpenBao), peak RSS (VmHWM) at /readyz; idle RSS,
+            CPU time and context switches of every thread over the idle window; /metrics latency, daemon CPU and
+            size; then `token-rotator rotate --all`: daemon CPU per rotation, throughput and 429s
+
+CPU time is utime+stime from /proc/PID/stat (the daemon's own CPU: waiting on the emulator or OpenBao costs
+none). Throughput is the rate of requests the emulators accepted from the rate-limited principal (the issuer
+credential: creates and revokes) over the rotation phase, as a fraction of 30/s x organizations. The table and
+the ratios (daemon / baseline) are printed; `--json PATH` also writes every figure. Every process this driver
+starts is killed when it ends, also on errors and Ctrl-C; every wait is bounded.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+VENV = os.path.join(BENCH, ".venv")
+RATE_LIMIT = 30  # the emulator's limit per user and second, as HCP Terraform's
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+VAULT_TOKEN = "bench-root"
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- processes ---------------------------------------------------------------------------------------------
+
+
+class Procs:
+    """Every process the driver starts; `stop_all` ends them by pid (each in its own process group)."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, name, argv, log_path=None, **kw):
+        out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        kw.setdefault("stdout", out)
+        kw.setdefault("stderr", out)
+        p = subprocess.Popen(argv, start_new_session=True, **kw)
+        p.bench_name = name
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=10.0):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in list(reversed(self.procs)):
+            try:
+                self.stop(p, timeout=5)
+            except Exception as e:  # keep stopping the others
+                log(f"could not stop {p.bench_name} (pid {p.pid}): {e}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, check, timeout, interval=0.05, proc=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what}: the process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(port, path, timeout=10.0):
+    """(status, body) or (None, b'') when nothing answers."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c.request("GET", path)
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        return r.status, body
+    except OSError:
+        return None, b""
+
+
+# --- /proc readings ---------------------------------------------------------------------------------------
+
+
+def cpu_split(pid):
+    """(utime, stime) of the whole process (all threads, also those that ended), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
+
+
+def status_kb(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/status has no {key}")
+
+
+def ctx_switches(pid):
+    """{tid: voluntary + nonvoluntary context switches} for every thread."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                n = 0
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        n += int(line.split()[1])
+            out[tid] = n
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def switches_between(before, after):
+    """Context switches between two `ctx_switches` readings: threads alive at both ends count their difference,
+    threads that started count everything; `ended` threads are not counted (reported apart)."""
+    total = sum(n - before.get(tid, 0) for tid, n in after.items())
+    ended = len(set(before) - set(after))
+    return total, ended
+
+
+def idle_window(pid, seconds):
+    """RSS, CPU and context switches of `pid` over `seconds` of doing nothing asked of it."""
+    cpu0, sw0 = cpu_seconds(pid), ctx_switches(pid)
+    time.sleep(seconds)
+    cpu1, sw1 = cpu_seconds(pid), ctx_switches(pid)
+    switches, ended = switches_between(sw0, sw1)
+    return {
+        "idle_rss_mb": status_kb(pid, "VmRSS") / 1024,
+        "idle_cpu_ms": (cpu1 - cpu0) * 1000,
+        "idle_wakeups": switches,
+        "idle_threads": len(sw1),
+        "idle_threads_ended": ended,
+        "idle_seconds": seconds,
+    }
+
+
+def wait_rusage(procs, p, timeout, what):
+    """Waits for `p` (at most `timeout` s); returns (returncode, rusage). `p` leaves `procs` once reaped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            procs.procs.remove(p)
+            return p.returncode, ru
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} did not finish within {timeout:.0f}s")
+        time.sleep(0.005)
+
+
+def run_measured(procs, argv, timeout, **kw):
+    """Runs a command to completion; returns (returncode, wall s, cpu s, maxrss MB) from wait4."""
+    start = time.monotonic()
+    p = procs.start(argv[0], argv, **kw)
+    code, ru = wait_rusage(procs, p, timeout, os.path.basename(argv[0]))
+    return code, time.monotonic() - start, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+
+
+# --- the emulators' request logs ---------------------------------------------------------------------------
+
+LINE = re.compile(r"^tfc-emulator: (\S+) (\S+) (\d{3})$")
+
+
+class EmulatorLogs:
+    """Counts requests in the emulators' stderr logs (one line per request) between two marks."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def mark(self):
+        return [os.path.getsize(p) for p in self.paths]
+
+    def count_since(self, marks):
+        owner_ok = throttled = total = 0
+        for path, offset in zip(self.paths, marks):
+            with open(path, "rb") as f:
+                f.seek(offset)
+                for raw in f:
+                    m = LINE.match(raw.decode("utf-8", "replace").strip())
+                    if not m:
+                        continue
+                    method, path_, status = m.group(1), m.group(2), int(m.group(3))
+                    total += 1
+                    if status == 429:
+                        throttled += 1
+                    elif method in ("POST", "DELETE") or "team-tokens" in path_:
+                        # Creates, revokes and lists carry the issuer credential: the rate-limited principal.
+                        owner_ok += 1
+        return {"owner_accepted": owner_ok, "throttled": throttled, "requests": total}
+
+
+# --- one size ---------------------------------------------------------------------------------------------
+
+
+def orgs_for(n):
+    return 2 if n <= 100 else 4
+
+
+def start_services(procs, work, n, orgs, emulator_bin, bao_bin):
+    bao_port = free_port()
+    home = os.path.join(work, "home")
+    os.mkdir(home, 0o700)
+    env = dict(os.environ, HOME=home)
+    for k in list(env):
+        if k.startswith(("VAULT_", "BAO_")):
+            del env[k]
+    bao = procs.start(
+        "openbao",
+        [bao_bin, "server", "-dev", f"-dev-listen-address=127.0.0.1:{bao_port}",
+         f"-dev-root-token-id={VAULT_TOKEN}", "-dev-no-store-token"],
+        os.path.join(work, "bao.log"), env=env)
+    issuers = {}
+    per_org = [n // orgs + (1 if i < n % orgs else 0) for i in range(orgs)]
+    emulators = []
+    for i, count in enumerate(per_org):
+        org = f"org{i + 1}"
+        port = free_port()
+        admin = os.path.join(work, f"{org}.admin")
+        ids = os.path.join(work, f"{org}.teams")
+        # One organization token per organization; the rest are team tokens, one team each.
+        p = procs.start(
+            f"tfc-emulator {org}",
+            [emulator_bin, "--listen", f"127.0.0.1:{port}", "--org", org, "--teams", str(count - 1),
+             "--team-ids-out", ids, "--admin-token-file", admin, "--rate-limit", str(RATE_LIMIT)],
+            os.path.join(work, f"{org}.log"))
+        emulators.append(p)
+        issuers[org] = {"port": port, "admin": admin, "ids": ids, "count": count, "proc": p}
+    wait_until("OpenBao", lambda: http_get(bao_port, "/v1/sys/health", 1)[0] == 200, 30, proc=bao)
+    tokens = []
+    for org, i in issuers.items():
+        wait_until(f"the {org} emulator's teams", lambda i=i: os.path.exists(i["ids"]), 60, proc=i["proc"])
+        wait_until(f"the {org} admin token", lambda i=i: os.path.getsize(i["admin"]) > 0, 10)
+        tokens.append({"name": f"{org}-org", "issuer": org, "type": "organization", "organization": org,
+                       "path": f"bench/{org}/org"})
+        with open(i["ids"]) as f:
+            for line in f:
+                team, team_id = line.split()
+                tokens.append({"name": f"{org}-{team}", "issuer": org, "type": "team", "team_id": team_id,
+                               "path": f"bench/{org}/{team}"})
+    if len(tokens) != n:
+        raise BenchError(f"expected {n} tokens, the emulators made {len(tokens)}")
+    vault_token = os.path.join(work, "vault-token")
+    with open(os.open(vault_token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(VAULT_TOKEN + "\n")
+    return bao_port, issuers, tokens, vault_token
+
+
+def write_policy(path, work, listen, bao_port, issuers, tokens, vault_token, rps):
+    lines = ["[daemon]", f'state_dir = "{work}/state"', f'listen = "127.0.0.1:{listen}"', ""]
+    for org, i in issuers.items():
+        lines += [f"[issuers.{org}]", 'kind = "tfe"', f'address = "http://127.0.0.1:{i["port"]}"',
+                  f'token = {{ file = "{i["admin"]}" }}']
+        if rps:
+            lines.append(f"requests_per_second = {rps}")
+        lines.append("")
+    lines += ["[sinks.vault]", 'kind = "vault"', f'address = "http://127.0.0.1:{bao_port}"', 'mount = "secret"',
+              "kv_version = 2", f'auth = {{ method = "token", token = {{ file = "{vault_token}" }} }}', ""]
+    for t in tokens:
+        lines.append(f'[tokens."{t["name"]}"]')
+        lines.append(f'issuer = "{t["issuer"]}"')
+        lines.append(f'type = "{t["type"]}"')
+        if t["type"] == "organization":
+            lines.append(f'organization = "{t["organization"]}"')
+        else:
+            lines.append(f'team_id = "{t["team_id"]}"')
+        lines.append(f'sinks = [{{ sink = "vault", path = "{t["path"]}" }}]')
+        lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def write_baseline_config(path, bao_port, issuers, tokens, vault_token):
+    cfg = {
+        "vault": {"address": f"http://127.0.0.1:{bao_port}", "token_file": vault_token, "mount": "secret"},
+        "issuers": {org: {"address": f"http://127.0.0.1:{i['port']}", "token_file": i["admin"]}
+                    for org, i in issuers.items()},
+        "tokens": [dict(t, lifetime_s=30 * 86400) for t in tokens],
+    }
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+
+def rotation_timeout(n, orgs):
+    # Paced at >= 10 rotations/s per organization, plus slack; a hung run still ends.
+    return 120 + 3 * n / (10 * orgs)
+
+
+def bench_baseline(procs, work, n, orgs, cfg_path, logs, idle_seconds):
+    py = os.path.join(VENV, "bin", "python")
+    script = os.path.join(BENCH, "baseline.py")
+    r = {}
+    # 1. rotate every token, sequentially, as the cron script would when all are due.
+    log(f"baseline: rotating {n} tokens")
+    p = procs.start("baseline rotate", [py, script, "--config", cfg_path, "--wait-go", "rotate"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=open(os.path.join(work, "baseline-rotate.log"), "wb"))
+    line = p.stdout.readline().decode().strip()
+    if line != "ready":
+        raise BenchError(f"baseline rotate: expected 'ready', got {line!r}")
+    (u0, s0), marks, start = cpu_split(p.pid), logs.mark(), time.monotonic()
+    cpu0 = u0 + s0
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    code, ru = wait_rusage(procs, p, rotation_timeout(n, orgs), "baseline rotate")
+    wall = time.monotonic() - start
+    summary = json.loads(p.stdout.read().decode().strip().splitlines()[-1])
+    if code != 0 or summary["rotated"] != n:
+        raise BenchError(f"baseline rotate: exit {code}, {summary}")
+    counts = logs.count_since(marks)
+    cpu = ru.ru_utime + ru.ru_stime - cpu0
+    r.update(rotate_user_s=ru.ru_utime - u0, rotate_sys_s=ru.ru_stime - s0)
+    r.update(rotate_wall_s=wall, cpu_per_rotation_ms=cpu * 1000 / n, rotate_cpu_s=cpu,
+             throughput=counts["owner_accepted"] / wall / (RATE_LIMIT * orgs), throttled=counts["throttled"],
+             rotations_per_s=n / wall)
+    # 2. one cron pass: start-up, read every record, nothing due.
+    log("baseline: one cron check pass")
+    with open(os.path.join(work, "baseline-check.out"), "wb") as out:
+        code, wall, cpu, maxrss = run_measured(procs, [py, script, "--config", cfg_path, "check"], 60 + n / 20,
+                                               stdout=out, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise BenchError(f"baseline check exited {code}")
+    r.update(ready_s=wall, startup_peak_rss_mb=maxrss, check_cpu_s=cpu)
+    # 3. the loop form, idle: one check pass per interval.
+    log(f"baseline: loop form, idle for {idle_seconds}s")
+    p = procs.start("baseline loop", [py, script, "--config", cfg_path, "loop", "--interval", str(idle_seconds)],
+                    stdout=subprocess.PIPE, stderr=open(os.path.join(work, "baseline-loop.log"), "wb"))
+    first = p.stdout.readline().decode()
+    if not first.startswith("pass 1"):
+        raise BenchError(f"baseline loop: {first!r}")
+    r.update(idle_window(p.pid, idle_seconds))
+    procs.stop(p)
+    return r
+
+
+def bench_daemon(procs, work, n, orgs, policy, logs, bin_dir, idle_seconds, scrapes, listen, args_perf=None):
+    tr = os.path.join(bin_dir, "token-rotator")
+    r = {}
+    notify_path = os.path.join(work, "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(0.001)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+    for k in ("WATCHDOG_USEC", "WATCHDOG_PID", "RUST_LOG"):
+        env.pop(k, None)
+    log(f"daemon: starting with {n} tokens")
+    start = time.monotonic()
+    p = procs.start("token-rotator run", [tr, "run", "--config", policy], os.path.join(work, "daemon.log"),
+                    env=env)
+    times = {}
+    deadline = start + 60 + n / 50
+    while "readyz" not in times:
+        now = time.monotonic()
+        if now > deadline:
+            raise BenchError(f"the daemon was not ready within {deadline - start:.0f}s")
+        if p.poll() is not None:
+            raise BenchError(f"the daemon exited with {p.returncode}; see {work}/daemon.log")
+        try:
+            while True:
+                msg = notify.recv(4096).decode()
+                if "READY=1" in msg.split("\n") and "notify" not in times:
+                    times["notify"] = time.monotonic() - start
+        except (socket.timeout, BlockingIOError):
+            pass
+        if "healthz" not in times:
+            if http_get(listen, "/healthz", 1)[0] == 200:
+                times["healthz"] = time.monotonic() - start
+            continue  # poll /healthz tightly until it answers
+        if "notify" not in times:
+            # /readyz is polled only after READY: before it, the daemon's status board may not list every token.
+            time.sleep(0.001)
+            continue
+        status, _ = http_get(listen, "/readyz", 10)
+        if status == 200:
+            times["readyz"] = time.monotonic() - start
+            break
+        time.sleep(0.02)
+    notify.close()
+    if "notify" not in times:
+        raise BenchError("the daemon never sent READY=1 on NOTIFY_SOCKET")
+    r.update(ready_notify_s=times["notify"], ready_healthz_s=times["healthz"], ready_s=times["readyz"],
+             startup_peak_rss_mb=status_kb(p.pid, "VmHWM") / 1024, startup_cpu_s=cpu_seconds(p.pid))
+    # Idle: tokio's blocking-pool threads from start-up end after 10 s unused; let them go first.
+    settle = 12 if idle_seconds >= 30 else 1
+    log(f"daemon: ready; idle for {settle}+{idle_seconds}s")
+    time.sleep(settle)
+    r.update(idle_window(p.pid, idle_seconds))
+    # /metrics: latency over one keep-alive connection, daemon CPU per scrape, size.
+    c = http.client.HTTPConnection("127.0.0.1", listen, timeout=30)
+    lat, size = [], 0
+    cpu0 = cpu_seconds(p.pid)
+    for _ in range(scrapes):
+        t0 = time.perf_counter()
+        c.request("GET", "/metrics")
+        resp = c.getresponse()
+        body = resp.read()
+        lat.append(time.perf_counter() - t0)
+        if resp.status != 200:
+            raise BenchError(f"/metrics answered {resp.status}")
+        size = len(body)
+    c.close()
+    r.update(metrics_ms=statistics.median(lat) * 1000, metrics_max_ms=max(lat) * 1000,
+             metrics_cpu_ms=(cpu_seconds(p.pid) - cpu0) * 1000 / scrapes, metrics_kb=size / 1024,
+             metrics_series=sum(1 for ln in body.split(b"\n") if ln and not ln.startswith(b"#")))
+    # Rotation: every token, forced, through the running daemon.
+    log(f"daemon: rotate --all ({n} tokens)")
+    (u0, s0), marks = cpu_split(p.pid), logs.mark()
+    out_path = os.path.join(work, "rotate.out")
+    perf = None
+    if args_perf:
+        perf = procs.start("perf", ["perf", "record", "-F", "1999", "--call-graph", "dwarf,16384", "-p", str(p.pid),
+                                    "-o", os.path.join(args_perf, f"rotate-{n}.perf.data")],
+                           os.path.join(work, "perf.log"))
+        time.sleep(1)
+    with open(out_path, "wb") as out:
+        code, wall, client_cpu, _ = run_measured(procs, [tr, "rotate", "--all", "--config", policy],
+                                                 rotation_timeout(n, orgs), stdout=out, stderr=subprocess.STDOUT)
+    u1, s1 = cpu_split(p.pid)
+    if perf is not None:
+        os.kill(perf.pid, signal.SIGINT)
+        perf.wait(60)
+        procs.procs.remove(perf)
+    cpu = (u1 - u0) + (s1 - s0)
+    r.update(rotate_user_s=u1 - u0, rotate_sys_s=s1 - s0)
+    if code != 0:
+        raise BenchError(f"token-rotator rotate --all exited {code}; see {out_path}")
+    counts = logs.count_since(marks)
+    status, body = http_get(listen, "/metrics", 30)
+    ok = sum(float(m.group(1)) for m in re.finditer(
+        rb'^token_rotator_rotations_total\{[^}]*result="success"[^}]*\} (\S+)$', body, re.M))
+    if int(ok) != n:
+        raise BenchError(f"expected {n} successful rotations in /metrics, found {ok}")
+    r.update(rotate_wall_s=wall, cpu_per_rotation_ms=cpu * 1000 / n, rotate_cpu_s=cpu,
+             rotate_client_cpu_s=client_cpu, throughput=counts["owner_accepted"] / wall / (RATE_LIMIT * orgs),
+             throttled=counts["throttled"], rotations_per_s=n / wall)
+    procs.stop(p, timeout=15)
+    if p.returncode != 0:
+        raise BenchError(f"the daemon exited {p.returncode} after SIGTERM")
+    return r
+
+
+def check_vault_records(bao_port, tokens, sample=20):
+    """The records the daemon wrote are in OpenBao, written by it (token ids changed from the baseline's)."""
+    step = max(1, len(tokens) // sample)
+    for t in tokens[::step]:
+        status, body = 0, b""
+        c = http.client.HTTPConnection("127.0.0.1", bao_port, timeout=10)
+        c.request("GET", f"/v1/secret/data/{t['path']}", headers={"X-Vault-Token": VAULT_TOKEN})
+        resp = c.getresponse()
+        status, body = resp.status, resp.read()
+        c.close()
+        if status != 200:
+            raise BenchError(f"OpenBao has no record at {t['path']} ({status})")
+        data = json.loads(body)["data"]["data"]
+        if data.get("issuer") != t["issuer"] or not data.get("token_id"):
+            raise BenchError(f"unexpected record at {t['path']}")
+
+
+def bench_size(n, args, bins):
+    orgs = orgs_for(n)
+    procs = Procs()
+    work = tempfile.mkdtemp(prefix=f"tr-bench-{n}-")
+    os.chmod(work, 0o700)
+    try:
+        log(f"=== {n} tokens across {orgs} organizations (work dir {work})")
+        bao_port, issuers, tokens, vault_token = start_services(procs, work, n, orgs, bins["emulator"], bins["bao"])
+        logs = EmulatorLogs([os.path.join(work, f"{org}.log") for org in issuers])
+        listen = free_port()
+        policy = os.path.join(work, "policy.toml")
+        write_policy(policy, work, listen, bao_port, issuers, tokens, vault_token, args.issuer_rps)
+        cfg = os.path.join(work, "baseline.json")
+        write_baseline_config(cfg, bao_port, issuers, tokens, vault_token)
+        base = bench_baseline(procs, work, n, orgs, cfg, logs, args.idle_seconds)
+        ours = bench_daemon(procs, work, n, orgs, policy, logs, bins["dir"], args.idle_seconds, args.scrapes, listen,
+                            args.perf)
+        check_vault_records(bao_port, tokens)
+        return {"tokens": n, "orgs": orgs, "daemon": ours, "baseline": base}
+    except BenchError as e:
+        raise BenchError(f"{n} tokens: {e} (logs in {work})") from None
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            subprocess.run(["rm", "-rf", work], check=False)
+
+
+# --- output -----------------------------------------------------------------------------------------------
+
+ROWS = [
+    # (label, key, format, target check on the daemon figure (10,000 tokens) or None)
+    ("start-up to READY (sd_notify)", "ready_notify_s", "{:.3f} s", None),
+    ("start-up to /readyz 200 (baseline: one cron pass)", "ready_s", "{:.3f} s", None),
+    ("peak RSS during start-up", "startup_peak_rss_mb", "{:.1f} MB", None),
+    ("idle RSS", "idle_rss_mb", "{:.1f} MB", None),
+    ("idle CPU time", "idle_cpu_ms", "{:.0f} ms", None),
+    ("idle wake-ups (context switches)", "idle_wakeups", "{:d}", None),
+    ("/metrics render (median)", "metrics_ms", "{:.1f} ms", None),
+    ("/metrics daemon CPU per scrape", "metrics_cpu_ms", "{:.1f} ms", None),
+    ("/metrics size", "metrics_kb", "{:.0f} KiB", None),
+    ("CPU per rotation", "cpu_per_rotation_ms", "{:.3f} ms", None),
+    ("rotations per second", "rotations_per_s", "{:.1f}", None),
+    ("throughput / rate limit", "throughput", "{:.0%}", None),
+    ("429s received", "throttled", "{:d}", None),
+]
+
+
+def fmt(f, v):
+    if v is None:
+        return "n/a"
+    if "{:d}" in f:
+        return f.format(int(v))
+    return f.format(v)
+
+
+def table(results, idle_seconds):
+    out = []
+    for res in results:
+        n, d, b = res["tokens"], res["daemon"], res["baseline"]
+        out.append(f"\n{n} tokens, {res['orgs']} organizations (idle window {idle_seconds}s)\n")
+        out.append(f"| figure | token-rotator | baseline (Python) | ratio ours/baseline |")
+        out.append("|---|---:|---:|---:|")
+        for label, key, f, _ in ROWS:
+            dv, bv = d.get(key), b.get(key)
+            if key == "ready_notify_s":
+                bv = None  # a script has no READY; its start-up is the cron pass below
+            ratio = "n/a"
+            if dv is not None and bv:
+                ratio = f"{dv / bv:.3g}"
+            elif dv is not None and bv == 0:
+                ratio = "inf" if dv else "1"
+            out.append(f"| {label} | {fmt(f, dv)} | {fmt(f, bv)} | {ratio} |")
+        out.append(f"| start-up to /healthz | {d['ready_healthz_s']:.3f} s | n/a | n/a |")
+        out.append(f"| CPU per rotation, user + system | {d['rotate_user_s'] * 1000 / n:.3f} + "
+                   f"{d['rotate_sys_s'] * 1000 / n:.3f} ms | {b['rotate_user_s'] * 1000 / n:.3f} + "
+                   f"{b['rotate_sys_s'] * 1000 / n:.3f} ms | |")
+        out.append(f"| threads (idle) | {d['idle_threads']} | {b['idle_threads']} | |")
+    return "\n".join(out)
+
+
+def targets(results):
+    big = max(results, key=lambda r: r["tokens"])
+    d, b = big["daemon"], big["baseline"]
+    ratio = b["cpu_per_rotation_ms"] / d["cpu_per_rotation_ms"] if d["cpu_per_rotation_ms"] else float("inf")
+    checks = [
+        ("ready (sd_notify READY) < 100 ms", d["ready_notify_s"] < 0.1, f"{d['ready_notify_s'] * 1000:.0f} ms"),
+        ("idle RSS < 20 MB", d["idle_rss_mb"] < 20, f"{d['idle_rss_mb']:.1f} MB"),
+        ("idle wake-ups <= 1 per minute", d["idle_wakeups"] <= max(2, 2 * d["idle_seconds"] / 60),
+         f"{d['idle_wakeups']} context switches in {d['idle_seconds']}s"),
+        ("/metrics render < 10 ms", d["metrics_ms"] < 10, f"{d['metrics_ms']:.1f} ms"),
+        ("< 1 ms daemon CPU per rotation", d["cpu_per_rotation_ms"] < 1, f"{d['cpu_per_rotation_ms']:.3f} ms"),
+        (">= 90% of the rate limit, no 429 storm", d["throughput"] >= 0.9 and d["throttled"] <= 3,
+         f"{d['throughput']:.0%}, {d['throttled']} x 429"),
+        (">= 10x less CPU per rotation than the baseline", ratio >= 10, f"{ratio:.1f}x"),
+    ]
+    lines = [f"\ntargets at {big['tokens']} tokens:"]
+    for name, ok, got in checks:
+        lines.append(f"  {'met   ' if ok else 'MISSED'}  {name}: {got}")
+    return "\n".join(lines)
+
+
+# --- set-up -----------------------------------------------------------------------------------------------
+
+
+def ensure_baseline_venv():
+    req = os.path.join(BENCH, "requirements.txt")
+    stamp = os.path.join(VENV, ".requirements")
+    want = open(req).read()
+    if os.path.exists(stamp) and open(stamp).read() == want:
+        return
+    log("installing the baseline's pinned requests + hvac into bench/.venv")
+    subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "--quiet", "--disable-pip-version-check",
+                    "-r", req], check=True, timeout=300)
+    with open(stamp, "w") as f:
+        f.write(want)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="CI smoke test: 100 tokens, debug binaries, 3 s idle window, 5 scrapes")
+    ap.add_argument("--sizes", help="comma-separated token counts (default 100,1000,10000; --quick: 100)")
+    ap.add_argument("--bin-dir", help="token-rotator and tfc-emulator (default target/release; --quick: "
+                                      "target/debug)")
+    ap.add_argument("--idle-seconds", type=int, help="idle window (default 60; --quick: 3)")
+    ap.add_argument("--scrapes", type=int, help="/metrics requests (default 20; --quick: 5)")
+    ap.add_argument("--issuer-rps", type=int, default=None,
+                    help="requests_per_second of every issuer in the daemon's policy (default: the daemon's)")
+    ap.add_argument("--json", help="also write every figure to this file")
+    ap.add_argument("--perf", metavar="DIR", help="record the daemon with `perf record` during `rotate --all` "
+                                                  "into DIR/rotate-N.perf.data")
+    ap.add_argument("--keep", action="store_true", help="keep the work directories (logs, policies)")
+    args = ap.parse_args()
+    args.sizes = [int(s) for s in (args.sizes or ("100" if args.quick else "100,1000,10000")).split(",")]
+    args.idle_seconds = args.idle_seconds or (3 if args.quick else 60)
+    args.scrapes = args.scrapes or (5 if args.quick else 20)
+    bin_dir = os.path.abspath(args.bin_dir or os.path.join(ROOT, "target", "debug" if args.quick else "release"))
+    bins = {"dir": bin_dir, "emulator": os.path.join(bin_dir, "tfc-emulator"),
+            "bao": os.path.join(ROOT, ".venv", "bin", "bao")}
+    for b in (os.path.join(bin_dir, "token-rotator"), bins["emulator"]):
+        if not os.access(b, os.X_OK):
+            sys.exit(f"bench: {b} is missing: cargo build --release --locked -p token-rotator "
+                     f"-p token-rotator-emulators (or pass --bin-dir)")
+    if not os.access(bins["bao"], os.X_OK):
+        subprocess.run(["bash", os.path.join(ROOT, "scripts", "install-test-deps.sh")], check=True)
+    ensure_baseline_venv()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    results = []
+    try:
+        for n in args.sizes:
+            results.append(bench_size(n, args, bins))
+    except BenchError as e:
+        sys.exit(f"bench: {e}")
+    except KeyboardInterrupt:
+        sys.exit("bench: interrupted")
+    print(f"token-rotator benchmark — binaries {os.path.relpath(bin_dir, ROOT)}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d')}")
+    print(table(results, args.idle_seconds))
+    print(targets(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": time.strftime("%Y-%m-%d"), "bin_dir": bin_dir, "idle_seconds": args.idle_seconds,
+                       "results": results}, f, indent=1)
+    print(f"\nbench: done in {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

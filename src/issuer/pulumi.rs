@@ -1,0 +1,1017 @@
+//! Pulumi Cloud issuer (`kind = "pulumi"`): organization, team and personal access tokens.
+//!
+//! Wire facts (shared/reference/token-apis.md Part B; Pulumi docs `cloud-rest-api/api-basics`, `access-tokens`,
+//! and the Pulumi Cloud OpenAPI spec as vendored by pulumi-pulumiservice):
+//! - `Authorization: token <t>` (not `Bearer`), `Accept: application/vnd.pulumi+8`, `Content-Type: application/json`.
+//! - Create: `POST /api/orgs/:org/tokens`, `POST /api/orgs/:org/teams/:team/tokens` (team by name),
+//!   `POST /api/user/tokens`; 200 `{id, tokenValue}`; the value is never shown again. `?reason=` is the audit text.
+//! - Org and team token `name`s are at most 40 characters and unique forever within the organization (deleted
+//!   tokens included, org and team tokens share the namespace): a taken name is 409 "token name already exists".
+//!   Personal tokens have no name; only a `description`.
+//! - `expires` is unix seconds, at most two years ahead, 0 = never; an org expiry policy may cap it, so the real
+//!   expiry is read back from the token list.
+//! - Lists: `GET` the same collection, `{tokens: [...], continuationToken}`, `maxResults` ≤ 1000, `filter` =
+//!   `active` (default) | `expired` | `all`. There is no get-one-token endpoint.
+//! - Revoke: `DELETE …/tokens/:id` 204; 404 = already gone.
+//! - Permissions: org tokens are created/deleted only with an org admin's *personal* token (machine tokens, even
+//!   admin org tokens, cannot); team tokens also with an admin org token; personal tokens are the caller's own.
+//! - Errors are `{"code": N, "message": "…"}`, sometimes plain text (mux 404). No documented rate limit: a 429 is
+//!   handled generically, honouring `Retry-After` when present.
+//! - Identity probe: `GET /api/user`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::Retryable;
+use chrono::{DateTime, NaiveDateTime, SubsecRound, TimeDelta, Utc};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, Url};
+use serde_json::{json, Map, Value};
+
+use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
+use crate::metrics::Metrics;
+use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
+use crate::retry::{self, Pacer};
+use crate::secret::{ExposeSecret, SecretString};
+
+/// The documented API version header (the provider sends +9; the docs require at least +8).
+const ACCEPT_PULUMI: &str = "application/vnd.pulumi+8";
+const JSON_TYPE: &str = "application/json";
+/// Names are `<name_prefix>-<YYYYMMDDhhmmss>` (SPEC §3).
+const LABEL_FORMAT: &str = "%Y%m%d%H%M%S";
+/// Pulumi's limit on org and team token names.
+const MAX_NAME_CHARS: usize = 40;
+/// `-` plus the 14-digit timestamp.
+const TIMESTAMP_CHARS: usize = 15;
+/// `maxResults` of list calls: the documented maximum, so a list is usually one request.
+const PAGE_SIZE: &str = "1000";
+/// Pages read from a list at most: a bound, not an expected size.
+const MAX_PAGES: u32 = 1000;
+/// Only if a caller asks for no expiry, which never happens for Pulumi types (they always expire): a token that
+/// never expires violates org expiry policies, so one is never requested.
+const FALLBACK_LIFETIME: TimeDelta = TimeDelta::days(30);
+/// Longest error text taken from a response.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+pub struct PulumiIssuer {
+    name: String,
+    base: Url,
+    /// Replaced in place when the issuer's own credential is the token being rotated (self-rotation).
+    credential: RwLock<SecretString>,
+    http: reqwest::Client,
+    pacer: Pacer,
+    metrics: Arc<Metrics>,
+    /// The last name timestamp handed out per policy token. Names are reserved forever, so within one process
+    /// each new name is at least one second after the previous one even when rotations are forced faster than
+    /// once a second (across processes the rotation's one retry on 409 covers two rotations in one second).
+    last_label: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl std::fmt::Debug for PulumiIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PulumiIssuer")
+            .field("name", &self.name)
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one HTTP exchange produced.
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+/// A failed exchange, and whether the server may have acted on it without our seeing the answer (a request that
+/// was sent but whose response was lost or cut off). Such a create is not repeated: the rotation fails, and the
+/// token it may have left behind is found by its label and swept.
+struct Failed {
+    error: IssuerError,
+    may_have_acted: bool,
+}
+
+/// What the token list says about one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    id: String,
+    /// `name` (org and team tokens) or `description` (personal tokens, which have no name).
+    label: String,
+    created: Option<DateTime<Utc>>,
+    expires: Option<DateTime<Utc>>,
+    last_used: Option<DateTime<Utc>>,
+    kind: Option<String>,
+}
+
+impl PulumiIssuer {
+    pub fn new(
+        cfg: &IssuerConfig,
+        credential: SecretString,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, IssuerError> {
+        let config_err = |message: String| IssuerError {
+            issuer: cfg.name.clone(),
+            kind: IssuerErrorKind::Config,
+            status: None,
+            message,
+            retry_after: None,
+        };
+        let base = Url::parse(&format!("{}/", cfg.address.trim_end_matches('/')))
+            .map_err(|e| config_err(format!("invalid address: {e}")))?;
+        let http =
+            crate::http::client(cfg.ca_file.as_deref()).map_err(|e| config_err(e.to_string()))?;
+        Ok(PulumiIssuer {
+            name: cfg.name.clone(),
+            base,
+            credential: RwLock::new(credential),
+            http,
+            pacer: Pacer::new(cfg.requests_per_second),
+            metrics,
+            last_label: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn credential(&self) -> SecretString {
+        self.credential
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn error(
+        &self,
+        kind: IssuerErrorKind,
+        status: Option<u16>,
+        message: impl Into<String>,
+    ) -> IssuerError {
+        IssuerError {
+            issuer: self.name.clone(),
+            kind,
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `{address}/api/<segments…>`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().expect("http(s) URLs have paths");
+            path.pop_if_empty().push("api").extend(segments);
+        }
+        url
+    }
+
+    /// One request, paced, counted in metrics; non-2xx becomes an error carrying the API's message.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        bearer: &SecretString,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Reply, Failed> {
+        let fail = |kind, status, message: String, may_have_acted| Failed {
+            error: self.error(kind, status, message),
+            may_have_acted,
+        };
+        self.pacer.acquire().await;
+        let mut auth = HeaderValue::from_str(&format!("token {}", bearer.expose_secret()))
+            .map_err(|_| {
+                fail(
+                    IssuerErrorKind::Config,
+                    None,
+                    "credential is not a valid HTTP header value".into(),
+                    false,
+                )
+            })?;
+        auth.set_sensitive(true);
+        let mut req = self
+            .http
+            .request(method, url)
+            .header(AUTHORIZATION, auth)
+            .header(ACCEPT, ACCEPT_PULUMI)
+            .header(CONTENT_TYPE, JSON_TYPE);
+        if let Some(body) = body {
+            req = req.body(serde_json::to_vec(body).expect("JSON values serialise"));
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.count("error");
+                // A connection that never opened carried nothing; anything later may have reached the server.
+                return Err(fail(
+                    IssuerErrorKind::Unavailable,
+                    None,
+                    format!("{what}: {}", crate::http::reason(&e)),
+                    !e.is_connect(),
+                ));
+            }
+        };
+        let status = resp.status().as_u16();
+        self.count(&status.to_string());
+        let retry_after = retry_after(resp.headers(), crate::clock::now());
+        let bytes = crate::http::read_capped(resp).await.map_err(|e| {
+            fail(
+                IssuerErrorKind::Unavailable,
+                Some(status),
+                format!("{what}: reading the response: {}", crate::http::reason(&e)),
+                true,
+            )
+        })?;
+        if (200..300).contains(&status) {
+            let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).map_err(|_| {
+                    fail(
+                        IssuerErrorKind::Unavailable,
+                        Some(status),
+                        format!("{what}: the {status} response is not JSON (truncated, or not the Pulumi API?)"),
+                        true,
+                    )
+                })?
+            };
+            return Ok(Reply { status, body });
+        }
+        let message = error_message(&bytes, bearer);
+        let detail = if message.is_empty() {
+            String::new()
+        } else {
+            format!(": {message}")
+        };
+        let (kind, hint) = match status {
+            401 => (IssuerErrorKind::Unauthorized, ""),
+            403 => (IssuerErrorKind::Forbidden, ""),
+            404 => (IssuerErrorKind::NotFound, ""),
+            // "token name already exists": the rotation picks a fresh name once.
+            409 => (IssuerErrorKind::Conflict, ""),
+            406 | 415 => (
+                IssuerErrorKind::Rejected,
+                " (the server refused the Pulumi API media types; is `address` the Pulumi Cloud API?)",
+            ),
+            429 => {
+                // Pulumi documents no rate limit; honour Retry-After when it is there (SPEC §5.4).
+                let wait = retry_after.unwrap_or(Duration::from_secs(1)) + jitter(Duration::from_millis(250));
+                self.pacer.block_for(wait).await;
+                let mut e = self.error(
+                    IssuerErrorKind::RateLimited,
+                    Some(status),
+                    format!("{what}: 429 rate limited{detail}; waiting {:.1}s", wait.as_secs_f64()),
+                );
+                e.retry_after = Some(wait);
+                return Err(Failed {
+                    error: e,
+                    may_have_acted: false,
+                });
+            }
+            s if s >= 500 => (IssuerErrorKind::Unavailable, ""),
+            _ => (IssuerErrorKind::Rejected, ""),
+        };
+        Err(fail(
+            kind,
+            Some(status),
+            format!("{what}: {status}{detail}{hint}"),
+            false,
+        ))
+    }
+
+    /// `send` with the transient-failure retry policy (429, 5xx, transport errors). A create whose answer was lost
+    /// is not repeated (it may have created a token); everything else here is idempotent.
+    async fn send_retrying(
+        &self,
+        method: Method,
+        url: Url,
+        bearer: &SecretString,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Reply, IssuerError> {
+        let idempotent = method != Method::POST;
+        (|| self.send(method.clone(), url.clone(), bearer, body, what))
+            .retry(retry::transient())
+            .when(|f: &Failed| f.error.retryable() && (idempotent || !f.may_have_acted))
+            .notify(|f: &Failed, wait: Duration| {
+                tracing::warn!(issuer = %self.name, error = %f.error, retry_in_ms = wait.as_millis() as u64, "issuer request failed; retrying");
+            })
+            .await
+            .map_err(|f| f.error)
+    }
+
+    fn count(&self, status: &str) {
+        self.metrics
+            .issuer_requests
+            .with_label_values(&[self.name.as_str(), status])
+            .inc();
+    }
+
+    /// The token collection of a policy token: `orgs/:org/tokens`, `orgs/:org/teams/:team/tokens` or
+    /// `user/tokens`.
+    fn collection<'t>(&self, token: &'t TokenPolicy) -> Result<Vec<&'t str>, IssuerError> {
+        match &token.kind {
+            TokenKind::PulumiOrganization { organization, .. } => {
+                Ok(vec!["orgs", organization.as_str(), "tokens"])
+            }
+            TokenKind::PulumiTeam { organization, team } => Ok(vec![
+                "orgs",
+                organization.as_str(),
+                "teams",
+                team.as_str(),
+                "tokens",
+            ]),
+            TokenKind::PulumiPersonal => Ok(vec!["user", "tokens"]),
+            other => Err(self.error(
+                IssuerErrorKind::Config,
+                None,
+                format!("token type {} is not a Pulumi type", other.type_name()),
+            )),
+        }
+    }
+
+    /// "the organization token of \"acme\"", for messages.
+    fn describe(token: &TokenPolicy) -> String {
+        match &token.kind {
+            TokenKind::PulumiOrganization { organization, .. } => {
+                format!("an organization token of \"{organization}\"")
+            }
+            TokenKind::PulumiTeam { organization, team } => {
+                format!("a team token of \"{organization}/{team}\"")
+            }
+            _ => "a personal token".to_string(),
+        }
+    }
+
+    /// Who may manage tokens of this type, for 401/403 explanations.
+    fn permission_rule(&self, token: &TokenPolicy) -> String {
+        let name = &self.name;
+        match &token.kind {
+            TokenKind::PulumiOrganization { organization, .. } => format!(
+                "Pulumi organization tokens can only be created or deleted with the personal access token of an \
+                 admin of \"{organization}\"; machine tokens (organization or team tokens, even admin ones) cannot, \
+                 so `token` of [issuers.{name}] must be an org admin's personal token"
+            ),
+            TokenKind::PulumiTeam { organization, .. } => format!(
+                "Pulumi team tokens can be created and deleted with the personal access token of an admin of \
+                 \"{organization}\" (or of the team), or with an admin organization token of \"{organization}\"; \
+                 check `token` of [issuers.{name}]"
+            ),
+            _ => format!(
+                "Pulumi personal tokens belong to the user whose personal access token is `token` of \
+                 [issuers.{name}]; organization and team tokens have no personal tokens to manage"
+            ),
+        }
+    }
+
+    /// Adds what to check to an error made with the issuer's credential.
+    fn explain(&self, token: &TokenPolicy, mut e: IssuerError) -> IssuerError {
+        let hint = match e.kind {
+            IssuerErrorKind::Unauthorized => format!(
+                " (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked. {})",
+                self.name,
+                self.permission_rule(token)
+            ),
+            IssuerErrorKind::Forbidden => format!(
+                " (the credential is valid but not allowed to do this: {})",
+                self.permission_rule(token)
+            ),
+            IssuerErrorKind::NotFound => match &token.kind {
+                TokenKind::PulumiOrganization { organization, .. } => format!(
+                    " (no organization \"{organization}\", or the credential cannot see it)"
+                ),
+                TokenKind::PulumiTeam { organization, team } => format!(
+                    " (no organization \"{organization}\" or team \"{team}\" (teams are addressed by name), or the credential cannot see it)"
+                ),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        e.message.push_str(&hint);
+        e
+    }
+
+    /// The name prefix: the policy's `name_prefix`, shortened so that a name never exceeds 40 characters.
+    fn prefix(token: &TokenPolicy) -> String {
+        token
+            .label
+            .chars()
+            .take(MAX_NAME_CHARS - TIMESTAMP_CHARS)
+            .collect()
+    }
+
+    /// Reads every page of a token list.
+    async fn list_pages(
+        &self,
+        token: &TokenPolicy,
+        filter: &str,
+        what: &str,
+    ) -> Result<Vec<Listed>, IssuerError> {
+        let segments = self.collection(token)?;
+        let mut items = Vec::new();
+        let mut continuation: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut url = self.url(&segments);
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("filter", filter);
+                q.append_pair("maxResults", PAGE_SIZE);
+                if let Some(c) = &continuation {
+                    q.append_pair("continuationToken", c);
+                }
+            }
+            let reply = self
+                .send_retrying(Method::GET, url, &self.credential(), None, what)
+                .await
+                .map_err(|e| self.explain(token, e))?;
+            let Some(tokens) = reply.body.get("tokens").and_then(Value::as_array) else {
+                return Err(self.error(
+                    IssuerErrorKind::Protocol,
+                    Some(reply.status),
+                    format!("{what}: the {} response has no `tokens` list", reply.status),
+                ));
+            };
+            items.extend(tokens.iter().filter_map(|t| listed(t, &token.kind)));
+            // Older API versions return one page without a continuation token.
+            match reply.body.get("continuationToken").and_then(Value::as_str) {
+                Some(next) if !next.is_empty() && continuation.as_deref() != Some(next) => {
+                    continuation = Some(next.to_string());
+                }
+                _ => return Ok(items),
+            }
+        }
+        Ok(items)
+    }
+
+    /// Finds a token just created in the list (expired ones included: an org policy may cap its expiry), for its
+    /// real expiry and creation time.
+    async fn find(
+        &self,
+        token: &TokenPolicy,
+        token_id: &str,
+    ) -> Result<Option<Listed>, IssuerError> {
+        let what = format!(
+            "reading back {} (token {token_id}) from the token list",
+            Self::describe(token)
+        );
+        Ok(self
+            .list_pages(token, "all", &what)
+            .await?
+            .into_iter()
+            .find(|t| t.id == token_id))
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date, bounded to an hour.
+fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+        Ok(_) => return None,
+        Err(_) => {
+            let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+            (at - now).to_std().unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(Duration::from_secs(3600)))
+}
+
+/// The message of a Pulumi error body (`{"code", "message", "errors"?}`), or its plain text; shortened, with the
+/// request's bearer and anything shaped like a Pulumi token (`pul-…`) masked.
+fn error_message(bytes: &[u8], bearer: &SecretString) -> String {
+    let text = match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(o)) => {
+            let mut parts: Vec<String> = Vec::new();
+            if let Some(m) = o.get("message").and_then(Value::as_str) {
+                parts.push(m.to_string());
+            }
+            if let Some(errors) = o.get("errors").and_then(Value::as_array) {
+                for e in errors {
+                    let get = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+                    let detail = [get("attribute"), get("errorType"), get("customMessage")]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    if !detail.is_empty() {
+                        parts.push(detail);
+                    }
+                }
+            }
+            parts.join("; ")
+        }
+        Ok(Value::String(s)) => s,
+        Ok(_) => String::new(),
+        Err(_) => String::from_utf8_lossy(bytes).to_string(),
+    };
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let secret = bearer.expose_secret();
+    let text = if secret.is_empty() {
+        text
+    } else {
+        text.replace(secret, "[REDACTED]")
+    };
+    let mut text = mask_pulumi_tokens(&text);
+    if text.chars().count() > MAX_MESSAGE_CHARS {
+        text = text.chars().take(MAX_MESSAGE_CHARS).collect();
+        text.push('…');
+    }
+    text
+}
+
+/// Replaces every `pul-` followed by 20 or more alphanumerics (the shape of a Pulumi token value).
+fn mask_pulumi_tokens(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("pul-") {
+        let tail = &rest[i + 4..];
+        let run = tail
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(tail.len());
+        out.push_str(&rest[..i]);
+        if run >= 20 {
+            out.push_str("[REDACTED]");
+        } else {
+            out.push_str(&rest[i..i + 4 + run]);
+        }
+        rest = &tail[run..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `created` is ISO 8601: RFC 3339, or the `2006-01-02 15:04:05.000` form some endpoints use (taken as UTC).
+fn parse_created(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .map(|n| n.and_utc())
+}
+
+/// Unix seconds, 0 meaning none (`expires` 0 = never, `lastUsed` 0 = never used).
+fn epoch(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    v.and_then(Value::as_i64)
+        .filter(|s| *s > 0)
+        .and_then(|s| DateTime::from_timestamp(s, 0))
+}
+
+/// One list item (spec schema `AccessToken`); the label is `name`, or `description` for personal tokens.
+fn listed(item: &Value, kind: &TokenKind) -> Option<Listed> {
+    let id = match item.get("id")? {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let label_key = match kind {
+        TokenKind::PulumiPersonal => "description",
+        _ => "name",
+    };
+    Some(Listed {
+        id,
+        label: item
+            .get(label_key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        created: item
+            .get("created")
+            .and_then(Value::as_str)
+            .and_then(parse_created),
+        expires: epoch(item.get("expires")),
+        last_used: epoch(item.get("lastUsed")),
+        kind: item.get("type").and_then(Value::as_str).map(str::to_string),
+    })
+}
+
+fn jitter(max: Duration) -> Duration {
+    max.mul_f64(rand::random::<f64>())
+}
+
+#[async_trait]
+impl Issuer for PulumiIssuer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `<name_prefix>-<YYYYMMDDhhmmss>` (at most 40 characters); never the same second twice in this process.
+    fn label(&self, token: &TokenPolicy, at: DateTime<Utc>) -> String {
+        let at = at.trunc_subsecs(0);
+        let at = {
+            let mut last = self.last_label.lock().unwrap_or_else(|p| p.into_inner());
+            let at = match last.get(&token.name) {
+                Some(prev) if *prev >= at => *prev + TimeDelta::seconds(1),
+                _ => at,
+            };
+            last.insert(token.name.clone(), at);
+            at
+        };
+        super::label::make(&Self::prefix(token), '-', LABEL_FORMAT, at)
+    }
+
+    fn is_own_label(&self, token: &TokenPolicy, label: &str) -> bool {
+        let prefix = Self::prefix(token);
+        // Exactly 14 digits: chrono's parser alone also accepts shorter fields.
+        let digits = label
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|ts| {
+                ts.len() == TIMESTAMP_CHARS - 1 && ts.bytes().all(|b| b.is_ascii_digit())
+            });
+        digits && super::label::is_own(&prefix, '-', LABEL_FORMAT, label)
+    }
+
+    async fn mint(
+        &self,
+        token: &TokenPolicy,
+        label: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<MintedToken, IssuerError> {
+        let segments = self.collection(token)?;
+        let now = crate::clock::now();
+        // Always an expiry: org expiry policies reject or cap never-expiring tokens (token-apis.md B.4).
+        let requested = expires_at
+            .unwrap_or_else(|| now + FALLBACK_LIFETIME)
+            .trunc_subsecs(0);
+        let description = format!("managed by token-rotator ({})", token.name);
+        let mut body = Map::new();
+        match &token.kind {
+            TokenKind::PulumiOrganization { admin, role_id, .. } => {
+                body.insert("name".into(), json!(label));
+                body.insert("description".into(), json!(description));
+                body.insert("admin".into(), json!(admin));
+                if let Some(role) = role_id {
+                    body.insert("roleID".into(), json!(role));
+                }
+            }
+            TokenKind::PulumiTeam { .. } => {
+                body.insert("name".into(), json!(label));
+                body.insert("description".into(), json!(description));
+            }
+            // No name: the label goes into the description, which is how the sweep recognises our tokens.
+            _ => {
+                body.insert("description".into(), json!(label));
+            }
+        }
+        body.insert("expires".into(), json!(requested.timestamp()));
+        if !matches!(token.kind, TokenKind::PulumiPersonal)
+            && label.chars().count() > MAX_NAME_CHARS
+        {
+            return Err(self.error(
+                IssuerErrorKind::Config,
+                None,
+                format!("token name \"{label}\" is longer than Pulumi's {MAX_NAME_CHARS} characters; shorten `name_prefix` of [tokens.{}]", token.name),
+            ));
+        }
+        let mut url = self.url(&segments);
+        url.query_pairs_mut().append_pair(
+            "reason",
+            &format!("rotated by token-rotator ({})", token.name),
+        );
+        let what = format!("creating {} named \"{label}\"", Self::describe(token));
+        let reply = self
+            .send_retrying(
+                Method::POST,
+                url,
+                &self.credential(),
+                Some(&Value::Object(body)),
+                &what,
+            )
+            .await
+            .map_err(|e| self.explain(token, e))?;
+        let token_id = match reply.body.get("id") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                // Unavailable, not Protocol: a token may exist that we cannot name, so the rotation sweeps later.
+                return Err(self.error(
+                    IssuerErrorKind::Unavailable,
+                    Some(reply.status),
+                    format!("{what}: the {} response has no token id", reply.status),
+                ));
+            }
+        };
+        let Some(value) = reply
+            .body
+            .get("tokenValue")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        else {
+            // A token we can never use: revoke it rather than leave it behind.
+            if let Err(e) = self.revoke(token, &token_id).await {
+                tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke a token created without a value");
+            }
+            return Err(self.error(
+                IssuerErrorKind::Protocol,
+                Some(reply.status),
+                format!(
+                    "{what}: the {} response carries no token value (token {token_id} was revoked)",
+                    reply.status
+                ),
+            ));
+        };
+        let value = SecretString::from(value.to_string());
+        // The value is in hand; from here nothing may fail the mint (the token would be lost), so the list
+        // read-back only improves what we know.
+        let listed = match self.find(token, &token_id).await {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => {
+                tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, "the new token is not in the token list yet; recording the requested expiry");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, error = %e, "could not read the new token back from the list; recording the requested expiry");
+                None
+            }
+        };
+        let expires = match listed.as_ref().and_then(|l| l.expires) {
+            Some(real) if real < requested => {
+                let left = (real - now).to_std().unwrap_or(Duration::ZERO);
+                match token.schedule.rotate_before.filter(|rb| *rb >= left) {
+                    // Scheduling by this expiry would make the token due again at once, and every rotation
+                    // after it: a storm of new tokens. Refuse it like `check` refuses `rotate_before` ≥ `lifetime`.
+                    Some(rb) => {
+                        let revoked = match self.revoke(token, &token_id).await {
+                            Ok(()) => "it was revoked".to_string(),
+                            Err(e) => {
+                                tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke the refused token");
+                                format!("revoking it failed ({}): delete it by hand", e.message)
+                            }
+                        };
+                        return Err(self.error(
+                            IssuerErrorKind::Rejected,
+                            None,
+                            format!(
+                                "{what}: the organization's token expiry policy capped the new token {token_id} at {} ({} from now), not longer than `rotate_before` = \"{}\" of [tokens.{}], so it would be due again at once; {revoked}. Set `lifetime` and `rotate_before` of [tokens.{}] within the organization's maximum expiry",
+                                crate::record::rfc3339(real),
+                                crate::policy::duration::render(Duration::from_secs(left.as_secs())),
+                                crate::policy::duration::render(rb),
+                                token.name,
+                                token.name,
+                            ),
+                        ));
+                    }
+                    None => {
+                        tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, expires_at = %crate::record::rfc3339(real), requested = %crate::record::rfc3339(requested), "the organization's token expiry policy capped the new token's expiry; scheduling by the real expiry");
+                        real
+                    }
+                }
+            }
+            Some(real) => real,
+            // `expires` 0 would mean "never", which we did not ask for: an API that does not report it.
+            None => requested,
+        };
+        Ok(MintedToken {
+            value,
+            token_id,
+            created_at: listed
+                .and_then(|l| l.created)
+                .unwrap_or_else(crate::clock::now),
+            expires_at: Some(expires),
+        })
+    }
+
+    async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {
+        self.send_retrying(
+            Method::GET,
+            self.url(&["user"]),
+            value,
+            None,
+            "proving the new token (GET /api/user)",
+        )
+        .await
+        .map(|_| ())
+        .map_err(|mut e| {
+            if matches!(
+                e.kind,
+                IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
+            ) {
+                e.message
+                    .push_str(" (the new token was rejected right after it was created)");
+            }
+            e
+        })
+    }
+
+    async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError> {
+        let mut segments = self.collection(token)?;
+        segments.push(token_id);
+        let mut url = self.url(&segments);
+        url.query_pairs_mut().append_pair(
+            "reason",
+            &format!("revoked by token-rotator ({})", token.name),
+        );
+        let what = format!("revoking {} (token {token_id})", Self::describe(token));
+        match self
+            .send_retrying(Method::DELETE, url, &self.credential(), None, &what)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already gone counts as revoked.
+            Err(e) if e.kind == IssuerErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.explain(token, e)),
+        }
+    }
+
+    async fn list_own(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError> {
+        let what = match &token.kind {
+            TokenKind::PulumiOrganization { organization, .. } => {
+                format!("listing the organization tokens of \"{organization}\"")
+            }
+            TokenKind::PulumiTeam { organization, team } => {
+                format!("listing the team tokens of \"{organization}/{team}\"")
+            }
+            _ => "listing the personal tokens of the calling user".to_string(),
+        };
+        Ok(self
+            .list_pages(token, "active", &what)
+            .await?
+            .into_iter()
+            // The personal list also holds refresh tokens from agent sign-up; they are not ours to touch.
+            .filter(|t| match (&token.kind, t.kind.as_deref()) {
+                (_, None) => true,
+                (TokenKind::PulumiPersonal, Some(k)) => k == "personal",
+                (TokenKind::PulumiTeam { .. }, Some(k)) => k == "team",
+                (_, Some(k)) => k == "organization",
+            })
+            .filter(|t| self.is_own_label(token, &t.label))
+            .map(|t| IssuedToken {
+                token_id: t.id,
+                label: t.label,
+                created_at: t.created,
+                expires_at: t.expires,
+                last_used_at: t.last_used,
+            })
+            .collect())
+    }
+
+    async fn probe(&self) -> Result<(), IssuerError> {
+        self.send(
+            Method::GET,
+            self.url(&["user"]),
+            &self.credential(),
+            None,
+            "proving the issuer credential (GET /api/user)",
+        )
+        .await
+        .map(|_| ())
+        .map_err(|f| {
+            let mut e = f.error;
+            if e.kind == IssuerErrorKind::Unauthorized {
+                e.message.push_str(&format!(
+                    " (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)",
+                    self.name
+                ));
+            }
+            e
+        })
+    }
+
+    fn credential_is(&self, value: &SecretString) -> bool {
+        self.credential().expose_secret() == value.expose_secret()
+    }
+
+    fn set_credential(&self, value: SecretString) {
+        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(kind: TokenKind, label: &str) -> TokenPolicy {
+        TokenPolicy {
+            name: "ci".into(),
+            issuer: "pulumi".into(),
+            kind,
+            schedule: crate::policy::Schedule {
+                lifetime: Some(Duration::from_secs(3600)),
+                rotate_before: Some(Duration::from_secs(1200)),
+                every: None,
+                jitter: Duration::ZERO,
+                grace: Duration::ZERO,
+                window: None,
+                min_validity: None,
+            },
+            label: label.into(),
+            sinks: Vec::new(),
+        }
+    }
+
+    fn issuer() -> PulumiIssuer {
+        let cfg = IssuerConfig {
+            name: "pulumi".into(),
+            kind: crate::policy::IssuerKind::Pulumi,
+            address: "http://127.0.0.1:1".into(),
+            token: crate::secret::SecretRef::Env("X".into()),
+            ca_file: None,
+            requests_per_second: 25,
+        };
+        PulumiIssuer::new(
+            &cfg,
+            SecretString::from("pul-0123456789abcdef0123456789abcdef01234567".to_string()),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn labels_fit_forty_characters_are_unique_per_second_and_recognised() {
+        let i = issuer();
+        let team = TokenKind::PulumiTeam {
+            organization: "acme".into(),
+            team: "platform".into(),
+        };
+        let long = policy(team.clone(), "abcdefghijklmnopqrstuvwxy-and-more");
+        let at: DateTime<Utc> = "2026-11-23T19:45:01.600Z".parse().unwrap();
+        let a = i.label(&long, at);
+        assert_eq!(a, "abcdefghijklmnopqrstuvwxy-20261123194501");
+        assert_eq!(a.chars().count(), 40);
+        // Same second again (a forced rotation): the next second, never the same name.
+        let b = i.label(&long, at);
+        assert_eq!(b, "abcdefghijklmnopqrstuvwxy-20261123194502");
+        assert!(i.is_own_label(&long, &a) && i.is_own_label(&long, &b));
+
+        let p = policy(team, "ci");
+        assert!(i.is_own_label(&p, "ci-20261123194501"));
+        assert!(!i.is_own_label(&p, "ci-team-20261123194501"));
+        assert!(!i.is_own_label(&p, "ci-2026112319450"));
+        assert!(!i.is_own_label(&p, "ci-202611231945011"));
+        assert!(!i.is_own_label(&p, "ci-20261123194501x"));
+        assert!(!i.is_own_label(&p, "made by hand"));
+        assert!(!i.is_own_label(&p, "managed by token-rotator (ci)"));
+    }
+
+    #[test]
+    fn error_messages_are_surfaced_shortened_and_never_carry_a_token() {
+        let bearer = SecretString::from("secret-bearer-value".to_string());
+        assert_eq!(
+            error_message(
+                br#"{"code":409,"message":"Conflict: token name already exists"}"#,
+                &bearer
+            ),
+            "Conflict: token name already exists"
+        );
+        assert_eq!(
+            error_message(b"404 page not found\n", &bearer),
+            "404 page not found"
+        );
+        let m = error_message(
+            br#"{"code":400,"message":"bad token secret-bearer-value or pul-0123456789abcdef0123456789abcdef01234567 here; pul-short"}"#,
+            &bearer,
+        );
+        assert_eq!(m, "bad token [REDACTED] or [REDACTED] here; pul-short");
+        let m = error_message(
+            br#"{"code":400,"message":"Invalid","errors":[{"resource":"token","attribute":"name","errorType":"invalid"}]}"#,
+            &bearer,
+        );
+        assert_eq!(m, "Invalid; name invalid");
+        let long = format!(r#"{{"code":500,"message":"{}"}}"#, "x".repeat(1000));
+        assert_eq!(
+            error_message(long.as_bytes(), &bearer).chars().count(),
+            MAX_MESSAGE_CHARS + 1
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h, now), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3)));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Thu, 01 Jan 2026 00:00:05 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(5)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn list_items_parse_with_either_created_form() {
+        let item = json!({"id":"abc","name":"ci-20260101000000","description":"d","created":"2026-01-01 00:00:01.250",
+            "lastUsed":0,"expires":1798761600,"admin":false,"createdBy":"alice","type":"team"});
+        let l = listed(
+            &item,
+            &TokenKind::PulumiTeam {
+                organization: "o".into(),
+                team: "t".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(l.label, "ci-20260101000000");
+        assert_eq!(l.created, Some("2026-01-01T00:00:01.250Z".parse().unwrap()));
+        assert_eq!(l.expires, DateTime::from_timestamp(1798761600, 0));
+        assert_eq!(l.last_used, None);
+        let personal = listed(&item, &TokenKind::PulumiPersonal).unwrap();
+        assert_eq!(personal.label, "d");
+        assert_eq!(
+            parse_created("2026-01-01T00:00:01.250Z"),
+            Some("2026-01-01T00:00:01.250Z".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,584 @@
+//! File sink (`kind = "file"`): one JSON record per file under the sink's `directory` (SPEC §4), mode 0600,
+//! replaced atomically (temporary file in the same directory, fsync, rename, fsync of the directory).
+//!
+//! Confinement: a target is a relative path without empty, `.` or `..` components (the policy checks this too),
+//! every directory on the way is resolved at read and write time and must stay under the canonical sink directory
+//! (a symlinked directory that escapes it is refused), and the final component is never followed: a symlink there
+//! is refused, and files are opened with `O_NOFOLLOW`.
+//!
+//! Versions are content digests: a write fails with a conflict when the file changed since it was read.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
+use crate::policy::FileSinkConfig;
+use crate::record::SinkRecord;
+
+/// Larger files are not ours: a record is a few hundred bytes.
+const MAX_FILE: u64 = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct FileSink {
+    name: String,
+    directory: PathBuf,
+}
+
+/// What the path walk found for a target.
+struct Located {
+    /// The canonical directory that holds (or will hold) the file.
+    parent: PathBuf,
+    /// The file's name in `parent`.
+    file_name: String,
+}
+
+impl FileSink {
+    pub fn new(name: &str, cfg: &FileSinkConfig) -> Result<Self, SinkError> {
+        if !cfg.directory.is_absolute() {
+            return Err(SinkError {
+                sink: name.to_string(),
+                kind: SinkErrorKind::Permanent,
+                message: format!(
+                    "`directory` {} must be an absolute path",
+                    cfg.directory.display()
+                ),
+            });
+        }
+        Ok(FileSink {
+            name: name.to_string(),
+            directory: cfg.directory.clone(),
+        })
+    }
+
+    fn error(&self, kind: SinkErrorKind, message: impl Into<String>) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn io_error(&self, what: &str, e: &io::Error) -> SinkError {
+        let kind = match e.kind() {
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+                SinkErrorKind::Forbidden
+            }
+            io::ErrorKind::StorageFull
+            | io::ErrorKind::QuotaExceeded
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::ResourceBusy => SinkErrorKind::Unavailable,
+            _ => SinkErrorKind::Permanent,
+        };
+        self.error(kind, format!("{what}: {e}"))
+    }
+
+    /// The target's components, checked like the policy does (relative; no empty, `.` or `..` component).
+    fn components<'t>(&self, target: &'t Target) -> Result<Vec<&'t str>, SinkError> {
+        let path = match target {
+            Target::Path(p) => p.as_str(),
+            Target::SecretId(_) => {
+                return Err(self.error(
+                    SinkErrorKind::Permanent,
+                    "a file sink takes `path`, not `secret_id`",
+                ))
+            }
+        };
+        if path.starts_with('/') {
+            return Err(self.error(
+                SinkErrorKind::Permanent,
+                format!(
+                    "file target `{path}` must be relative to {}",
+                    self.directory.display()
+                ),
+            ));
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0'))
+        {
+            return Err(self.error(
+                SinkErrorKind::Permanent,
+                format!("file target `{path}` must not contain empty, `.` or `..` components"),
+            ));
+        }
+        Ok(parts)
+    }
+
+    /// The canonical sink directory; created (0700) when `create` and missing. `None`: missing, not created.
+    fn root(&self, create: bool) -> Result<Option<PathBuf>, SinkError> {
+        match fs::canonicalize(&self.directory) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.directory)
+                    .map_err(|e| {
+                        self.io_error(&format!("create {}", self.directory.display()), &e)
+                    })?;
+                fs::canonicalize(&self.directory).map(Some).map_err(|e| {
+                    self.io_error(&format!("resolve {}", self.directory.display()), &e)
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_error(&format!("resolve {}", self.directory.display()), &e)),
+        }
+    }
+
+    /// Walks from the sink directory to the target's parent, one component at a time, creating missing
+    /// directories (0700) when `create`. Every directory reached must resolve to a place under the sink
+    /// directory, so a symlink that escapes it is refused before anything is created behind it.
+    /// `None`: a directory on the way is missing and `create` is false.
+    fn locate(&self, target: &Target, create: bool) -> Result<Option<Located>, SinkError> {
+        let parts = self.components(target)?;
+        let Some(root) = self.root(create)? else {
+            return Ok(None);
+        };
+        let (file_name, dirs) = parts.split_last().expect("split yields at least one part");
+        let mut cur = root.clone();
+        for dir in dirs {
+            let next = cur.join(dir);
+            match fs::symlink_metadata(&next) {
+                Ok(m) if m.is_dir() => cur = next,
+                Ok(m) if m.file_type().is_symlink() => {
+                    let resolved = fs::canonicalize(&next)
+                        .map_err(|e| self.io_error(&format!("resolve {}", next.display()), &e))?;
+                    if !resolved.starts_with(&root) {
+                        return Err(self.escapes(target, &next));
+                    }
+                    if !resolved.is_dir() {
+                        return Err(self.error(
+                            SinkErrorKind::Permanent,
+                            format!("{}: {} is not a directory", target, next.display()),
+                        ));
+                    }
+                    cur = resolved;
+                }
+                Ok(_) => {
+                    return Err(self.error(
+                        SinkErrorKind::Permanent,
+                        format!("{}: {} is not a directory", target, next.display()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(None);
+                    }
+                    match DirBuilder::new().mode(0o700).create(&next) {
+                        Ok(()) => sync_dir(&cur)
+                            .map_err(|e| self.io_error(&format!("fsync {}", cur.display()), &e))?,
+                        // Created concurrently: look at it again.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => {
+                            return Err(self.io_error(&format!("create {}", next.display()), &e))
+                        }
+                    }
+                    let m = fs::symlink_metadata(&next)
+                        .map_err(|e| self.io_error(&format!("stat {}", next.display()), &e))?;
+                    if !m.is_dir() {
+                        return Err(self.error(
+                            SinkErrorKind::Permanent,
+                            format!("{}: {} is not a directory", target, next.display()),
+                        ));
+                    }
+                    cur = next;
+                }
+                Err(e) => return Err(self.io_error(&format!("stat {}", next.display()), &e)),
+            }
+        }
+        // Belt and braces: the parent as the kernel resolves it now.
+        let parent = fs::canonicalize(&cur)
+            .map_err(|e| self.io_error(&format!("resolve {}", cur.display()), &e))?;
+        if !parent.starts_with(&root) {
+            return Err(self.escapes(target, &cur));
+        }
+        Ok(Some(Located {
+            parent,
+            file_name: (*file_name).to_string(),
+        }))
+    }
+
+    fn escapes(&self, target: &Target, at: &Path) -> SinkError {
+        self.error(
+            SinkErrorKind::Permanent,
+            format!(
+                "{target}: {} leads outside {} through a symbolic link; refused",
+                at.display(),
+                self.directory.display()
+            ),
+        )
+    }
+
+    /// The file's bytes, or `None` when it does not exist. Refuses a symlink or anything but a regular file.
+    fn read_bytes(&self, target: &Target, path: &Path) -> Result<Option<Vec<u8>>, SinkError> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(self.error(
+                    SinkErrorKind::Permanent,
+                    format!(
+                        "{target}: {} is a symbolic link; token-rotator neither follows nor replaces links",
+                        path.display()
+                    ),
+                ))
+            }
+            Ok(m) if !m.is_file() => {
+                return Err(self.error(
+                    SinkErrorKind::Permanent,
+                    format!("{target}: {} is not a regular file", path.display()),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io_error(&format!("stat {}", path.display()), &e)),
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        let file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io_error(&format!("open {}", path.display()), &e)),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.io_error(&format!("read {}", path.display()), &e))?;
+        Ok(Some(bytes))
+    }
+
+    fn read_sync(&self, target: &Target) -> Result<Observed, SinkError> {
+        let absent = Observed {
+            version: Version::Absent,
+            content: Content::Absent,
+        };
+        let Some(loc) = self.locate(target, false)? else {
+            return Ok(absent);
+        };
+        let path = loc.parent.join(&loc.file_name);
+        let Some(bytes) = self.read_bytes(target, &path)? else {
+            return Ok(absent);
+        };
+        Ok(Observed {
+            version: Version::Digest(digest(&bytes)),
+            content: content_of(&bytes),
+        })
+    }
+
+    fn write_sync(
+        &self,
+        target: &Target,
+        record: &SinkRecord,
+        expected: Version,
+    ) -> Result<(), SinkError> {
+        let mut text = serde_json::to_string_pretty(&Value::Object(record.to_json()))
+            .map_err(|e| self.error(SinkErrorKind::Permanent, format!("encode record: {e}")))?;
+        text.push('\n');
+        let loc = self
+            .locate(target, true)?
+            .expect("locate creates what is missing");
+        let path = loc.parent.join(&loc.file_name);
+        // Check-and-set against what the last read saw.
+        let now = self.read_bytes(target, &path)?;
+        if now.as_deref() == Some(text.as_bytes()) {
+            return Ok(());
+        }
+        let unchanged = match expected {
+            Version::Absent => now.is_none(),
+            Version::Digest(d) => now.as_deref().map(digest) == Some(d),
+            Version::Unversioned => true,
+            Version::Kv2(_) | Version::Aws(_) => {
+                return Err(self.error(
+                    SinkErrorKind::Permanent,
+                    format!("write {target}: the expected version is not a file version"),
+                ))
+            }
+        };
+        if !unchanged {
+            return Err(self.error(
+                SinkErrorKind::Conflict,
+                format!(
+                    "write {target}: {} changed since it was read (another writer); not overwritten",
+                    path.display()
+                ),
+            ));
+        }
+        let tmp = loc.parent.join(format!(
+            ".{}.tmp.{}.{:016x}",
+            loc.file_name,
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let result = self.replace(target, &tmp, &path, &loc.parent, text.as_bytes());
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Writes `bytes` to `tmp` (0600, fsync), renames it over `path`, and fsyncs the directory.
+    fn replace(
+        &self,
+        target: &Target,
+        tmp: &Path,
+        path: &Path,
+        dir: &Path,
+        bytes: &[u8],
+    ) -> Result<(), SinkError> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(tmp)
+            .map_err(|e| self.io_error(&format!("create {}", tmp.display()), &e))?;
+        // The mode is 0600 whatever the umask.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| self.io_error(&format!("chmod {}", tmp.display()), &e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| self.io_error(&format!("write {}", tmp.display()), &e))?;
+        drop(f);
+        // The final component may have become a link since it was read: never replace one.
+        if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink() || m.is_dir()) {
+            return Err(self.error(
+                SinkErrorKind::Permanent,
+                format!(
+                    "{target}: {} is a symbolic link or a directory; refused",
+                    path.display()
+                ),
+            ));
+        }
+        fs::rename(tmp, path)
+            .map_err(|e| self.io_error(&format!("rename to {}", path.display()), &e))?;
+        sync_dir(dir).map_err(|e| self.io_error(&format!("fsync {}", dir.display()), &e))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn digest(bytes: &[u8]) -> [u8; 16] {
+    let full = Sha256::digest(bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// Parses a file's bytes; the reason for garbage never quotes the content.
+fn content_of(bytes: &[u8]) -> Content {
+    if bytes.len() as u64 > MAX_FILE {
+        return Content::Garbage("larger than 1 MiB".into());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => match SinkRecord::from_json(&map) {
+            Ok(r) => Content::Record(r),
+            Err(why) => Content::Garbage(format!("not a token-rotator record: {why}")),
+        },
+        Ok(_) => Content::Garbage("not a JSON object".into()),
+        Err(_) => Content::Garbage("not valid JSON".into()),
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn read(&self, target: &Target) -> Result<Observed, SinkError> {
+        let this = self.clone();
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || this.read_sync(&target))
+            .await
+            .map_err(|e| self.error(SinkErrorKind::Permanent, format!("read task failed: {e}")))?
+    }
+
+    async fn write(
+        &self,
+        target: &Target,
+        record: &SinkRecord,
+        expected: Version,
+    ) -> Result<(), SinkError> {
+        let this = self.clone();
+        let target = target.clone();
+        let record = record.clone();
+        tokio::task::spawn_blocking(move || this.write_sync(&target, &record, expected))
+            .await
+            .map_err(|e| self.error(SinkErrorKind::Permanent, format!("write task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretString;
+    use std::os::unix::fs::symlink;
+
+    fn record(value: &str, id: &str) -> SinkRecord {
+        SinkRecord {
+            token: SecretString::from(value.to_string()),
+            token_id: id.into(),
+            issuer: "tfc".into(),
+            token_type: "organization".into(),
+            created_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires_at: None,
+        }
+    }
+
+    fn sink(dir: &Path) -> FileSink {
+        FileSink::new(
+            "files",
+            &FileSinkConfig {
+                directory: dir.to_path_buf(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn t(p: &str) -> Target {
+        Target::Path(p.into())
+    }
+
+    #[tokio::test]
+    async fn writes_atomically_with_private_modes_and_reads_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        let s = sink(&dir);
+        let o = s.read(&t("a/b/tok.json")).await.unwrap();
+        assert_eq!(o.version, Version::Absent);
+        assert!(matches!(o.content, Content::Absent));
+        s.write(&t("a/b/tok.json"), &record("v1", "at-1"), Version::Absent)
+            .await
+            .unwrap();
+        let file = dir.join("a/b/tok.json");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        for d in [dir.clone(), dir.join("a"), dir.join("a/b")] {
+            assert_eq!(
+                fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+        let o = s.read(&t("a/b/tok.json")).await.unwrap();
+        assert!(o.record().unwrap().same_as(&record("v1", "at-1")));
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.join("a/b")).unwrap().count(), 1);
+        // A second write with the version just read replaces it.
+        s.write(&t("a/b/tok.json"), &record("v2", "at-2"), o.version)
+            .await
+            .unwrap();
+        let o2 = s.read(&t("a/b/tok.json")).await.unwrap();
+        assert_eq!(o2.record().unwrap().token_id, "at-2");
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_change_is_a_conflict_and_is_not_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = sink(tmp.path());
+        s.write(&t("tok.json"), &record("v1", "at-1"), Version::Absent)
+            .await
+            .unwrap();
+        let seen = s.read(&t("tok.json")).await.unwrap().version;
+        fs::write(tmp.path().join("tok.json"), "{\"someone\":\"else\"}").unwrap();
+        let e = s
+            .write(&t("tok.json"), &record("v2", "at-2"), seen)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, SinkErrorKind::Conflict);
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("tok.json")).unwrap(),
+            "{\"someone\":\"else\"}"
+        );
+        // Absent expected, but a file exists: conflict too.
+        let e = s
+            .write(&t("tok.json"), &record("v2", "at-2"), Version::Absent)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, SinkErrorKind::Conflict);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_reported_without_quoting_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = sink(tmp.path());
+        fs::write(tmp.path().join("x.json"), "secret-looking-garbage").unwrap();
+        fs::write(
+            tmp.path().join("y.json"),
+            "{\"token\":\"secret-looking-garbage\"}",
+        )
+        .unwrap();
+        for name in ["x.json", "y.json"] {
+            let o = s.read(&t(name)).await.unwrap();
+            match o.content {
+                Content::Garbage(why) => assert!(!why.contains("secret-looking"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(o.version, Version::Digest(_)));
+        }
+    }
+
+    #[tokio::test]
+    async fn symlinks_that_escape_or_final_links_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sink");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, dir.join("esc")).unwrap();
+        let s = sink(&dir);
+        let e = s
+            .write(
+                &t("esc/sub/tok.json"),
+                &record("v", "at-1"),
+                Version::Absent,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("outside"), "{}", e.message);
+        assert!(!outside.join("sub").exists(), "nothing created outside");
+        assert!(s.read(&t("esc/tok.json")).await.is_err());
+        // A final component that is a link (even to a file inside) is never written through.
+        fs::write(outside.join("victim"), "keep").unwrap();
+        symlink(outside.join("victim"), dir.join("link.json")).unwrap();
+        let e = s
+            .write(&t("link.json"), &record("v", "at-1"), Version::Unversioned)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("symbolic link"), "{}", e.message);
+        assert_eq!(fs::read_to_string(outside.join("victim")).unwrap(), "keep");
+        // A link to a directory inside the sink directory is fine.
+        fs::create_dir_all(dir.join("real")).unwrap();
+        symlink(dir.join("real"), dir.join("alias")).unwrap();
+        s.write(&t("alias/tok.json"), &record("v", "at-1"), Version::Absent)
+            .await
+            .unwrap();
+        assert!(dir.join("real/tok.json").exists());
+    }
+
+    #[tokio::test]
+    async fn absolute_and_dot_dot_targets_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = sink(tmp.path());
+        for bad in ["/etc/passwd", "../x.json", "a/../../x.json", "a//b", "./x"] {
+            let e = s
+                .write(&t(bad), &record("v", "at-1"), Version::Unversioned)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, SinkErrorKind::Permanent, "{bad}");
+            assert!(s.read(&t(bad)).await.is_err(), "{bad}");
+        }
+    }
+}
