@@ -353,7 +353,7 @@ impl VaultSink {
                 let r =
                     vaultrs::auth::approle::login(&*client, mount, role_id, secret.expose_secret())
                         .await;
-                (mount, self.install(&mut client, r, mount)?)
+                (mount, self.install(session, &mut client, r, mount)?)
             }
             Login::Kubernetes {
                 mount,
@@ -377,7 +377,7 @@ impl VaultSink {
                     jwt.expose_secret().trim(),
                 )
                 .await;
-                (mount, self.install(&mut client, r, mount)?)
+                (mount, self.install(session, &mut client, r, mount)?)
             }
         };
         session.generation += 1;
@@ -386,12 +386,16 @@ impl VaultSink {
         Ok(())
     }
 
+    /// Installs the token a login returned. On failure the client is left without a token and the lease is
+    /// forgotten, so that the next operation logs in first.
     fn install(
         &self,
+        session: &mut Session,
         client: &mut VaultClient,
         r: Result<AuthInfo, ClientError>,
         mount: &str,
     ) -> Result<AuthInfo, SinkError> {
+        session.lease = None;
         let auth = r.map_err(|e| self.login_error(&format!("login at auth/{mount}"), e))?;
         let token = SecretString::from(auth.client_token.clone());
         check_header_value(&token).map_err(|why| {

@@ -34,7 +34,9 @@ const AWS_SECRET_KEY: &str = "aws-secret-key-never-logged";
 /// `MOTO_SERVER`, else the venv that scripts/install-test-deps.sh fills. No fallback to PATH: the version is pinned.
 fn moto_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("MOTO_SERVER") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "MOTO_SERVER={} does not exist", p.display());
+        return p;
     }
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
     if venv.exists() {
