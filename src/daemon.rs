@@ -28,6 +28,9 @@ use crate::status::{StatusBoard, TokenStatus};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// At most this many tokens are visited at once (issuers are paced separately).
 const MAX_CONCURRENT: usize = 32;
+/// At most this many of them belong to one issuer, so that tokens queued behind one issuer's pacer never hold
+/// every permit while the other issuers sit idle.
+const MAX_CONCURRENT_PER_ISSUER: usize = 16;
 /// Permanent failures are retried after this long, or on `rotate`.
 const PERMANENT_RETRY: Duration = Duration::from_secs(3600);
 
@@ -198,6 +201,8 @@ pub struct Daemon {
     /// `rotate` requests waiting for their forced rotations to finish.
     waiters: Vec<Waiter>,
     permits: Arc<Semaphore>,
+    /// Per issuer, taken before `permits` (see `MAX_CONCURRENT_PER_ISSUER`).
+    issuer_permits: HashMap<String, Arc<Semaphore>>,
     failed: bool,
 }
 
@@ -220,8 +225,14 @@ impl Daemon {
             let policy = slot.policy.clone();
             let jitter = slot.jitter;
             let permits = self.permits.clone();
+            let issuer_permits = self
+                .issuer_permits
+                .entry(slot.policy.issuer.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONCURRENT_PER_ISSUER)))
+                .clone();
             let name = name.clone();
             self.tasks.spawn(async move {
+                let _issuer_permit = issuer_permits.acquire_owned().await;
                 let _permit = permits.acquire_owned().await;
                 // A panic must not leave the slot in flight for good (never visited again, `run --once` never
                 // ending): it becomes a failed attempt; the journal keeps whatever progress was made.
@@ -463,6 +474,11 @@ pub async fn run(
     let journal = Arc::new(open_journal(&policy, false).map_err(RunError::StateKey)??);
     let metrics = Arc::new(Metrics::new());
     let board = StatusBoard::new();
+    // Every token is on the board before /readyz can answer: an empty board would read as ready while the
+    // issuers and sinks are still being built.
+    for t in policy.tokens.values() {
+        board.insert(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
+    }
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
 
     // The control socket is up before /healthz answers, so `rotate` works as soon as the daemon looks healthy.
@@ -517,6 +533,7 @@ pub async fn run(
         tasks: JoinSet::new(),
         waiters: Vec::new(),
         permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+        issuer_permits: HashMap::new(),
         failed: false,
     };
     let now = crate::clock::now();

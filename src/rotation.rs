@@ -612,6 +612,7 @@ impl Rotator {
             None
         };
         let mut kept = Vec::new();
+        let mut attempted = false;
         for mut rev in std::mem::take(&mut entry.revocations) {
             let due = match &rev.after_use_of {
                 None => rev.not_before <= now,
@@ -625,6 +626,7 @@ impl Rotator {
                 continue;
             }
             failpoint("before-revoke");
+            attempted = true;
             match issuer.revoke(token, &rev.token_id).await {
                 Ok(()) => {
                     failpoint("after-revoke");
@@ -650,7 +652,11 @@ impl Rotator {
             }
         }
         entry.revocations = kept;
-        self.journal.save(entry)?;
+        // Nothing was due: the entry is unchanged (callers save their own changes before calling this), so no
+        // fsync'd rewrite on every visit of a token whose old token is still in its grace period.
+        if attempted {
+            self.journal.save(entry)?;
+        }
         Ok(())
     }
 

@@ -407,6 +407,7 @@ sinks = [{{ sink = "vault-proxy", path = "canary/unstored" }}]
         secrets.push(AWS_CANARY_SECRET.into());
     }
     let mut healthy = vec!["org", "audit", "legacy", "team", "agent", "flaky"];
+    let mut failing = vec!["bad-cred", "forbidden", "cas", "unstored"];
     // Sinks and issuers other engineers add: covered as soon as the policy accepts them.
     let mut file_dir = None;
     if supported_sinks.contains(&"file") {
@@ -431,6 +432,15 @@ sinks = [{{ sink = "vault-proxy", path = "canary/unstored" }}]
             "\n[issuers.pulumi]\nkind = \"pulumi\"\naddress = \"{}\"\ntoken = {{ env = \"PULUMI_TOKEN\" }}\n\n[tokens.pulumi-org]\nissuer = \"pulumi\"\ntype = \"organization\"\norganization = \"acme\"\nlifetime = \"1h\"\nevery = \"4s\"\ngrace = \"0s\"\nsinks = [{{ sink = \"vault\", path = \"canary/pulumi-org\" }}]\n",
             p.url()
         ));
+        // A rejected Pulumi credential shaped like a real one: the pattern scan would see it anywhere.
+        let bad = format!("pul-{}", "c0ffee42".repeat(5));
+        secrets.push(bad.clone());
+        envs.push(("PULUMI_BAD".into(), bad));
+        policy.push_str(&format!(
+            "\n[issuers.pulumi-bad]\nkind = \"pulumi\"\naddress = \"{}\"\ntoken = {{ env = \"PULUMI_BAD\" }}\n\n[tokens.pulumi-bad-cred]\nissuer = \"pulumi-bad\"\ntype = \"organization\"\norganization = \"acme\"\nsinks = [{{ sink = \"vault\", path = \"canary/pulumi-bad-cred\" }}]\n",
+            p.url()
+        ));
+        failing.push("pulumi-bad-cred");
         healthy.push("pulumi-org");
         Some(p)
     } else {
@@ -497,16 +507,14 @@ sinks = [{{ sink = "vault-proxy", path = "canary/unstored" }}]
             }
         }
         let m = daemon.metrics().await;
-        let failed = ["bad-cred", "forbidden", "cas", "unstored"]
-            .iter()
-            .all(|t| {
-                metric(
-                    &m,
-                    "token_rotator_token_consecutive_failures",
-                    &[("token", t)],
-                )
-                .is_some_and(|f| f >= 1.0)
-            });
+        let failed = failing.iter().all(|t| {
+            metric(
+                &m,
+                "token_rotator_token_consecutive_failures",
+                &[("token", t)],
+            )
+            .is_some_and(|f| f >= 1.0)
+        });
         if failed && rotated_twice.len() == healthy.len() {
             break;
         }

@@ -1035,8 +1035,12 @@ async fn persistent_faults_mark_the_token_failed_and_rotate_tries_again() {
         Some(1.0),
         "the healthy token is not held up"
     );
-    assert!(env.record("healthy").await.is_some());
-    let _ = healthy_team;
+    let healthy = env.record("healthy").await.unwrap();
+    assert_eq!(
+        env.valid_team_tokens(&healthy_team),
+        vec![healthy["token_id"].as_str().unwrap().to_string()],
+        "the healthy token rotated normally"
+    );
 
     // Then the ones that exhaust the transient retries (1 + 5 tries, 15.5–31 s of backoff).
     let m = wait_for(
