@@ -1,5 +1,6 @@
 //! The issuer seam: whoever mints, proves, lists and revokes tokens (HCP Terraform / TFE, Pulumi Cloud).
 
+pub mod api;
 pub mod pulumi;
 pub mod tfe;
 

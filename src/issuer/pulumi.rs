@@ -20,7 +20,7 @@
 //! - Identity probe: `GET /api/user`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,10 +30,11 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYP
 use reqwest::{Method, Url};
 use serde_json::{json, Map, Value};
 
+use super::api::ApiBase;
 use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
 use crate::metrics::Metrics;
 use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
-use crate::retry::{self, Pacer};
+use crate::retry;
 use crate::secret::{ExposeSecret, SecretString};
 
 /// The documented API version header (the provider sends +9; the docs require at least +8).
@@ -56,13 +57,7 @@ const FALLBACK_LIFETIME: TimeDelta = TimeDelta::days(30);
 const MAX_MESSAGE_CHARS: usize = 300;
 
 pub struct PulumiIssuer {
-    name: String,
-    base: Url,
-    /// Replaced in place when the issuer's own credential is the token being rotated (self-rotation).
-    credential: RwLock<SecretString>,
-    http: reqwest::Client,
-    pacer: Pacer,
-    metrics: Arc<Metrics>,
+    api: ApiBase,
     /// The last name timestamp handed out per policy token. Names are reserved forever, so within one process
     /// each new name is at least one second after the previous one even when rotations are forced faster than
     /// once a second (across processes the rotation's one retry on 409 covers two rotations in one second).
@@ -72,8 +67,8 @@ pub struct PulumiIssuer {
 impl std::fmt::Debug for PulumiIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PulumiIssuer")
-            .field("name", &self.name)
-            .field("base", &self.base.as_str())
+            .field("name", &self.api.name)
+            .field("base", &self.api.base.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -110,58 +105,15 @@ impl PulumiIssuer {
         credential: SecretString,
         metrics: Arc<Metrics>,
     ) -> Result<Self, IssuerError> {
-        let config_err = |message: String| IssuerError {
-            issuer: cfg.name.clone(),
-            kind: IssuerErrorKind::Config,
-            status: None,
-            message,
-            retry_after: None,
-        };
-        let base = Url::parse(&format!("{}/", cfg.address.trim_end_matches('/')))
-            .map_err(|e| config_err(format!("invalid address: {e}")))?;
-        let http =
-            crate::http::client(cfg.ca_file.as_deref()).map_err(|e| config_err(e.to_string()))?;
         Ok(PulumiIssuer {
-            name: cfg.name.clone(),
-            base,
-            credential: RwLock::new(credential),
-            http,
-            pacer: Pacer::new(cfg.requests_per_second),
-            metrics,
+            api: ApiBase::new(cfg, credential, metrics)?,
             last_label: Mutex::new(HashMap::new()),
         })
     }
 
-    fn credential(&self) -> SecretString {
-        self.credential
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn error(
-        &self,
-        kind: IssuerErrorKind,
-        status: Option<u16>,
-        message: impl Into<String>,
-    ) -> IssuerError {
-        IssuerError {
-            issuer: self.name.clone(),
-            kind,
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
     /// `{address}/api/<segments…>`, each segment percent-encoded.
     fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
-        {
-            let mut path = url.path_segments_mut().expect("http(s) URLs have paths");
-            path.pop_if_empty().push("api").extend(segments);
-        }
-        url
+        self.api.url(&["api"], segments)
     }
 
     /// One request, paced, counted in metrics; non-2xx becomes an error carrying the API's message.
@@ -174,10 +126,10 @@ impl PulumiIssuer {
         what: &str,
     ) -> Result<Reply, Failed> {
         let fail = |kind, status, message: String, may_have_acted| Failed {
-            error: self.error(kind, status, message),
+            error: self.api.error(kind, status, message),
             may_have_acted,
         };
-        self.pacer.acquire().await;
+        self.api.pacer.acquire().await;
         let mut auth = HeaderValue::from_str(&format!("token {}", bearer.expose_secret()))
             .map_err(|_| {
                 fail(
@@ -189,6 +141,7 @@ impl PulumiIssuer {
             })?;
         auth.set_sensitive(true);
         let mut req = self
+            .api
             .http
             .request(method, url)
             .header(AUTHORIZATION, auth)
@@ -200,7 +153,7 @@ impl PulumiIssuer {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                self.count("error");
+                self.api.count("error");
                 // A connection that never opened carried nothing; anything later may have reached the server.
                 return Err(fail(
                     IssuerErrorKind::Unavailable,
@@ -211,7 +164,7 @@ impl PulumiIssuer {
             }
         };
         let status = resp.status().as_u16();
-        self.count(&status.to_string());
+        self.api.count(&status.to_string());
         let retry_after = retry_after(resp.headers(), crate::clock::now());
         let bytes = crate::http::read_capped(resp).await.map_err(|e| {
             fail(
@@ -254,9 +207,9 @@ impl PulumiIssuer {
             ),
             429 => {
                 // Pulumi documents no rate limit; honour Retry-After when it is there (SPEC §5.4).
-                let wait = retry_after.unwrap_or(Duration::from_secs(1)) + jitter(Duration::from_millis(250));
-                self.pacer.block_for(wait).await;
-                let mut e = self.error(
+                let wait = retry_after.unwrap_or(Duration::from_secs(1)) + super::api::jitter(Duration::from_millis(250));
+                self.api.pacer.block_for(wait).await;
+                let mut e = self.api.error(
                     IssuerErrorKind::RateLimited,
                     Some(status),
                     format!("{what}: 429 rate limited{detail}; waiting {:.1}s", wait.as_secs_f64()),
@@ -293,17 +246,10 @@ impl PulumiIssuer {
             .retry(retry::transient())
             .when(|f: &Failed| f.error.retryable() && (idempotent || !f.may_have_acted))
             .notify(|f: &Failed, wait: Duration| {
-                tracing::warn!(issuer = %self.name, error = %f.error, retry_in_ms = wait.as_millis() as u64, "issuer request failed; retrying");
+                tracing::warn!(issuer = %self.api.name, error = %f.error, retry_in_ms = wait.as_millis() as u64, "issuer request failed; retrying");
             })
             .await
             .map_err(|f| f.error)
-    }
-
-    fn count(&self, status: &str) {
-        self.metrics
-            .issuer_requests
-            .with_label_values(&[self.name.as_str(), status])
-            .inc();
     }
 
     /// The token collection of a policy token: `orgs/:org/tokens`, `orgs/:org/teams/:team/tokens` or
@@ -321,7 +267,7 @@ impl PulumiIssuer {
                 "tokens",
             ]),
             TokenKind::PulumiPersonal => Ok(vec!["user", "tokens"]),
-            other => Err(self.error(
+            other => Err(self.api.error(
                 IssuerErrorKind::Config,
                 None,
                 format!("token type {} is not a Pulumi type", other.type_name()),
@@ -344,7 +290,7 @@ impl PulumiIssuer {
 
     /// Who may manage tokens of this type, for 401/403 explanations.
     fn permission_rule(&self, token: &TokenPolicy) -> String {
-        let name = &self.name;
+        let name = &self.api.name;
         match &token.kind {
             TokenKind::PulumiOrganization { organization, .. } => format!(
                 "Pulumi organization tokens can only be created or deleted with the personal access token of an \
@@ -368,7 +314,7 @@ impl PulumiIssuer {
         let hint = match e.kind {
             IssuerErrorKind::Unauthorized => format!(
                 " (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked. {})",
-                self.name,
+                self.api.name,
                 self.permission_rule(token)
             ),
             IssuerErrorKind::Forbidden => format!(
@@ -420,11 +366,11 @@ impl PulumiIssuer {
                 }
             }
             let reply = self
-                .send_retrying(Method::GET, url, &self.credential(), None, what)
+                .send_retrying(Method::GET, url, &self.api.credential(), None, what)
                 .await
                 .map_err(|e| self.explain(token, e))?;
             let Some(tokens) = reply.body.get("tokens").and_then(Value::as_array) else {
-                return Err(self.error(
+                return Err(self.api.error(
                     IssuerErrorKind::Protocol,
                     Some(reply.status),
                     format!("{what}: the {} response has no `tokens` list", reply.status),
@@ -585,14 +531,10 @@ fn listed(item: &Value, kind: &TokenKind) -> Option<Listed> {
     })
 }
 
-fn jitter(max: Duration) -> Duration {
-    max.mul_f64(rand::random::<f64>())
-}
-
 #[async_trait]
 impl Issuer for PulumiIssuer {
     fn name(&self) -> &str {
-        &self.name
+        &self.api.name
     }
 
     /// `<name_prefix>-<YYYYMMDDhhmmss>` (at most 40 characters); never the same second twice in this process.
@@ -658,7 +600,7 @@ impl Issuer for PulumiIssuer {
         if !matches!(token.kind, TokenKind::PulumiPersonal)
             && label.chars().count() > MAX_NAME_CHARS
         {
-            return Err(self.error(
+            return Err(self.api.error(
                 IssuerErrorKind::Config,
                 None,
                 format!("token name \"{label}\" is longer than Pulumi's {MAX_NAME_CHARS} characters; shorten `name_prefix` of [tokens.{}]", token.name),
@@ -674,7 +616,7 @@ impl Issuer for PulumiIssuer {
             .send_retrying(
                 Method::POST,
                 url,
-                &self.credential(),
+                &self.api.credential(),
                 Some(&Value::Object(body)),
                 &what,
             )
@@ -685,7 +627,7 @@ impl Issuer for PulumiIssuer {
             Some(Value::Number(n)) => n.to_string(),
             _ => {
                 // Unavailable, not Protocol: a token may exist that we cannot name, so the rotation sweeps later.
-                return Err(self.error(
+                return Err(self.api.error(
                     IssuerErrorKind::Unavailable,
                     Some(reply.status),
                     format!("{what}: the {} response has no token id", reply.status),
@@ -700,9 +642,9 @@ impl Issuer for PulumiIssuer {
         else {
             // A token we can never use: revoke it rather than leave it behind.
             if let Err(e) = self.revoke(token, &token_id).await {
-                tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke a token created without a value");
+                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke a token created without a value");
             }
-            return Err(self.error(
+            return Err(self.api.error(
                 IssuerErrorKind::Protocol,
                 Some(reply.status),
                 format!(
@@ -717,11 +659,11 @@ impl Issuer for PulumiIssuer {
         let listed = match self.find(token, &token_id).await {
             Ok(Some(l)) => Some(l),
             Ok(None) => {
-                tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, "the new token is not in the token list yet; recording the requested expiry");
+                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, "the new token is not in the token list yet; recording the requested expiry");
                 None
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, error = %e, "could not read the new token back from the list; recording the requested expiry");
+                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, error = %e, "could not read the new token back from the list; recording the requested expiry");
                 None
             }
         };
@@ -735,11 +677,11 @@ impl Issuer for PulumiIssuer {
                         let revoked = match self.revoke(token, &token_id).await {
                             Ok(()) => "it was revoked".to_string(),
                             Err(e) => {
-                                tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke the refused token");
+                                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke the refused token");
                                 format!("revoking it failed ({}): delete it by hand", e.message)
                             }
                         };
-                        return Err(self.error(
+                        return Err(self.api.error(
                             IssuerErrorKind::Rejected,
                             None,
                             format!(
@@ -753,7 +695,7 @@ impl Issuer for PulumiIssuer {
                         ));
                     }
                     None => {
-                        tracing::warn!(issuer = %self.name, token = %token.name, token_id = %token_id, expires_at = %crate::record::rfc3339(real), requested = %crate::record::rfc3339(requested), "the organization's token expiry policy capped the new token's expiry; scheduling by the real expiry");
+                        tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, expires_at = %crate::record::rfc3339(real), requested = %crate::record::rfc3339(requested), "the organization's token expiry policy capped the new token's expiry; scheduling by the real expiry");
                         real
                     }
                 }
@@ -804,7 +746,7 @@ impl Issuer for PulumiIssuer {
         );
         let what = format!("revoking {} (token {token_id})", Self::describe(token));
         match self
-            .send_retrying(Method::DELETE, url, &self.credential(), None, &what)
+            .send_retrying(Method::DELETE, url, &self.api.credential(), None, &what)
             .await
         {
             Ok(_) => Ok(()),
@@ -850,7 +792,7 @@ impl Issuer for PulumiIssuer {
         self.send(
             Method::GET,
             self.url(&["user"]),
-            &self.credential(),
+            &self.api.credential(),
             None,
             "proving the issuer credential (GET /api/user)",
         )
@@ -861,7 +803,7 @@ impl Issuer for PulumiIssuer {
             if e.kind == IssuerErrorKind::Unauthorized {
                 e.message.push_str(&format!(
                     " (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)",
-                    self.name
+                    self.api.name
                 ));
             }
             e
@@ -869,11 +811,11 @@ impl Issuer for PulumiIssuer {
     }
 
     fn credential_is(&self, value: &SecretString) -> bool {
-        self.credential().expose_secret() == value.expose_secret()
+        self.api.credential_is(value)
     }
 
     fn set_credential(&self, value: SecretString) {
-        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = value;
+        self.api.set_credential(value)
     }
 }
 

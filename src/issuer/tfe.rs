@@ -15,29 +15,24 @@ use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
+use super::api::ApiBase;
 use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
 use crate::metrics::Metrics;
 use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
-use crate::retry::{self, Pacer};
+use crate::retry;
 use crate::secret::{ExposeSecret, SecretString};
 
 const JSON_API: &str = "application/vnd.api+json";
 
 pub struct TfeIssuer {
-    name: String,
-    base: Url,
-    /// Replaced in place when the issuer's own credential is the token being rotated (self-rotation).
-    credential: std::sync::RwLock<SecretString>,
-    http: reqwest::Client,
-    pacer: Pacer,
-    metrics: Arc<Metrics>,
+    api: ApiBase,
 }
 
 impl std::fmt::Debug for TfeIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TfeIssuer")
-            .field("name", &self.name)
-            .field("base", &self.base.as_str())
+            .field("name", &self.api.name)
+            .field("base", &self.api.base.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -54,57 +49,14 @@ impl TfeIssuer {
         credential: SecretString,
         metrics: Arc<Metrics>,
     ) -> Result<Self, IssuerError> {
-        let config_err = |message: String| IssuerError {
-            issuer: cfg.name.clone(),
-            kind: IssuerErrorKind::Config,
-            status: None,
-            message,
-            retry_after: None,
-        };
-        let base = Url::parse(&format!("{}/", cfg.address.trim_end_matches('/')))
-            .map_err(|e| config_err(format!("invalid address: {e}")))?;
-        let http =
-            crate::http::client(cfg.ca_file.as_deref()).map_err(|e| config_err(e.to_string()))?;
         Ok(TfeIssuer {
-            name: cfg.name.clone(),
-            base,
-            credential: std::sync::RwLock::new(credential),
-            http,
-            pacer: Pacer::new(cfg.requests_per_second),
-            metrics,
+            api: ApiBase::new(cfg, credential, metrics)?,
         })
-    }
-
-    fn credential(&self) -> SecretString {
-        self.credential
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn error(
-        &self,
-        kind: IssuerErrorKind,
-        status: Option<u16>,
-        message: impl Into<String>,
-    ) -> IssuerError {
-        IssuerError {
-            issuer: self.name.clone(),
-            kind,
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
     }
 
     /// `{address}/api/v2/<segments…>`, each segment percent-encoded.
     fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
-        {
-            let mut path = url.path_segments_mut().expect("http(s) URLs have paths");
-            path.pop_if_empty().extend(["api", "v2"]).extend(segments);
-        }
-        url
+        self.api.url(&["api", "v2"], segments)
     }
 
     /// One request, paced, counted in metrics; non-2xx becomes an error that says what to check.
@@ -116,10 +68,10 @@ impl TfeIssuer {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Reply, IssuerError> {
-        self.pacer.acquire().await;
+        self.api.pacer.acquire().await;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
             .map_err(|_| {
-                self.error(
+                self.api.error(
                     IssuerErrorKind::Config,
                     None,
                     "credential is not a valid HTTP header value",
@@ -127,6 +79,7 @@ impl TfeIssuer {
             })?;
         auth.set_sensitive(true);
         let mut req = self
+            .api
             .http
             .request(method.clone(), url)
             .header(AUTHORIZATION, auth)
@@ -141,8 +94,8 @@ impl TfeIssuer {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                self.count("error");
-                return Err(self.error(
+                self.api.count("error");
+                return Err(self.api.error(
                     IssuerErrorKind::Unavailable,
                     None,
                     format!("{what}: {}", crate::http::reason(&e)),
@@ -150,7 +103,7 @@ impl TfeIssuer {
             }
         };
         let status = resp.status().as_u16();
-        self.count(&status.to_string());
+        self.api.count(&status.to_string());
         let reset = resp
             .headers()
             .get("x-ratelimit-reset")
@@ -159,7 +112,7 @@ impl TfeIssuer {
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s.min(3600.0)));
         let bytes = crate::http::read_capped(resp).await.map_err(|e| {
-            self.error(
+            self.api.error(
                 IssuerErrorKind::Unavailable,
                 Some(status),
                 format!("{what}: reading the response: {}", crate::http::reason(&e)),
@@ -171,7 +124,7 @@ impl TfeIssuer {
             match serde_json::from_slice(&bytes) {
                 Ok(v) => v,
                 Err(_) if (200..300).contains(&status) => {
-                    return Err(self.error(
+                    return Err(self.api.error(
                         IssuerErrorKind::Unavailable,
                         Some(status),
                         format!(
@@ -194,7 +147,7 @@ impl TfeIssuer {
         let (kind, hint) = match status {
             401 => (
                 IssuerErrorKind::Unauthorized,
-                format!(" (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)", self.name),
+                format!(" (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)", self.api.name),
             ),
             403 => (
                 IssuerErrorKind::Forbidden,
@@ -210,9 +163,9 @@ impl TfeIssuer {
             ),
             429 => {
                 // After a 429 nothing goes to this issuer before X-RateLimit-Reset has passed (SPEC §5.4).
-                let wait = reset.unwrap_or(Duration::from_secs(1)) + jitter(Duration::from_millis(250));
-                self.pacer.block_for(wait).await;
-                let mut e = self.error(
+                let wait = reset.unwrap_or(Duration::from_secs(1)) + super::api::jitter(Duration::from_millis(250));
+                self.api.pacer.block_for(wait).await;
+                let mut e = self.api.error(
                     IssuerErrorKind::RateLimited,
                     Some(status),
                     format!("{what}: 429 rate limited{detail}; waiting {:.1}s", wait.as_secs_f64()),
@@ -223,7 +176,7 @@ impl TfeIssuer {
             s if s >= 500 => (IssuerErrorKind::Unavailable, String::new()),
             _ => (IssuerErrorKind::Rejected, String::new()),
         };
-        Err(self.error(
+        Err(self.api.error(
             kind,
             Some(status),
             format!("{what}: {status}{detail}{hint}"),
@@ -243,21 +196,14 @@ impl TfeIssuer {
             .retry(retry::transient())
             .when(IssuerError::retryable)
             .notify(|e, wait| {
-                tracing::warn!(issuer = %self.name, error = %e, retry_in_ms = wait.as_millis() as u64, "issuer request failed; retrying");
+                tracing::warn!(issuer = %self.api.name, error = %e, retry_in_ms = wait.as_millis() as u64, "issuer request failed; retrying");
             })
             .await
     }
 
-    fn count(&self, status: &str) {
-        self.metrics
-            .issuer_requests
-            .with_label_values(&[self.name.as_str(), status])
-            .inc();
-    }
-
     fn parse_token(&self, reply: &Reply, what: &str) -> Result<MintedToken, IssuerError> {
         let protocol = |m: &str| {
-            self.error(
+            self.api.error(
                 IssuerErrorKind::Protocol,
                 Some(reply.status),
                 format!("{what}: {} response {m}", reply.status),
@@ -331,10 +277,6 @@ fn api_errors(body: &Value) -> String {
     text
 }
 
-fn jitter(max: Duration) -> Duration {
-    max.mul_f64(rand::random::<f64>())
-}
-
 /// TFC descriptions: `<description> <YYYYMMDDThhmmssZ>`.
 const LABEL_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 /// Pages read from a list endpoint at most (100 items each): a bound, not an expected size.
@@ -350,10 +292,10 @@ impl TfeIssuer {
     ) -> Result<MintedToken, IssuerError> {
         let body = json!({"data": {"type": "authentication-tokens", "attributes": attributes}});
         let reply = self
-            .send_retrying(Method::POST, url, &self.credential(), Some(&body), what)
+            .send_retrying(Method::POST, url, &self.api.credential(), Some(&body), what)
             .await?;
         if reply.status != 201 {
-            return Err(self.error(
+            return Err(self.api.error(
                 IssuerErrorKind::Protocol,
                 Some(reply.status),
                 format!("{what}: expected 201 Created, got {}", reply.status),
@@ -382,7 +324,7 @@ impl TfeIssuer {
                 q.append_pair("page[size]", "100");
             }
             let reply = self
-                .send_retrying(Method::GET, url, &self.credential(), None, what)
+                .send_retrying(Method::GET, url, &self.api.credential(), None, what)
                 .await?;
             if let Some(data) = reply.body.get("data").and_then(Value::as_array) {
                 items.extend(data.iter().cloned());
@@ -425,7 +367,7 @@ impl TfeIssuer {
 #[async_trait]
 impl Issuer for TfeIssuer {
     fn name(&self) -> &str {
-        &self.name
+        &self.api.name
     }
 
     fn label(&self, token: &TokenPolicy, at: DateTime<Utc>) -> String {
@@ -506,7 +448,7 @@ impl Issuer for TfeIssuer {
                 )
                 .await
             }
-            other => Err(self.error(
+            other => Err(self.api.error(
                 IssuerErrorKind::Config,
                 None,
                 format!("token type {} is not a TFC type", other.type_name()),
@@ -536,7 +478,7 @@ impl Issuer for TfeIssuer {
 
     async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError> {
         if token.kind.is_singleton() {
-            return Err(self.error(
+            return Err(self.api.error(
                 IssuerErrorKind::Config,
                 None,
                 "singleton tokens are replaced at create time and never revoked separately",
@@ -547,7 +489,7 @@ impl Issuer for TfeIssuer {
             .send_retrying(
                 Method::DELETE,
                 url,
-                &self.credential(),
+                &self.api.credential(),
                 None,
                 &format!("revoking token {token_id}"),
             )
@@ -569,7 +511,7 @@ impl Issuer for TfeIssuer {
                     .send_retrying(
                         Method::GET,
                         self.url(&["teams", team_id]),
-                        &self.credential(),
+                        &self.api.credential(),
                         None,
                         &what,
                     )
@@ -583,7 +525,7 @@ impl Issuer for TfeIssuer {
                     .pointer("/data/relationships/organization/data/id")
                     .and_then(Value::as_str);
                 let (Some(name), Some(org)) = (name, org) else {
-                    return Err(self.error(
+                    return Err(self.api.error(
                         IssuerErrorKind::Protocol,
                         Some(reply.status),
                         format!("{what}: no name or organization"),
@@ -621,11 +563,11 @@ impl Issuer for TfeIssuer {
     }
 
     fn credential_is(&self, value: &SecretString) -> bool {
-        self.credential().expose_secret() == value.expose_secret()
+        self.api.credential_is(value)
     }
 
     fn set_credential(&self, value: SecretString) {
-        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = value;
+        self.api.set_credential(value)
     }
 
     async fn probe(&self) -> Result<(), IssuerError> {
@@ -633,7 +575,7 @@ impl Issuer for TfeIssuer {
         self.send(
             Method::GET,
             url,
-            &self.credential(),
+            &self.api.credential(),
             None,
             "proving the issuer credential (GET account/details)",
         )
