@@ -56,21 +56,14 @@ const FALLBACK_LIFETIME: TimeDelta = TimeDelta::days(30);
 /// Longest error text taken from a response.
 const MAX_MESSAGE_CHARS: usize = 300;
 
+/// `Debug` shows the issuer's name and address; the credential is never printed.
+#[derive(Debug)]
 pub struct PulumiIssuer {
     api: ApiBase,
     /// The last name timestamp handed out per policy token. Names are reserved forever, so within one process
     /// each new name is at least one second after the previous one even when rotations are forced faster than
     /// once a second (across processes the rotation's one retry on 409 covers two rotations in one second).
     last_label: Mutex<HashMap<String, DateTime<Utc>>>,
-}
-
-impl std::fmt::Debug for PulumiIssuer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PulumiIssuer")
-            .field("name", &self.api.name)
-            .field("base", &self.api.base.as_str())
-            .finish_non_exhaustive()
-    }
 }
 
 /// What one HTTP exchange produced.

@@ -24,17 +24,10 @@ use crate::secret::{ExposeSecret, SecretString};
 
 const JSON_API: &str = "application/vnd.api+json";
 
+/// `Debug` shows the issuer's name and address; the credential is never printed.
+#[derive(Debug)]
 pub struct TfeIssuer {
     api: ApiBase,
-}
-
-impl std::fmt::Debug for TfeIssuer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TfeIssuer")
-            .field("name", &self.api.name)
-            .field("base", &self.api.base.as_str())
-            .finish_non_exhaustive()
-    }
 }
 
 /// What one HTTP exchange produced.

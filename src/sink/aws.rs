@@ -319,14 +319,7 @@ fn classify(code: &str, status: u16) -> (SinkErrorKind, &'static str) {
 
 /// Parses a `SecretString`; the reason for garbage never quotes the content.
 fn content_of(text: &str) -> Content {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => match SinkRecord::from_json(&map) {
-            Ok(r) => Content::Record(r),
-            Err(why) => Content::Garbage(format!("not a token-rotator record: {why}")),
-        },
-        Ok(_) => Content::Garbage("not a JSON object".into()),
-        Err(_) => Content::Garbage("not valid JSON".into()),
-    }
+    super::content_of_bytes(text.as_bytes())
 }
 
 #[async_trait]

@@ -380,14 +380,7 @@ fn content_of(bytes: &[u8]) -> Content {
     if bytes.len() as u64 > MAX_FILE {
         return Content::Garbage("larger than 1 MiB".into());
     }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => match SinkRecord::from_json(&map) {
-            Ok(r) => Content::Record(r),
-            Err(why) => Content::Garbage(format!("not a token-rotator record: {why}")),
-        },
-        Ok(_) => Content::Garbage("not a JSON object".into()),
-        Err(_) => Content::Garbage("not valid JSON".into()),
-    }
+    super::content_of_bytes(bytes)
 }
 
 #[async_trait]

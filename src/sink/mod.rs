@@ -110,6 +110,25 @@ impl Observed {
     }
 }
 
+/// Classifies a stored value: our record, or garbage (the reason never quotes the content).
+pub fn content_of_value(v: &serde_json::Value) -> Content {
+    match v.as_object() {
+        Some(map) => match SinkRecord::from_json(map) {
+            Ok(r) => Content::Record(r),
+            Err(why) => Content::Garbage(format!("not a token-rotator record: {why}")),
+        },
+        None => Content::Garbage("not a JSON object".into()),
+    }
+}
+
+/// `content_of_value` for raw bytes (a file, an AWS `SecretString`).
+pub fn content_of_bytes(bytes: &[u8]) -> Content {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) => content_of_value(&v),
+        Err(_) => Content::Garbage("not valid JSON".into()),
+    }
+}
+
 /// Bounded set of error kinds, usable as metric labels and to decide on retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SinkErrorKind {

@@ -582,13 +582,7 @@ impl VaultSink {
     }
 
     fn content_of(&self, data: &Value) -> Content {
-        match data.as_object() {
-            Some(map) => match SinkRecord::from_json(map) {
-                Ok(r) => Content::Record(r),
-                Err(why) => Content::Garbage(format!("not a token-rotator record: {why}")),
-            },
-            None => Content::Garbage("not a JSON object".into()),
-        }
+        super::content_of_value(data)
     }
 }
 
