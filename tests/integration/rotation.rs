@@ -498,14 +498,29 @@ async fn an_org_token_that_is_its_own_issuer_credential_rotates_itself() {
 async fn garbage_at_the_sink_path_is_reported_treated_as_no_record_and_replaced_through_cas() {
     let env = setup().await;
     env.bao
-        .kv2_put("secret", "ci/tfc-org", json!({"password": "hunter2-not-ours", "note": "left by a human"}))
+        .kv2_put(
+            "secret",
+            "ci/tfc-org",
+            json!({"password": "hunter2-not-ours", "note": "left by a human"}),
+        )
         .await;
     let policy = env.policy(free_port(), "secret", "lifetime = \"30d\"");
     let out = env.once(&policy, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("not our record"), "the garbage is reported: {}", out.stderr);
-    assert!(!out.stderr.contains("hunter2-not-ours"), "without quoting it");
+    assert!(
+        out.stderr.contains("not our record"),
+        "the garbage is reported: {}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("hunter2-not-ours"),
+        "without quoting it"
+    );
     let record = env.bao.kv2_get("secret", "ci/tfc-org").await.unwrap();
     env.assert_record_is_the_valid_token(&record);
-    assert_eq!(env.bao.kv2_version("secret", "ci/tfc-org").await, 2, "written with cas = the garbage's version");
+    assert_eq!(
+        env.bao.kv2_version("secret", "ci/tfc-org").await,
+        2,
+        "written with cas = the garbage's version"
+    );
 }
