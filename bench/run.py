@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks token-rotator at scale, side by side with the Python script a team would otherwise write.
 
-    python3 bench/run.py                  # 100, 1,000 and 10,000 tokens; release binaries; ~25 minutes
+    python3 bench/run.py                  # 100, 1,000 and 10,000 tokens; release binaries; ~18 minutes
     python3 bench/run.py --sizes 10000    # one size
     python3 bench/run.py --quick          # 100 tokens, debug binaries, a few seconds per phase (CI smoke test)
 
@@ -39,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 VENV = os.path.join(BENCH, ".venv")
 RATE_LIMIT = 30  # the emulator's limit per user and second, as HCP Terraform's
+EMULATOR_RATE_LIMIT = RATE_LIMIT  # what the emulators enforce (0 = off: only for experiments, the figures assume 30)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VAULT_TOKEN = "bench-root"
 
@@ -172,13 +173,27 @@ def switches_between(before, after):
     return total, ended
 
 
+def thread_names(pid, tids):
+    names = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                names[tid] = f.read().strip()
+        except FileNotFoundError:
+            pass
+    return names
+
+
 def idle_window(pid, seconds):
     """RSS, CPU and context switches of `pid` over `seconds` of doing nothing asked of it."""
     cpu0, sw0 = cpu_seconds(pid), ctx_switches(pid)
     time.sleep(seconds)
     cpu1, sw1 = cpu_seconds(pid), ctx_switches(pid)
     switches, ended = switches_between(sw0, sw1)
+    names = thread_names(pid, sw1)
+    by_thread = {f"{names.get(t, '?')}/{t}": n - sw0.get(t, 0) for t, n in sw1.items() if n != sw0.get(t, 0)}
     return {
+        "idle_wakeups_by_thread": by_thread,
         "idle_rss_mb": status_kb(pid, "VmRSS") / 1024,
         "idle_cpu_ms": (cpu1 - cpu0) * 1000,
         "idle_wakeups": switches,
@@ -275,7 +290,7 @@ def start_services(procs, work, n, orgs, emulator_bin, bao_bin):
         p = procs.start(
             f"tfc-emulator {org}",
             [emulator_bin, "--listen", f"127.0.0.1:{port}", "--org", org, "--teams", str(count - 1),
-             "--team-ids-out", ids, "--admin-token-file", admin, "--rate-limit", str(RATE_LIMIT)],
+             "--team-ids-out", ids, "--admin-token-file", admin, "--rate-limit", str(EMULATOR_RATE_LIMIT)],
             os.path.join(work, f"{org}.log"))
         emulators.append(p)
         issuers[org] = {"port": port, "admin": admin, "ids": ids, "count": count, "proc": p}
@@ -299,8 +314,8 @@ def start_services(procs, work, n, orgs, emulator_bin, bao_bin):
     return bao_port, issuers, tokens, vault_token
 
 
-def write_policy(path, work, listen, bao_port, issuers, tokens, vault_token, rps):
-    lines = ["[daemon]", f'state_dir = "{work}/state"', f'listen = "127.0.0.1:{listen}"', ""]
+def write_policy(path, state_dir, listen, bao_port, issuers, tokens, vault_token, rps):
+    lines = ["[daemon]", f'state_dir = "{state_dir}"', f'listen = "127.0.0.1:{listen}"', ""]
     for org, i in issuers.items():
         lines += [f"[issuers.{org}]", 'kind = "tfe"', f'address = "http://127.0.0.1:{i["port"]}"',
                   f'token = {{ file = "{i["admin"]}" }}']
@@ -512,6 +527,7 @@ def check_vault_records(bao_port, tokens, sample=20):
 def bench_size(n, args, bins):
     orgs = orgs_for(n)
     procs = Procs()
+    state_dirs = []
     work = tempfile.mkdtemp(prefix=f"tr-bench-{n}-")
     os.chmod(work, 0o700)
     try:
@@ -520,7 +536,11 @@ def bench_size(n, args, bins):
         logs = EmulatorLogs([os.path.join(work, f"{org}.log") for org in issuers])
         listen = free_port()
         policy = os.path.join(work, "policy.toml")
-        write_policy(policy, work, listen, bao_port, issuers, tokens, vault_token, args.issuer_rps)
+        state_dir = os.path.join(work, "state")
+        if args.state_parent:
+            state_dir = tempfile.mkdtemp(prefix="tr-bench-state-", dir=args.state_parent)
+            state_dirs.append(state_dir)
+        write_policy(policy, state_dir, listen, bao_port, issuers, tokens, vault_token, args.issuer_rps)
         cfg = os.path.join(work, "baseline.json")
         write_baseline_config(cfg, bao_port, issuers, tokens, vault_token)
         base = bench_baseline(procs, work, n, orgs, cfg, logs, args.idle_seconds)
@@ -533,7 +553,7 @@ def bench_size(n, args, bins):
     finally:
         procs.stop_all()
         if not args.keep:
-            subprocess.run(["rm", "-rf", work], check=False)
+            subprocess.run(["rm", "-rf", work, *state_dirs], check=False)
 
 
 # --- output -----------------------------------------------------------------------------------------------
@@ -596,7 +616,9 @@ def targets(results):
     checks = [
         ("ready (sd_notify READY) < 100 ms", d["ready_notify_s"] < 0.1, f"{d['ready_notify_s'] * 1000:.0f} ms"),
         ("idle RSS < 20 MB", d["idle_rss_mb"] < 20, f"{d['idle_rss_mb']:.1f} MB"),
-        ("idle wake-ups <= 1 per minute", d["idle_wakeups"] <= max(2, 2 * d["idle_seconds"] / 60),
+        # One wake-up of a tokio worker is 1 to 3 context switches (a 90 s timer fires through tokio's timer wheel
+        # in up to three steps, seen with strace), so "at most one wake-up per minute" is <= 3 switches a minute.
+        ("idle wake-ups <= 1 per minute", d["idle_wakeups"] <= 3 * max(1, d["idle_seconds"] / 60),
          f"{d['idle_wakeups']} context switches in {d['idle_seconds']}s"),
         ("/metrics render < 10 ms", d["metrics_ms"] < 10, f"{d['metrics_ms']:.1f} ms"),
         ("< 1 ms daemon CPU per rotation", d["cpu_per_rotation_ms"] < 1, f"{d['cpu_per_rotation_ms']:.3f} ms"),
@@ -639,6 +661,9 @@ def main():
     ap.add_argument("--issuer-rps", type=int, default=None,
                     help="requests_per_second of every issuer in the daemon's policy (default: the daemon's)")
     ap.add_argument("--json", help="also write every figure to this file")
+    ap.add_argument("--state-parent", metavar="DIR",
+                    help="put the daemon's state_dir (its journal) under DIR instead of the work directory, "
+                         "e.g. /dev/shm to see what the journal's fsyncs cost")
     ap.add_argument("--perf", metavar="DIR", help="record the daemon with `perf record` during `rotate --all` "
                                                   "into DIR/rotate-N.perf.data")
     ap.add_argument("--keep", action="store_true", help="keep the work directories (logs, policies)")
@@ -669,7 +694,10 @@ def main():
     print(f"token-rotator benchmark — binaries {os.path.relpath(bin_dir, ROOT)}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d')}")
     print(table(results, args.idle_seconds))
-    print(targets(results))
+    if args.quick:
+        print("\n(--quick checks that the driver works; the targets apply to release binaries at 10,000 tokens)")
+    else:
+        print(targets(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "bin_dir": bin_dir, "idle_seconds": args.idle_seconds,

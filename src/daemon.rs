@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +26,12 @@ use crate::status::{StatusBoard, TokenStatus};
 
 /// How long in-flight rotations get to reach a journaled state after SIGTERM/SIGINT (SPEC §5.7).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// At most this many tokens are visited at once (issuers are paced separately).
+/// At most this many tokens are visited at once (issuers are paced separately). Visits beyond it are not even
+/// spawned: a waiting task would hold its whole future (kilobytes) for as long as it waits.
 const MAX_CONCURRENT: usize = 32;
-/// At most this many of them belong to one issuer, so that tokens queued behind one issuer's pacer never hold
-/// every permit while the other issuers sit idle.
-const MAX_CONCURRENT_PER_ISSUER: usize = 16;
+/// Each issuer gets an equal share of them (`MAX_CONCURRENT` / issuers, at least this many), so that tokens queued
+/// behind one issuer's pacer never take every place while the other issuers sit idle.
+const MIN_CONCURRENT_PER_ISSUER: usize = 2;
 /// Permanent failures are retried after this long, or on `rotate`.
 const PERMANENT_RETRY: Duration = Duration::from_secs(3600);
 
@@ -200,9 +201,15 @@ pub struct Daemon {
     tasks: JoinSet<(String, bool, Result<Tended, Failure>)>,
     /// `rotate` requests waiting for their forced rotations to finish.
     waiters: Vec<Waiter>,
-    permits: Arc<Semaphore>,
-    /// Per issuer, taken before `permits` (see `MAX_CONCURRENT_PER_ISSUER`).
-    issuer_permits: HashMap<String, Arc<Semaphore>>,
+    /// The issuer of every token with a visit in flight, and the number of visits in flight per issuer.
+    in_flight_issuer: HashMap<String, String>,
+    per_issuer: HashMap<String, usize>,
+    /// Every token name, the issuers interleaved (a token of each issuer in turn), and where the last
+    /// `spawn_due` scan stopped: the next one resumes there (round robin), so that a burst of due tokens costs
+    /// about one pass over the slots rather than one per completed visit, and an issuer whose share is taken
+    /// is stepped over one token at a time, not one whole issuer's tokens at a time.
+    order: Vec<String>,
+    cursor: usize,
     failed: bool,
 }
 
@@ -214,26 +221,60 @@ impl Daemon {
         self.slots.insert(t.name.clone(), Slot::new(t.clone(), now));
     }
 
-    fn spawn_due(&mut self, now: DateTime<Utc>) {
-        for (name, slot) in self.slots.iter_mut() {
+    /// Spawns visits for due tokens, up to `MAX_CONCURRENT` (and an equal share per issuer). Returns whether a
+    /// due token had to wait for a place: then a completed visit, not a timer, is the next thing to wait for.
+    fn spawn_due(&mut self, now: DateTime<Utc>) -> bool {
+        if self.tasks.len() >= MAX_CONCURRENT {
+            return true;
+        }
+        // Lazily, from the cursor round: stop as soon as every free place is taken.
+        let room = MAX_CONCURRENT - self.tasks.len();
+        let share =
+            (MAX_CONCURRENT / self.policy.issuers.len().max(1)).max(MIN_CONCURRENT_PER_ISSUER);
+        let mut taken: HashMap<&str, usize> = HashMap::new();
+        let mut waiting = false;
+        let mut picked = Vec::new();
+        let len = self.order.len();
+        let mut next_cursor = self.cursor;
+        for step in 0..len {
+            if picked.len() >= room {
+                waiting = true;
+                break;
+            }
+            let i = (self.cursor + step) % len;
+            let Some(slot) = self.slots.get(&self.order[i]) else {
+                continue;
+            };
             if slot.in_flight || slot.done || slot.next_at > now {
                 continue;
             }
+            let issuer = slot.policy.issuer.as_str();
+            let extra = taken.entry(issuer).or_default();
+            if self.per_issuer.get(issuer).copied().unwrap_or(0) + *extra >= share {
+                waiting = true;
+                continue;
+            }
+            *extra += 1;
+            picked.push(self.order[i].clone());
+            next_cursor = (i + 1) % len;
+        }
+        self.cursor = next_cursor;
+        for name in picked {
+            let Some(slot) = self.slots.get_mut(&name) else {
+                continue;
+            };
+            *self
+                .per_issuer
+                .entry(slot.policy.issuer.clone())
+                .or_default() += 1;
+            self.in_flight_issuer
+                .insert(name.clone(), slot.policy.issuer.clone());
             slot.in_flight = true;
             let force = std::mem::take(&mut slot.force);
             let rotator = self.rotator.clone();
             let policy = slot.policy.clone();
             let jitter = slot.jitter;
-            let permits = self.permits.clone();
-            let issuer_permits = self
-                .issuer_permits
-                .entry(slot.policy.issuer.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONCURRENT_PER_ISSUER)))
-                .clone();
-            let name = name.clone();
             self.tasks.spawn(async move {
-                let _issuer_permit = issuer_permits.acquire_owned().await;
-                let _permit = permits.acquire_owned().await;
                 // A panic must not leave the slot in flight for good (never visited again, `run --once` never
                 // ending): it becomes a failed attempt; the journal keeps whatever progress was made.
                 let visit =
@@ -247,6 +288,29 @@ impl Daemon {
                 (name, force, result)
             });
         }
+        waiting
+    }
+
+    /// Rebuilds `order` after the set of tokens changed: the tokens of each issuer, issuers interleaved.
+    fn rebuild_order(&mut self) {
+        let mut by_issuer: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+        for (name, slot) in &self.slots {
+            by_issuer
+                .entry(slot.policy.issuer.as_str())
+                .or_default()
+                .push(name);
+        }
+        let longest = by_issuer.values().map(Vec::len).max().unwrap_or(0);
+        let mut order = Vec::with_capacity(self.slots.len());
+        for i in 0..longest {
+            for names in by_issuer.values() {
+                if let Some(name) = names.get(i) {
+                    order.push((*name).clone());
+                }
+            }
+        }
+        self.order = order;
+        self.cursor = 0;
     }
 
     fn earliest(&self) -> Option<DateTime<Utc>> {
@@ -319,6 +383,11 @@ impl Daemon {
         result: Result<Tended, Failure>,
         once: bool,
     ) {
+        if let Some(issuer) = self.in_flight_issuer.remove(&name) {
+            if let Some(count) = self.per_issuer.get_mut(&issuer) {
+                *count = count.saturating_sub(1);
+            }
+        }
         if forced {
             let (ok, message) = match &result {
                 Ok(t) if t.rotated => (
@@ -459,6 +528,7 @@ impl Daemon {
             }
         }
         self.policy = policy;
+        self.rebuild_order();
         self.metrics.config_last_reload_success.set(1.0);
         tracing::info!(tokens = self.slots.len(), "policy reloaded");
     }
@@ -532,14 +602,17 @@ pub async fn run(
         slots: BTreeMap::new(),
         tasks: JoinSet::new(),
         waiters: Vec::new(),
-        permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
-        issuer_permits: HashMap::new(),
+        in_flight_issuer: HashMap::new(),
+        per_issuer: HashMap::new(),
+        order: Vec::new(),
+        cursor: 0,
         failed: false,
     };
     let now = crate::clock::now();
     for t in policy.tokens.values() {
         d.register(t, now);
     }
+    d.rebuild_order();
     if !opts.once {
         crate::systemd::ready();
         spawn_signal_handlers(
@@ -557,16 +630,18 @@ pub async fn run(
 
     loop {
         let now = crate::clock::now();
-        if !cancel.is_cancelled() {
-            d.spawn_due(now);
-        }
+        let waiting = !cancel.is_cancelled() && d.spawn_due(now);
         if opts.once && d.tasks.is_empty() && d.slots.values().all(|s| s.done) {
             break;
         }
-        let sleep_for = d
-            .earliest()
-            .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::from_secs(86_400));
+        // A due token waiting for a place is spawned when a visit completes; until then no timer is needed.
+        let sleep_for = if waiting {
+            Duration::from_secs(86_400)
+        } else {
+            d.earliest()
+                .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(86_400))
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(joined) = d.tasks.join_next(), if !d.tasks.is_empty() => {
