@@ -217,7 +217,7 @@ impl Daemon {
     fn register(&mut self, t: &TokenPolicy, now: DateTime<Utc>) {
         self.metrics.init_token(&t.name);
         self.board
-            .insert(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
+            .add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
         self.slots.insert(t.name.clone(), Slot::new(t.clone(), now));
     }
 
@@ -547,7 +547,7 @@ pub async fn run(
     // Every token is on the board before /readyz can answer: an empty board would read as ready while the
     // issuers and sinks are still being built.
     for t in policy.tokens.values() {
-        board.insert(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
+        board.add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
     }
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
 

@@ -91,8 +91,9 @@ impl StatusBoard {
         Self::default()
     }
 
-    pub fn insert(&self, status: TokenStatus) {
-        self.write().insert(status.name.clone(), status);
+    /// Adds a token's status unless the board already has one for it.
+    pub fn add(&self, status: TokenStatus) {
+        self.write().entry(status.name.clone()).or_insert(status);
     }
 
     pub fn remove(&self, name: &str) {

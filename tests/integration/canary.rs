@@ -17,70 +17,12 @@ use token_rotator_emulators::tfc::{Config, TfcEmulator};
 
 use crate::faults::{Fault, FaultProxy, Rule};
 use crate::harness::{
-    free_port, metric, run_cli_async, Bao, DaemonProc, Output, Workdir, ROOT_TOKEN,
+    free_port, metric, run_cli_async, Bao, DaemonProc, Moto, Output, Workdir, ROOT_TOKEN,
 };
 
 const VAULT_CANARY: &str = "canary-vault-token-7f3a9c51e2";
 const BAD_CREDENTIAL: &str = "CANARY-BAD-CREDENTIAL-5f1e2d3c4b";
 const AWS_CANARY_SECRET: &str = "CANARYawsSecretAccessKey0123456789abcdefXY";
-
-/// moto's server mode standing in for AWS Secrets Manager (`MOTO_SERVER`, else `.venv/bin/moto_server`, installed
-/// by scripts/install-test-deps.sh), killed on drop.
-struct Moto {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        let bin = std::env::var_os("MOTO_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server")
-            });
-        assert!(
-            bin.exists(),
-            "moto_server not found at {}: run `bash scripts/install-test-deps.sh` or set MOTO_SERVER",
-            bin.display()
-        );
-        for _ in 0..3 {
-            let port = free_port();
-            let mut child = std::process::Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("spawn moto_server");
-            let url = format!("http://127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                let ok = reqwest::Client::new()
-                    .post(format!("{url}/moto-api/reset"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    return Moto { child, url };
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("moto_server did not start");
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Every way a secret could show: a known value, any TFC token value, any Pulumi token value.
 fn leaks(text: &str, secrets: &[String]) -> Vec<String> {

@@ -451,3 +451,203 @@ where
 pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+/// `MOTO_SERVER`, else the venv that scripts/install-test-deps.sh fills. No fallback to PATH: the version is pinned.
+pub fn moto_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOTO_SERVER") {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "MOTO_SERVER={} does not exist", p.display());
+        return p;
+    }
+    let venv = workspace().join(".venv/bin/moto_server");
+    if venv.exists() {
+        return venv;
+    }
+    panic!(
+        "moto_server not found at {}: run `bash scripts/install-test-deps.sh` (it installs the pinned moto[server] \
+         into .venv) or set MOTO_SERVER to a moto_server binary",
+        venv.display()
+    )
+}
+
+/// A moto server on 127.0.0.1 standing in for AWS Secrets Manager, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let bin = moto_bin();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn moto_server");
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                let ok = reqwest::Client::new()
+                    .post(format!("{url}/moto-api/reset"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    return Moto { child, url };
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("moto_server did not start");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The usual end-to-end stack: the TFC emulator with organization `acme` (its owners' token in `admin`), a real
+/// OpenBao, and a scratch directory. Policies name the issuer `tfc` (credential from `TFC_TOKEN`) and the sink
+/// `vault` (token from `VAULT_TOKEN`).
+pub struct Stack {
+    pub tfc: token_rotator_emulators::tfc::TfcHandle,
+    pub bao: Bao,
+    pub work: Workdir,
+    pub admin: String,
+}
+
+impl Stack {
+    pub async fn new(cfg: token_rotator_emulators::tfc::Config) -> Stack {
+        let tfc = token_rotator_emulators::tfc::TfcEmulator::start(cfg)
+            .await
+            .unwrap();
+        let admin = tfc.add_organization("acme");
+        Stack::with(tfc, admin).await
+    }
+
+    /// A stack around an emulator the caller started (e.g. the TLS one).
+    pub async fn with(tfc: token_rotator_emulators::tfc::TfcHandle, admin: String) -> Stack {
+        Stack {
+            tfc,
+            bao: Bao::start().await,
+            work: Workdir::new(),
+            admin,
+        }
+    }
+
+    /// Writes a policy: `[daemon]`, `[issuers.tfc]` (plus `issuer_extra` lines), `[sinks.vault]` (plus
+    /// `vault_extra` lines), then `tokens`.
+    pub fn write_policy(
+        &self,
+        listen: u16,
+        issuer_extra: &str,
+        vault_extra: &str,
+        tokens: &str,
+    ) -> PathBuf {
+        self.work.write_policy(&format!(
+            r#"[daemon]
+state_dir = "{state}"
+listen = "127.0.0.1:{listen}"
+
+[issuers.tfc]
+kind = "tfe"
+address = "{tfc}"
+token = {{ env = "TFC_TOKEN" }}
+{issuer_extra}
+
+[sinks.vault]
+kind = "vault"
+address = "{bao}"
+auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
+{vault_extra}
+
+{tokens}
+"#,
+            state = self.work.state_dir().display(),
+            tfc = self.tfc.url(),
+            bao = self.bao.addr,
+        ))
+    }
+
+    pub fn envs(&self) -> Vec<(String, String)> {
+        vec![
+            ("TFC_TOKEN".into(), self.admin.clone()),
+            ("VAULT_TOKEN".into(), ROOT_TOKEN.into()),
+        ]
+    }
+
+    fn envs_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut envs = self.envs();
+        envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        envs
+    }
+
+    /// `token-rotator ARGS… --config POLICY` with the stack's environment plus `extra`.
+    pub async fn cli(&self, args: &[&str], policy: &Path, extra: &[(&str, &str)]) -> Output {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.push("--config".into());
+        v.push(policy.display().to_string());
+        run_cli_async(v, self.envs_with(extra), Duration::from_secs(120)).await
+    }
+
+    /// `run --once` with the stack's environment plus `extra`.
+    pub async fn once(&self, policy: &Path, extra: &[(&str, &str)]) -> Output {
+        self.cli(&["run", "--once"], policy, extra).await
+    }
+
+    /// A daemon (`run`) listening on `port`, with the stack's environment plus `extra`.
+    pub async fn daemon(&self, policy: &Path, port: u16, extra: &[(&str, &str)]) -> DaemonProc {
+        let envs = self.envs_with(extra);
+        let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        DaemonProc::start(policy, port, &refs).await
+    }
+
+    /// The KV v2 record at `secret/<path>`.
+    pub async fn record(&self, path: &str) -> Value {
+        self.bao
+            .kv2_get("secret", path)
+            .await
+            .unwrap_or_else(|| panic!("no record at {path}"))
+    }
+}
+
+/// The record is the one organization token of `acme` the emulator still accepts: same id, the SPEC §4 keys, and
+/// `expires_at` equal to the issuer's `expired-at`.
+pub fn assert_valid_org_record(tfc: &token_rotator_emulators::tfc::TfcHandle, record: &Value) {
+    use token_rotator_emulators::tfc::TokenKind;
+    let value = record["token"].as_str().expect("record has a token");
+    assert!(
+        tfc.is_valid(value),
+        "the stored token is valid at the issuer"
+    );
+    let valid: Vec<_> = tfc
+        .valid_tokens()
+        .into_iter()
+        .filter(|t| t.kind == TokenKind::Organization && t.organization == "acme")
+        .collect();
+    assert_eq!(valid.len(), 1, "exactly one valid org token");
+    assert_eq!(record["token_id"], json!(valid[0].id));
+    assert_eq!(record["issuer"], "tfc");
+    assert_eq!(record["type"], "organization");
+    assert!(record["created_at"].is_string());
+    let keys: Vec<&String> = record.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 6, "exactly the SPEC §4 keys: {keys:?}");
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(record["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        Some(expires.timestamp()),
+        valid[0].expired_at.map(|t| t.timestamp())
+    );
+}

@@ -6,29 +6,27 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle};
+use token_rotator_emulators::tfc::Config;
 
-use crate::harness::{
-    free_port, metric, run_cli_async, wait_for, Bao, DaemonProc, Output, Workdir, ROOT_TOKEN,
-};
+use crate::harness::{free_port, metric, wait_for, DaemonProc, Output, Stack};
 
+/// The shared stack, listening on one port for the whole test.
 struct Env {
-    tfc: TfcHandle,
-    bao: Bao,
-    work: Workdir,
-    admin: String,
+    stack: Stack,
     listen: u16,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
 }
 
 impl Env {
     async fn new() -> Env {
-        let tfc = TfcEmulator::start(Config::default()).await.unwrap();
-        let admin = tfc.add_organization("acme");
         Env {
-            tfc,
-            bao: Bao::start().await,
-            work: Workdir::new(),
-            admin,
+            stack: Stack::new(Config::default()).await,
             listen: free_port(),
         }
     }
@@ -46,47 +44,15 @@ impl Env {
     }
 
     fn policy(&self, tokens: &str) -> PathBuf {
-        self.work.write_policy(&format!(
-            r#"[daemon]
-state_dir = "{state}"
-listen = "127.0.0.1:{listen}"
-
-[issuers.tfc]
-kind = "tfe"
-address = "{tfc}"
-token = {{ env = "TFC_TOKEN" }}
-
-[sinks.vault]
-kind = "vault"
-address = "{bao}"
-auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
-
-{tokens}"#,
-            state = self.work.state_dir().display(),
-            listen = self.listen,
-            tfc = self.tfc.url(),
-            bao = self.bao.addr,
-        ))
-    }
-
-    fn envs(&self) -> Vec<(String, String)> {
-        vec![
-            ("TFC_TOKEN".into(), self.admin.clone()),
-            ("VAULT_TOKEN".into(), ROOT_TOKEN.into()),
-        ]
+        self.stack.write_policy(self.listen, "", "", tokens)
     }
 
     async fn cli(&self, args: &[&str], policy: &std::path::Path) -> Output {
-        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        v.push("--config".into());
-        v.push(policy.display().to_string());
-        run_cli_async(v, self.envs(), Duration::from_secs(60)).await
+        self.stack.cli(args, policy, &[]).await
     }
 
     async fn daemon(&self, policy: &std::path::Path) -> DaemonProc {
-        let envs = self.envs();
-        let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        DaemonProc::start(policy, self.listen, &refs).await
+        self.stack.daemon(policy, self.listen, &[]).await
     }
 
     async fn token_id(&self, name: &str) -> Option<String> {
@@ -276,11 +242,15 @@ async fn systemd_notify_ready_watchdog_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut envs = env.envs();
-    envs.push(("NOTIFY_SOCKET".into(), sock_path.display().to_string()));
-    envs.push(("WATCHDOG_USEC".into(), "400000".into()));
-    let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let daemon = DaemonProc::start(&policy, env.listen, &refs).await;
+    let notify = sock_path.display().to_string();
+    let daemon = env
+        .stack
+        .daemon(
+            &policy,
+            env.listen,
+            &[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "400000")],
+        )
+        .await;
     let mut seen = String::new();
     let mut buf = [0u8; 512];
     while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {

@@ -371,7 +371,7 @@ fn exported_metrics() -> BTreeMap<String, String> {
     s.stored_everywhere = true;
     s.last_success = Some(now);
     s.next_due = Some(now + chrono::Duration::days(20));
-    board.insert(s);
+    board.add(s);
     metrics.init_token("ci-org");
     metrics.init_sink("vault");
     metrics

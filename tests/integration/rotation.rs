@@ -4,86 +4,38 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle, TokenKind};
+use token_rotator_emulators::tfc::{Config, TokenKind};
 
 use crate::harness::{
-    free_port, metric, run_cli_async, wait_for, Bao, DaemonProc, Workdir, ROOT_TOKEN,
+    assert_valid_org_record, free_port, metric, run_cli_async, wait_for, DaemonProc, Stack,
+    ROOT_TOKEN,
 };
 
-struct Env {
-    tfc: TfcHandle,
-    bao: Bao,
-    work: Workdir,
-    admin: String,
+/// The shared stack plus this module's single org-token policy.
+struct Env(Stack);
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 async fn setup() -> Env {
-    let tfc = TfcEmulator::start(Config::default()).await.unwrap();
-    let admin = tfc.add_organization("acme");
-    Env {
-        tfc,
-        bao: Bao::start().await,
-        work: Workdir::new(),
-        admin,
-    }
+    Env(Stack::new(Config::default()).await)
 }
 
 impl Env {
+    /// The `ci-org` organization token of `acme`, stored at `<mount>/ci/tfc-org`.
     fn policy(&self, listen: u16, mount: &str, token_keys: &str) -> std::path::PathBuf {
-        self.work.write_policy(&format!(
-            r#"[daemon]
-state_dir = "{state}"
-listen = "127.0.0.1:{listen}"
-
-[issuers.tfc]
-kind = "tfe"
-address = "{tfc}"
-token = {{ env = "TFC_TOKEN" }}
-
-[sinks.vault]
-kind = "vault"
-address = "{bao}"
-mount = "{mount}"
-auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
-
-[tokens.ci-org]
-issuer = "tfc"
-type = "organization"
-organization = "acme"
-{token_keys}
-sinks = [{{ sink = "vault", path = "ci/tfc-org" }}]
-"#,
-            state = self.work.state_dir().display(),
-            tfc = self.tfc.url(),
-            bao = self.bao.addr,
-        ))
-    }
-
-    fn envs(&self) -> Vec<(String, String)> {
-        vec![
-            ("TFC_TOKEN".into(), self.admin.clone()),
-            ("VAULT_TOKEN".into(), ROOT_TOKEN.into()),
-        ]
-    }
-
-    async fn once(
-        &self,
-        policy: &std::path::Path,
-        extra: &[(&str, &str)],
-    ) -> crate::harness::Output {
-        let mut envs = self.envs();
-        envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        run_cli_async(
-            vec![
-                "run".into(),
-                "--once".into(),
-                "--config".into(),
-                policy.display().to_string(),
-            ],
-            envs,
-            Duration::from_secs(60),
+        self.write_policy(
+            listen,
+            "",
+            &format!("mount = \"{mount}\""),
+            &format!(
+                "[tokens.ci-org]\nissuer = \"tfc\"\ntype = \"organization\"\norganization = \"acme\"\n{token_keys}\nsinks = [{{ sink = \"vault\", path = \"ci/tfc-org\" }}]\n"
+            ),
         )
-        .await
     }
 
     /// The org tokens of `acme` the emulator still accepts.
@@ -102,22 +54,7 @@ sinks = [{{ sink = "vault", path = "ci/tfc-org" }}]
 
     /// The sink record holds exactly the one org token the emulator still considers valid.
     fn assert_record_is_the_valid_token(&self, record: &Value) {
-        let value = record["token"].as_str().expect("record has a token");
-        assert!(
-            self.tfc.is_valid(value),
-            "the stored token is valid at the issuer"
-        );
-        let valid = self.valid_org_tokens();
-        assert_eq!(valid.len(), 1, "exactly one valid org token");
-        assert_eq!(record["token_id"], json!(valid[0].id));
-        assert_eq!(record["issuer"], "tfc");
-        assert_eq!(record["type"], "organization");
-        let expires =
-            chrono::DateTime::parse_from_rfc3339(record["expires_at"].as_str().unwrap()).unwrap();
-        assert_eq!(
-            Some(expires.timestamp()),
-            valid[0].expired_at.map(|t| t.timestamp())
-        );
+        assert_valid_org_record(&self.tfc, record);
     }
 }
 

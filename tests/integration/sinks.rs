@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
@@ -18,10 +17,11 @@ use token_rotator::record::SinkRecord;
 use token_rotator::secret::SecretString;
 use token_rotator::sink::aws::{client_request_token, AwsSink};
 use token_rotator::sink::{Content, Sink, SinkErrorKind, Target, Version};
-use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle, TokenKind};
+use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle};
 
 use crate::harness::{
-    free_port, run_cli, run_cli_async, wait_for, Bao, DaemonProc, Output, Workdir, ROOT_TOKEN,
+    assert_valid_org_record, free_port, run_cli, run_cli_async, wait_for, Bao, DaemonProc, Moto,
+    Output, Workdir, ROOT_TOKEN,
 };
 
 const REGION: &str = "us-east-1";
@@ -31,64 +31,8 @@ const AWS_SECRET_KEY: &str = "aws-secret-key-never-logged";
 // ---------------------------------------------------------------------------------------------------------------
 // moto
 
-/// `MOTO_SERVER`, else the venv that scripts/install-test-deps.sh fills. No fallback to PATH: the version is pinned.
-fn moto_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOTO_SERVER") {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "MOTO_SERVER={} does not exist", p.display());
-        return p;
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-    if venv.exists() {
-        return venv;
-    }
-    panic!(
-        "moto_server not found at {}: run `bash scripts/install-test-deps.sh` (it installs the pinned moto[server] \
-         into .venv) or set MOTO_SERVER to a moto_server binary",
-        venv.display()
-    )
-}
-
-/// A moto server on 127.0.0.1 (Secrets Manager among the rest), killed on drop.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
+/// What these tests do with the shared moto server.
 impl Moto {
-    async fn start() -> Moto {
-        for _ in 0..3 {
-            let port = free_port();
-            let child = Command::new(moto_bin())
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn moto_server");
-            let mut moto = Moto {
-                child,
-                url: format!("http://127.0.0.1:{port}"),
-            };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = moto.child.try_wait() {
-                    break;
-                }
-                let ok = reqwest::Client::new()
-                    .post(format!("{}/moto-api/reset", moto.url))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    return moto;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        panic!("moto_server did not start");
-    }
-
     /// A Secrets Manager client of the test itself, to look at what the daemon left.
     fn client(&self) -> aws_sdk_secretsmanager::Client {
         let conf = aws_sdk_secretsmanager::Config::builder()
@@ -139,13 +83,6 @@ impl Moto {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -268,21 +205,7 @@ sinks = [{targets}]
 
     /// The record is the one org token the emulator still accepts.
     fn assert_valid_record(&self, r: &Value) {
-        let value = r["token"].as_str().expect("record has a token");
-        assert!(self.tfc.is_valid(value), "the stored token is valid");
-        let valid: Vec<_> = self
-            .tfc
-            .valid_tokens()
-            .into_iter()
-            .filter(|t| t.kind == TokenKind::Organization && t.organization == "acme")
-            .collect();
-        assert_eq!(valid.len(), 1);
-        assert_eq!(r["token_id"], json!(valid[0].id));
-        assert_eq!(r["issuer"], "tfc");
-        assert_eq!(r["type"], "organization");
-        assert!(r["created_at"].is_string() && r["expires_at"].is_string());
-        let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
-        assert_eq!(keys.len(), 6, "exactly the SPEC §4 keys: {keys:?}");
+        assert_valid_org_record(&self.tfc, r);
     }
 }
 

@@ -5,88 +5,28 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle, TokenKind};
+use token_rotator_emulators::tfc::{Config, TfcEmulator, TokenKind};
 
-use crate::harness::{
-    free_port, metric, run_cli_async, wait_for, Bao, DaemonProc, Output, Workdir, ROOT_TOKEN,
-};
+use crate::harness::{free_port, metric, run_cli_async, wait_for, Bao, Stack, Workdir, ROOT_TOKEN};
 
-struct Env {
-    tfc: TfcHandle,
-    bao: Bao,
-    work: Workdir,
-    admin: String,
+/// The shared stack plus this module's views of the issuer.
+struct Env(Stack);
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 impl Env {
     async fn new(cfg: Config) -> Env {
-        let tfc = TfcEmulator::start(cfg).await.unwrap();
-        let admin = tfc.add_organization("acme");
-        Env {
-            tfc,
-            bao: Bao::start().await,
-            work: Workdir::new(),
-            admin,
-        }
+        Env(Stack::new(cfg).await)
     }
 
-    /// A policy with one issuer (`tfc`, address `address` or the emulator) and the given token tables.
+    /// A policy with the given token tables (issuer `tfc`, sink `vault`).
     fn policy(&self, listen: u16, tokens: &str) -> PathBuf {
-        self.policy_at(listen, &self.tfc.url(), "", tokens)
-    }
-
-    fn policy_at(&self, listen: u16, address: &str, issuer_extra: &str, tokens: &str) -> PathBuf {
-        self.work.write_policy(&format!(
-            r#"[daemon]
-state_dir = "{state}"
-listen = "127.0.0.1:{listen}"
-
-[issuers.tfc]
-kind = "tfe"
-address = "{address}"
-token = {{ env = "TFC_TOKEN" }}
-{issuer_extra}
-
-[sinks.vault]
-kind = "vault"
-address = "{bao}"
-auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
-
-{tokens}
-"#,
-            state = self.work.state_dir().display(),
-            bao = self.bao.addr,
-        ))
-    }
-
-    fn envs(&self) -> Vec<(String, String)> {
-        vec![
-            ("TFC_TOKEN".into(), self.admin.clone()),
-            ("VAULT_TOKEN".into(), ROOT_TOKEN.into()),
-        ]
-    }
-
-    async fn once(&self, policy: &std::path::Path, extra: &[(&str, &str)]) -> Output {
-        let mut envs = self.envs();
-        envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        run_cli_async(
-            vec![
-                "run".into(),
-                "--once".into(),
-                "--config".into(),
-                policy.display().to_string(),
-            ],
-            envs,
-            Duration::from_secs(120),
-        )
-        .await
-    }
-
-    async fn record(&self, path: &str) -> Value {
-        self.bao
-            .kv2_get("secret", path)
-            .await
-            .unwrap_or_else(|| panic!("no record at {path}"))
+        self.write_policy(listen, "", "", tokens)
     }
 
     fn valid_of(&self, kind: TokenKind) -> Vec<String> {
@@ -183,9 +123,7 @@ sinks = [{{ sink = "vault", path = "ci/team" }}]
 "#
         ),
     );
-    let envs = env.envs();
-    let refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let daemon = DaemonProc::start(&policy, port, &refs).await;
+    let daemon = env.daemon(&policy, port, &[]).await;
     let first = wait_for(Duration::from_secs(20), "the first team token", || async {
         env.bao.kv2_get("secret", "ci/team").await
     })
@@ -451,12 +389,7 @@ async fn tfe_with_a_private_ca_and_an_old_version_without_multi_team_tokens() {
     let (tfc, ca_pem) = TfcEmulator::start_tls(Config::default()).await.unwrap();
     let admin = tfc.add_organization("acme");
     let team = tfc.add_team("acme", "platform");
-    let env = Env {
-        tfc,
-        bao: Bao::start().await,
-        work: Workdir::new(),
-        admin,
-    };
+    let env = Env(Stack::with(tfc, admin).await);
     let ca = env.work.path().join("tfe-ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();
     assert!(env.tfc.url().starts_with("https://"));
@@ -475,16 +408,16 @@ sinks = [{{ sink = "vault", path = "ci/team" }}]
 "#
     );
     // Without the CA the TLS handshake fails: verification is never switched off.
-    let policy = env.policy_at(free_port(), &env.tfc.url(), "", &tokens);
+    let policy = env.write_policy(free_port(), "", "", &tokens);
     let out = env.once(&policy, &[]).await;
     assert_eq!(out.code, 1);
     assert!(env.bao.kv2_get("secret", "ci/org").await.is_none());
 
     env.tfc.set_multi_team_tokens_supported(false);
-    let policy = env.policy_at(
+    let policy = env.write_policy(
         free_port(),
-        &env.tfc.url(),
         &format!("ca_file = \"{}\"", ca.display()),
+        "",
         &tokens,
     );
     let out = env.once(&policy, &[]).await;
