@@ -268,3 +268,46 @@ async fn systemd_notify_ready_watchdog_and_stopping() {
     }
     assert_eq!(daemon.terminate(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_proves_credentials_and_reads_sinks_without_changing_anything() {
+    let env = Env::new().await;
+    let policy = env.policy(&Env::token("ci-org", "org"));
+    let out = env.cli(&["check", "--online"], &policy).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("issuer tfc: ok (credential accepted)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("token ci-org → vault:ops/ci-org: ok (no record yet)"),
+        "{}",
+        out.stdout
+    );
+
+    let out = env
+        .stack
+        .cli(
+            &["check", "--online"],
+            &policy,
+            &[("TFC_TOKEN", "not-a-valid-token")],
+        )
+        .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("issuer tfc: FAILED") && out.stdout.contains("401"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("not-a-valid-token") && !out.stderr.contains("not-a-valid-token"));
+    let creates = env
+        .tfc
+        .request_log()
+        .iter()
+        .filter(|r| r.method != "GET")
+        .count();
+    assert_eq!(creates, 0, "check --online only reads");
+    assert!(env.token_id("ci-org").await.is_none(), "and writes nothing");
+}
