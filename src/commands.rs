@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::control::{self, Request, Response, RotateResult};
-use crate::daemon::build_rotator;
+use crate::daemon::{build_rotator, build_sinks_only};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -71,7 +71,7 @@ pub async fn plan(policy: &Policy, json: bool) -> bool {
             return false;
         }
     };
-    let rotator = build_rotator(policy, journal, Arc::new(Metrics::new())).await;
+    let rotator = build_sinks_only(policy, journal, Arc::new(Metrics::new())).await;
     let now = crate::clock::now();
     let mut rows = Vec::new();
     let mut ok = true;

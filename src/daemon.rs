@@ -88,6 +88,26 @@ pub async fn build_rotator(
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
 ) -> Rotator {
+    let mut rotator = build_sinks_only(policy, journal, metrics).await;
+    for (name, cfg) in &policy.issuers {
+        let built = match resolve_credential(&cfg.token, &rotator.sinks).await {
+            Ok(cred) => issuer::build(cfg, cred, rotator.metrics.clone()).map_err(|e| e.message),
+            Err(why) => Err(format!("credential {}: {why}", cfg.token)),
+        };
+        if let Err(why) = &built {
+            tracing::error!(issuer = %name, error = %why, "issuer is unusable; its tokens will fail");
+        }
+        rotator.issuers.insert(name.clone(), built);
+    }
+    rotator
+}
+
+/// A rotator that can read the sinks but has no issuers (`plan` never calls one, so it resolves no credential).
+pub async fn build_sinks_only(
+    policy: &Policy,
+    journal: Arc<Journal>,
+    metrics: Arc<Metrics>,
+) -> Rotator {
     let mut sinks = HashMap::new();
     for (name, cfg) in &policy.sinks {
         metrics.init_sink(name);
@@ -97,19 +117,8 @@ pub async fn build_rotator(
         }
         sinks.insert(name.clone(), built);
     }
-    let mut issuers = HashMap::new();
-    for (name, cfg) in &policy.issuers {
-        let built = match resolve_credential(&cfg.token, &sinks).await {
-            Ok(cred) => issuer::build(cfg, cred, metrics.clone()).map_err(|e| e.message),
-            Err(why) => Err(format!("credential {}: {why}", cfg.token)),
-        };
-        if let Err(why) = &built {
-            tracing::error!(issuer = %name, error = %why, "issuer is unusable; its tokens will fail");
-        }
-        issuers.insert(name.clone(), built);
-    }
     Rotator {
-        issuers,
+        issuers: HashMap::new(),
         credential_refs: policy
             .issuers
             .iter()
