@@ -782,10 +782,9 @@ fn current_of(observed: &[Observed]) -> (Option<CurrentToken>, bool) {
     let Some(newest) = newest else {
         return (None, false);
     };
-    let everywhere = observed.iter().all(|o| {
-        o.record()
-            .is_some_and(|r| r.token_id == newest.token_id && r.same_as(newest))
-    });
+    let everywhere = observed
+        .iter()
+        .all(|o| o.record().is_some_and(|r| r.same_as(newest)));
     (
         Some(to_current(
             newest.expires_at,
@@ -794,10 +793,4 @@ fn current_of(observed: &[Observed]) -> (Option<CurrentToken>, bool) {
         )),
         everywhere,
     )
-}
-
-impl IssuerError {
-    pub fn is_auth(&self) -> bool {
-        self.kind == IssuerErrorKind::Unauthorized
-    }
 }
