@@ -426,10 +426,7 @@ impl Daemon {
         match result {
             Ok(t) => {
                 if t.rotated {
-                    self.metrics
-                        .rotations
-                        .with_label_values(&[name.as_str(), "success"])
-                        .inc();
+                    self.metrics.count_rotation(&name, true);
                 }
                 let current_id = t.current.as_ref().map(|c| c.token_id.clone());
                 if current_id != slot.jitter_for {
@@ -466,10 +463,7 @@ impl Daemon {
             Err(f) => {
                 self.failed = true;
                 if f.attempted {
-                    self.metrics
-                        .rotations
-                        .with_label_values(&[name.as_str(), "failure"])
-                        .inc();
+                    self.metrics.count_rotation(&name, false);
                 }
                 let mut failures = 0;
                 self.board.update(&name, |s| {

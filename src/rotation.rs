@@ -237,6 +237,9 @@ impl Rotator {
         let why = if force {
             "requested".to_string()
         } else {
+            if due.reason.window_missed() {
+                self.metrics.count_window_missed(&token.name);
+            }
             due.reason.to_string()
         };
         tracing::info!(token = %token.name, issuer = %token.issuer, reason = %why, "rotation started");
@@ -509,7 +512,11 @@ impl Rotator {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        self.journal.save(&entry)?;
+        if !errors.is_empty() {
+            // Partial progress is worth keeping; when every sink took it, the closing write below records that.
+            // (A crash before then re-reads each sink, finds the record and does not write it again.)
+            self.journal.save(&entry)?;
+        }
         let fail = |error: AttemptError, stored_everywhere: bool| Failure {
             error,
             learned: Some((Some(current.clone()), stored_everywhere)),
@@ -529,10 +536,8 @@ impl Rotator {
                 }
                 tracing::info!(token = %token.name, token_id = %minted.token_id, "the new token proved itself with the identity probe");
             }
-            if let Some(r) = entry.rotation.as_mut() {
-                r.phase = Phase::Verified;
-            }
-            self.journal.save(&entry)?;
+            // Not journaled on its own (`Phase::Verified` is only read, from journals of earlier builds): the
+            // closing write follows at once, and a crash in between only repeats the read-only identity probe.
             failpoint("after-verify");
         }
         // The old token goes only now: the new one is stored, read back everywhere and proven (SPEC §5.2).
@@ -630,17 +635,11 @@ impl Rotator {
             match issuer.revoke(token, &rev.token_id).await {
                 Ok(()) => {
                     failpoint("after-revoke");
-                    self.metrics
-                        .revocations
-                        .with_label_values(&[token.name.as_str(), "success"])
-                        .inc();
+                    self.metrics.count_revocation(&token.name, true);
                     tracing::info!(token = %token.name, token_id = %rev.token_id, outcome = "revoked", "revoked the old token");
                 }
                 Err(e) => {
-                    self.metrics
-                        .revocations
-                        .with_label_values(&[token.name.as_str(), "failure"])
-                        .inc();
+                    self.metrics.count_revocation(&token.name, false);
                     rev.attempts += 1;
                     tracing::warn!(token = %token.name, token_id = %rev.token_id, attempts = rev.attempts, error = %e, "revoking the old token failed; will retry");
                     // Retry with the attempt backoff rather than at once.
@@ -685,17 +684,11 @@ impl Rotator {
             }
             match issuer.revoke(token, &t.token_id).await {
                 Ok(()) => {
-                    self.metrics
-                        .revocations
-                        .with_label_values(&[token.name.as_str(), "success"])
-                        .inc();
+                    self.metrics.count_revocation(&token.name, true);
                     tracing::warn!(token = %token.name, token_id = %t.token_id, label = %t.label, outcome = "revoked", "revoked an orphaned token this daemon had minted but no longer tracked");
                 }
                 Err(e) => {
-                    self.metrics
-                        .revocations
-                        .with_label_values(&[token.name.as_str(), "failure"])
-                        .inc();
+                    self.metrics.count_revocation(&token.name, false);
                     return Err(AttemptError::from(e).into());
                 }
             }

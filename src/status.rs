@@ -116,6 +116,11 @@ impl StatusBoard {
         }
     }
 
+    /// Runs `f` over every status at once, in name order, under one read lock.
+    pub fn with_all<R>(&self, f: impl FnOnce(&BTreeMap<String, TokenStatus>) -> R) -> R {
+        f(&self.read())
+    }
+
     pub fn snapshot(&self) -> Vec<TokenStatus> {
         self.read().values().cloned().collect()
     }

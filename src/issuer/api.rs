@@ -18,7 +18,12 @@ pub struct ApiBase {
     /// Replaced in place when the issuer's own credential is the token being rotated (self-rotation).
     credential: RwLock<SecretString>,
     pub http: reqwest::Client,
-    pub pacer: Pacer,
+    /// Paces the requests made with the issuer credential (SPEC: `requests_per_second` is "a client-side limit for
+    /// calls made with this credential").
+    pacer: Pacer,
+    /// Paces requests made with any other bearer — the identity probe of a freshly minted token, which the
+    /// service counts against that token's own user, not against the issuer credential's.
+    probe_pacer: Pacer,
     metrics: Arc<Metrics>,
 }
 
@@ -54,6 +59,7 @@ impl ApiBase {
             credential: RwLock::new(credential),
             http,
             pacer: Pacer::new(cfg.requests_per_second),
+            probe_pacer: Pacer::new(cfg.requests_per_second),
             metrics,
         })
     }
@@ -67,6 +73,25 @@ impl ApiBase {
 
     pub fn credential_is(&self, value: &SecretString) -> bool {
         self.credential().expose_secret() == value.expose_secret()
+    }
+
+    /// The pacer for requests made with `bearer`: the credential's own, or the one for other tokens' probes.
+    fn pacer_for(&self, bearer: &SecretString) -> &Pacer {
+        if self.credential_is(bearer) {
+            &self.pacer
+        } else {
+            &self.probe_pacer
+        }
+    }
+
+    /// Waits for the slot of a request made with `bearer`.
+    pub async fn pace(&self, bearer: &SecretString) {
+        self.pacer_for(bearer).acquire().await;
+    }
+
+    /// After a 429 to a request made with `bearer`: nothing more is sent with it before `wait` has passed.
+    pub async fn rate_limited(&self, bearer: &SecretString, wait: Duration) {
+        self.pacer_for(bearer).block_for(wait).await;
     }
 
     pub fn set_credential(&self, value: SecretString) {

@@ -122,7 +122,7 @@ impl PulumiIssuer {
             error: self.api.error(kind, status, message),
             may_have_acted,
         };
-        self.api.pacer.acquire().await;
+        self.api.pace(bearer).await;
         let mut auth = HeaderValue::from_str(&format!("token {}", bearer.expose_secret()))
             .map_err(|_| {
                 fail(
@@ -201,7 +201,7 @@ impl PulumiIssuer {
             429 => {
                 // Pulumi documents no rate limit; honour Retry-After when it is there (SPEC §5.4).
                 let wait = retry_after.unwrap_or(Duration::from_secs(1)) + super::api::jitter(Duration::from_millis(250));
-                self.api.pacer.block_for(wait).await;
+                self.api.rate_limited(bearer, wait).await;
                 let mut e = self.api.error(
                     IssuerErrorKind::RateLimited,
                     Some(status),

@@ -61,7 +61,7 @@ impl TfeIssuer {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Reply, IssuerError> {
-        self.api.pacer.acquire().await;
+        self.api.pace(bearer).await;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
             .map_err(|_| {
                 self.api.error(
@@ -157,7 +157,7 @@ impl TfeIssuer {
             429 => {
                 // After a 429 nothing goes to this issuer before X-RateLimit-Reset has passed (SPEC §5.4).
                 let wait = reset.unwrap_or(Duration::from_secs(1)) + super::api::jitter(Duration::from_millis(250));
-                self.api.pacer.block_for(wait).await;
+                self.api.rate_limited(bearer, wait).await;
                 let mut e = self.api.error(
                     IssuerErrorKind::RateLimited,
                     Some(status),

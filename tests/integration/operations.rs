@@ -311,3 +311,57 @@ async fn check_online_proves_credentials_and_reads_sinks_without_changing_anythi
     assert_eq!(creates, 0, "check --online only reads");
     assert!(env.token_id("ci-org").await.is_none(), "and writes nothing");
 }
+
+/// SPEC §3 `window`: a due rotation whose next window opens too late (less than `min_validity` would be left)
+/// rotates at once, and says so in the logs and in `token_rotator_window_missed_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_opens_too_late_is_not_waited_for_and_is_counted() {
+    let env = Env::new().await;
+    // Seeded by an earlier rotation: 29 days old, expiring in 20 minutes.
+    let now = chrono::Utc::now();
+    env.bao
+        .kv2_put(
+            "secret",
+            "ops/ci-org",
+            serde_json::json!({
+                "token": "seeded.atlasv1.not-a-live-token",
+                "token_id": "at-seeded",
+                "issuer": "tfc",
+                "type": "organization",
+                "created_at": crate::harness::rfc3339(now - chrono::Duration::days(29)),
+                "expires_at": crate::harness::rfc3339(now + chrono::Duration::minutes(20)),
+            }),
+        )
+        .await;
+    // The window opens on 1 January only; min_validity 1h is more than the 20 minutes left.
+    let token = Env::token("ci-org", "acme")
+        + "lifetime = \"30d\"\nrotate_before = \"2d\"\nwindow = \"0 3 1 1 *\"\nmin_validity = \"1h\"\n";
+    let policy = env.policy(&token);
+    let daemon = env.daemon(&policy).await;
+    let text = wait_for(Duration::from_secs(30), "a rotation", || async {
+        let m = daemon.metrics().await;
+        (metric(
+            &m,
+            "token_rotator_rotations_total",
+            &[("token", "ci-org"), ("result", "success")],
+        ) == Some(1.0))
+        .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &text,
+            "token_rotator_window_missed_total",
+            &[("token", "ci-org")]
+        ),
+        Some(1.0),
+        "{text}\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.stderr().contains("opens too late"),
+        "{}",
+        daemon.stderr()
+    );
+    crate::harness::assert_valid_org_record(&env.tfc, &env.record("ops/ci-org").await);
+}

@@ -5,7 +5,7 @@
 //! installs both. A missing tool fails the test: nothing here is skipped silently.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -342,6 +342,33 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
+/// The hand-written per-token families parse and lint clean (`promtool check metrics`: format, HELP, TYPE,
+/// counter suffixes, one group per family).
+#[test]
+fn the_exposition_passes_promtool_check_metrics() {
+    let promtool = tool("PROMTOOL", "promtool");
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition().as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool finishes");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn promql_metric_names_are_found_and_nothing_else() {
     let got = metric_names(
@@ -356,8 +383,8 @@ fn promql_metric_names_are_found_and_nothing_else() {
     assert_eq!(got, want);
 }
 
-/// The families `/metrics` renders, by type, with every metric populated.
-fn exported_metrics() -> BTreeMap<String, String> {
+/// The exposition `/metrics` renders with every metric populated.
+fn exposition() -> String {
     use token_rotator::status::{CurrentToken, StatusBoard, TokenStatus};
     let metrics = token_rotator::metrics::Metrics::new();
     let board = StatusBoard::new();
@@ -382,8 +409,13 @@ fn exported_metrics() -> BTreeMap<String, String> {
         .issuer_requests
         .with_label_values(&["tfc", "201"])
         .inc();
-    let text = metrics.render(&board);
-    text.lines()
+    metrics.render(&board)
+}
+
+/// The families `/metrics` renders, by type, with every metric populated.
+fn exported_metrics() -> BTreeMap<String, String> {
+    exposition()
+        .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_once(' '))
         .map(|(n, t)| (n.to_string(), t.trim().to_string()))
