@@ -318,7 +318,7 @@ async fn check_online_proves_credentials_and_reads_sinks_without_changing_anythi
 async fn a_window_that_opens_too_late_is_not_waited_for_and_is_counted() {
     let env = Env::new().await;
     // Seeded by an earlier rotation: 29 days old, expiring in 20 minutes.
-    let now = chrono::Utc::now();
+    let now = token_rotator::clock::now();
     env.bao
         .kv2_put(
             "secret",
