@@ -154,7 +154,7 @@ async fn resolve_credential(
 }
 
 struct Slot {
-    policy: TokenPolicy,
+    policy: Arc<TokenPolicy>,
     next_at: DateTime<Utc>,
     in_flight: bool,
     done: bool,
@@ -165,7 +165,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(policy: TokenPolicy, now: DateTime<Utc>) -> Self {
+    fn new(policy: Arc<TokenPolicy>, now: DateTime<Utc>) -> Self {
         Slot {
             policy,
             next_at: now,
@@ -223,11 +223,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn register(&mut self, t: &TokenPolicy, now: DateTime<Utc>) {
+    fn register(&mut self, t: &Arc<TokenPolicy>, now: DateTime<Utc>) {
         self.metrics.init_token(&t.name);
         self.board
             .add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
-        self.slots.insert(t.name.clone(), Slot::new(t.clone(), now));
+        self.slots
+            .insert(t.name.clone(), Slot::new(Arc::clone(t), now));
     }
 
     /// Spawns visits for due tokens, up to `MAX_CONCURRENT` (and an equal share per issuer). Returns whether a
@@ -596,8 +597,11 @@ pub async fn run(
 
     let rotator = Arc::new(build_rotator(&policy, journal.clone(), metrics.clone()).await);
     metrics.config_last_reload_success.set(1.0);
+    let now = crate::clock::now();
+    let tokens: Vec<Arc<TokenPolicy>> = policy.tokens.values().cloned().collect();
+    let policy_path = policy.path.clone();
     let mut d = Daemon {
-        policy: policy.clone(),
+        policy,
         rotator,
         journal,
         metrics,
@@ -611,15 +615,15 @@ pub async fn run(
         cursor: 0,
         failed: false,
     };
-    let now = crate::clock::now();
-    for t in policy.tokens.values() {
+    for t in &tokens {
         d.register(t, now);
     }
+    drop(tokens);
     d.rebuild_order();
     if !opts.once {
         crate::systemd::ready();
         spawn_signal_handlers(
-            policy.path.clone(),
+            policy_path,
             cancel.clone(),
             control_tx.clone(),
             d.metrics.clone(),

@@ -251,7 +251,7 @@ mod tests {
         let due_at = t(due);
         let expires = due_at + TimeDelta::days(10);
         let mut s = sched(30, 10, None);
-        s.window = window(cron, hours, tz);
+        s.window = window(cron, hours, tz).map(Box::new);
         let c = CurrentToken {
             token_id: "at-1".into(),
             created_at: expires - TimeDelta::days(30),
@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn every_combined_with_rotate_before_and_a_window() {
         let mut s = sched(30, 10, Some(7));
-        s.window = window("0 3 * * *", 2, "UTC");
+        s.window = window("0 3 * * *", 2, "UTC").map(Box::new);
         let c = cur("2026-06-01T12:00:00Z", Some("2026-07-01T12:00:00Z"));
         // `every` (7d) is earlier than expiry-based (21 Jun); it waits for the next 03:00 window.
         let d = next_due(&s, Some(&c), Duration::ZERO, t("2026-06-02T00:00:00Z"));

@@ -11,6 +11,7 @@ mod reader;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_spanned::Spanned;
@@ -50,7 +51,8 @@ pub struct Policy {
     pub daemon: DaemonSettings,
     pub issuers: BTreeMap<String, IssuerConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
-    pub tokens: BTreeMap<String, TokenPolicy>,
+    /// Shared with the daemon's scheduler slots and in-flight visits: one copy of each token's policy.
+    pub tokens: BTreeMap<String, Arc<TokenPolicy>>,
 }
 
 #[derive(Clone, Debug)]
@@ -263,7 +265,8 @@ pub struct Schedule {
     pub jitter: Duration,
     pub grace: Duration,
     /// Rotations wait for this window unless that would leave less than `min_validity`.
-    pub window: Option<Window>,
+    /// Boxed: a `Window` is ~360 bytes, and most tokens have none (10,000 tokens are held in memory).
+    pub window: Option<Box<Window>>,
     pub min_validity: Option<Duration>,
 }
 
@@ -980,7 +983,7 @@ fn read_tokens(
     d: &mut Diagnostics,
     issuers: &Named<IssuerConfig>,
     sinks: &Named<SinkConfig>,
-) -> BTreeMap<String, TokenPolicy> {
+) -> BTreeMap<String, Arc<TokenPolicy>> {
     let mut out = BTreeMap::new();
     // Which token already writes to a sink target, for the duplicate check.
     let mut targets: HashMap<SinkTarget, String> = HashMap::new();
@@ -994,7 +997,7 @@ fn read_tokens(
         };
         let mut t = TableReader::new(format!("[tokens.{}]", name.get_ref()), name.span(), table);
         if let Some(token) = read_token(&mut t, d, name.get_ref(), issuers, sinks, &mut targets) {
-            out.insert(name.get_ref().clone(), token);
+            out.insert(name.get_ref().clone(), Arc::new(token));
         }
         t.finish(d);
     }
@@ -1304,14 +1307,14 @@ fn read_schedule(
         }
     }
     let window = match (cron, window_text, tz) {
-        (Some(cron), Some(text), Some(timezone)) => Some(Window {
+        (Some(cron), Some(text), Some(timezone)) => Some(Box::new(Window {
             cron,
             text: text.into_inner(),
             duration: window_duration
                 .map(Spanned::into_inner)
                 .unwrap_or(DEFAULT_WINDOW_DURATION),
             timezone,
-        }),
+        })),
         _ => None,
     };
     for (key, v) in [("lifetime", &lifetime), ("every", &every)] {
