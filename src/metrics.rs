@@ -165,7 +165,7 @@ impl Metrics {
         out.push_str(std::str::from_utf8(&head).expect("prometheus text format is UTF-8"));
         let now = crate::clock::now();
         board.with_all(|tokens| {
-            let mut w = Writer { out: &mut out };
+            let mut w = Writer::for_board(&mut out, tokens);
             w.gauge_family(
                 tokens,
                 "token_rotator_token_expiry_timestamp_seconds",
@@ -204,7 +204,7 @@ impl Metrics {
         });
         {
             let counters = self.tokens.read().unwrap_or_else(|p| p.into_inner());
-            let mut w = Writer { out: &mut out };
+            let mut w = Writer::for_counters(&mut out, &counters);
             w.counter_family(
                 &counters,
                 "token_rotator_rotations_total",
@@ -229,23 +229,83 @@ impl Metrics {
     }
 }
 
+/// The label sets of every token in iteration order, escaped once per scrape rather than once per series, and
+/// contiguous: a scrape reads each token's strings once instead of once per family (at 10,000 tokens those reads
+/// are cache misses and were most of a scrape's time).
+#[derive(Default)]
+struct Labels {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Labels {
+    fn push(&mut self, pairs: &[(&str, &str)]) {
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            self.text.push(if i == 0 { '{' } else { ',' });
+            self.text.push_str(k);
+            self.text.push_str("=\"");
+            label_value(&mut self.text, v);
+            self.text.push('"');
+        }
+        self.ends.push(self.text.len());
+    }
+
+    /// `{k="v",…` of the `i`-th token, without the closing brace.
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+}
+
 /// Writes per-token families in the text exposition format (version 0.0.4).
 struct Writer<'a> {
     out: &'a mut String,
+    /// `{token="…"` of each token.
+    token: Labels,
+    /// `{token="…",issuer="…",type="…"` of each token (only for the board's families).
+    full: Labels,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    fn for_board(out: &'a mut String, tokens: &BTreeMap<String, TokenStatus>) -> Self {
+        let mut w = Writer {
+            out,
+            token: Labels::default(),
+            full: Labels::default(),
+        };
+        for s in tokens.values() {
+            w.token.push(&[("token", &s.name)]);
+            w.full.push(&[
+                ("token", &s.name),
+                ("issuer", &s.issuer),
+                ("type", &s.token_type),
+            ]);
+        }
+        w
+    }
+
+    fn for_counters(out: &'a mut String, counters: &BTreeMap<String, TokenCounters>) -> Self {
+        let mut token = Labels::default();
+        for name in counters.keys() {
+            token.push(&[("token", name)]);
+        }
+        Writer {
+            out,
+            token,
+            full: Labels::default(),
+        }
+    }
+
     fn header(&mut self, name: &str, help: &str, kind: &str) {
         // HELP texts are ours: no backslash or newline to escape.
         let _ = write!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
     }
 
-    /// `name{token="…"` — the caller closes the label set.
-    fn open(&mut self, name: &str, token: &str) {
+    /// `name{labels` of the `i`-th token — the caller closes the label set.
+    fn open(&mut self, name: &str, i: usize, full: bool) {
         self.out.push_str(name);
-        self.out.push_str("{token=\"");
-        label_value(self.out, token);
-        self.out.push('"');
+        let labels = if full { &self.full } else { &self.token };
+        self.out.push_str(labels.get(i));
     }
 
     fn value(&mut self, v: impl itoa::Integer) {
@@ -263,19 +323,12 @@ impl Writer<'_> {
         value: impl Fn(&TokenStatus) -> Option<i64>,
     ) {
         let mut first = true;
-        for s in tokens.values() {
+        for (i, s) in tokens.values().enumerate() {
             let Some(v) = value(s) else { continue };
             if std::mem::take(&mut first) {
                 self.header(name, help, "gauge");
             }
-            self.open(name, &s.name);
-            if with_issuer {
-                self.out.push_str(",issuer=\"");
-                label_value(self.out, &s.issuer);
-                self.out.push_str("\",type=\"");
-                label_value(self.out, &s.token_type);
-                self.out.push('"');
-            }
+            self.open(name, i, with_issuer);
             self.value(v);
         }
     }
@@ -292,15 +345,15 @@ impl Writer<'_> {
             return;
         }
         self.header(name, help, "counter");
-        for (token, c) in counters {
+        for (i, c) in counters.values().enumerate() {
             match values(c) {
                 [n] => {
-                    self.open(name, token);
+                    self.open(name, i, false);
                     self.value(*n);
                 }
                 ns => {
                     for (result, n) in RESULTS.iter().zip(ns) {
-                        self.open(name, token);
+                        self.open(name, i, false);
                         self.out.push_str(",result=\"");
                         self.out.push_str(result);
                         self.out.push('"');
