@@ -115,6 +115,7 @@ pub fn main() -> ExitCode {
     });
     match cli.command {
         Command::Run { config, once } => {
+            crate::http::warm_up();
             let path = config_path(config);
             let policy = match load_or_report(&path) {
                 Ok(p) => p,

@@ -506,7 +506,7 @@ type Named<T> = BTreeMap<String, (Span, Option<T>)>;
 fn read_named<T>(
     root: &mut TableReader,
     d: &mut Diagnostics,
-    key: &str,
+    key: &'static str,
     read_one: fn(&mut TableReader, &mut Diagnostics, &str) -> Option<T>,
 ) -> Named<T> {
     let mut out = BTreeMap::new();
@@ -570,7 +570,7 @@ fn check_address(d: &mut Diagnostics, key: &str, table: &str, v: &Spanned<String
     }
 }
 
-fn read_path(t: &mut TableReader, d: &mut Diagnostics, key: &str) -> Option<PathBuf> {
+fn read_path(t: &mut TableReader, d: &mut Diagnostics, key: &'static str) -> Option<PathBuf> {
     let v = t.opt_str(d, key)?;
     if v.get_ref().is_empty() {
         d.push(v.span(), format!("`{key}` in {} must not be empty", t.name));
@@ -580,7 +580,11 @@ fn read_path(t: &mut TableReader, d: &mut Diagnostics, key: &str) -> Option<Path
 }
 
 /// Reads a secret reference; an inline string gets a message saying what to write instead.
-fn read_secret_ref(t: &mut TableReader, d: &mut Diagnostics, key: &str) -> Option<SecretRef> {
+fn read_secret_ref(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    key: &'static str,
+) -> Option<SecretRef> {
     let Some(v) = t.get(key) else {
         t.missing(
             d,
@@ -955,7 +959,11 @@ fn read_auth_mount(a: &mut TableReader, d: &mut Diagnostics, default: &str) -> O
 }
 
 /// A secret reference read before any sink exists (a sink's own credential): `env` or `file` only.
-fn read_local_secret_ref(a: &mut TableReader, d: &mut Diagnostics, key: &str) -> Option<SecretRef> {
+fn read_local_secret_ref(
+    a: &mut TableReader,
+    d: &mut Diagnostics,
+    key: &'static str,
+) -> Option<SecretRef> {
     let span = a.get(key).map(|v| v.span());
     match read_secret_ref(a, d, key)? {
         SecretRef::Sink { .. } => {
@@ -1159,7 +1167,7 @@ fn read_token_kind(
     issuer: &IssuerConfig,
     ty: &Spanned<String>,
 ) -> Option<TokenKind> {
-    let req = |t: &mut TableReader, d: &mut Diagnostics, key: &str| {
+    let req = |t: &mut TableReader, d: &mut Diagnostics, key: &'static str| {
         let v = t.req_str(d, key)?;
         non_empty(d, v, key)
     };

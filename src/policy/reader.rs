@@ -2,7 +2,6 @@
 //!
 //! serde's derive stops at the first error; operators fixing a policy want all of them at once, each located.
 
-use std::collections::BTreeSet;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -21,7 +20,8 @@ pub struct TableReader<'a, 'i> {
     /// Where a missing key is reported: the line of the table (its header or inline braces).
     pub span: Span,
     table: &'a DeTable<'i>,
-    used: BTreeSet<String>,
+    /// A handful of keys per table: a `Vec` beats a set (10,000 token tables are read at start-up).
+    used: Vec<&'static str>,
 }
 
 impl<'a, 'i> TableReader<'a, 'i> {
@@ -30,7 +30,7 @@ impl<'a, 'i> TableReader<'a, 'i> {
             name: name.into(),
             span,
             table,
-            used: BTreeSet::new(),
+            used: Vec::new(),
         }
     }
 
@@ -45,23 +45,29 @@ impl<'a, 'i> TableReader<'a, 'i> {
         entries
     }
 
-    pub fn has(&self, key: &str) -> bool {
+    pub fn has(&self, key: &'static str) -> bool {
         self.table.get(key).is_some()
     }
 
-    pub fn get(&mut self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
-        self.used.insert(key.to_string());
+    pub fn get(&mut self, key: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.mark(key);
         self.table.get(key)
     }
 
-    pub fn missing(&self, d: &mut Diagnostics, key: &str, hint: &str) {
+    fn mark(&mut self, key: &'static str) {
+        if !self.used.contains(&key) {
+            self.used.push(key);
+        }
+    }
+
+    pub fn missing(&self, d: &mut Diagnostics, key: &'static str, hint: &str) {
         d.push(
             self.span.clone(),
             format!("missing key `{key}` in {}{hint}", self.name),
         );
     }
 
-    pub fn opt_str(&mut self, d: &mut Diagnostics, key: &str) -> Option<Spanned<String>> {
+    pub fn opt_str(&mut self, d: &mut Diagnostics, key: &'static str) -> Option<Spanned<String>> {
         let v = self.get(key)?;
         match v.get_ref().as_str() {
             Some(s) => Some(Spanned::new(v.span(), s.to_string())),
@@ -72,17 +78,17 @@ impl<'a, 'i> TableReader<'a, 'i> {
         }
     }
 
-    pub fn req_str(&mut self, d: &mut Diagnostics, key: &str) -> Option<Spanned<String>> {
+    pub fn req_str(&mut self, d: &mut Diagnostics, key: &'static str) -> Option<Spanned<String>> {
         if !self.has(key) {
             self.missing(d, key, "");
-            self.used.insert(key.into());
+            self.mark(key);
             return None;
         }
         self.opt_str(d, key)
     }
 
     #[allow(dead_code)] // used by the boolean token keys of later token types
-    pub fn opt_bool(&mut self, d: &mut Diagnostics, key: &str) -> Option<Spanned<bool>> {
+    pub fn opt_bool(&mut self, d: &mut Diagnostics, key: &'static str) -> Option<Spanned<bool>> {
         let v = self.get(key)?;
         match v.get_ref().as_bool() {
             Some(b) => Some(Spanned::new(v.span(), b)),
@@ -97,7 +103,7 @@ impl<'a, 'i> TableReader<'a, 'i> {
     pub fn opt_int(
         &mut self,
         d: &mut Diagnostics,
-        key: &str,
+        key: &'static str,
         range: std::ops::RangeInclusive<i64>,
     ) -> Option<Spanned<i64>> {
         let v = self.get(key)?;
@@ -122,7 +128,11 @@ impl<'a, 'i> TableReader<'a, 'i> {
         }
     }
 
-    pub fn opt_duration(&mut self, d: &mut Diagnostics, key: &str) -> Option<Spanned<Duration>> {
+    pub fn opt_duration(
+        &mut self,
+        d: &mut Diagnostics,
+        key: &'static str,
+    ) -> Option<Spanned<Duration>> {
         let v = self.get(key)?;
         let Some(text) = v.get_ref().as_str() else {
             wrong_type(
@@ -142,7 +152,11 @@ impl<'a, 'i> TableReader<'a, 'i> {
         }
     }
 
-    pub fn opt_table(&mut self, d: &mut Diagnostics, key: &str) -> Option<TableReader<'a, 'i>> {
+    pub fn opt_table(
+        &mut self,
+        d: &mut Diagnostics,
+        key: &'static str,
+    ) -> Option<TableReader<'a, 'i>> {
         let v = self.get(key)?;
         match v.get_ref().as_table() {
             Some(t) => Some(TableReader::new(
@@ -159,9 +173,10 @@ impl<'a, 'i> TableReader<'a, 'i> {
 
     /// Reports every key that no reader method consumed.
     pub fn finish(self, d: &mut Diagnostics) {
-        let known: Vec<&str> = self.used.iter().map(String::as_str).collect();
+        let mut known = self.used.clone();
+        known.sort_unstable();
         for (k, _) in self.table.iter() {
-            if !self.used.contains(k.get_ref().as_ref()) {
+            if !self.used.contains(&k.get_ref().as_ref()) {
                 let expected = if known.is_empty() {
                     String::new()
                 } else {
@@ -176,9 +191,9 @@ impl<'a, 'i> TableReader<'a, 'i> {
     }
 
     /// Marks keys as known without reading them (so `finish` does not report them).
-    pub fn allow(&mut self, keys: &[&str]) {
+    pub fn allow(&mut self, keys: &[&'static str]) {
         for k in keys {
-            self.used.insert((*k).to_string());
+            self.mark(k);
         }
     }
 }
