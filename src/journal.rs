@@ -391,7 +391,7 @@ impl Journal {
         Ok(Some(entry))
     }
 
-    /// Atomically replaces the token's entry: temp file (0600) → fsync → rename → fsync the directory. An idle
+    /// Atomically replaces the token's entry: temp file (0600) → fdatasync → rename → fsync the directory. An idle
     /// entry removes the file, so finished work leaves nothing behind.
     pub fn save(&self, entry: &Entry) -> Result<(), JournalError> {
         if self._lock.is_none() {
@@ -418,7 +418,8 @@ impl Journal {
                 .open(&tmp)
                 .map_err(io(&tmp))?;
             f.write_all(&bytes).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
+            // fdatasync: the data and the metadata needed to read it back (size, blocks), not the timestamps.
+            f.sync_data().map_err(io(&tmp))?;
         }
         fs::rename(&tmp, &path).map_err(io(&path))?;
         fsync_dir(&self.dir)
