@@ -523,6 +523,11 @@ impl Daemon {
                 Some(slot) => {
                     slot.policy = t.clone();
                     slot.next_at = now;
+                    // The expiry series carries `issuer` and `type`: follow a change of either.
+                    self.board.update(name, |s| {
+                        s.issuer.clone_from(&t.issuer);
+                        s.token_type = t.kind.type_name().to_string();
+                    });
                     tracing::info!(token = %name, "token changed; rescheduling");
                 }
                 None => {

@@ -15,6 +15,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use chrono::{DateTime, Utc};
+
 use crate::status::{StatusBoard, TokenStatus};
 
 /// A token's counters (`rotations_total`, `revocations_total`, `window_missed_total`).
@@ -27,6 +29,38 @@ struct TokenCounters {
 
 /// `result` label values, indexed by `!ok as usize`.
 const RESULTS: [&str; 2] = ["success", "failure"];
+
+/// The per-token gauges (SPEC §7): name, help, and whether the series carry `issuer` and `type` besides `token`.
+const GAUGES: [(&str, &str, bool); 5] = [
+    (
+        "token_rotator_token_expiry_timestamp_seconds",
+        "Expiry of the current token (absent when it never expires).",
+        true,
+    ),
+    (
+        "token_rotator_token_next_rotation_timestamp_seconds",
+        "When the next rotation is due.",
+        false,
+    ),
+    (
+        "token_rotator_token_last_success_timestamp_seconds",
+        "Last successful rotation.",
+        false,
+    ),
+    (
+        "token_rotator_token_ready",
+        "1 when the current token is unexpired, stored in every sink, and its last rotation attempt did not fail.",
+        false,
+    ),
+    (
+        "token_rotator_token_consecutive_failures",
+        "Failed attempts since the last success.",
+        false,
+    ),
+];
+
+/// A token's `GAUGES` values, in that order (`None`: no series).
+type GaugeRow = [Option<i64>; 5];
 
 pub struct Metrics {
     registry: Registry,
@@ -142,11 +176,11 @@ impl Metrics {
         self.count(token, |c| c.window_missed += 1);
     }
 
+    /// Only tokens registered with `init_token` are counted: a visit that finishes after a reload dropped its
+    /// token must not bring the token's series back.
     fn count(&self, token: &str, f: impl FnOnce(&mut TokenCounters)) {
-        let mut map = self.counters_mut();
-        match map.get_mut(token) {
-            Some(c) => f(c),
-            None => f(map.entry(token.to_string()).or_default()),
+        if let Some(c) = self.counters_mut().get_mut(token) {
+            f(c);
         }
     }
 
@@ -164,44 +198,13 @@ impl Metrics {
         let mut out = String::with_capacity(self.last_size.load(Ordering::Relaxed) + 4096);
         out.push_str(std::str::from_utf8(&head).expect("prometheus text format is UTF-8"));
         let now = crate::clock::now();
-        board.with_all(|tokens| {
-            let mut w = Writer::for_board(&mut out, tokens);
-            w.gauge_family(
-                tokens,
-                "token_rotator_token_expiry_timestamp_seconds",
-                "Expiry of the current token (absent when it never expires).",
-                true,
-                |s| s.current.as_ref()?.expires_at.map(|t| t.timestamp()),
-            );
-            w.gauge_family(
-                tokens,
-                "token_rotator_token_next_rotation_timestamp_seconds",
-                "When the next rotation is due.",
-                false,
-                |s| s.next_due.map(|t| t.timestamp()),
-            );
-            w.gauge_family(
-                tokens,
-                "token_rotator_token_last_success_timestamp_seconds",
-                "Last successful rotation.",
-                false,
-                |s| s.last_success.map(|t| t.timestamp()),
-            );
-            w.gauge_family(
-                tokens,
-                "token_rotator_token_ready",
-                "1 when the current token is unexpired, stored in every sink, and its last rotation attempt did not fail.",
-                false,
-                |s| Some(i64::from(s.is_ready(now))),
-            );
-            w.gauge_family(
-                tokens,
-                "token_rotator_token_consecutive_failures",
-                "Failed attempts since the last success.",
-                false,
-                |s| Some(i64::from(s.consecutive_failures)),
-            );
-        });
+        // One pass over the board (under its lock) collects each token's labels and gauge values; the families
+        // are then written from those two sequential arrays.
+        let mut w = board.with_all(|tokens| Writer::for_board(&mut out, tokens, now));
+        for (column, (name, help, full)) in GAUGES.iter().enumerate() {
+            w.gauge_family(column, name, help, *full);
+        }
+        drop(w);
         {
             let counters = self.tokens.read().unwrap_or_else(|p| p.into_inner());
             let mut w = Writer::for_counters(&mut out, &counters);
@@ -264,14 +267,21 @@ struct Writer<'a> {
     token: Labels,
     /// `{token="…",issuer="…",type="…"` of each token (only for the board's families).
     full: Labels,
+    /// The `GAUGES` of each token (only for the board's families).
+    rows: Vec<GaugeRow>,
 }
 
 impl<'a> Writer<'a> {
-    fn for_board(out: &'a mut String, tokens: &BTreeMap<String, TokenStatus>) -> Self {
+    fn for_board(
+        out: &'a mut String,
+        tokens: &BTreeMap<String, TokenStatus>,
+        now: DateTime<Utc>,
+    ) -> Self {
         let mut w = Writer {
             out,
             token: Labels::default(),
             full: Labels::default(),
+            rows: Vec::with_capacity(tokens.len()),
         };
         for s in tokens.values() {
             w.token.push(&[("token", &s.name)]);
@@ -279,6 +289,16 @@ impl<'a> Writer<'a> {
                 ("token", &s.name),
                 ("issuer", &s.issuer),
                 ("type", &s.token_type),
+            ]);
+            w.rows.push([
+                s.current
+                    .as_ref()
+                    .and_then(|c| c.expires_at)
+                    .map(|t| t.timestamp()),
+                s.next_due.map(|t| t.timestamp()),
+                s.last_success.map(|t| t.timestamp()),
+                Some(i64::from(s.is_ready(now))),
+                Some(i64::from(s.consecutive_failures)),
             ]);
         }
         w
@@ -293,6 +313,7 @@ impl<'a> Writer<'a> {
             out,
             token,
             full: Labels::default(),
+            rows: Vec::new(),
         }
     }
 
@@ -314,21 +335,17 @@ impl<'a> Writer<'a> {
         self.out.push('\n');
     }
 
-    fn gauge_family(
-        &mut self,
-        tokens: &BTreeMap<String, TokenStatus>,
-        name: &str,
-        help: &str,
-        with_issuer: bool,
-        value: impl Fn(&TokenStatus) -> Option<i64>,
-    ) {
+    /// One gauge family from column `column` of the rows; a token without a value has no series.
+    fn gauge_family(&mut self, column: usize, name: &str, help: &str, full: bool) {
         let mut first = true;
-        for (i, s) in tokens.values().enumerate() {
-            let Some(v) = value(s) else { continue };
+        for i in 0..self.rows.len() {
+            let Some(v) = self.rows[i][column] else {
+                continue;
+            };
             if std::mem::take(&mut first) {
                 self.header(name, help, "gauge");
             }
-            self.open(name, i, with_issuer);
+            self.open(name, i, full);
             self.value(v);
         }
     }
@@ -456,7 +473,11 @@ mod tests {
         );
         m.forget_token("team-a");
         board.remove("team-a");
-        assert!(!m.render(&board).contains("team-a"));
+        m.count_rotation("team-a", true);
+        assert!(
+            !m.render(&board).contains("team-a"),
+            "a dropped token stays dropped"
+        );
     }
 
     #[test]
