@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use token_rotator::metrics::Metrics;
-use token_rotator::status::{CurrentToken, StatusBoard, TokenStatus};
+use token_rotator::status::{StatusBoard, TokenStatus};
 
 fn main() {
     for n in [100usize, 1_000, 10_000] {
@@ -21,16 +21,13 @@ fn main() {
                 },
             );
             let name = format!("{issuer}-team-{i:05}");
-            let mut s = TokenStatus::new(&name, &issuer, kind);
-            s.current = Some(CurrentToken {
-                token_id: format!("at-{i}"),
-                created_at: now,
-                expires_at: Some(now + chrono::Duration::days(30)),
-            });
-            s.stored_everywhere = true;
-            s.last_success = Some(now);
-            s.next_due = Some(now + chrono::Duration::days(20));
-            board.add(s);
+            board.add(TokenStatus::healthy(
+                &name,
+                &issuer,
+                kind,
+                &format!("at-{i}"),
+                now,
+            ));
             metrics.init_token(&name);
             metrics.count_rotation(&name, true);
         }

@@ -46,6 +46,29 @@ impl TokenStatus {
         }
     }
 
+    /// A token rotated successfully at `now`, valid for 30 days, due again in 20, stored everywhere: the fixture of
+    /// the `/metrics` render benchmark and the exposition tests.
+    #[doc(hidden)]
+    pub fn healthy(
+        name: &str,
+        issuer: &str,
+        token_type: &str,
+        token_id: &str,
+        now: DateTime<Utc>,
+    ) -> Self {
+        TokenStatus {
+            current: Some(CurrentToken {
+                token_id: token_id.into(),
+                created_at: now,
+                expires_at: Some(now + chrono::Duration::days(30)),
+            }),
+            stored_everywhere: true,
+            last_success: Some(now),
+            next_due: Some(now + chrono::Duration::days(20)),
+            ..TokenStatus::new(name, issuer, token_type)
+        }
+    }
+
     /// SPEC §7 `token_ready`: unexpired, stored in every sink, last attempt did not fail.
     pub fn is_ready(&self, now: DateTime<Utc>) -> bool {
         self.unready_reason(now).is_none()

@@ -385,20 +385,17 @@ fn promql_metric_names_are_found_and_nothing_else() {
 
 /// The exposition `/metrics` renders with every metric populated.
 fn exposition() -> String {
-    use token_rotator::status::{CurrentToken, StatusBoard, TokenStatus};
+    use token_rotator::status::{StatusBoard, TokenStatus};
     let metrics = token_rotator::metrics::Metrics::new();
     let board = StatusBoard::new();
     let now = token_rotator::clock::now();
-    let mut s = TokenStatus::new("ci-org", "tfc", "organization");
-    s.current = Some(CurrentToken {
-        token_id: "at-1".into(),
-        created_at: now,
-        expires_at: Some(now + chrono::Duration::days(30)),
-    });
-    s.stored_everywhere = true;
-    s.last_success = Some(now);
-    s.next_due = Some(now + chrono::Duration::days(20));
-    board.add(s);
+    board.add(TokenStatus::healthy(
+        "ci-org",
+        "tfc",
+        "organization",
+        "at-1",
+        now,
+    ));
     metrics.init_token("ci-org");
     metrics.init_sink("vault");
     metrics
