@@ -419,7 +419,10 @@ async fn serve(mut s: TcpStream, st: Arc<ProxyState>, http: reqwest::Client, ups
             if s.write_all(&head(status, &hs, None)).await.is_err() {
                 return;
             }
-            let chunk = format!("{{\"data\":[{}", "{\"id\":\"at-x\"},".repeat(4096));
+            let chunk = format!(
+                "{{\"data\":[{}",
+                "{\"id\":\"ENDLESS-BODY-MARKER\"},".repeat(4096)
+            );
             let cap: u64 = 256 * 1024 * 1024;
             while st.endless_bytes.load(Ordering::Relaxed) < cap {
                 match s.write_all(chunk.as_bytes()).await {
@@ -926,7 +929,7 @@ async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
         "an HTML error page reached the log"
     );
     assert!(
-        !out.stderr.contains("at-x"),
+        !out.stderr.contains("ENDLESS-BODY-MARKER"),
         "an endless body reached the log"
     );
     assert!(
