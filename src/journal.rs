@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -423,6 +424,24 @@ impl Journal {
         }
         fs::rename(&tmp, &path).map_err(io(&path))?;
         fsync_dir(&self.dir)
+    }
+
+    /// [`Journal::save`] on tokio's blocking pool. Its `fdatasync` and directory `fsync` take milliseconds on a
+    /// real disk; on a runtime worker they would hold up every other task there — the pacer's timers (requests
+    /// released late reach the issuer bunched: 429s), `/metrics`, the watchdog ping. The entry is copied; the
+    /// caller still waits for the write to be durable before it goes on (the journal-first invariant).
+    pub async fn save_async(self: &Arc<Self>, entry: &Entry) -> Result<(), JournalError> {
+        let journal = Arc::clone(self);
+        let entry = entry.clone();
+        match tokio::task::spawn_blocking(move || journal.save(&entry)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down under the write; the write itself is atomic either way.
+            Err(e) => Err(JournalError::Io {
+                path: self.dir.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
     }
 
     /// The rotation finished: its entry goes.

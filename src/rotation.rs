@@ -203,7 +203,7 @@ impl Rotator {
             tracing::warn!(token = %token.name, "a rotation was interrupted before its token was journaled; looking for orphans");
             entry.rotation = None;
             entry.sweep = true;
-            self.journal.save(&entry)?;
+            self.journal.save_async(&entry).await?;
             // A singleton's old token may already be replaced: rotate again at once.
             force |= token.kind.is_singleton();
         }
@@ -258,7 +258,7 @@ impl Rotator {
             stored: Vec::new(),
             replaces,
         });
-        self.journal.save(&entry)?;
+        self.journal.save_async(&entry).await?;
         failpoint("before-create");
         // Whole seconds: what we ask for is exactly what the issuer echoes and what the metric shows.
         let expires_at = token
@@ -282,7 +282,7 @@ impl Rotator {
             // The label may be taken by our own create whose answer was lost (reset, timeout, cut-off body) and
             // that the transport retry repeated: that token is untracked, so sweep once this rotation is done.
             entry.sweep |= !token.kind.is_singleton();
-            self.journal.save(&entry)?;
+            self.journal.save_async(&entry).await?;
             minted = issuer.mint(token, &label, expires_at).await;
         }
         let minted = match minted {
@@ -291,7 +291,7 @@ impl Rotator {
                 // A transport failure may hide a token that was created: look for it next time.
                 entry.sweep |= e.kind == IssuerErrorKind::Unavailable && !token.kind.is_singleton();
                 entry.rotation = None;
-                self.journal.save(&entry)?;
+                self.journal.save_async(&entry).await?;
                 return Err(Failure {
                     error: e.into(),
                     learned: Some((current, stored_everywhere)),
@@ -311,7 +311,7 @@ impl Rotator {
             r.phase = Phase::Minted;
             r.minted = Some((&minted).into());
         }
-        self.journal.save(&entry)?;
+        self.journal.save_async(&entry).await?;
         failpoint("after-journal");
         tracing::info!(token = %token.name, issuer = %token.issuer, token_id = %minted.token_id, "minted and journaled a new token");
         let versions: HashMap<String, Version> = token
@@ -515,7 +515,7 @@ impl Rotator {
         if !errors.is_empty() {
             // Partial progress is worth keeping; when every sink took it, the closing write below records that.
             // (A crash before then re-reads each sink, finds the record and does not write it again.)
-            self.journal.save(&entry)?;
+            self.journal.save_async(&entry).await?;
         }
         let fail = |error: AttemptError, stored_everywhere: bool| Failure {
             error,
@@ -558,7 +558,7 @@ impl Rotator {
             });
         }
         entry.rotation = None;
-        self.journal.save(&entry)?;
+        self.journal.save_async(&entry).await?;
         self.metrics
             .rotation_duration
             .with_label_values(&[token.issuer.as_str()])
@@ -654,7 +654,7 @@ impl Rotator {
         // Nothing was due: the entry is unchanged (callers save their own changes before calling this), so no
         // fsync'd rewrite on every visit of a token whose old token is still in its grace period.
         if attempted {
-            self.journal.save(entry)?;
+            self.journal.save_async(entry).await?;
         }
         Ok(())
     }
@@ -694,7 +694,7 @@ impl Rotator {
             }
         }
         entry.sweep = false;
-        self.journal.save(entry)?;
+        self.journal.save_async(entry).await?;
         Ok(())
     }
 
