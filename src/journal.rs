@@ -437,9 +437,12 @@ impl Journal {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Only when the runtime shuts down under the write; the write itself is atomic either way.
-            Err(e) => Err(JournalError::Io {
+            Err(_) => Err(JournalError::Io {
                 path: self.dir.display().to_string(),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "journal write cancelled: the runtime is shutting down",
+                ),
             }),
         }
     }
