@@ -619,8 +619,7 @@ def table(results, idle_seconds):
         split = (lambda r: f"{r['rotate_user_s'] * 1000 / n:.3f} + {r['rotate_sys_s'] * 1000 / n:.3f} ms"
                  if r else "n/a")
         out.append(f"| CPU per rotation, user + system | {split(d)} | {split(b)} | |")
-        rss = (lambda r: f"{r['idle_rss_anon_mb']:.1f} + {r['idle_rss_file_mb']:.1f} MB"
-               if r and "idle_rss_anon_mb" in r else "n/a")
+        rss = (lambda r: f"{r['idle_rss_anon_mb']:.1f} + {r['idle_rss_file_mb']:.1f} MB" if r else "n/a")
         out.append(f"| idle RSS, anonymous (heap, stacks) + file-backed (binary, libraries) | {rss(d)} | {rss(b)} | |")
         out.append(f"| threads (idle) | {d['idle_threads']} | {b.get('idle_threads', 'n/a')} | |")
     return "\n".join(out)
