@@ -1,13 +1,10 @@
 //! `plan`, `status` and `rotate`: the operator's view of the tokens and the way to force a rotation.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 
 use crate::control::{self, Request, Response, RotateResult};
-use crate::daemon::{build_rotator, build_sinks_only};
+use crate::daemon::{build_rotator, build_sinks_only, open_journal, Shared};
 use crate::journal::Journal;
-use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::record::rfc3339;
 
@@ -60,18 +57,14 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// `plan`: reads the sinks and the journal, computes each token's next rotation and why. Changes nothing.
 /// Returns whether every token could be inspected.
 pub async fn plan(policy: &Policy, json: bool) -> bool {
-    let journal = match crate::daemon::open_journal(policy, true) {
-        Ok(Ok(j)) => Arc::new(j),
-        Ok(Err(e)) => {
-            eprintln!("token-rotator: {e}");
-            return false;
-        }
+    let journal = match open_journal(policy, true) {
+        Ok(j) => j,
         Err(e) => {
             eprintln!("token-rotator: {e}");
             return false;
         }
     };
-    let rotator = build_sinks_only(policy, journal, Arc::new(Metrics::new())).await;
+    let rotator = build_sinks_only(policy, &Shared::for_command(journal)).await;
     let now = crate::clock::now();
     let mut rows = Vec::new();
     let mut ok = true;
@@ -106,7 +99,7 @@ pub async fn plan(policy: &Policy, json: bool) -> bool {
                     next_rotation: None,
                     reason: "cannot read the sinks".into(),
                     notes: Vec::new(),
-                    error: Some(e),
+                    error: Some(e.to_string()),
                 }
             }
         };
@@ -268,57 +261,55 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
         tokens: names.clone(),
         all,
     };
-    let results = match control::request(&policy.daemon.state_dir, &req, control::ROTATE_TIMEOUT)
-        .await?
-    {
-        Some(Response::Rotate { results }) => {
-            eprintln!("token-rotator: handed to the running daemon");
-            results
-        }
-        Some(Response::Error { error }) => return Err(format!("the daemon answered: {error}")),
-        Some(_) => return Err("unexpected answer from the daemon".into()),
-        None => {
-            if Journal::is_locked(&policy.daemon.state_dir) {
-                return Err(format!(
-                    "a daemon holds the lock on {} but its control socket does not answer",
-                    policy.daemon.state_dir.display()
-                ));
+    let results =
+        match control::request(&policy.daemon.state_dir, &req, control::ROTATE_TIMEOUT).await? {
+            Some(Response::Rotate { results }) => {
+                eprintln!("token-rotator: handed to the running daemon");
+                results
             }
-            let journal =
-                Arc::new(crate::daemon::open_journal(policy, false)?.map_err(|e| e.to_string())?);
-            let rotator = build_rotator(policy, journal, Arc::new(Metrics::new())).await;
-            let selected: Vec<_> = policy
-                .tokens
-                .values()
-                .filter(|t| all || names.contains(&t.name))
-                .collect();
-            let mut results = Vec::new();
-            for t in selected {
-                let r = rotator
-                    .tend(t, true, std::time::Duration::ZERO, crate::clock::now())
-                    .await;
-                results.push(match r {
-                    Ok(tended) => RotateResult {
-                        token: t.name.clone(),
-                        ok: true,
-                        message: format!(
-                            "rotated; current token {}",
-                            tended
-                                .current
-                                .map(|c| c.token_id)
-                                .unwrap_or_else(|| "?".into())
-                        ),
-                    },
-                    Err(f) => RotateResult {
-                        token: t.name.clone(),
-                        ok: false,
-                        message: f.error.to_string(),
-                    },
-                });
+            Some(Response::Error { error }) => return Err(format!("the daemon answered: {error}")),
+            Some(_) => return Err("unexpected answer from the daemon".into()),
+            None => {
+                if Journal::is_locked(&policy.daemon.state_dir) {
+                    return Err(format!(
+                        "a daemon holds the lock on {} but its control socket does not answer",
+                        policy.daemon.state_dir.display()
+                    ));
+                }
+                let rotator =
+                    build_rotator(policy, &Shared::for_command(open_journal(policy, false)?)).await;
+                let selected: Vec<_> = policy
+                    .tokens
+                    .values()
+                    .filter(|t| all || names.contains(&t.name))
+                    .collect();
+                let mut results = Vec::new();
+                for t in selected {
+                    let r = rotator
+                        .tend(t, true, std::time::Duration::ZERO, crate::clock::now())
+                        .await;
+                    results.push(match r {
+                        Ok(tended) => RotateResult {
+                            token: t.name.clone(),
+                            ok: true,
+                            message: format!(
+                                "rotated; current token {}",
+                                tended
+                                    .current
+                                    .map(|c| c.token_id)
+                                    .unwrap_or_else(|| "?".into())
+                            ),
+                        },
+                        Err(f) => RotateResult {
+                            token: t.name.clone(),
+                            ok: false,
+                            message: f.error.to_string(),
+                        },
+                    });
+                }
+                results
             }
-            results
-        }
-    };
+        };
     let mut ok = true;
     for r in &results {
         ok &= r.ok;

@@ -14,6 +14,10 @@ use crate::status::{StatusBoard, TokenStatus};
 /// A rotation requested through the socket may take this long before the client gives up waiting.
 pub const ROTATE_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Connections served at once; more wait in the socket's backlog (the socket is 0600: only the daemon's user).
+const MAX_CONNECTIONS: usize = 32;
+/// The request line must arrive within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
@@ -60,14 +64,32 @@ pub fn serve(
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let places = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
+        let mut failures: u32 = 0;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let Ok(place) = places.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    failures = 0;
+                    stream
+                }
+                Err(e) => {
+                    // No descriptors left (EMFILE) answers at once, every time: wait instead of spinning a core.
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "accepting on the control socket failed; backing off");
+                    }
+                    tokio::time::sleep(crate::server::accept_backoff(failures)).await;
+                    continue;
+                }
             };
             let board = board.clone();
             let rotate_tx = rotate_tx.clone();
             tokio::spawn(async move {
+                let _place = place;
                 if let Err(e) = handle(stream, board, rotate_tx).await {
                     tracing::debug!(error = %e, "control connection failed");
                 }
@@ -84,7 +106,11 @@ async fn handle(
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64);
-    reader.read_line(&mut line).await?;
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line in time")
+        })??;
     let response = match serde_json::from_str::<Request>(&line) {
         Err(e) => Response::Error {
             error: format!("bad request: {e}"),

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod online;
 pub mod policy;
 pub mod record;
+pub mod redact;
 pub mod retry;
 pub mod rotation;
 pub mod schedule;

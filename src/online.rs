@@ -1,18 +1,15 @@
 //! `check --online`: prove each issuer credential and read each sink target, changing nothing.
 
-use std::sync::Arc;
-
-use crate::daemon::build_rotator;
+use crate::daemon::{build_rotator, Shared};
 use crate::journal::Journal;
-use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::sink::Content;
 
 /// Prints one line per probe; returns whether all passed.
 pub async fn check(policy: &Policy) -> bool {
     // The daemon's own construction (credentials from env, file or a sink record), with a journal it never writes.
-    let journal = Arc::new(Journal::open_read_only(&policy.daemon.state_dir));
-    let rotator = build_rotator(policy, journal, Arc::new(Metrics::new())).await;
+    let shared = Shared::for_command(Journal::open_read_only(&policy.daemon.state_dir));
+    let rotator = build_rotator(policy, &shared).await;
     let mut ok = true;
     for (name, built) in &rotator.sinks {
         if let Err(why) = built {

@@ -1,9 +1,36 @@
 //! The record every sink target holds (SPEC §4): one JSON object with the token and what the daemon knows of it.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::secret::{ExposeSecret, SecretString};
+
+/// A token an issuer just created, as the rotation and its journal keep it. `Debug` never shows the value; it is
+/// serialised only into the journal entry (0600, sealed when `state_key` is set).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct MintedToken {
+    #[serde(serialize_with = "expose")]
+    pub value: SecretString,
+    pub token_id: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+impl std::fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedToken")
+            .field("value", &"[REDACTED]")
+            .field("token_id", &self.token_id)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
 
 /// What lands in a sink. `Debug` never shows the token value.
 #[derive(Clone)]

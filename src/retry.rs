@@ -1,5 +1,8 @@
-//! The one retry policy (exponential backoff with jitter, bounded) and the per-issuer request pacer.
+//! The one retry policy (exponential backoff with jitter, bounded) and the per-issuer request pacers.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::ExponentialBuilder;
@@ -7,9 +10,11 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Backoff for transient failures inside one rotation attempt: 0.5 s, 1 s, 2 s, … capped at 20 s, 5 retries.
+/// The jitter is seeded from `clock` so that a simulation replays exactly.
 pub fn transient() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_jitter()
+        .with_jitter_seed(crate::clock::random_u64())
         .with_min_delay(Duration::from_millis(500))
         .with_max_delay(Duration::from_secs(20))
         .with_max_times(5)
@@ -25,7 +30,8 @@ pub fn attempt_backoff(consecutive_failures: u32) -> Duration {
 /// Paces requests to one issuer: at most `per_second`, evenly spaced, and none before a 429's reset time.
 #[derive(Debug)]
 pub struct Pacer {
-    interval: Duration,
+    /// Nanoseconds between two requests; changed in place when a reload changes `requests_per_second`.
+    interval_ns: AtomicU64,
     state: Mutex<PacerState>,
 }
 
@@ -35,11 +41,15 @@ struct PacerState {
     blocked_until: Instant,
 }
 
+fn interval_ns(per_second: u32) -> u64 {
+    (Duration::from_secs(1) / per_second.max(1)).as_nanos() as u64
+}
+
 impl Pacer {
     pub fn new(per_second: u32) -> Self {
         let now = Instant::now();
         Pacer {
-            interval: Duration::from_secs(1) / per_second.max(1),
+            interval_ns: AtomicU64::new(interval_ns(per_second)),
             state: Mutex::new(PacerState {
                 next_free: now,
                 blocked_until: now,
@@ -47,12 +57,17 @@ impl Pacer {
         }
     }
 
+    pub fn set_rate(&self, per_second: u32) {
+        self.interval_ns
+            .store(interval_ns(per_second), Ordering::Relaxed);
+    }
+
     /// Waits for this request's slot.
     pub async fn acquire(&self) {
         let slot = {
             let mut s = self.state.lock().await;
             let slot = s.next_free.max(s.blocked_until).max(Instant::now());
-            s.next_free = slot + self.interval;
+            s.next_free = slot + Duration::from_nanos(self.interval_ns.load(Ordering::Relaxed));
             slot
         };
         tokio::time::sleep_until(slot).await;
@@ -65,6 +80,43 @@ impl Pacer {
         if until > s.blocked_until {
             s.blocked_until = until;
         }
+    }
+}
+
+/// The two pacers of one issuer: requests made with its credential, and identity probes of new tokens (which the
+/// service counts against the new token's own user).
+#[derive(Debug)]
+pub struct IssuerPacers {
+    pub credential: Pacer,
+    pub probe: Pacer,
+}
+
+impl IssuerPacers {
+    pub fn new(per_second: u32) -> Self {
+        IssuerPacers {
+            credential: Pacer::new(per_second),
+            probe: Pacer::new(per_second),
+        }
+    }
+}
+
+/// Every issuer's pacers, kept for the daemon's lifetime: a reload builds new issuers but must neither forget a
+/// 429 block (SPEC §5.4) nor let old and new work each send the full rate.
+#[derive(Debug, Default)]
+pub struct PacerRegistry {
+    by_issuer: std::sync::Mutex<HashMap<String, Arc<IssuerPacers>>>,
+}
+
+impl PacerRegistry {
+    /// The pacers of issuer `name`, created at `per_second` or updated to it.
+    pub fn get(&self, name: &str, per_second: u32) -> Arc<IssuerPacers> {
+        let mut map = self.by_issuer.lock().unwrap_or_else(|p| p.into_inner());
+        let pacers = map
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(IssuerPacers::new(per_second)));
+        pacers.credential.set_rate(per_second);
+        pacers.probe.set_rate(per_second);
+        pacers.clone()
     }
 }
 
@@ -91,5 +143,20 @@ mod tests {
         p.block_for(Duration::from_secs(5)).await;
         p.acquire().await;
         assert!(start.elapsed() >= Duration::from_millis(5900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_the_block_and_the_pace_of_an_issuer() {
+        let registry = PacerRegistry::default();
+        let before = registry.get("tfc", 10);
+        before.credential.block_for(Duration::from_secs(5)).await;
+        // A reload asks again (at another rate): the same pacers, still blocked, at the new rate.
+        let after = registry.get("tfc", 20);
+        assert!(Arc::ptr_eq(&before, &after));
+        let start = Instant::now();
+        after.credential.acquire().await;
+        assert!(start.elapsed() >= Duration::from_secs(5));
+        after.credential.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(5050));
     }
 }

@@ -33,6 +33,8 @@ pub enum DueReason {
     Window { due: Box<DueReason>, window: String },
     /// The next window opens too late (less than `min_validity` left): rotate at once.
     WindowMissed { due: Box<DueReason>, window: String },
+    /// The journal says the current token is not to be trusted (why): rotate at once.
+    Forced(String),
 }
 
 impl DueReason {
@@ -68,6 +70,7 @@ impl fmt::Display for DueReason {
             }
             DueReason::Never => write!(f, "nothing schedules a rotation"),
             DueReason::Window { due, window } => write!(f, "{due}; waiting for the window `{window}`"),
+            DueReason::Forced(why) => write!(f, "{why}: rotate at once"),
             DueReason::WindowMissed { due, window } => write!(
                 f,
                 "{due}; the next window `{window}` opens too late (less than min_validity would be left), rotating at once"
@@ -207,14 +210,6 @@ fn apply_window(
             },
         },
     }
-}
-
-/// A random offset in `[0, jitter]`.
-pub fn draw_jitter(jitter: Duration) -> Duration {
-    if jitter.is_zero() {
-        return Duration::ZERO;
-    }
-    jitter.mul_f64(rand::random::<f64>())
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
-//! The HTTP endpoints on `listen` (SPEC §6): `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP endpoints on `listen` (SPEC §6): `/metrics`, `/healthz`, `/readyz`, and the listener that serves them
+//! within bounds (connections, time) so that no client can exhaust the daemon's descriptors (SPEC §5.12).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -8,6 +11,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::status::StatusBoard;
@@ -78,4 +83,87 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(r))
+}
+
+/// Connections served at once. At the cap the oldest connection is closed to make room: with keep-alive off a
+/// well-behaved client holds one for milliseconds, so the oldest is a client that sends nothing (SPEC §5.12).
+pub const MAX_CONNECTIONS: usize = 128;
+/// A request's head must arrive within this, or the connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer than this (a client that reads its answer slowly holds no descriptor for long).
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The open connections, oldest first, each with the token that closes it.
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    open: BTreeMap<u64, CancellationToken>,
+}
+
+/// Serves `app` on `listener` until `cancel`: HTTP/1.1 without keep-alive, at most [`MAX_CONNECTIONS`] at once,
+/// [`HEADER_TIMEOUT`] for a request to arrive and [`CONNECTION_DEADLINE`] for the whole exchange. A failing
+/// `accept` (no descriptors left) backs off instead of spinning.
+pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken) {
+    let connections = Arc::new(Mutex::new(Connections::default()));
+    let mut accept_failures: u32 = 0;
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                accept_failures = 0;
+                stream
+            }
+            Err(e) => {
+                accept_failures = accept_failures.saturating_add(1);
+                if accept_failures == 1 || accept_failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures = accept_failures, "accepting a connection on the HTTP listener failed; backing off");
+                }
+                let wait = accept_backoff(accept_failures);
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        let (id, closed) = {
+            let mut c = connections.lock().unwrap_or_else(|p| p.into_inner());
+            if c.open.len() >= MAX_CONNECTIONS {
+                if let Some((_, oldest)) = c.open.pop_first() {
+                    oldest.cancel();
+                }
+            }
+            c.next_id += 1;
+            let id = c.next_id;
+            let closed = cancel.child_token();
+            c.open.insert(id, closed.clone());
+            (id, closed)
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = closed.cancelled() => {}
+                _ = tokio::time::timeout(CONNECTION_DEADLINE, conn) => {}
+            }
+            connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .open
+                .remove(&id);
+        });
+    }
+}
+
+/// 10 ms doubling to 1 s: a listener that cannot accept (EMFILE) waits for descriptors to free up.
+pub fn accept_backoff(failures: u32) -> Duration {
+    (Duration::from_millis(10) * 2u32.saturating_pow(failures.saturating_sub(1).min(7)))
+        .min(Duration::from_secs(1))
 }

@@ -28,6 +28,10 @@ pub struct TokenStatus {
     pub last_error: Option<String>,
     pub next_due: Option<DateTime<Utc>>,
     pub next_reason: String,
+    /// Set while a visit is in flight that makes the stored token unusable until it ends (a singleton being
+    /// replaced at the issuer): why the token is not ready meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
 }
 
 impl TokenStatus {
@@ -43,6 +47,7 @@ impl TokenStatus {
             last_error: None,
             next_due: None,
             next_reason: "not yet examined".into(),
+            pending: None,
         }
     }
 
@@ -75,6 +80,9 @@ impl TokenStatus {
     }
 
     pub fn unready_reason(&self, now: DateTime<Utc>) -> Option<String> {
+        if let Some(why) = &self.pending {
+            return Some(why.clone());
+        }
         if self.consecutive_failures > 0 {
             return Some(format!(
                 "last rotation attempt failed ({} in a row): {}",

@@ -10,29 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::metrics::Metrics;
 use crate::policy::{IssuerConfig, IssuerKind, TokenPolicy};
+pub use crate::record::MintedToken;
 use crate::secret::SecretString;
-
-/// A token the issuer just created. `Debug` never shows the value.
-#[derive(Clone)]
-pub struct MintedToken {
-    pub value: SecretString,
-    pub token_id: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-impl std::fmt::Debug for MintedToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MintedToken")
-            .field("value", &"[REDACTED]")
-            .field("token_id", &self.token_id)
-            .field("created_at", &self.created_at)
-            .field("expires_at", &self.expires_at)
-            .finish()
-    }
-}
 
 /// A token as an issuer's list shows it (never with a value).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +47,8 @@ pub enum IssuerErrorKind {
     Config,
 }
 
+/// An issuer call that failed. `message` never holds a token value: text from the server passes through
+/// `redact::outside_text` first.
 #[derive(Debug, thiserror::Error)]
 #[error("issuer {issuer}: {message}")]
 pub struct IssuerError {
@@ -75,9 +57,28 @@ pub struct IssuerError {
     pub status: Option<u16>,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// A create that may have reached the issuer (timeout, reset, 5xx, an answer cut off): a token may exist that
+    /// we never saw, and a singleton's previous token may already be replaced (SPEC §5.10).
+    pub outcome_unknown: bool,
 }
 
 impl IssuerError {
+    pub fn new(
+        issuer: &str,
+        kind: IssuerErrorKind,
+        status: Option<u16>,
+        message: impl Into<String>,
+    ) -> Self {
+        IssuerError {
+            issuer: issuer.to_string(),
+            kind,
+            status,
+            message: message.into(),
+            retry_after: None,
+            outcome_unknown: false,
+        }
+    }
+
     pub fn retryable(&self) -> bool {
         matches!(
             self.kind,
@@ -121,13 +122,11 @@ pub trait Issuer: Send + Sync {
 pub fn build(
     cfg: &IssuerConfig,
     credential: SecretString,
-    metrics: Arc<Metrics>,
+    deps: api::IssuerDeps,
 ) -> Result<Arc<dyn Issuer>, IssuerError> {
     match cfg.kind {
-        IssuerKind::Tfe => Ok(Arc::new(tfe::TfeIssuer::new(cfg, credential, metrics)?)),
-        IssuerKind::Pulumi => Ok(Arc::new(pulumi::PulumiIssuer::new(
-            cfg, credential, metrics,
-        )?)),
+        IssuerKind::Tfe => Ok(Arc::new(tfe::TfeIssuer::new(cfg, credential, deps)?)),
+        IssuerKind::Pulumi => Ok(Arc::new(pulumi::PulumiIssuer::new(cfg, credential, deps)?)),
     }
 }
 

@@ -20,22 +20,19 @@
 //! - Identity probe: `GET /api/user`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::Retryable;
 use chrono::{DateTime, NaiveDateTime, SubsecRound, TimeDelta, Utc};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{Method, Url};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::Url;
 use serde_json::{json, Map, Value};
 
-use super::api::ApiBase;
+use super::api::{ApiBase, Call, Dialect, Effect, IssuerDeps, Reply};
 use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
-use crate::metrics::Metrics;
 use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
-use crate::retry;
-use crate::secret::{ExposeSecret, SecretString};
+use crate::secret::SecretString;
 
 /// The documented API version header (the provider sends +9; the docs require at least +8).
 const ACCEPT_PULUMI: &str = "application/vnd.pulumi+8";
@@ -53,8 +50,18 @@ const MAX_PAGES: u32 = 1000;
 /// Only if a caller asks for no expiry, which never happens for Pulumi types (they always expire): a token that
 /// never expires violates org expiry policies, so one is never requested.
 const FALLBACK_LIFETIME: TimeDelta = TimeDelta::days(30);
-/// Longest error text taken from a response.
-const MAX_MESSAGE_CHARS: usize = 300;
+
+/// How the Pulumi Cloud API spells things (see the module documentation).
+static DIALECT: Dialect = Dialect {
+    product: "the Pulumi Cloud API",
+    auth_scheme: "token",
+    accept: ACCEPT_PULUMI,
+    content_type: JSON_TYPE,
+    content_type_on: |_| true,
+    error_text,
+    // Pulumi documents no rate limit; a 429 is honoured through `Retry-After` when present (SPEC §5.4).
+    rate_limit_wait: retry_after,
+};
 
 /// `Debug` shows the issuer's name and address; the credential is never printed.
 #[derive(Debug)]
@@ -64,20 +71,6 @@ pub struct PulumiIssuer {
     /// each new name is at least one second after the previous one even when rotations are forced faster than
     /// once a second (across processes the rotation's one retry on 409 covers two rotations in one second).
     last_label: Mutex<HashMap<String, DateTime<Utc>>>,
-}
-
-/// What one HTTP exchange produced.
-struct Reply {
-    status: u16,
-    body: Value,
-}
-
-/// A failed exchange, and whether the server may have acted on it without our seeing the answer (a request that
-/// was sent but whose response was lost or cut off). Such a create is not repeated: the rotation fails, and the
-/// token it may have left behind is found by its label and swept.
-struct Failed {
-    error: IssuerError,
-    may_have_acted: bool,
 }
 
 /// What the token list says about one token.
@@ -96,10 +89,10 @@ impl PulumiIssuer {
     pub fn new(
         cfg: &IssuerConfig,
         credential: SecretString,
-        metrics: Arc<Metrics>,
+        deps: IssuerDeps,
     ) -> Result<Self, IssuerError> {
         Ok(PulumiIssuer {
-            api: ApiBase::new(cfg, credential, metrics)?,
+            api: ApiBase::new(cfg, credential, deps, &DIALECT)?,
             last_label: Mutex::new(HashMap::new()),
         })
     }
@@ -109,140 +102,26 @@ impl PulumiIssuer {
         self.api.url(&["api"], segments)
     }
 
-    /// One request, paced, counted in metrics; non-2xx becomes an error carrying the API's message.
-    async fn send(
+    /// A call made with the issuer's credential for `token`, with what to check added to its failures.
+    async fn call(
         &self,
-        method: Method,
+        token: &TokenPolicy,
+        effect: Effect,
         url: Url,
-        bearer: &SecretString,
-        body: Option<&Value>,
-        what: &str,
-    ) -> Result<Reply, Failed> {
-        let fail = |kind, status, message: String, may_have_acted| Failed {
-            error: self.api.error(kind, status, message),
-            may_have_acted,
-        };
-        self.api.pace(bearer).await;
-        let mut auth = HeaderValue::from_str(&format!("token {}", bearer.expose_secret()))
-            .map_err(|_| {
-                fail(
-                    IssuerErrorKind::Config,
-                    None,
-                    "credential is not a valid HTTP header value".into(),
-                    false,
-                )
-            })?;
-        auth.set_sensitive(true);
-        let mut req = self
-            .api
-            .http
-            .request(method, url)
-            .header(AUTHORIZATION, auth)
-            .header(ACCEPT, ACCEPT_PULUMI)
-            .header(CONTENT_TYPE, JSON_TYPE);
-        if let Some(body) = body {
-            req = req.body(serde_json::to_vec(body).expect("JSON values serialise"));
-        }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                self.api.count("error");
-                // A connection that never opened carried nothing; anything later may have reached the server.
-                return Err(fail(
-                    IssuerErrorKind::Unavailable,
-                    None,
-                    format!("{what}: {}", crate::http::reason(&e)),
-                    !e.is_connect(),
-                ));
-            }
-        };
-        let status = resp.status().as_u16();
-        self.api.count(&status.to_string());
-        let retry_after = retry_after(resp.headers(), crate::clock::now());
-        let bytes = crate::http::read_capped(resp).await.map_err(|e| {
-            fail(
-                IssuerErrorKind::Unavailable,
-                Some(status),
-                format!("{what}: reading the response: {}", crate::http::reason(&e)),
-                true,
-            )
-        })?;
-        if (200..300).contains(&status) {
-            let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).map_err(|_| {
-                    fail(
-                        IssuerErrorKind::Unavailable,
-                        Some(status),
-                        format!("{what}: the {status} response is not JSON (truncated, or not the Pulumi API?)"),
-                        true,
-                    )
-                })?
-            };
-            return Ok(Reply { status, body });
-        }
-        let message = error_message(&bytes, bearer);
-        let detail = if message.is_empty() {
-            String::new()
-        } else {
-            format!(": {message}")
-        };
-        let (kind, hint) = match status {
-            401 => (IssuerErrorKind::Unauthorized, ""),
-            403 => (IssuerErrorKind::Forbidden, ""),
-            404 => (IssuerErrorKind::NotFound, ""),
-            // "token name already exists": the rotation picks a fresh name once.
-            409 => (IssuerErrorKind::Conflict, ""),
-            406 | 415 => (
-                IssuerErrorKind::Rejected,
-                " (the server refused the Pulumi API media types; is `address` the Pulumi Cloud API?)",
-            ),
-            429 => {
-                // Pulumi documents no rate limit; honour Retry-After when it is there (SPEC §5.4).
-                let wait = retry_after.unwrap_or(Duration::from_secs(1)) + super::api::jitter(Duration::from_millis(250));
-                self.api.rate_limited(bearer, wait).await;
-                let mut e = self.api.error(
-                    IssuerErrorKind::RateLimited,
-                    Some(status),
-                    format!("{what}: 429 rate limited{detail}; waiting {:.1}s", wait.as_secs_f64()),
-                );
-                e.retry_after = Some(wait);
-                return Err(Failed {
-                    error: e,
-                    may_have_acted: false,
-                });
-            }
-            s if s >= 500 => (IssuerErrorKind::Unavailable, ""),
-            _ => (IssuerErrorKind::Rejected, ""),
-        };
-        Err(fail(
-            kind,
-            Some(status),
-            format!("{what}: {status}{detail}{hint}"),
-            false,
-        ))
-    }
-
-    /// `send` with the transient-failure retry policy (429, 5xx, transport errors). A create whose answer was lost
-    /// is not repeated (it may have created a token); everything else here is idempotent.
-    async fn send_retrying(
-        &self,
-        method: Method,
-        url: Url,
-        bearer: &SecretString,
         body: Option<&Value>,
         what: &str,
     ) -> Result<Reply, IssuerError> {
-        let idempotent = method != Method::POST;
-        (|| self.send(method.clone(), url.clone(), bearer, body, what))
-            .retry(retry::transient())
-            .when(|f: &Failed| f.error.retryable() && (idempotent || !f.may_have_acted))
-            .notify(|f: &Failed, wait: Duration| {
-                tracing::warn!(issuer = %self.api.name, error = %f.error, retry_in_ms = wait.as_millis() as u64, "issuer request failed; retrying");
+        let credential = self.api.credential();
+        self.api
+            .call(Call {
+                effect,
+                url,
+                bearer: &credential,
+                body,
+                what,
             })
             .await
-            .map_err(|f| f.error)
+            .map_err(|e| self.explain(token, e))
     }
 
     /// The token collection of a policy token: `orgs/:org/tokens`, `orgs/:org/teams/:team/tokens` or
@@ -358,10 +237,7 @@ impl PulumiIssuer {
                     q.append_pair("continuationToken", c);
                 }
             }
-            let reply = self
-                .send_retrying(Method::GET, url, &self.api.credential(), None, what)
-                .await
-                .map_err(|e| self.explain(token, e))?;
+            let reply = self.call(token, Effect::Read, url, None, what).await?;
             let Some(tokens) = reply.body.get("tokens").and_then(Value::as_array) else {
                 return Err(self.api.error(
                     IssuerErrorKind::Protocol,
@@ -414,10 +290,10 @@ fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     Some(wait.min(Duration::from_secs(3600)))
 }
 
-/// The message of a Pulumi error body (`{"code", "message", "errors"?}`), or its plain text; shortened, with the
-/// request's bearer and anything shaped like a Pulumi token (`pul-…`) masked.
-fn error_message(bytes: &[u8], bearer: &SecretString) -> String {
-    let text = match serde_json::from_slice::<Value>(bytes) {
+/// The message of a Pulumi error body (`{"code", "message", "errors"?}`), or its plain text (the mux's 404).
+/// Shortened and redacted by the transport.
+fn error_text(bytes: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(o)) => {
             let mut parts: Vec<String> = Vec::new();
             if let Some(m) = o.get("message").and_then(Value::as_str) {
@@ -441,41 +317,7 @@ fn error_message(bytes: &[u8], bearer: &SecretString) -> String {
         Ok(Value::String(s)) => s,
         Ok(_) => String::new(),
         Err(_) => String::from_utf8_lossy(bytes).to_string(),
-    };
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let secret = bearer.expose_secret();
-    let text = if secret.is_empty() {
-        text
-    } else {
-        text.replace(secret, "[REDACTED]")
-    };
-    let mut text = mask_pulumi_tokens(&text);
-    if text.chars().count() > MAX_MESSAGE_CHARS {
-        text = text.chars().take(MAX_MESSAGE_CHARS).collect();
-        text.push('…');
     }
-    text
-}
-
-/// Replaces every `pul-` followed by 20 or more alphanumerics (the shape of a Pulumi token value).
-fn mask_pulumi_tokens(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("pul-") {
-        let tail = &rest[i + 4..];
-        let run = tail
-            .find(|c: char| !c.is_ascii_alphanumeric())
-            .unwrap_or(tail.len());
-        out.push_str(&rest[..i]);
-        if run >= 20 {
-            out.push_str("[REDACTED]");
-        } else {
-            out.push_str(&rest[i..i + 4 + run]);
-        }
-        rest = &tail[run..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// `created` is ISO 8601: RFC 3339, or the `2006-01-02 15:04:05.000` form some endpoints use (taken as UTC).
@@ -606,25 +448,27 @@ impl Issuer for PulumiIssuer {
         );
         let what = format!("creating {} named \"{label}\"", Self::describe(token));
         let reply = self
-            .send_retrying(
-                Method::POST,
+            .call(
+                token,
+                Effect::Create,
                 url,
-                &self.api.credential(),
                 Some(&Value::Object(body)),
                 &what,
             )
-            .await
-            .map_err(|e| self.explain(token, e))?;
+            .await?;
         let token_id = match reply.body.get("id") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => {
-                // Unavailable, not Protocol: a token may exist that we cannot name, so the rotation sweeps later.
-                return Err(self.api.error(
+                // A token may exist that we cannot name: the create's outcome is as good as lost, so the
+                // rotation looks for it by its label and sweeps it.
+                let mut e = self.api.error(
                     IssuerErrorKind::Unavailable,
                     Some(reply.status),
-                    format!("{what}: the {} response has no token id", reply.status),
-                ));
+                    format!("{what}: the {} answer has no token id", reply.status),
+                );
+                e.outcome_unknown = true;
+                return Err(e);
             }
         };
         let Some(value) = reply
@@ -708,25 +552,26 @@ impl Issuer for PulumiIssuer {
     }
 
     async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {
-        self.send_retrying(
-            Method::GET,
-            self.url(&["user"]),
-            value,
-            None,
-            "proving the new token (GET /api/user)",
-        )
-        .await
-        .map(|_| ())
-        .map_err(|mut e| {
-            if matches!(
-                e.kind,
-                IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
-            ) {
-                e.message
-                    .push_str(" (the new token was rejected right after it was created)");
-            }
-            e
-        })
+        self.api
+            .call(Call {
+                effect: Effect::Read,
+                url: self.url(&["user"]),
+                bearer: value,
+                body: None,
+                what: "proving the new token (GET /api/user)",
+            })
+            .await
+            .map(|_| ())
+            .map_err(|mut e| {
+                if matches!(
+                    e.kind,
+                    IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
+                ) {
+                    e.message
+                        .push_str(" (the new token was rejected right after it was created)");
+                }
+                e
+            })
     }
 
     async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError> {
@@ -738,14 +583,11 @@ impl Issuer for PulumiIssuer {
             &format!("revoked by token-rotator ({})", token.name),
         );
         let what = format!("revoking {} (token {token_id})", Self::describe(token));
-        match self
-            .send_retrying(Method::DELETE, url, &self.api.credential(), None, &what)
-            .await
-        {
+        match self.call(token, Effect::Delete, url, None, &what).await {
             Ok(_) => Ok(()),
             // Already gone counts as revoked.
             Err(e) if e.kind == IssuerErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.explain(token, e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -782,17 +624,18 @@ impl Issuer for PulumiIssuer {
     }
 
     async fn probe(&self) -> Result<(), IssuerError> {
-        self.send(
-            Method::GET,
-            self.url(&["user"]),
-            &self.api.credential(),
-            None,
-            "proving the issuer credential (GET /api/user)",
-        )
-        .await
-        .map(|_| ())
-        .map_err(|f| {
-            let mut e = f.error;
+        let credential = self.api.credential();
+        self.api
+            .call_once(Call {
+                effect: Effect::Read,
+                url: self.url(&["user"]),
+                bearer: &credential,
+                body: None,
+                what: "proving the issuer credential (GET /api/user)",
+            })
+            .await
+            .map(|_| ())
+            .map_err(|mut e| {
             if e.kind == IssuerErrorKind::Unauthorized {
                 e.message.push_str(&format!(
                     " (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)",
@@ -815,6 +658,7 @@ impl Issuer for PulumiIssuer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::HeaderValue;
 
     fn policy(kind: TokenKind, label: &str) -> TokenPolicy {
         TokenPolicy {
@@ -847,7 +691,7 @@ mod tests {
         PulumiIssuer::new(
             &cfg,
             SecretString::from("pul-0123456789abcdef0123456789abcdef01234567".to_string()),
-            Arc::new(Metrics::new()),
+            crate::issuer::api::IssuerDeps::unreachable(),
         )
         .unwrap()
     }
@@ -880,33 +724,17 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_are_surfaced_shortened_and_never_carry_a_token() {
-        let bearer = SecretString::from("secret-bearer-value".to_string());
+    fn error_texts_are_read_from_both_shapes() {
         assert_eq!(
-            error_message(
-                br#"{"code":409,"message":"Conflict: token name already exists"}"#,
-                &bearer
-            ),
+            error_text(br#"{"code":409,"message":"Conflict: token name already exists"}"#),
             "Conflict: token name already exists"
         );
+        assert_eq!(error_text(b"404 page not found\n"), "404 page not found\n");
         assert_eq!(
-            error_message(b"404 page not found\n", &bearer),
-            "404 page not found"
-        );
-        let m = error_message(
-            br#"{"code":400,"message":"bad token secret-bearer-value or pul-0123456789abcdef0123456789abcdef01234567 here; pul-short"}"#,
-            &bearer,
-        );
-        assert_eq!(m, "bad token [REDACTED] or [REDACTED] here; pul-short");
-        let m = error_message(
-            br#"{"code":400,"message":"Invalid","errors":[{"resource":"token","attribute":"name","errorType":"invalid"}]}"#,
-            &bearer,
-        );
-        assert_eq!(m, "Invalid; name invalid");
-        let long = format!(r#"{{"code":500,"message":"{}"}}"#, "x".repeat(1000));
-        assert_eq!(
-            error_message(long.as_bytes(), &bearer).chars().count(),
-            MAX_MESSAGE_CHARS + 1
+            error_text(
+                br#"{"code":400,"message":"Invalid","errors":[{"resource":"token","attribute":"name","errorType":"invalid"}]}"#
+            ),
+            "Invalid; name invalid"
         );
     }
 

@@ -5,24 +5,44 @@
 //! JSON:API bodies, `expired-at` RFC 3339 UTC, the value only in the create response, 401 = bad credential,
 //! 404 = missing or not allowed, 429 with `X-RateLimit-Reset` (seconds) and no `Retry-After`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::Retryable;
 use chrono::{DateTime, SecondsFormat, Utc};
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
-use super::api::ApiBase;
+use super::api::{ApiBase, Call, Dialect, Effect, IssuerDeps, Reply};
 use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
-use crate::metrics::Metrics;
 use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
-use crate::retry;
-use crate::secret::{ExposeSecret, SecretString};
+use crate::secret::SecretString;
 
 const JSON_API: &str = "application/vnd.api+json";
+
+/// How the HCP Terraform API spells things (see the module documentation).
+static DIALECT: Dialect = Dialect {
+    product: "the HCP Terraform / TFE API",
+    auth_scheme: "Bearer",
+    accept: JSON_API,
+    content_type: JSON_API,
+    // TFC answers 415 to a mutating request without it, even a body-less DELETE (go-tfe content_type.go).
+    content_type_on: |m| *m != Method::GET,
+    error_text: |bytes| {
+        serde_json::from_slice::<Value>(bytes)
+            .map(|v| api_errors(&v))
+            .unwrap_or_default()
+    },
+    // `X-RateLimit-Reset`: seconds (a float) until the window resets; TFC sends no `Retry-After`.
+    rate_limit_wait: |headers: &HeaderMap, _now| {
+        headers
+            .get("x-ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+    },
+};
 
 /// `Debug` shows the issuer's name and address; the credential is never printed.
 #[derive(Debug)]
@@ -30,20 +50,14 @@ pub struct TfeIssuer {
     api: ApiBase,
 }
 
-/// What one HTTP exchange produced.
-struct Reply {
-    status: u16,
-    body: Value,
-}
-
 impl TfeIssuer {
     pub fn new(
         cfg: &IssuerConfig,
         credential: SecretString,
-        metrics: Arc<Metrics>,
+        deps: IssuerDeps,
     ) -> Result<Self, IssuerError> {
         Ok(TfeIssuer {
-            api: ApiBase::new(cfg, credential, metrics)?,
+            api: ApiBase::new(cfg, credential, deps, &DIALECT)?,
         })
     }
 
@@ -52,192 +66,106 @@ impl TfeIssuer {
         self.api.url(&["api", "v2"], segments)
     }
 
-    /// One request, paced, counted in metrics; non-2xx becomes an error that says what to check.
-    async fn send(
+    /// A call made with the issuer's credential, with what to check added to its failures.
+    async fn call(
         &self,
-        method: Method,
+        effect: Effect,
         url: Url,
-        bearer: &SecretString,
         body: Option<&Value>,
         what: &str,
     ) -> Result<Reply, IssuerError> {
-        self.api.pace(bearer).await;
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
-            .map_err(|_| {
-                self.api.error(
-                    IssuerErrorKind::Config,
-                    None,
-                    "credential is not a valid HTTP header value",
-                )
-            })?;
-        auth.set_sensitive(true);
-        let mut req = self
-            .api
-            .http
-            .request(method.clone(), url)
-            .header(AUTHORIZATION, auth)
-            .header(ACCEPT, JSON_API);
-        if method != Method::GET {
-            // TFC answers 415 to a mutating request without it, even a body-less DELETE (go-tfe content_type.go).
-            req = req.header(CONTENT_TYPE, JSON_API);
-        }
-        if let Some(body) = body {
-            req = req.body(serde_json::to_vec(body).expect("JSON values serialise"));
-        }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                self.api.count("error");
-                return Err(self.api.error(
-                    IssuerErrorKind::Unavailable,
-                    None,
-                    format!("{what}: {}", crate::http::reason(&e)),
-                ));
-            }
-        };
-        let status = resp.status().as_u16();
-        self.api.count(&status.to_string());
-        let reset = resp
-            .headers()
-            .get("x-ratelimit-reset")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(3600.0)));
-        let bytes = crate::http::read_capped(resp).await.map_err(|e| {
-            self.api.error(
-                IssuerErrorKind::Unavailable,
-                Some(status),
-                format!("{what}: reading the response: {}", crate::http::reason(&e)),
-            )
-        })?;
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            match serde_json::from_slice(&bytes) {
-                Ok(v) => v,
-                Err(_) if (200..300).contains(&status) => {
-                    return Err(self.api.error(
-                        IssuerErrorKind::Unavailable,
-                        Some(status),
-                        format!(
-                        "{what}: the {status} response is not JSON (truncated or not the TFC API?)"
-                    ),
-                    ))
-                }
-                Err(_) => Value::Null,
-            }
-        };
-        if (200..300).contains(&status) {
-            return Ok(Reply { status, body });
-        }
-        let detail = api_errors(&body);
-        let detail = if detail.is_empty() {
-            String::new()
-        } else {
-            format!(": {detail}")
-        };
-        let (kind, hint) = match status {
-            401 => (
-                IssuerErrorKind::Unauthorized,
-                format!(" (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)", self.api.name),
-            ),
-            403 => (
-                IssuerErrorKind::Forbidden,
-                " (the credential is valid but lacks the permission)".to_string(),
-            ),
-            404 => (
-                IssuerErrorKind::NotFound,
-                " (TFC answers 404 both for a missing resource and for a credential without permission or entitlement)".to_string(),
-            ),
-            415 => (
-                IssuerErrorKind::Rejected,
-                " (the server refused the JSON:API content type; is this a supported TFE version?)".to_string(),
-            ),
-            429 => {
-                // After a 429 nothing goes to this issuer before X-RateLimit-Reset has passed (SPEC §5.4).
-                let wait = reset.unwrap_or(Duration::from_secs(1)) + super::api::jitter(Duration::from_millis(250));
-                self.api.rate_limited(bearer, wait).await;
-                let mut e = self.api.error(
-                    IssuerErrorKind::RateLimited,
-                    Some(status),
-                    format!("{what}: 429 rate limited{detail}; waiting {:.1}s", wait.as_secs_f64()),
-                );
-                e.retry_after = Some(wait);
-                return Err(e);
-            }
-            s if s >= 500 => (IssuerErrorKind::Unavailable, String::new()),
-            _ => (IssuerErrorKind::Rejected, String::new()),
-        };
-        Err(self.api.error(
-            kind,
-            Some(status),
-            format!("{what}: {status}{detail}{hint}"),
-        ))
-    }
-
-    /// `send` with the transient-failure retry policy.
-    async fn send_retrying(
-        &self,
-        method: Method,
-        url: Url,
-        bearer: &SecretString,
-        body: Option<&Value>,
-        what: &str,
-    ) -> Result<Reply, IssuerError> {
-        (|| self.send(method.clone(), url.clone(), bearer, body, what))
-            .retry(retry::transient())
-            .when(IssuerError::retryable)
-            .notify(|e, wait| {
-                tracing::warn!(issuer = %self.api.name, error = %e, retry_in_ms = wait.as_millis() as u64, "issuer request failed; retrying");
+        let credential = self.api.credential();
+        self.api
+            .call(Call {
+                effect,
+                url,
+                bearer: &credential,
+                body,
+                what,
             })
             .await
+            .map_err(|e| self.explain(e))
     }
 
-    fn parse_token(&self, reply: &Reply, what: &str) -> Result<MintedToken, IssuerError> {
-        let protocol = |m: &str| {
-            self.api.error(
-                IssuerErrorKind::Protocol,
+    /// Adds what to check to a failure of a call made with the issuer's credential.
+    fn explain(&self, mut e: IssuerError) -> IssuerError {
+        let hint = match e.kind {
+            IssuerErrorKind::Unauthorized => format!(
+                " (the credential was rejected: check `token` of [issuers.{}]; it may be wrong, expired or revoked)",
+                self.api.name
+            ),
+            IssuerErrorKind::Forbidden => " (the credential is valid but lacks the permission)".into(),
+            IssuerErrorKind::NotFound => " (TFC answers 404 both for a missing resource and for a credential without permission or entitlement)".into(),
+            _ => String::new(),
+        };
+        e.message.push_str(&hint);
+        e
+    }
+
+    /// The token a create answered with. Once the value is in hand nothing here may throw it away (SPEC §5.1): a
+    /// timestamp that does not parse falls back to what we know (now, the expiry we asked for) with a warning. An
+    /// answer without a value or an id is a token we can never hand out: the create happened but its result is
+    /// lost, exactly as if the answer had been cut off.
+    fn parse_token(
+        &self,
+        reply: &Reply,
+        what: &str,
+        requested_expiry: Option<DateTime<Utc>>,
+    ) -> Result<MintedToken, IssuerError> {
+        let lost = |m: &str| {
+            let mut e = self.api.error(
+                IssuerErrorKind::Unavailable,
                 Some(reply.status),
-                format!("{what}: {} response {m}", reply.status),
-            )
+                format!(
+                    "{what}: the {} answer {m}; the token it created is unusable",
+                    reply.status
+                ),
+            );
+            e.outcome_unknown = true;
+            e
         };
         let data = reply
             .body
             .get("data")
-            .ok_or_else(|| protocol("has no `data`"))?;
+            .ok_or_else(|| lost("has no `data`"))?;
         let token_id = match data.get("id") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(protocol("has no token id")),
+            _ => return Err(lost("has no token id")),
         };
-        let attrs = data
-            .get("attributes")
-            .ok_or_else(|| protocol("has no `attributes`"))?;
+        let attrs = data.get("attributes");
         let value = attrs
-            .get("token")
+            .and_then(|a| a.get("token"))
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| protocol("carries no token value"))?;
-        let time = |key: &str| -> Result<Option<DateTime<Utc>>, IssuerError> {
-            match attrs.get(key) {
+            .ok_or_else(|| lost("carries no token value"))?;
+        let time = |key: &str| -> Result<Option<DateTime<Utc>>, ()> {
+            match attrs.and_then(|a| a.get(key)) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
                     .map(|t| Some(t.with_timezone(&Utc)))
-                    .map_err(|_| protocol(&format!("has an invalid `{key}`"))),
-                Some(_) => Err(protocol(&format!("has an invalid `{key}`"))),
+                    .map_err(|_| ()),
+                Some(_) => Err(()),
             }
         };
+        let created_at = time("created-at").unwrap_or_else(|()| {
+            tracing::warn!(issuer = %self.api.name, token_id = %token_id, "the create answer has an invalid `created-at`; recording the time it arrived");
+            None
+        });
+        let expires_at = time("expired-at").unwrap_or_else(|()| {
+            tracing::warn!(issuer = %self.api.name, token_id = %token_id, "the create answer has an invalid `expired-at`; recording the requested expiry");
+            requested_expiry
+        });
         Ok(MintedToken {
             value: SecretString::from(value.to_string()),
             token_id,
-            created_at: time("created-at")?.unwrap_or_else(crate::clock::now),
-            expires_at: time("expired-at")?,
+            created_at: created_at.unwrap_or_else(crate::clock::now),
+            expires_at,
         })
     }
 }
 
-/// `errors[].title/detail` of a JSON:API error body (or the plain `{"errors":["…"]}` form), shortened.
+/// `errors[].title/detail` of a JSON:API error body (or the plain `{"errors":["…"]}` form).
 fn api_errors(body: &Value) -> String {
     let Some(errors) = body.get("errors").and_then(Value::as_array) else {
         return String::new();
@@ -258,16 +186,8 @@ fn api_errors(body: &Value) -> String {
         })
         .filter(|s| !s.is_empty())
         .collect();
-    let mut text = parts.join("; ");
-    if text.len() > 300 {
-        let cut = (0..=300)
-            .rev()
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
+    // Shortened and redacted by the transport.
+    parts.join("; ")
 }
 
 /// TFC descriptions: `<description> <YYYYMMDDThhmmssZ>`.
@@ -276,25 +196,17 @@ const LABEL_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 const MAX_PAGES: u32 = 1000;
 
 impl TfeIssuer {
-    /// `POST` a create request and parse the 201.
+    /// `POST` a create request and read the token from its answer (201 documented; any 2xx carries the token).
     async fn create(
         &self,
         url: Url,
         attributes: serde_json::Map<String, Value>,
         what: &str,
+        requested_expiry: Option<DateTime<Utc>>,
     ) -> Result<MintedToken, IssuerError> {
         let body = json!({"data": {"type": "authentication-tokens", "attributes": attributes}});
-        let reply = self
-            .send_retrying(Method::POST, url, &self.api.credential(), Some(&body), what)
-            .await?;
-        if reply.status != 201 {
-            return Err(self.api.error(
-                IssuerErrorKind::Protocol,
-                Some(reply.status),
-                format!("{what}: expected 201 Created, got {}", reply.status),
-            ));
-        }
-        self.parse_token(&reply, what)
+        let reply = self.call(Effect::Create, url, Some(&body), what).await?;
+        self.parse_token(&reply, what, requested_expiry)
     }
 
     /// Reads every page of a JSON:API list (`page[number]`, `page[size]=100`).
@@ -316,9 +228,7 @@ impl TfeIssuer {
                 q.append_pair("page[number]", &page.to_string());
                 q.append_pair("page[size]", "100");
             }
-            let reply = self
-                .send_retrying(Method::GET, url, &self.api.credential(), None, what)
-                .await?;
+            let reply = self.call(Effect::Read, url, None, what).await?;
             if let Some(data) = reply.body.get("data").and_then(Value::as_array) {
                 items.extend(data.iter().cloned());
             }
@@ -396,6 +306,7 @@ impl Issuer for TfeIssuer {
                     url,
                     attributes,
                     &format!("creating the organization token of \"{organization}\""),
+                    expires_at,
                 )
                 .await
             }
@@ -406,6 +317,7 @@ impl Issuer for TfeIssuer {
                     url,
                     attributes,
                     &format!("creating the audit-trails token of \"{organization}\""),
+                    expires_at,
                 )
                 .await
             }
@@ -415,12 +327,13 @@ impl Issuer for TfeIssuer {
                     url,
                     attributes,
                     &format!("creating the legacy team token of {team_id}"),
+                    expires_at,
                 )
                 .await
             }
             TokenKind::TfeTeam { team_id } => {
                 let url = self.url(&["teams", team_id, "authentication-tokens"]);
-                self.create(url, described(attributes), &format!("creating a team token of {team_id}"))
+                self.create(url, described(attributes), &format!("creating a team token of {team_id}"), expires_at)
                     .await
                     .map_err(|mut e| {
                         if e.kind == IssuerErrorKind::NotFound {
@@ -438,6 +351,7 @@ impl Issuer for TfeIssuer {
                     url,
                     described(serde_json::Map::new()),
                     &format!("creating an agent token of pool {agent_pool_id}"),
+                    None,
                 )
                 .await
             }
@@ -458,15 +372,26 @@ impl Issuer for TfeIssuer {
 
     async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {
         let url = self.url(&["account", "details"]);
-        self.send_retrying(
-            Method::GET,
-            url,
-            value,
-            None,
-            "proving the new token (GET account/details)",
-        )
-        .await
-        .map(|_| ())
+        self.api
+            .call(Call {
+                effect: Effect::Read,
+                url,
+                bearer: value,
+                body: None,
+                what: "proving the new token (GET account/details)",
+            })
+            .await
+            .map(|_| ())
+            .map_err(|mut e| {
+                if matches!(
+                    e.kind,
+                    IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
+                ) {
+                    e.message
+                        .push_str(" (the new token was rejected right after it was created)");
+                }
+                e
+            })
     }
 
     async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError> {
@@ -479,10 +404,9 @@ impl Issuer for TfeIssuer {
         }
         let url = self.url(&["authentication-tokens", token_id]);
         match self
-            .send_retrying(
-                Method::DELETE,
+            .call(
+                Effect::Delete,
                 url,
-                &self.api.credential(),
                 None,
                 &format!("revoking token {token_id}"),
             )
@@ -501,13 +425,7 @@ impl Issuer for TfeIssuer {
                 // There is no per-team list: read the team's name and organization, then filter the org-wide list.
                 let what = format!("reading team {team_id}");
                 let reply = self
-                    .send_retrying(
-                        Method::GET,
-                        self.url(&["teams", team_id]),
-                        &self.api.credential(),
-                        None,
-                        &what,
-                    )
+                    .call(Effect::Read, self.url(&["teams", team_id]), None, &what)
                     .await?;
                 let name = reply
                     .body
@@ -564,16 +482,18 @@ impl Issuer for TfeIssuer {
     }
 
     async fn probe(&self) -> Result<(), IssuerError> {
-        let url = self.url(&["account", "details"]);
-        self.send(
-            Method::GET,
-            url,
-            &self.api.credential(),
-            None,
-            "proving the issuer credential (GET account/details)",
-        )
-        .await
-        .map(|_| ())
+        let credential = self.api.credential();
+        self.api
+            .call_once(Call {
+                effect: Effect::Read,
+                url: self.url(&["account", "details"]),
+                bearer: &credential,
+                body: None,
+                what: "proving the issuer credential (GET account/details)",
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain(e))
     }
 }
 

@@ -190,7 +190,8 @@ impl AwsSink {
         match e {
             SdkError::ServiceError(_) => {
                 let code = e.code().unwrap_or("unknown");
-                let msg = e.message().unwrap_or("");
+                // AWS's own words: untrusted text, masked like every other server's (SPEC §5.13).
+                let msg = crate::redact::outside_text(e.message().unwrap_or(""), &[]);
                 let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
                 let (kind, hint) = classify(code, status);
                 let hint = match kind {
@@ -221,7 +222,7 @@ impl AwsSink {
                 format!(
                     "{op} {id} (region {}): cannot reach AWS Secrets Manager: {}",
                     self.region,
-                    DisplayErrorContext(e)
+                    crate::redact::outside_text(&DisplayErrorContext(e).to_string(), &[])
                 ),
             ),
         }

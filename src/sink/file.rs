@@ -65,7 +65,21 @@ impl FileSink {
     }
 
     fn io_error(&self, what: &str, e: &io::Error) -> SinkError {
+        // Running out of descriptors, memory or space passes: retried, never a permanent failure (SPEC §5.12).
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(
+                libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOMEM
+                    | libc::ENOSPC
+                    | libc::EDQUOT
+                    | libc::EAGAIN
+                    | libc::EINTR
+            )
+        );
         let kind = match e.kind() {
+            _ if exhausted => SinkErrorKind::Unavailable,
             io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
                 SinkErrorKind::Forbidden
             }
@@ -287,11 +301,50 @@ impl FileSink {
             .locate(target, true)?
             .expect("locate creates what is missing");
         let path = loc.parent.join(&loc.file_name);
-        // Check-and-set against what the last read saw.
-        let now = self.read_bytes(target, &path)?;
-        if now.as_deref() == Some(text.as_bytes()) {
+        if self.read_bytes(target, &path)?.as_deref() == Some(text.as_bytes()) {
             return Ok(());
         }
+        let tmp = loc.parent.join(format!(
+            ".{}.tmp.{}.{:016x}",
+            loc.file_name,
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let result = self.replace(target, &tmp, &path, &loc.parent, text.as_bytes(), expected);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Writes `bytes` to `tmp` (0600, fsync), checks that `path` still holds what the last read saw
+    /// (check-and-set, right before the rename so that the slow fsync is not inside the window), renames `tmp`
+    /// over `path`, and fsyncs the directory.
+    fn replace(
+        &self,
+        target: &Target,
+        tmp: &Path,
+        path: &Path,
+        dir: &Path,
+        bytes: &[u8],
+        expected: Version,
+    ) -> Result<(), SinkError> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(tmp)
+            .map_err(|e| self.io_error(&format!("create {}", tmp.display()), &e))?;
+        // The mode is 0600 whatever the umask.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| self.io_error(&format!("chmod {}", tmp.display()), &e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| self.io_error(&format!("write {}", tmp.display()), &e))?;
+        drop(f);
+        // The final component may have become a link since it was read: never replace one (read_bytes refuses).
+        let now = self.read_bytes(target, path)?;
         let unchanged = match expected {
             Version::Absent => now.is_none(),
             Version::Digest(d) => now.as_deref().map(digest) == Some(d),
@@ -312,43 +365,6 @@ impl FileSink {
                 ),
             ));
         }
-        let tmp = loc.parent.join(format!(
-            ".{}.tmp.{}.{:016x}",
-            loc.file_name,
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let result = self.replace(target, &tmp, &path, &loc.parent, text.as_bytes());
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    /// Writes `bytes` to `tmp` (0600, fsync), renames it over `path`, and fsyncs the directory.
-    fn replace(
-        &self,
-        target: &Target,
-        tmp: &Path,
-        path: &Path,
-        dir: &Path,
-        bytes: &[u8],
-    ) -> Result<(), SinkError> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(tmp)
-            .map_err(|e| self.io_error(&format!("create {}", tmp.display()), &e))?;
-        // The mode is 0600 whatever the umask.
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(|e| self.io_error(&format!("chmod {}", tmp.display()), &e))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| self.io_error(&format!("write {}", tmp.display()), &e))?;
-        drop(f);
-        // The final component may have become a link since it was read: never replace one.
         if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink() || m.is_dir()) {
             return Err(self.error(
                 SinkErrorKind::Permanent,

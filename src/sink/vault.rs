@@ -534,7 +534,8 @@ impl VaultSink {
         };
         match &e {
             ClientError::APIError { code, errors } => {
-                let msg = errors.join("; ");
+                // Vault's own words: untrusted text, masked like every other server's (SPEC §5.13).
+                let msg = crate::redact::outside_text(&errors.join("; "), &[]);
                 let (kind, hint) = match code {
                     400 if msg.contains("check-and-set") => (
                         SinkErrorKind::Conflict,
@@ -606,7 +607,7 @@ fn describe(e: &ClientError) -> String {
         }
         src = s.source();
     }
-    out
+    crate::redact::outside_text(&out, &[])
 }
 
 fn reqwest_reason(e: &reqwest::Error) -> String {

@@ -1,5 +1,6 @@
-//! The daemon: builds issuers and sinks from the policy, serves the endpoints, and runs the deadline loop —
-//! sleep until the earliest due token, wake on completion, reload or shutdown. No polling while nothing is due.
+//! The deadline loop: sleep until the earliest due token, wake on a completed visit, a reload, a `rotate` request
+//! or shutdown. No polling while nothing is due. Visits are spawned into at most `MAX_CONCURRENT` places (an equal
+//! share per issuer), at most one per token.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -12,20 +13,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::build::{build_rotator, Shared};
 use crate::control::{RotateRequest, RotateResult};
-use crate::issuer;
-use crate::journal::Journal;
 use crate::metrics::Metrics;
-use crate::policy::{self, Policy, TokenPolicy};
+use crate::policy::{Policy, TokenPolicy};
 use crate::rotation::{AttemptError, Failure, Rotator, Tended};
 use crate::schedule;
-use crate::secret::{SecretRef, SecretString};
-use crate::server::{self, AppState};
-use crate::sink::{self, Content};
 use crate::status::{StatusBoard, TokenStatus};
 
 /// How long in-flight rotations get to reach a journaled state after SIGTERM/SIGINT (SPEC §5.7).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// At most this many tokens are visited at once (issuers are paced separately). Visits beyond it are not even
 /// spawned: a waiting task would hold its whole future (kilobytes) for as long as it waits.
 const MAX_CONCURRENT: usize = 32;
@@ -35,122 +32,17 @@ const MIN_CONCURRENT_PER_ISSUER: usize = 2;
 /// Permanent failures are retried after this long, or on `rotate`.
 const PERMANENT_RETRY: Duration = Duration::from_secs(3600);
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RunOptions {
-    pub once: bool,
-}
-
-/// Opens the journal of `policy` (read-only for `plan`), with its `state_key` when one is set.
-pub fn open_journal(
-    policy: &Policy,
-    read_only: bool,
-) -> Result<Result<Journal, crate::journal::JournalError>, String> {
-    let key = match &policy.daemon.state_key {
-        None => None,
-        Some(r) => {
-            let secret = r.resolve_local().map_err(|e| format!("state_key: {e}"))?;
-            Some(
-                crate::journal::JournalKey::parse(&secret)
-                    .map_err(|e| format!("state_key: {e}"))?,
-            )
-        }
-    };
-    let journal = if read_only {
-        Ok(Journal::open_read_only(&policy.daemon.state_dir))
-    } else {
-        Journal::open(&policy.daemon.state_dir)
-    };
-    Ok(journal.map(|j| j.with_key(key)))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    StateKey(String),
-    #[error(transparent)]
-    Journal(#[from] crate::journal::JournalError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-}
-
 /// Messages to the scheduler loop.
 #[derive(Debug)]
 pub enum Control {
     Reload(Box<Policy>),
 }
 
-/// Builds every sink, then every issuer (whose credential may live in a sink).
-pub async fn build_rotator(
-    policy: &Policy,
-    journal: Arc<Journal>,
-    metrics: Arc<Metrics>,
-) -> Rotator {
-    let mut rotator = build_sinks_only(policy, journal, metrics).await;
-    for (name, cfg) in &policy.issuers {
-        let built = match resolve_credential(&cfg.token, &rotator.sinks).await {
-            Ok(cred) => issuer::build(cfg, cred, rotator.metrics.clone()).map_err(|e| e.message),
-            Err(why) => Err(format!("credential {}: {why}", cfg.token)),
-        };
-        if let Err(why) = &built {
-            tracing::error!(issuer = %name, error = %why, "issuer is unusable; its tokens will fail");
-        }
-        rotator.issuers.insert(name.clone(), built);
-    }
-    rotator
-}
-
-/// A rotator that can read the sinks but has no issuers (`plan` never calls one, so it resolves no credential).
-pub async fn build_sinks_only(
-    policy: &Policy,
-    journal: Arc<Journal>,
-    metrics: Arc<Metrics>,
-) -> Rotator {
-    let mut sinks = HashMap::new();
-    for (name, cfg) in &policy.sinks {
-        metrics.init_sink(name);
-        let built = sink::build(cfg).await.map_err(|e| e.message);
-        if let Err(why) = &built {
-            tracing::error!(sink = %name, error = %why, "sink is unusable; tokens writing to it will fail");
-        }
-        sinks.insert(name.clone(), built);
-    }
-    Rotator {
-        issuers: HashMap::new(),
-        credential_refs: policy
-            .issuers
-            .iter()
-            .map(|(name, cfg)| (name.clone(), cfg.token.clone()))
-            .collect(),
-        sinks,
-        journal,
-        metrics,
-    }
-}
-
-/// Resolves an issuer credential: env, file, or the `token` of a record this daemon keeps in a sink.
-async fn resolve_credential(
-    r: &SecretRef,
-    sinks: &HashMap<String, Result<Arc<dyn sink::Sink>, String>>,
-) -> Result<SecretString, String> {
-    match r {
-        SecretRef::Sink { sink, target } => {
-            let s = match sinks.get(sink) {
-                Some(Ok(s)) => s,
-                Some(Err(why)) => return Err(format!("sink {sink} is unusable: {why}")),
-                None => return Err(format!("no sink named {sink}")),
-            };
-            let observed = s.read(target).await.map_err(|e| e.to_string())?;
-            match observed.content {
-                Content::Record(rec) => Ok(rec.token),
-                Content::Absent => Err(format!("sink {sink} holds no record at {target}")),
-                Content::Garbage(why) => Err(format!("sink {sink} at {target}: {why}")),
-            }
-        }
-        other => other.resolve_local().map_err(|e| e.to_string()),
-    }
+/// What the loop listens to besides its timers and visits.
+pub struct Inputs {
+    pub cancel: CancellationToken,
+    pub control: mpsc::Receiver<Control>,
+    pub rotate: mpsc::Receiver<RotateRequest>,
 }
 
 struct Slot {
@@ -203,7 +95,7 @@ struct Waiter {
 pub struct Daemon {
     policy: Policy,
     rotator: Arc<Rotator>,
-    journal: Arc<Journal>,
+    shared: Shared,
     metrics: Arc<Metrics>,
     board: StatusBoard,
     slots: BTreeMap<String, Slot>,
@@ -227,8 +119,11 @@ impl Daemon {
         self.metrics.init_token(&t.name);
         self.board
             .add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
-        self.slots
-            .insert(t.name.clone(), Slot::new(Arc::clone(t), now));
+        let mut slot = Slot::new(Arc::clone(t), now);
+        // Removed and added back while its visit was still running: that visit's completion frees the slot, and
+        // no second visit of the token starts before it.
+        slot.in_flight = self.in_flight_issuer.contains_key(&t.name);
+        self.slots.insert(t.name.clone(), slot);
     }
 
     /// Spawns visits for due tokens, up to `MAX_CONCURRENT` (and an equal share per issuer). Returns whether a
@@ -255,7 +150,11 @@ impl Daemon {
             let Some(slot) = self.slots.get(&self.order[i]) else {
                 continue;
             };
-            if slot.in_flight || slot.done || slot.next_at > now {
+            if slot.in_flight
+                || slot.done
+                || slot.next_at > now
+                || self.in_flight_issuer.contains_key(&self.order[i])
+            {
                 continue;
             }
             let issuer = slot.policy.issuer.as_str();
@@ -417,6 +316,8 @@ impl Daemon {
         }
         let now = crate::clock::now();
         let drift = self.policy.daemon.drift_check;
+        // Whatever this visit showed while it ran (a singleton being replaced) is over.
+        self.board.update(&name, |s| s.pending = None);
         let Some(slot) = self.slots.get_mut(&name) else {
             return; // dropped by a reload while in flight
         };
@@ -431,7 +332,7 @@ impl Daemon {
                 }
                 let current_id = t.current.as_ref().map(|c| c.token_id.clone());
                 if current_id != slot.jitter_for {
-                    slot.jitter = schedule::draw_jitter(slot.policy.schedule.jitter);
+                    slot.jitter = crate::clock::random_up_to(slot.policy.schedule.jitter);
                     slot.jitter_for = current_id;
                 }
                 let due = if t.stored_everywhere || t.current.is_none() {
@@ -496,6 +397,91 @@ impl Daemon {
         }
     }
 
+    /// A scheduler for `policy`, every token due at once (its first visit reads its records).
+    pub async fn new(policy: Policy, shared: Shared, board: StatusBoard) -> Daemon {
+        let rotator = Arc::new(build_rotator(&policy, &shared).await);
+        shared.metrics.config_last_reload_success.set(1.0);
+        let now = crate::clock::now();
+        let tokens: Vec<Arc<TokenPolicy>> = policy.tokens.values().cloned().collect();
+        let mut d = Daemon {
+            policy,
+            rotator,
+            metrics: shared.metrics.clone(),
+            shared,
+            board,
+            slots: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            waiters: Vec::new(),
+            in_flight_issuer: HashMap::new(),
+            per_issuer: HashMap::new(),
+            order: Vec::new(),
+            cursor: 0,
+            failed: false,
+        };
+        for t in &tokens {
+            d.register(t, now);
+        }
+        d.rebuild_order();
+        d
+    }
+
+    pub fn token_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The loop, until `cancel` (then in-flight visits get `SHUTDOWN_GRACE` to reach a journaled state) or, with
+    /// `once`, until every token was visited once. Returns whether every visit succeeded.
+    pub async fn run_loop(&mut self, mut inputs: Inputs, once: bool) -> bool {
+        let cancel = inputs.cancel.clone();
+        loop {
+            let now = crate::clock::now();
+            let waiting = !cancel.is_cancelled() && self.spawn_due(now);
+            if once && self.tasks.is_empty() && self.slots.values().all(|s| s.done) {
+                break;
+            }
+            // A due token waiting for a place is spawned when a visit completes; until then no timer is needed.
+            let sleep_for = if waiting {
+                Duration::from_secs(86_400)
+            } else {
+                self.earliest()
+                    .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
+                    .unwrap_or(Duration::from_secs(86_400))
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match joined {
+                        Ok((name, forced, result)) => self.complete(name, forced, result, once),
+                        Err(e) => tracing::error!(error = %e, "a rotation task panicked"),
+                    }
+                }
+                Some(msg) = inputs.control.recv() => match msg {
+                    Control::Reload(p) => self.reload(*p).await,
+                },
+                Some(req) = inputs.rotate.recv() => self.request_rotation(req, crate::clock::now()),
+                _ = tokio::time::sleep(sleep_for) => {}
+            }
+        }
+        if cancel.is_cancelled() && !self.tasks.is_empty() {
+            tracing::info!(
+                in_flight = self.tasks.len(),
+                "shutting down; letting in-flight rotations reach a journaled state"
+            );
+            let drain = async {
+                while let Some(joined) = self.tasks.join_next().await {
+                    if let Ok((name, forced, result)) = joined {
+                        self.complete(name, forced, result, true);
+                    }
+                }
+            };
+            if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+                tracing::warn!("in-flight rotations did not finish within 10s; the journal resumes them at the next start");
+                self.tasks.abort_all();
+            }
+        }
+        !self.failed
+    }
+
     async fn reload(&mut self, policy: Policy) {
         let now = crate::clock::now();
         if policy.daemon.listen != self.policy.daemon.listen
@@ -503,8 +489,7 @@ impl Daemon {
         {
             tracing::warn!("`listen` and `state_dir` changes take effect at the next restart");
         }
-        self.rotator =
-            Arc::new(build_rotator(&policy, self.journal.clone(), self.metrics.clone()).await);
+        self.rotator = Arc::new(build_rotator(&policy, &self.shared).await);
         let removed: Vec<String> = self
             .slots
             .keys()
@@ -541,211 +526,6 @@ impl Daemon {
         self.metrics.config_last_reload_success.set(1.0);
         tracing::info!(tokens = self.slots.len(), "policy reloaded");
     }
-}
-
-/// Runs the daemon until shutdown (or, with `once`, until every token was visited). Returns whether every
-/// visit succeeded.
-pub async fn run(
-    policy: Policy,
-    opts: RunOptions,
-    cancel: CancellationToken,
-) -> Result<bool, RunError> {
-    let journal = Arc::new(open_journal(&policy, false).map_err(RunError::StateKey)??);
-    let metrics = Arc::new(Metrics::new());
-    let board = StatusBoard::new();
-    // Every token is on the board before /readyz can answer: an empty board would read as ready while the
-    // issuers and sinks are still being built.
-    for t in policy.tokens.values() {
-        board.add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
-    }
-    let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
-
-    // The control socket is up before /healthz answers, so `rotate` works as soon as the daemon looks healthy.
-    let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(16);
-    let control = if opts.once {
-        None
-    } else {
-        match crate::control::serve(&policy.daemon.state_dir, board.clone(), rotate_tx) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the control socket; `rotate` and `status` will not reach this daemon");
-                None
-            }
-        }
-    };
-    let server = if opts.once {
-        None
-    } else {
-        let addr = policy.daemon.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Listen {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let bound = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| addr.to_string());
-        let app = server::router(AppState {
-            metrics: metrics.clone(),
-            board: board.clone(),
-        });
-        let stop = cancel.clone();
-        tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz on http://{bound}/");
-        Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-        }))
-    };
-
-    let rotator = Arc::new(build_rotator(&policy, journal.clone(), metrics.clone()).await);
-    metrics.config_last_reload_success.set(1.0);
-    let now = crate::clock::now();
-    let tokens: Vec<Arc<TokenPolicy>> = policy.tokens.values().cloned().collect();
-    let policy_path = policy.path.clone();
-    let mut d = Daemon {
-        policy,
-        rotator,
-        journal,
-        metrics,
-        board,
-        slots: BTreeMap::new(),
-        tasks: JoinSet::new(),
-        waiters: Vec::new(),
-        in_flight_issuer: HashMap::new(),
-        per_issuer: HashMap::new(),
-        order: Vec::new(),
-        cursor: 0,
-        failed: false,
-    };
-    for t in &tokens {
-        d.register(t, now);
-    }
-    drop(tokens);
-    d.rebuild_order();
-    if !opts.once {
-        crate::systemd::ready();
-        spawn_signal_handlers(
-            policy_path,
-            cancel.clone(),
-            control_tx.clone(),
-            d.metrics.clone(),
-        );
-    }
-    tracing::info!(
-        tokens = d.slots.len(),
-        once = opts.once,
-        "token-rotator started"
-    );
-
-    loop {
-        let now = crate::clock::now();
-        let waiting = !cancel.is_cancelled() && d.spawn_due(now);
-        if opts.once && d.tasks.is_empty() && d.slots.values().all(|s| s.done) {
-            break;
-        }
-        // A due token waiting for a place is spawned when a visit completes; until then no timer is needed.
-        let sleep_for = if waiting {
-            Duration::from_secs(86_400)
-        } else {
-            d.earliest()
-                .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
-                .unwrap_or(Duration::from_secs(86_400))
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(joined) = d.tasks.join_next(), if !d.tasks.is_empty() => {
-                match joined {
-                    Ok((name, forced, result)) => d.complete(name, forced, result, opts.once),
-                    Err(e) => tracing::error!(error = %e, "a rotation task panicked"),
-                }
-            }
-            Some(msg) = control_rx.recv() => match msg {
-                Control::Reload(p) => d.reload(*p).await,
-            },
-            Some(req) = rotate_rx.recv() => d.request_rotation(req, crate::clock::now()),
-            _ = tokio::time::sleep(sleep_for) => {}
-        }
-    }
-
-    if cancel.is_cancelled() {
-        crate::systemd::stopping();
-    }
-    if cancel.is_cancelled() && !d.tasks.is_empty() {
-        tracing::info!(
-            in_flight = d.tasks.len(),
-            "shutting down; letting in-flight rotations reach a journaled state"
-        );
-        let drain = async {
-            while let Some(joined) = d.tasks.join_next().await {
-                if let Ok((name, forced, result)) = joined {
-                    d.complete(name, forced, result, true);
-                }
-            }
-        };
-        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-            tracing::warn!("in-flight rotations did not finish within 10s; the journal resumes them at the next start");
-            d.tasks.abort_all();
-        }
-    }
-    if let Some(s) = server {
-        cancel.cancel();
-        let _ = s.await;
-    }
-    if let Some(c) = control {
-        c.abort();
-        let _ = std::fs::remove_file(crate::control::socket_path(&d.policy.daemon.state_dir));
-    }
-    Ok(!d.failed)
-}
-
-/// SIGTERM/SIGINT cancel (a second one exits at once); SIGHUP reloads the policy or keeps the old one.
-fn spawn_signal_handlers(
-    path: std::path::PathBuf,
-    cancel: CancellationToken,
-    control: mpsc::Sender<Control>,
-    metrics: Arc<Metrics>,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                _ = hup.recv() => {
-                    tracing::info!(path = %path.display(), "SIGHUP: reloading the policy");
-                    match policy::load(&path) {
-                        Ok(p) => { let _ = control.send(Control::Reload(Box::new(p))).await; }
-                        Err(e) => {
-                            metrics.config_last_reload_success.set(0.0);
-                            for line in e.lines() {
-                                tracing::error!(problem = %line, "reload rejected; keeping the previous policy");
-                            }
-                        }
-                    }
-                    continue;
-                }
-            }
-            if cancel.is_cancelled() {
-                tracing::warn!(
-                    "second signal: exiting now; the journal resumes any interrupted rotation"
-                );
-                std::process::exit(0);
-            }
-            tracing::info!("shutdown requested");
-            cancel.cancel();
-        }
-    });
 }
 
 #[cfg(test)]

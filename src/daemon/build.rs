@@ -1,0 +1,162 @@
+//! Building what a policy describes: the journal, every sink, every issuer (whose credential may live in a
+//! sink), and the [`Rotator`] over them. The same construction serves the daemon, its reloads, `plan`, `rotate`
+//! and `check --online`; the simulation builds on its own [`Backends`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::issuer::{self, api::Exchange, api::HttpExchange, api::IssuerDeps};
+use crate::journal::{Journal, JournalKey};
+use crate::metrics::Metrics;
+use crate::policy::{IssuerConfig, Policy, SinkConfig};
+use crate::retry::PacerRegistry;
+use crate::rotation::Rotator;
+use crate::secret::{SecretRef, SecretString};
+use crate::sink::{self, Content, Sink, SinkError};
+use crate::status::StatusBoard;
+
+/// What issuers and sinks are built on: the network (the daemon), or in-memory models (the simulation).
+#[async_trait]
+pub trait Backends: Send + Sync {
+    /// The wire an issuer talks over.
+    fn exchange(&self, cfg: &IssuerConfig) -> Result<Arc<dyn Exchange>, String>;
+    /// The sink of one `[sinks.NAME]` table.
+    async fn sink(&self, cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError>;
+}
+
+/// The real thing: HTTPS through the one client builder, the sink kinds of `sink::build`.
+pub struct Network;
+
+#[async_trait]
+impl Backends for Network {
+    fn exchange(&self, cfg: &IssuerConfig) -> Result<Arc<dyn Exchange>, String> {
+        let client = crate::http::client(cfg.ca_file.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Arc::new(HttpExchange::new(client)))
+    }
+
+    async fn sink(&self, cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
+        sink::build(cfg).await
+    }
+}
+
+/// What every rotator the daemon builds shares, from start to exit: a reload builds new issuers and sinks over
+/// the same journal (held writes, visit locks), pacers (429 blocks), metrics and status board.
+#[derive(Clone)]
+pub struct Shared {
+    pub journal: Arc<Journal>,
+    pub metrics: Arc<Metrics>,
+    pub pacers: Arc<PacerRegistry>,
+    pub backends: Arc<dyn Backends>,
+    pub board: Option<StatusBoard>,
+}
+
+impl Shared {
+    /// One-shot commands: the network, fresh metrics and pacers, no status board.
+    pub fn for_command(journal: Journal) -> Self {
+        Shared {
+            journal: Arc::new(journal),
+            metrics: Arc::new(Metrics::new()),
+            pacers: Arc::new(PacerRegistry::default()),
+            backends: Arc::new(Network),
+            board: None,
+        }
+    }
+}
+
+/// The `state_key` of `policy`, resolved and parsed.
+fn journal_key(policy: &Policy) -> Result<Option<JournalKey>, String> {
+    match &policy.daemon.state_key {
+        None => Ok(None),
+        Some(r) => {
+            let secret = r.resolve_local().map_err(|e| format!("state_key: {e}"))?;
+            JournalKey::parse(&secret)
+                .map(Some)
+                .map_err(|e| format!("state_key: {e}"))
+        }
+    }
+}
+
+/// Opens the journal of `policy` (read-only for `plan`), with its `state_key` when one is set.
+pub fn open_journal(policy: &Policy, read_only: bool) -> Result<Journal, String> {
+    let key = journal_key(policy)?;
+    let journal = if read_only {
+        Journal::open_read_only(&policy.daemon.state_dir)
+    } else {
+        Journal::open(&policy.daemon.state_dir).map_err(|e| e.to_string())?
+    };
+    Ok(journal.with_key(key))
+}
+
+/// Builds every sink, then every issuer (whose credential may live in a sink).
+pub async fn build_rotator(policy: &Policy, shared: &Shared) -> Rotator {
+    let mut rotator = build_sinks_only(policy, shared).await;
+    for (name, cfg) in &policy.issuers {
+        let built = match resolve_credential(&cfg.token, &rotator.sinks).await {
+            Ok(cred) => shared.backends.exchange(cfg).and_then(|exchange| {
+                let deps = IssuerDeps {
+                    exchange,
+                    pacers: shared.pacers.get(name, cfg.requests_per_second),
+                    metrics: shared.metrics.clone(),
+                };
+                issuer::build(cfg, cred, deps).map_err(|e| e.message)
+            }),
+            Err(why) => Err(format!("credential {}: {why}", cfg.token)),
+        };
+        if let Err(why) = &built {
+            tracing::error!(issuer = %name, error = %why, "issuer is unusable; its tokens will fail");
+        }
+        rotator.issuers.insert(name.clone(), built);
+    }
+    rotator
+}
+
+/// A rotator that can read the sinks but has no issuers (`plan` never calls one, so it resolves no credential).
+pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
+    let mut sinks = HashMap::new();
+    for (name, cfg) in &policy.sinks {
+        shared.metrics.init_sink(name);
+        let built = shared.backends.sink(cfg).await.map_err(|e| e.message);
+        if let Err(why) = &built {
+            tracing::error!(sink = %name, error = %why, "sink is unusable; tokens writing to it will fail");
+        }
+        sinks.insert(name.clone(), built);
+    }
+    Rotator {
+        issuers: HashMap::new(),
+        credential_refs: policy
+            .issuers
+            .iter()
+            .map(|(name, cfg)| (name.clone(), cfg.token.clone()))
+            .collect(),
+        sinks,
+        journal: shared.journal.clone(),
+        metrics: shared.metrics.clone(),
+        tokens: policy.tokens.values().cloned().collect(),
+        board: shared.board.clone(),
+    }
+}
+
+/// Resolves an issuer credential: env, file, or the `token` of a record this daemon keeps in a sink.
+async fn resolve_credential(
+    r: &SecretRef,
+    sinks: &HashMap<String, Result<Arc<dyn Sink>, String>>,
+) -> Result<SecretString, String> {
+    match r {
+        SecretRef::Sink { sink, target } => {
+            let s = match sinks.get(sink) {
+                Some(Ok(s)) => s,
+                Some(Err(why)) => return Err(format!("sink {sink} is unusable: {why}")),
+                None => return Err(format!("no sink named {sink}")),
+            };
+            let observed = s.read(target).await.map_err(|e| e.to_string())?;
+            match observed.content {
+                Content::Record(rec) => Ok(rec.token),
+                Content::Absent => Err(format!("sink {sink} holds no record at {target}")),
+                Content::Garbage(why) => Err(format!("sink {sink} at {target}: {why}")),
+            }
+        }
+        other => other.resolve_local().map_err(|e| e.to_string()),
+    }
+}

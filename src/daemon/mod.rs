@@ -1,0 +1,186 @@
+//! The daemon: opens the journal, serves the endpoints and the control socket, installs the signal handlers, and
+//! runs the scheduler ([`scheduler::Daemon`]) until shutdown.
+//!
+//! - `build.rs`: issuers, sinks and the rotator from a policy (also for `plan`, `rotate`, `check --online`);
+//! - `scheduler.rs`: the deadline loop, reloads and `rotate` requests.
+
+pub mod build;
+pub mod scheduler;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use build::{build_rotator, build_sinks_only, open_journal, Backends, Network, Shared};
+pub use scheduler::{Control, Daemon, Inputs};
+
+use crate::control::RotateRequest;
+use crate::metrics::Metrics;
+use crate::policy;
+use crate::retry::PacerRegistry;
+use crate::server::{self, AppState};
+use crate::status::{StatusBoard, TokenStatus};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    pub once: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Journal(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the daemon until shutdown (or, with `once`, until every token was visited). Returns whether every
+/// visit succeeded.
+pub async fn run(
+    policy: policy::Policy,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> Result<bool, RunError> {
+    let journal = open_journal(&policy, false).map_err(RunError::Journal)?;
+    let metrics = Arc::new(Metrics::new());
+    let board = StatusBoard::new();
+    // Every token is on the board before /readyz can answer: an empty board would read as ready while the
+    // issuers and sinks are still being built.
+    for t in policy.tokens.values() {
+        board.add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
+    }
+    let shared = Shared {
+        journal: Arc::new(journal),
+        metrics: metrics.clone(),
+        pacers: Arc::new(PacerRegistry::default()),
+        backends: Arc::new(Network),
+        board: Some(board.clone()),
+    };
+    let (control_tx, control_rx) = mpsc::channel::<Control>(4);
+
+    // The control socket is up before /healthz answers, so `rotate` works as soon as the daemon looks healthy.
+    let (rotate_tx, rotate_rx) = mpsc::channel::<RotateRequest>(16);
+    let control = if opts.once {
+        None
+    } else {
+        match crate::control::serve(&policy.daemon.state_dir, board.clone(), rotate_tx) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the control socket; `rotate` and `status` will not reach this daemon");
+                None
+            }
+        }
+    };
+    let server = if opts.once {
+        None
+    } else {
+        let addr = policy.daemon.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| addr.to_string());
+        let app = server::router(AppState {
+            metrics: metrics.clone(),
+            board: board.clone(),
+        });
+        tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz on http://{bound}/");
+        Some(tokio::spawn(server::serve(listener, app, cancel.clone())))
+    };
+
+    let policy_path = policy.path.clone();
+    let state_dir = policy.daemon.state_dir.clone();
+    let mut d = Daemon::new(policy, shared, board).await;
+    if !opts.once {
+        crate::systemd::ready();
+        spawn_signal_handlers(policy_path, cancel.clone(), control_tx, metrics);
+    }
+    tracing::info!(
+        tokens = d.token_count(),
+        once = opts.once,
+        "token-rotator started"
+    );
+    let ok = d
+        .run_loop(
+            Inputs {
+                cancel: cancel.clone(),
+                control: control_rx,
+                rotate: rotate_rx,
+            },
+            opts.once,
+        )
+        .await;
+    if let Some(s) = server {
+        cancel.cancel();
+        let _ = s.await;
+    }
+    if let Some(c) = control {
+        c.abort();
+        let _ = std::fs::remove_file(crate::control::socket_path(&state_dir));
+    }
+    Ok(ok)
+}
+
+/// SIGTERM/SIGINT cancel (a second one exits at once); SIGHUP reloads the policy or keeps the old one.
+fn spawn_signal_handlers(
+    path: std::path::PathBuf,
+    cancel: CancellationToken,
+    control: mpsc::Sender<Control>,
+    metrics: Arc<Metrics>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading the policy");
+                    // Parsed on the blocking pool: a huge or hostile file must not stall /healthz or the loop.
+                    let p = path.clone();
+                    let loaded = tokio::task::spawn_blocking(move || policy::load(&p)).await;
+                    match loaded {
+                        Ok(Ok(p)) => { let _ = control.send(Control::Reload(Box::new(p))).await; }
+                        Ok(Err(e)) => {
+                            metrics.config_last_reload_success.set(0.0);
+                            for line in e.lines() {
+                                tracing::error!(problem = %line, "reload rejected; keeping the previous policy");
+                            }
+                        }
+                        Err(e) => {
+                            metrics.config_last_reload_success.set(0.0);
+                            tracing::error!(error = %e, "reload failed; keeping the previous policy");
+                        }
+                    }
+                    continue;
+                }
+            }
+            if cancel.is_cancelled() {
+                tracing::warn!(
+                    "second signal: exiting now; the journal resumes any interrupted rotation"
+                );
+                std::process::exit(0);
+            }
+            tracing::info!("shutdown requested");
+            crate::systemd::stopping();
+            cancel.cancel();
+        }
+    });
+}

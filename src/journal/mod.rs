@@ -1,0 +1,624 @@
+//! The rotation journal: a minted token is persisted here (0600, fsync'd) before anything else happens, so that a
+//! crash at any later point resumes instead of losing it (SPEC §5.1).
+//!
+//! One entry per token with work in progress (a rotation, old tokens waiting to be revoked, a sweep, a forced
+//! rotation); finished work removes the entry, so the journal stays small. Entries are kept by an
+//! [`EntryStore`] (`state_dir` on disk, or memory in the simulation), sealed with `state_key` when one is set.
+//!
+//! A write that fails (a full disk, no file descriptors left) loses nothing (SPEC §5.12): the entry is *held* in
+//! memory, `load` returns it, and the next visit of the token writes it again before it does anything else. The
+//! journal also keeps, for the daemon's lifetime, one lock per token (at most one visit of a token at a time, even
+//! across policy reloads) and the token ids each token's sink records named when they were last read (the orphan
+//! sweep never revokes those, SPEC §5.11).
+
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::record::MintedToken;
+use crate::secret::{ExposeSecret, SecretString};
+pub use store::{DiskStore, EntryStore, MemoryStore};
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("state_dir {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state_dir {path} is accessible by group or others (mode {mode:04o}); run `chmod 0700 {path}`")]
+    Permissions { path: String, mode: u32 },
+    #[error("state_dir {0} is locked by another token-rotator process; two daemons must not share a state_dir")]
+    Locked(String),
+    #[error(
+        "journal file {path} is unreadable ({why}); move it aside after checking its token by hand"
+    )]
+    Corrupt { path: String, why: String },
+    #[error("the journal was opened read-only")]
+    ReadOnly,
+}
+
+impl JournalError {
+    /// A failed read or write (a full disk, no descriptors left, an I/O error) passes; the entry is held in memory
+    /// meanwhile. The others need an operator.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, JournalError::Io { .. })
+    }
+}
+
+/// Where a rotation stands. See ARCHITECTURE.md "Rotation state machine".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The create request is about to be sent (or was sent without an answer); no value known.
+    Minting,
+    /// The issuer returned a token; it is being pushed to the sinks.
+    Minted,
+    /// Stored and read back everywhere and proven with the identity probe.
+    Verified,
+}
+
+/// One token's journal: the rotation in progress (if any) and the old tokens waiting to be revoked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub format: u32,
+    pub token: String,
+    pub issuer: String,
+    pub token_type: String,
+    pub rotation: Option<Rotation>,
+    /// Old tokens of coexisting types, revoked after `grace` (or after their successor is used).
+    #[serde(default)]
+    pub revocations: Vec<PendingRevocation>,
+    /// A create may have happened without its answer being journaled: look for orphans at the issuer.
+    #[serde(default)]
+    pub sweep: bool,
+    /// The next visit rotates whatever the schedule says, and why (the current token is not trusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_rotate: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rotation {
+    pub started_at: DateTime<Utc>,
+    pub phase: Phase,
+    /// The label sent to the issuer (TFC description, Pulumi name), so an orphan can be recognised.
+    pub label: Option<String>,
+    pub minted: Option<MintedToken>,
+    /// Sink targets (`sink:target`) that hold and read back `minted`.
+    pub stored: Vec<String>,
+    /// The token this rotation replaces, revoked once the new one is stored and verified (coexisting types).
+    pub replaces: Option<String>,
+    /// Identity probes of `minted` that the issuer refused (401/403): after a few the value is given up.
+    #[serde(default)]
+    pub probe_failures: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRevocation {
+    pub token_id: String,
+    /// Not before this time (`grace` after the successor was stored and verified).
+    pub not_before: DateTime<Utc>,
+    /// Revoke as soon as this successor shows a `last-used-at` (agent tokens with `revoke_after_use`).
+    pub after_use_of: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Waits for a successor that is stored and verified: set for the tokens of a rotation that was given up
+    /// (its new token failed the probe); the next completed rotation starts their `grace`.
+    #[serde(default)]
+    pub held: bool,
+}
+
+impl Entry {
+    pub fn new(token: &str, issuer: &str, token_type: &str) -> Self {
+        Entry {
+            format: FORMAT,
+            token: token.into(),
+            issuer: issuer.into(),
+            token_type: token_type.into(),
+            rotation: None,
+            revocations: Vec::new(),
+            sweep: false,
+            must_rotate: None,
+        }
+    }
+
+    /// Nothing in progress: the entry can go (compaction).
+    pub fn is_idle(&self) -> bool {
+        self.rotation.is_none()
+            && self.revocations.is_empty()
+            && !self.sweep
+            && self.must_rotate.is_none()
+    }
+
+    /// Every token id this entry names: the one being rotated in, the one it replaces, those awaiting revocation.
+    pub fn named_ids(&self) -> impl Iterator<Item = &str> {
+        let rotation = self.rotation.iter().flat_map(|r| {
+            r.minted
+                .iter()
+                .map(|m| m.token_id.as_str())
+                .chain(r.replaces.as_deref())
+        });
+        rotation.chain(
+            self.revocations.iter().flat_map(|r| {
+                std::iter::once(r.token_id.as_str()).chain(r.after_use_of.as_deref())
+            }),
+        )
+    }
+}
+
+pub struct Journal {
+    store: Arc<dyn EntryStore>,
+    /// With `[daemon] state_key`, entries are sealed with XChaCha20-Poly1305 (the token name as associated data).
+    key: Option<JournalKey>,
+    /// Entries whose latest write failed: the newest state, written again before the token's next step.
+    held: Mutex<HashMap<String, Entry>>,
+    /// One visit per token at a time.
+    visits: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The token ids each token's sink records named when last read.
+    seen: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("store", &self.store)
+            .field("sealed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The journal's encryption key: 32 bytes, given as 64 hex characters or standard base64.
+#[derive(Clone)]
+pub struct JournalKey(chacha20poly1305::Key);
+
+impl std::fmt::Debug for JournalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JournalKey([REDACTED])")
+    }
+}
+
+impl JournalKey {
+    pub fn parse(secret: &SecretString) -> Result<Self, String> {
+        use base64::Engine as _;
+        let text = secret.expose_secret().trim();
+        let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits"))
+                .collect::<Vec<u8>>()
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| "state_key must be 32 bytes as 64 hex characters or base64 (e.g. `openssl rand -hex 32`)".to_string())?
+        };
+        if bytes.len() != 32 {
+            return Err(format!("state_key must be 32 bytes, found {}", bytes.len()));
+        }
+        Ok(JournalKey(*chacha20poly1305::Key::from_slice(&bytes)))
+    }
+}
+
+/// An encrypted journal entry.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    format: u32,
+    cipher: String,
+    nonce: String,
+    data: String,
+}
+
+const CIPHER: &str = "xchacha20poly1305";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Journal {
+    pub fn new(store: Arc<dyn EntryStore>) -> Self {
+        Journal {
+            store,
+            key: None,
+            held: Mutex::new(HashMap::new()),
+            visits: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The journal in `state_dir`, locked for this process.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        Ok(Journal::new(Arc::new(DiskStore::open(state_dir)?)))
+    }
+
+    /// A read-only view for `plan`: no lock, nothing created; a missing `state_dir` reads as an empty journal.
+    pub fn open_read_only(state_dir: &Path) -> Journal {
+        Journal::new(Arc::new(DiskStore::read_only(state_dir)))
+    }
+
+    /// Whether another process holds the `state_dir` lock (a daemon is running there).
+    pub fn is_locked(state_dir: &Path) -> bool {
+        DiskStore::is_locked(state_dir)
+    }
+
+    /// Seals entries with `key` from now on (and requires it to read them).
+    pub fn with_key(mut self, key: Option<JournalKey>) -> Self {
+        self.key = key;
+        self
+    }
+
+    fn seal(&self, token: &str, plain: Vec<u8>) -> Vec<u8> {
+        use base64::Engine as _;
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let Some(key) = &self.key else {
+            return plain;
+        };
+        let nonce_bytes: [u8; 24] = rand::random();
+        let nonce = chacha20poly1305::XNonce::from_slice(&nonce_bytes);
+        let data = chacha20poly1305::XChaCha20Poly1305::new(&key.0)
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: &plain,
+                    aad: token.as_bytes(),
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption does not fail for in-memory data");
+        let sealed = Sealed {
+            format: FORMAT,
+            cipher: CIPHER.into(),
+            nonce: nonce_bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+        };
+        serde_json::to_vec_pretty(&sealed).expect("sealed entries serialise")
+    }
+
+    fn unseal(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        corrupt: impl Fn(String) -> JournalError,
+    ) -> Result<Vec<u8>, JournalError> {
+        use base64::Engine as _;
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let sealed = serde_json::from_slice::<Sealed>(&bytes).ok();
+        let (Some(key), Some(sealed)) = (&self.key, sealed.as_ref()) else {
+            return match (&self.key, sealed) {
+                (None, None) => Ok(bytes),
+                (None, Some(_)) => Err(corrupt(
+                    "the entry is encrypted; set `[daemon] state_key` to the key it was written with"
+                        .into(),
+                )),
+                // With a key, only sealed entries are trusted: whoever can write to `state_dir` could otherwise
+                // plant a plain entry (a token value of their choosing, revocations of someone else's tokens).
+                _ => Err(corrupt(
+                    "the entry is not encrypted but `state_key` is set: it was not written by this daemon with \
+                     this key (finish that rotation without `state_key`, or move the file aside)"
+                        .into(),
+                )),
+            };
+        };
+        if sealed.cipher != CIPHER {
+            return Err(corrupt(format!("unknown cipher {}", sealed.cipher)));
+        }
+        let nonce: Vec<u8> = (0..sealed.nonce.len() / 2)
+            .filter_map(|i| u8::from_str_radix(sealed.nonce.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        if nonce.len() != 24 {
+            return Err(corrupt("bad nonce".into()));
+        }
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(&sealed.data)
+            .map_err(|_| corrupt("bad ciphertext encoding".into()))?;
+        chacha20poly1305::XChaCha20Poly1305::new(&key.0)
+            .decrypt(
+                chacha20poly1305::XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &data,
+                    aad: token.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                corrupt("cannot decrypt: wrong `state_key`, or the file was altered".into())
+            })
+    }
+
+    fn io(&self, token: &str) -> impl FnOnce(std::io::Error) -> JournalError {
+        let path = self.store.location(token);
+        move |source| JournalError::Io { path, source }
+    }
+
+    /// The entry of `token`: the one held in memory after a failed write, else the stored one.
+    pub fn load(&self, token: &str) -> Result<Option<Entry>, JournalError> {
+        if let Some(e) = lock(&self.held).get(token) {
+            return Ok(Some(e.clone()));
+        }
+        let Some(bytes) = self.store.read(token).map_err(self.io(token))? else {
+            return Ok(None);
+        };
+        let path = self.store.location(token);
+        let corrupt = |why: String| JournalError::Corrupt {
+            path: path.clone(),
+            why,
+        };
+        let bytes = self.unseal(token, bytes, corrupt)?;
+        let entry: Entry = serde_json::from_slice(&bytes)
+            // serde_json's message names a line and column, never the content.
+            .map_err(|e| JournalError::Corrupt {
+                path: path.clone(),
+                why: format!("invalid JSON at line {} column {}", e.line(), e.column()),
+            })?;
+        if entry.format != FORMAT {
+            return Err(JournalError::Corrupt {
+                path,
+                why: format!("format {} is not {FORMAT}", entry.format),
+            });
+        }
+        if entry.token != token {
+            return Err(JournalError::Corrupt {
+                path,
+                why: "the entry belongs to another token".into(),
+            });
+        }
+        Ok(Some(entry))
+    }
+
+    /// The durable write of one entry (an idle entry removes it).
+    fn write(&self, entry: &Entry) -> Result<(), JournalError> {
+        if entry.is_idle() {
+            return self
+                .store
+                .remove(&entry.token)
+                .map_err(self.io(&entry.token));
+        }
+        let bytes = self.seal(
+            &entry.token,
+            serde_json::to_vec_pretty(entry).expect("journal entries serialise"),
+        );
+        self.store
+            .write(&entry.token, &bytes)
+            .map_err(self.io(&entry.token))
+    }
+
+    /// Replaces the token's entry durably. On failure the entry stays held in memory (`load` returns it) and the
+    /// error says why; nothing is lost while the process lives.
+    pub fn save(&self, entry: &Entry) -> Result<(), JournalError> {
+        if self.store.read_only() {
+            return Err(JournalError::ReadOnly);
+        }
+        lock(&self.held).insert(entry.token.clone(), entry.clone());
+        self.write(entry)?;
+        lock(&self.held).remove(&entry.token);
+        Ok(())
+    }
+
+    /// [`Journal::save`] off the runtime workers when the store waits for a disk: its `fdatasync` and directory
+    /// `fsync` take milliseconds, which on a worker would hold up the pacer's timers, `/metrics` and the watchdog.
+    /// The caller still waits for the write to be durable before it goes on (the journal-first invariant).
+    pub async fn save_async(self: &Arc<Self>, entry: &Entry) -> Result<(), JournalError> {
+        if !self.store.blocks() {
+            return self.save(entry);
+        }
+        let journal = Arc::clone(self);
+        let owned = entry.clone();
+        match tokio::task::spawn_blocking(move || journal.save(&owned)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down under the write; the write itself is atomic either way, and the
+            // entry was held in memory before it started.
+            Err(_) => Err(JournalError::Io {
+                path: self.store.location(&entry.token),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "journal write cancelled: the runtime is shutting down",
+                ),
+            }),
+        }
+    }
+
+    /// Writes the entry held after a failed write, if any. `Ok` means the stored entry is the newest one.
+    pub async fn flush(self: &Arc<Self>, token: &str) -> Result<(), JournalError> {
+        let held = lock(&self.held).get(token).cloned();
+        match held {
+            Some(entry) => {
+                tracing::info!(token = %token, "writing a journal entry whose earlier write failed");
+                self.save_async(&entry).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until no other visit of `token` runs, and holds that place until the guard is dropped.
+    pub async fn visit(&self, token: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.visits)
+            .entry(token.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    /// Notes which token ids the sink records of `token` named when just read.
+    pub fn note_seen(&self, token: &str, ids: Vec<String>) {
+        lock(&self.seen).insert(token.to_string(), ids);
+    }
+
+    /// The token ids the records of `token` named when last read in this process (`None`: never read).
+    pub fn seen(&self, token: &str) -> Option<HashSet<String>> {
+        lock(&self.seen)
+            .get(token)
+            .map(|ids| ids.iter().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn minted(value: &str, id: &str) -> MintedToken {
+        MintedToken {
+            value: SecretString::from(value.to_string()),
+            token_id: id.into(),
+            created_at: crate::clock::now(),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn save_load_remove_with_private_modes() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let j = Journal::open(&state).unwrap();
+        assert_eq!(
+            fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let mut e = Entry::new("ci/org.x", "tfc", "organization");
+        e.rotation = Some(Rotation {
+            started_at: crate::clock::now(),
+            phase: Phase::Minted,
+            label: None,
+            minted: Some(minted("VALUE-xyz", "at-1")),
+            stored: vec![],
+            replaces: None,
+            probe_failures: 0,
+        });
+        j.save(&e).unwrap();
+        let file = state.join("journal").join("ci%2Forg%2Ex.json");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let back = j.load("ci/org.x").unwrap().unwrap();
+        assert_eq!(
+            back.rotation.unwrap().minted.unwrap().value.expose_secret(),
+            "VALUE-xyz"
+        );
+        assert!(!format!("{e:?}").contains("VALUE-xyz"));
+        e.rotation = None;
+        j.save(&e).unwrap();
+        assert!(
+            j.load("ci/org.x").unwrap().is_none(),
+            "an idle entry is compacted away"
+        );
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn state_key_seals_entries_and_a_wrong_key_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let key = JournalKey::parse(&SecretString::from("11".repeat(32))).unwrap();
+        let j = Journal::open(&state).unwrap().with_key(Some(key.clone()));
+        let mut e = Entry::new("tok", "tfc", "team");
+        e.sweep = true;
+        e.revocations.push(PendingRevocation {
+            token_id: "at-secretive".into(),
+            not_before: crate::clock::now(),
+            after_use_of: None,
+            attempts: 0,
+            held: false,
+        });
+        j.save(&e).unwrap();
+        let raw = fs::read_to_string(state.join("journal").join("tok.json")).unwrap();
+        assert!(
+            raw.contains("xchacha20poly1305") && !raw.contains("at-secretive"),
+            "sealed on disk"
+        );
+        assert_eq!(
+            j.load("tok").unwrap().unwrap().revocations[0].token_id,
+            "at-secretive"
+        );
+        drop(j);
+        let wrong = JournalKey::parse(&SecretString::from("22".repeat(32))).unwrap();
+        let j = Journal::open(&state).unwrap().with_key(Some(wrong));
+        assert!(matches!(j.load("tok"), Err(JournalError::Corrupt { .. })));
+        drop(j);
+        let j = Journal::open(&state).unwrap();
+        let err = j.load("tok").unwrap_err().to_string();
+        assert!(err.contains("state_key"), "{err}");
+        assert!(JournalKey::parse(&SecretString::from("short".to_string())).is_err());
+        drop(j);
+        // A plain entry planted next to sealed ones is refused while a key is set.
+        fs::write(
+            state.join("journal").join("planted.json"),
+            serde_json::to_vec(&Entry::new("planted", "tfc", "team")).unwrap(),
+        )
+        .unwrap();
+        let j = Journal::open(&state).unwrap().with_key(Some(key));
+        let err = j.load("planted").unwrap_err().to_string();
+        assert!(err.contains("not encrypted"), "{err}");
+        // An entry copied over another token's file is refused too.
+        fs::copy(
+            state.join("journal").join("tok.json"),
+            state.join("journal").join("other.json"),
+        )
+        .unwrap();
+        assert!(j.load("other").is_err());
+    }
+
+    #[test]
+    fn second_daemon_is_refused_and_open_dirs_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let _first = Journal::open(&state).unwrap();
+        assert!(matches!(
+            Journal::open(&state),
+            Err(JournalError::Locked(_))
+        ));
+        let open = root.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(
+            Journal::open(&open),
+            Err(JournalError::Permissions { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_write_is_held_in_memory_and_written_by_the_next_flush() {
+        let store = Arc::new(MemoryStore::default());
+        let j = Arc::new(Journal::new(store.clone()));
+        let mut e = Entry::new("tok", "tfc", "organization");
+        e.rotation = Some(Rotation {
+            started_at: crate::clock::now(),
+            phase: Phase::Minted,
+            label: None,
+            minted: Some(minted("VALUE-held", "at-2")),
+            stored: vec![],
+            replaces: None,
+            probe_failures: 0,
+        });
+        store.set_fault(Some(Box::new(|_| {
+            Some(std::io::Error::from_raw_os_error(libc::EMFILE))
+        })));
+        let err = j.save(&e).unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(
+            store.read("tok").unwrap(),
+            None,
+            "nothing reached the store"
+        );
+        // Still there for the next visit, value included.
+        let held = j.load("tok").unwrap().unwrap();
+        assert_eq!(
+            held.rotation.unwrap().minted.unwrap().value.expose_secret(),
+            "VALUE-held"
+        );
+        store.set_fault(None);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(j.flush("tok"))
+            .unwrap();
+        assert!(store.read("tok").unwrap().is_some(), "written durably");
+        // A fresh journal over the same store (a restart) sees it.
+        let again = Journal::new(store);
+        assert!(again.load("tok").unwrap().unwrap().rotation.is_some());
+    }
+}

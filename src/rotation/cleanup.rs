@@ -1,0 +1,163 @@
+//! After a rotation: old tokens are revoked when their time comes, and tokens this daemon created but no longer
+//! tracks (a create whose answer was lost, a crash before the journal write) are found by their label and revoked
+//! (SPEC §5.3) — never one that any record or journal entry names (SPEC §5.11).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{delta, failpoint, AttemptError, Failure, Rotator};
+use crate::issuer::Issuer;
+use crate::journal::Entry;
+use crate::policy::TokenPolicy;
+
+/// How often an old token waiting for its successor's first use is looked at again.
+const AFTER_USE_POLL: Duration = Duration::from_secs(60);
+
+/// The earliest time a pending revocation needs attention (`None`: nothing pending that a visit could do).
+pub(super) fn wake_time(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    entry
+        .revocations
+        .iter()
+        .filter(|r| !r.held)
+        .map(|r| match r.after_use_of {
+            Some(_) => now + delta(AFTER_USE_POLL),
+            None => r.not_before,
+        })
+        .min()
+}
+
+impl Rotator {
+    /// Revokes the pending old tokens whose time has come; failures stay pending and are retried with backoff.
+    pub(super) async fn revoke_due(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        entry: &mut Entry,
+        now: DateTime<Utc>,
+    ) -> Result<(), Failure> {
+        if entry.revocations.iter().all(|r| r.held) {
+            return Ok(());
+        }
+        let needs_list = entry
+            .revocations
+            .iter()
+            .any(|r| !r.held && r.after_use_of.is_some());
+        let listed = if needs_list {
+            match issuer.list_own(token).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(token = %token.name, error = %e, "cannot read last-used-at of the new token; will look again");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut kept = Vec::new();
+        let mut attempted = false;
+        for mut rev in std::mem::take(&mut entry.revocations) {
+            let due = !rev.held
+                && match &rev.after_use_of {
+                    None => rev.not_before <= now,
+                    Some(successor) => listed
+                        .as_ref()
+                        .and_then(|l| l.iter().find(|t| &t.token_id == successor))
+                        .is_some_and(|t| t.last_used_at.is_some()),
+                };
+            if !due {
+                kept.push(rev);
+                continue;
+            }
+            failpoint("before-revoke");
+            attempted = true;
+            match issuer.revoke(token, &rev.token_id).await {
+                Ok(()) => {
+                    failpoint("after-revoke");
+                    self.metrics.count_revocation(&token.name, true);
+                    tracing::info!(token = %token.name, token_id = %rev.token_id, outcome = "revoked", "revoked the old token");
+                }
+                Err(e) => {
+                    self.metrics.count_revocation(&token.name, false);
+                    rev.attempts += 1;
+                    tracing::warn!(token = %token.name, token_id = %rev.token_id, attempts = rev.attempts, error = %e, "revoking the old token failed; will retry");
+                    // Retry with the attempt backoff rather than at once.
+                    rev.not_before = now + delta(crate::retry::attempt_backoff(rev.attempts));
+                    kept.push(rev);
+                }
+            }
+        }
+        entry.revocations = kept;
+        // Nothing was due: the entry is unchanged (callers save their own changes before calling this), so no
+        // fsync'd rewrite on every visit of a token whose old token is still in its grace period.
+        if attempted {
+            self.journal.save_async(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes tokens that carry our label for this policy token but that no record and no journal entry names
+    /// (SPEC §5.3, §5.11).
+    pub(super) async fn sweep(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        entry: &mut Entry,
+    ) -> Result<(), Failure> {
+        let listed = issuer
+            .list_own(token)
+            .await
+            .map_err(|e| Failure::from(AttemptError::from(e)))?;
+        if !listed.is_empty() {
+            let mut claimed = self.claimed(token).await?;
+            claimed.extend(entry.named_ids().map(str::to_string));
+            for t in listed {
+                if claimed.contains(&t.token_id) {
+                    continue;
+                }
+                match issuer.revoke(token, &t.token_id).await {
+                    Ok(()) => {
+                        self.metrics.count_revocation(&token.name, true);
+                        tracing::warn!(token = %token.name, token_id = %t.token_id, label = %t.label, outcome = "revoked", "revoked an orphaned token this daemon had minted but no longer tracked");
+                    }
+                    Err(e) => {
+                        self.metrics.count_revocation(&token.name, false);
+                        return Err(AttemptError::from(e).into());
+                    }
+                }
+            }
+        }
+        entry.sweep = false;
+        self.journal.save_async(entry).await?;
+        Ok(())
+    }
+
+    /// Every token id that the records and journal entries of the tokens sharing `token`'s issuer name (`token`
+    /// included): an issuer's list can only show those. A token whose records were not read yet in this process
+    /// is read now; if that fails the sweep waits (it cannot be sure).
+    async fn claimed(&self, token: &TokenPolicy) -> Result<HashSet<String>, Failure> {
+        let mut ids = HashSet::new();
+        let neighbours = self
+            .tokens
+            .iter()
+            .filter(|t| t.issuer == token.issuer && t.name != token.name)
+            .map(|t| t.as_ref())
+            .chain(std::iter::once(token));
+        for t in neighbours {
+            let seen = match self.journal.seen(&t.name) {
+                Some(seen) => seen,
+                None => {
+                    let sinks = self.sinks_of(t)?;
+                    self.observe(t, &sinks).await?;
+                    self.journal.seen(&t.name).unwrap_or_default()
+                }
+            };
+            ids.extend(seen);
+            if let Some(e) = self.journal.load(&t.name)? {
+                ids.extend(e.named_ids().map(str::to_string));
+            }
+        }
+        Ok(ids)
+    }
+}

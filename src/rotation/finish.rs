@@ -1,0 +1,323 @@
+//! The second half of a rotation: the journaled token goes to every sink that lacks it (check-and-set, read back),
+//! is proven with the identity probe, and only then is the old token queued for revocation (SPEC §5.2).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use backon::Retryable;
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+
+use super::{
+    delta, failpoint, to_current, AttemptError, Failure, Rotator, SinkFailures, Tended,
+    MAX_PROBE_FAILURES,
+};
+use crate::issuer::Issuer;
+use crate::journal::{Entry, PendingRevocation, Phase, Rotation};
+use crate::policy::{SinkTarget, TokenKind, TokenPolicy};
+use crate::record::{MintedToken, SinkRecord};
+use crate::schedule;
+use crate::sink::{Sink, SinkError, SinkErrorKind, Version};
+
+impl Rotator {
+    /// Pushes the journaled token to every sink that lacks it, verifies it, schedules the old token's revocation,
+    /// sweeps orphans, and closes the rotation.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn finish(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        sinks: &[(SinkTarget, Arc<dyn Sink>)],
+        mut entry: Entry,
+        versions: Option<HashMap<String, Version>>,
+        now: DateTime<Utc>,
+        started: Instant,
+    ) -> Result<Tended, Failure> {
+        let rotation = entry
+            .rotation
+            .clone()
+            .expect("finish is called with a rotation");
+        let minted = rotation
+            .minted
+            .clone()
+            .expect("finish is called with a minted token");
+        let current = to_current(minted.expires_at, minted.created_at, &minted.token_id);
+        let fail = |error: AttemptError, stored_everywhere: bool| Failure {
+            error,
+            learned: Some((Some(current.clone()), stored_everywhere)),
+            attempted: true,
+        };
+        let record = SinkRecord {
+            token: minted.value.clone(),
+            token_id: minted.token_id.clone(),
+            issuer: token.issuer.clone(),
+            token_type: token.kind.type_name().to_string(),
+            created_at: minted.created_at,
+            expires_at: minted.expires_at,
+        };
+        let pending: Vec<&(SinkTarget, Arc<dyn Sink>)> = sinks
+            .iter()
+            .filter(|(st, _)| !rotation.stored.contains(&st.to_string()))
+            .collect();
+        let results = join_all(pending.iter().map(|(st, sink)| {
+            let version = versions
+                .as_ref()
+                .and_then(|v| v.get(&st.to_string()).copied());
+            let record = &record;
+            async move {
+                (
+                    st,
+                    self.store(token, sink.as_ref(), st, record, version).await,
+                )
+            }
+        }))
+        .await;
+        let mut errors = Vec::new();
+        for (st, r) in results {
+            match r {
+                Ok(()) => {
+                    if let Some(r) = entry.rotation.as_mut() {
+                        r.stored.push(st.to_string());
+                    }
+                    failpoint("after-sink-write");
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            // Partial progress is worth keeping; when every sink took it, the closing write below records that.
+            // (A crash before then re-reads each sink, finds the record and does not write it again.)
+            self.save_on_failure(&entry).await;
+            let errors = SinkFailures(errors);
+            if token.kind.is_singleton() {
+                // SPEC §5.2: the issuer already replaced the old token; keep pushing this one, never re-mint.
+                tracing::error!(token = %token.name, token_id = %minted.token_id, errors = %errors, "the new token is minted but not stored in every sink; consumers of the old token are failing; retrying the sinks");
+            }
+            return Err(fail(AttemptError::Sinks(errors), false));
+        }
+        if rotation.phase != Phase::Verified && token.kind.can_prove_itself() {
+            if let Err(e) = issuer.verify(token, &minted.value).await {
+                return Err(fail(
+                    self.probe_refused(token, &mut entry, &rotation, &minted, e, now)
+                        .await,
+                    true,
+                ));
+            }
+            tracing::info!(token = %token.name, token_id = %minted.token_id, "the new token proved itself with the identity probe");
+            // Not journaled on its own (`Phase::Verified` is only read, from journals of earlier builds): the
+            // closing write follows at once, and a crash in between only repeats the read-only identity probe.
+            failpoint("after-verify");
+        }
+        // The old token goes only now: the new one is stored, read back everywhere and proven (SPEC §5.2).
+        queue_revocations(token, &mut entry, &rotation, &minted, now);
+        entry.rotation = None;
+        entry.must_rotate = None;
+        self.journal.save_async(&entry).await.map_err(|e| {
+            // Held in memory: the next visit writes it and closes the rotation from there.
+            fail(e.into(), true)
+        })?;
+        self.metrics
+            .rotation_duration
+            .with_label_values(&[token.issuer.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            token = %token.name,
+            issuer = %token.issuer,
+            token_id = %minted.token_id,
+            expires_at = %minted.expires_at.map(crate::record::rfc3339).unwrap_or_else(|| "never".into()),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "rotation complete"
+        );
+        // Housekeeping after the rotation counts: its failures are logged and retried, never undo the rotation.
+        if let Err(e) = self.revoke_due(token, issuer, &mut entry, now).await {
+            tracing::warn!(token = %token.name, error = %e.error, "revocation bookkeeping failed");
+        }
+        if entry.sweep {
+            if let Err(e) = self.sweep(token, issuer, &mut entry).await {
+                tracing::warn!(token = %token.name, error = %e.error, "orphan sweep failed; it is retried at the next visit");
+            }
+        }
+        let due = schedule::next_due(
+            &token.schedule,
+            Some(&current),
+            std::time::Duration::ZERO,
+            now,
+        );
+        Ok(Tended {
+            current: Some(current),
+            stored_everywhere: true,
+            due,
+            rotated: true,
+            wake_at: super::cleanup::wake_time(&entry, now),
+        })
+    }
+
+    /// The new token's probe failed. A transient failure (the issuer is down) is tried again with the same value;
+    /// a refusal (401/403) is counted, and after [`MAX_PROBE_FAILURES`] the value is given up: the next attempt
+    /// mints a fresh token, and the tokens of this rotation are revoked once that one is stored and verified
+    /// (SPEC §5.14). The token never stays stuck on one failed value.
+    async fn probe_refused(
+        &self,
+        token: &TokenPolicy,
+        entry: &mut Entry,
+        rotation: &Rotation,
+        minted: &MintedToken,
+        error: crate::issuer::IssuerError,
+        now: DateTime<Utc>,
+    ) -> AttemptError {
+        if error.retryable() {
+            return error.into();
+        }
+        let attempt = rotation.probe_failures + 1;
+        let gave_up = attempt >= MAX_PROBE_FAILURES;
+        if gave_up {
+            tracing::error!(token = %token.name, token_id = %minted.token_id, attempts = attempt, error = %error, "the new token keeps failing its identity probe; giving it up, a fresh one is minted at the next attempt");
+            if !token.kind.is_singleton() {
+                for id in rotation
+                    .replaces
+                    .iter()
+                    .chain(std::iter::once(&minted.token_id))
+                {
+                    if !entry.revocations.iter().any(|r| &r.token_id == id) {
+                        entry.revocations.push(PendingRevocation {
+                            token_id: id.clone(),
+                            not_before: now,
+                            after_use_of: None,
+                            attempts: 0,
+                            held: true,
+                        });
+                    }
+                }
+            }
+            entry.rotation = None;
+            entry.must_rotate = Some(format!(
+                "the new token {} failed its identity probe {attempt} times",
+                minted.token_id
+            ));
+        } else if let Some(r) = entry.rotation.as_mut() {
+            r.probe_failures = attempt;
+        }
+        self.save_on_failure(entry).await;
+        AttemptError::ProbeRefused {
+            token_id: minted.token_id.clone(),
+            attempt,
+            gave_up,
+            error,
+        }
+    }
+
+    /// Writes one record with check-and-set, then reads it back and compares.
+    async fn store(
+        &self,
+        token: &TokenPolicy,
+        sink: &dyn Sink,
+        st: &SinkTarget,
+        record: &SinkRecord,
+        version: Option<Version>,
+    ) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let result = async {
+            let version = match version {
+                Some(v) => v,
+                // Resuming: re-read first (SPEC §5.8); the record may already be there from before the crash.
+                None => {
+                    let o = sink.read(&st.target).await?;
+                    if o.record().is_some_and(|r| r.same_as(record)) {
+                        return Ok(());
+                    }
+                    o.version
+                }
+            };
+            let write = (|| sink.write(&st.target, record, version))
+                .retry(crate::retry::transient())
+                .when(SinkError::retryable)
+                .notify(|e, wait| {
+                    tracing::warn!(token = %token.name, sink = %st.sink, error = %e, retry_in_ms = wait.as_millis() as u64, "sink write failed; retrying");
+                })
+                .await;
+            if let Err(e) = write {
+                // A retried write whose first try landed meets its own version: accept it only if it is ours.
+                if e.kind == SinkErrorKind::Conflict {
+                    if let Ok(o) = sink.read(&st.target).await {
+                        if o.record().is_some_and(|r| r.same_as(record)) {
+                            return Ok(());
+                        }
+                    }
+                }
+                return Err(e);
+            }
+            let back = sink.read(&st.target).await?;
+            match back.record() {
+                Some(r) if r.same_as(record) => Ok(()),
+                _ => Err(SinkError {
+                    sink: st.sink.clone(),
+                    kind: SinkErrorKind::Mismatch,
+                    message: format!("read-back of {} does not match what was written", st.target),
+                }),
+            }
+        }
+        .await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .sink_writes
+            .with_label_values(&[st.sink.as_str(), label])
+            .inc();
+        match &result {
+            Ok(()) => {
+                tracing::info!(token = %token.name, sink = %st.sink, target = %st.target, token_id = %record.token_id, outcome = "stored", duration_ms = started.elapsed().as_millis() as u64, "stored and read back")
+            }
+            Err(e) => {
+                tracing::warn!(token = %token.name, sink = %st.sink, target = %st.target, outcome = "failed", error = %e, "sink write failed")
+            }
+        }
+        result
+    }
+}
+
+/// The rotation is complete: its old token (coexisting types) is queued for revocation after `grace`, tokens held
+/// for a verified successor get their `grace` from now, and a revocation waiting for the use of the token just
+/// replaced now waits for the new one (an old agent token is never stranded behind a successor that was itself
+/// replaced before it was used).
+fn queue_revocations(
+    token: &TokenPolicy,
+    entry: &mut Entry,
+    rotation: &Rotation,
+    minted: &MintedToken,
+    now: DateTime<Utc>,
+) {
+    let not_before = now + delta(token.schedule.grace);
+    for r in entry.revocations.iter_mut().filter(|r| r.held) {
+        r.held = false;
+        r.not_before = not_before;
+    }
+    let Some(old) = rotation
+        .replaces
+        .as_ref()
+        .filter(|old| **old != minted.token_id)
+    else {
+        return;
+    };
+    for r in &mut entry.revocations {
+        if r.after_use_of.as_ref() == Some(old) {
+            r.after_use_of = Some(minted.token_id.clone());
+        }
+    }
+    if entry.revocations.iter().any(|r| &r.token_id == old) {
+        return;
+    }
+    let after_use_of = match token.kind {
+        TokenKind::TfeAgent {
+            revoke_after_use: true,
+            ..
+        } => Some(minted.token_id.clone()),
+        _ => None,
+    };
+    entry.revocations.push(PendingRevocation {
+        token_id: old.clone(),
+        not_before,
+        after_use_of,
+        attempts: 0,
+        held: false,
+    });
+}

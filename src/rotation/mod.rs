@@ -1,0 +1,602 @@
+//! One token's rotation as a state machine over the journal: observe → mint → journal → store (per sink, CAS,
+//! read back) → verify → done. See ARCHITECTURE.md for the states and what a restart does from each.
+//!
+//! - `mod.rs`: the [`Rotator`], a visit ([`Rotator::tend`]) and the mint;
+//! - `finish.rs`: pushing a journaled token to the sinks, proving it, closing the rotation;
+//! - `cleanup.rs`: revoking old tokens when due, and the orphan sweep.
+
+mod cleanup;
+mod finish;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use futures_util::future::join_all;
+
+use crate::issuer::{Issuer, IssuerError, IssuerErrorKind};
+use crate::journal::{Entry, Journal, JournalError, Phase, Rotation};
+use crate::metrics::Metrics;
+use crate::policy::{SinkTarget, TokenPolicy};
+use crate::schedule::{self, Due, DueReason};
+use crate::secret::SecretRef;
+use crate::sink::{Observed, Sink, SinkError, SinkErrorKind};
+use crate::status::{CurrentToken, StatusBoard};
+
+/// A token's sink targets with the sink that serves each.
+type BoundSinks = Vec<(SinkTarget, Arc<dyn Sink>)>;
+
+/// The issuers and sinks of one loaded policy. A part that could not be built keeps its reason, so that only
+/// the tokens using it fail (SPEC §5.5).
+pub struct Rotator {
+    pub issuers: HashMap<String, Result<Arc<dyn Issuer>, String>>,
+    /// Where each issuer's credential comes from, to notice a token that is its own issuer's credential.
+    pub credential_refs: HashMap<String, SecretRef>,
+    pub sinks: HashMap<String, Result<Arc<dyn Sink>, String>>,
+    /// Shared by every build of the rotator (reloads): entries, held writes, per-token visit locks, seen ids.
+    pub journal: Arc<Journal>,
+    pub metrics: Arc<Metrics>,
+    /// Every token of the loaded policy: the orphan sweep never revokes what another token holds.
+    pub tokens: Vec<Arc<TokenPolicy>>,
+    /// Where the daemon shows each token's health; `None` for one-shot commands.
+    pub board: Option<StatusBoard>,
+}
+
+/// What a successful visit to a token established.
+#[derive(Clone, Debug)]
+pub struct Tended {
+    pub current: Option<CurrentToken>,
+    pub stored_everywhere: bool,
+    pub due: Due,
+    pub rotated: bool,
+    /// When pending revocations need the token visited again (before its next due time).
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+/// What `plan` shows of one token.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub current: Option<CurrentToken>,
+    pub stored_everywhere: bool,
+    pub due: Due,
+    /// Journal state worth knowing (an interrupted rotation, pending revocations).
+    pub notes: Vec<String>,
+}
+
+/// Every sink error of one attempt, each with its kind (retry decisions look at them one by one).
+#[derive(Debug)]
+pub struct SinkFailures(pub Vec<SinkError>);
+
+impl std::fmt::Display for SinkFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    #[error("{0}")]
+    Sinks(SinkFailures),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The new token's identity probe was refused (SPEC §5.14).
+    #[error("the new token {token_id} failed its identity probe ({attempt} of {MAX_PROBE_FAILURES}){}: {error}", if *.gave_up { "; it is given up and a fresh token is minted at the next attempt" } else { "" })]
+    ProbeRefused {
+        token_id: String,
+        attempt: u32,
+        gave_up: bool,
+        error: IssuerError,
+    },
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl AttemptError {
+    /// Permanent failures wait for the next scheduled try instead of backing off quickly (SPEC §5.4).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            AttemptError::Issuer(e) => !e.retryable(),
+            // A conflict or an outage passes; a refusal (403, a bad mount) does not, whatever other sinks said.
+            AttemptError::Sinks(f) => {
+                f.0.iter()
+                    .any(|e| matches!(e.kind, SinkErrorKind::Forbidden | SinkErrorKind::Permanent))
+            }
+            // A full disk or no file descriptors left passes; the entry is held in memory meanwhile.
+            AttemptError::Journal(e) => !e.is_transient(),
+            AttemptError::ProbeRefused { .. } => false,
+            AttemptError::Unusable(_) => true,
+        }
+    }
+}
+
+/// A failed visit, with whatever it learned about the current token on the way.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: AttemptError,
+    /// `Some` when the visit learned which token is current (for example a freshly minted singleton).
+    pub learned: Option<(Option<CurrentToken>, bool)>,
+    /// Whether a rotation was attempted (counted in `rotations_total`).
+    pub attempted: bool,
+}
+
+impl<E: Into<AttemptError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            error: e.into(),
+            learned: None,
+            attempted: false,
+        }
+    }
+}
+
+/// Identity probes a new token may fail (401/403) before it is given up and replaced (SPEC §5.14).
+pub const MAX_PROBE_FAILURES: u32 = 3;
+
+/// Test-only crash points (cargo feature `failpoints`): abort the process when `TOKEN_ROTATOR_FAILPOINT` names
+/// this step, to prove that a restart resumes from the journal; `<step>:panic` panics there instead (the
+/// canary test scans panic output for secrets).
+fn failpoint(_name: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        let set = std::env::var("TOKEN_ROTATOR_FAILPOINT").unwrap_or_default();
+        if set == _name {
+            eprintln!("failpoint {_name}: aborting");
+            std::process::abort();
+        }
+        if set.strip_suffix(":panic") == Some(_name) {
+            panic!("failpoint {_name}: panicking");
+        }
+    }
+}
+
+fn to_current(expires: Option<DateTime<Utc>>, created: DateTime<Utc>, id: &str) -> CurrentToken {
+    CurrentToken {
+        token_id: id.to_string(),
+        created_at: created,
+        expires_at: expires,
+    }
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+impl Rotator {
+    fn issuer(&self, token: &TokenPolicy) -> Result<Arc<dyn Issuer>, AttemptError> {
+        match self.issuers.get(&token.issuer) {
+            Some(Ok(i)) => Ok(i.clone()),
+            Some(Err(why)) => Err(AttemptError::Unusable(format!(
+                "issuer {} is unusable: {why}",
+                token.issuer
+            ))),
+            None => Err(AttemptError::Unusable(format!(
+                "issuer {} is not configured",
+                token.issuer
+            ))),
+        }
+    }
+
+    fn sinks_of(&self, token: &TokenPolicy) -> Result<BoundSinks, AttemptError> {
+        let mut out = Vec::new();
+        let mut broken = Vec::new();
+        for st in &token.sinks {
+            match self.sinks.get(&st.sink) {
+                Some(Ok(s)) => out.push((st.clone(), s.clone())),
+                Some(Err(why)) => broken.push(format!("sink {} is unusable: {why}", st.sink)),
+                None => broken.push(format!("sink {} is not configured", st.sink)),
+            }
+        }
+        if broken.is_empty() {
+            Ok(out)
+        } else {
+            Err(AttemptError::Unusable(broken.join("; ")))
+        }
+    }
+
+    /// Shows (or clears) why a token is not ready while this visit runs.
+    fn show_pending(&self, token: &TokenPolicy, why: Option<String>) {
+        if let Some(board) = &self.board {
+            board.update(&token.name, |s| s.pending = why);
+        }
+    }
+
+    /// Saves an entry on the way out of a failed visit: the visit's own error is what the caller reports; a failed
+    /// write leaves the entry held in memory and is logged.
+    async fn save_on_failure(&self, entry: &Entry) {
+        if let Err(e) = self.journal.save_async(entry).await {
+            tracing::error!(token = %entry.token, error = %e, "journal write failed; the entry is held in memory and written at the next visit");
+        }
+    }
+
+    /// Visits one token: resumes a journaled rotation, revokes old tokens whose time has come, reads the sinks
+    /// and rotates when due (or `force`).
+    pub async fn tend(
+        &self,
+        token: &TokenPolicy,
+        force: bool,
+        jitter: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Tended, Failure> {
+        // At most one visit of a token at a time, whatever asks (schedule, `rotate`, a reload re-adding it).
+        let _visit = self.journal.visit(&token.name).await;
+        let issuer = self.issuer(token)?;
+        let sinks = self.sinks_of(token)?;
+        // An entry whose last write failed is made durable before anything else happens (journal first).
+        self.journal.flush(&token.name).await?;
+        let mut entry = self
+            .journal
+            .load(&token.name)?
+            .unwrap_or_else(|| Entry::new(&token.name, &token.issuer, token.kind.type_name()));
+        if let Some(rotation) = &entry.rotation {
+            if rotation.minted.is_some() {
+                tracing::info!(token = %token.name, phase = ?rotation.phase, "resuming an interrupted rotation from the journal");
+                return self
+                    .finish(
+                        token,
+                        issuer.as_ref(),
+                        &sinks,
+                        entry,
+                        None,
+                        now,
+                        Instant::now(),
+                    )
+                    .await;
+            }
+            // Interrupted before the issuer's answer was journaled: a token may exist that nobody tracks, and a
+            // singleton's old token may already be replaced.
+            tracing::warn!(token = %token.name, "a rotation was interrupted before its token was journaled; looking for orphans");
+            entry.rotation = None;
+            if token.kind.is_singleton() {
+                entry.must_rotate.get_or_insert_with(|| {
+                    "an interrupted create may have replaced the stored token at the issuer".into()
+                });
+            } else {
+                entry.sweep = true;
+            }
+            self.journal.save_async(&entry).await?;
+        }
+
+        let observed = self.observe(token, &sinks).await?;
+        let (current, stored_everywhere) = current_of(&observed);
+        self.revoke_due(token, issuer.as_ref(), &mut entry, now)
+            .await?;
+        let due = if current.is_some() && !stored_everywhere {
+            Due {
+                at: Some(now),
+                reason: DueReason::SinksDisagree,
+            }
+        } else {
+            schedule::next_due(&token.schedule, current.as_ref(), jitter, now)
+        };
+        let forced = match (&entry.must_rotate, force) {
+            (Some(why), _) => Some(why.clone()),
+            (None, true) => Some("requested".to_string()),
+            (None, false) => None,
+        };
+        if forced.is_none() && !due.is_due(now) {
+            if entry.sweep {
+                self.sweep(token, issuer.as_ref(), &mut entry).await?;
+            }
+            return Ok(Tended {
+                current,
+                stored_everywhere,
+                due,
+                rotated: false,
+                wake_at: cleanup::wake_time(&entry, now),
+            });
+        }
+        let why = forced.unwrap_or_else(|| {
+            if due.reason.window_missed() {
+                self.metrics.count_window_missed(&token.name);
+            }
+            due.reason.to_string()
+        });
+        tracing::info!(token = %token.name, issuer = %token.issuer, reason = %why, "rotation started");
+        let started = Instant::now();
+        let versions = token
+            .sinks
+            .iter()
+            .zip(observed.iter())
+            .map(|(st, o)| (st.to_string(), o.version))
+            .collect();
+        self.mint(token, issuer.as_ref(), entry, &observed, now)
+            .await
+            .map_err(|mut f| {
+                f.learned.get_or_insert((current, stored_everywhere));
+                f
+            })?;
+        // The minted token is journaled; push it everywhere.
+        let entry = self
+            .journal
+            .load(&token.name)?
+            .expect("a minted rotation is journaled");
+        self.finish(
+            token,
+            issuer.as_ref(),
+            &sinks,
+            entry,
+            Some(versions),
+            now,
+            started,
+        )
+        .await
+    }
+
+    /// Creates the new token and journals it (or, when the create failed, what its failure means).
+    async fn mint(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        mut entry: Entry,
+        observed: &[Observed],
+        now: DateTime<Utc>,
+    ) -> Result<(), Failure> {
+        let (current, _) = current_of(observed);
+        let replaces = match (&current, token.kind.is_singleton()) {
+            (Some(c), false) => Some(c.token_id.clone()),
+            _ => None,
+        };
+        let mut label = issuer.label(token, now);
+        entry.rotation = Some(Rotation {
+            started_at: now,
+            phase: Phase::Minting,
+            label: Some(label.clone()),
+            minted: None,
+            stored: Vec::new(),
+            replaces,
+            probe_failures: 0,
+        });
+        self.journal.save_async(&entry).await?;
+        failpoint("before-create");
+        if token.kind.is_singleton() {
+            // From the moment the create goes out, the stored token may be dead (SPEC §5.10).
+            self.show_pending(
+                token,
+                Some(
+                    "a rotation is replacing this token at the issuer; the stored value may already be dead"
+                        .into(),
+                ),
+            );
+        }
+        // Whole seconds: what we ask for is exactly what the issuer echoes and what the metric shows.
+        let expires_at = token
+            .schedule
+            .lifetime
+            .filter(|_| token.kind.expires())
+            .map(|l| now.trunc_subsecs(0) + delta(l));
+        let mut minted = issuer.mint(token, &label, expires_at).await;
+        if matches!(&minted, Err(e) if e.kind == IssuerErrorKind::Conflict) {
+            // The label is taken (two rotations in one second, or a name reserved forever): the create was
+            // refused, so a fresh label is tried once.
+            let bumped = issuer.label(token, now + TimeDelta::seconds(1));
+            label = if bumped != label {
+                bumped
+            } else {
+                issuer.label(token, now + TimeDelta::seconds(2))
+            };
+            tracing::warn!(token = %token.name, "the token label is taken at the issuer; retrying once with a fresh one");
+            if let Some(r) = entry.rotation.as_mut() {
+                r.label = Some(label.clone());
+            }
+            // The label may be taken by an earlier create of ours whose answer was lost: look for it later.
+            entry.sweep |= !token.kind.is_singleton();
+            self.journal.save_async(&entry).await?;
+            minted = issuer.mint(token, &label, expires_at).await;
+        }
+        let minted = match minted {
+            Ok(m) => m,
+            Err(e) => {
+                if e.outcome_unknown {
+                    if token.kind.is_singleton() {
+                        // The issuer may have replaced the stored token: not ready until a new one is minted,
+                        // once, after backoff (SPEC §5.10).
+                        tracing::error!(token = %token.name, error = %e, "the create of a singleton token may have reached the issuer; the stored token may be dead; minting again after backoff");
+                        entry.must_rotate = Some(
+                            "a create whose outcome is unknown may have replaced the stored token at the issuer"
+                                .into(),
+                        );
+                    } else {
+                        // A token may exist that we never saw: found by its label and revoked.
+                        entry.sweep = true;
+                    }
+                }
+                entry.rotation = None;
+                self.save_on_failure(&entry).await;
+                return Err(Failure {
+                    error: e.into(),
+                    learned: None,
+                    attempted: true,
+                });
+            }
+        };
+        failpoint("after-create");
+        let own_credential = observed
+            .iter()
+            .filter_map(Observed::record)
+            .any(|r| issuer.credential_is(&r.token));
+        if own_credential || self.credential_lives_in(token) {
+            self.switch_credential(token, issuer, &minted.value);
+        }
+        let current = to_current(minted.expires_at, minted.created_at, &minted.token_id);
+        tracing::info!(token = %token.name, issuer = %token.issuer, token_id = %minted.token_id, "minted a new token");
+        if let Some(r) = entry.rotation.as_mut() {
+            r.phase = Phase::Minted;
+            r.minted = Some(minted);
+        }
+        // If this write fails the value is held in memory (never dropped) and written before the next step.
+        self.journal.save_async(&entry).await.map_err(|e| Failure {
+            error: e.into(),
+            learned: Some((Some(current), false)),
+            attempted: true,
+        })?;
+        failpoint("after-journal");
+        Ok(())
+    }
+
+    /// Whether this token is written to the sink target its issuer reads its credential from.
+    fn credential_lives_in(&self, token: &TokenPolicy) -> bool {
+        match self.credential_refs.get(&token.issuer) {
+            Some(SecretRef::Sink { sink, target }) => token
+                .sinks
+                .iter()
+                .any(|st| &st.sink == sink && &st.target == target),
+            _ => false,
+        }
+    }
+
+    /// Self-rotation: the issuer's own credential was just replaced; use the new value from now on.
+    fn switch_credential(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        value: &crate::secret::SecretString,
+    ) {
+        issuer.set_credential(value.clone());
+        match self.credential_refs.get(&token.issuer) {
+            Some(SecretRef::Sink { .. }) => tracing::info!(
+                token = %token.name,
+                issuer = %token.issuer,
+                "this token is its issuer's own credential: switched to the new value (read from the sink after a restart)"
+            ),
+            _ => tracing::warn!(
+                token = %token.name,
+                issuer = %token.issuer,
+                "this token is its issuer's own credential: switched to the new value now, but the issuer reads `token` from env/file, which still holds the old value after a restart; use `token = {{ sink = \"…\", path = \"…\" }}` instead"
+            ),
+        }
+    }
+
+    /// What `plan` shows: the current token per the sinks, the next due time and why, and journal state.
+    /// Changes nothing.
+    pub async fn inspect(
+        &self,
+        token: &TokenPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Inspection, AttemptError> {
+        let sinks = self.sinks_of(token)?;
+        let observed = self.observe(token, &sinks).await.map_err(|f| f.error)?;
+        let (current, stored_everywhere) = current_of(&observed);
+        let entry = self.journal.load(&token.name)?;
+        let mut due = if current.is_some() && !stored_everywhere {
+            Due {
+                at: Some(now),
+                reason: DueReason::SinksDisagree,
+            }
+        } else {
+            schedule::next_due(&token.schedule, current.as_ref(), Duration::ZERO, now)
+        };
+        let mut notes = Vec::new();
+        if let Some(e) = &entry {
+            if let Some(why) = &e.must_rotate {
+                due = Due {
+                    at: Some(now),
+                    reason: DueReason::Forced(why.clone()),
+                };
+            }
+            if let Some(r) = &e.rotation {
+                notes.push(match &r.minted {
+                    Some(m) => format!(
+                        "interrupted rotation holds token {} for {} sink(s)",
+                        m.token_id,
+                        token.sinks.len().saturating_sub(r.stored.len())
+                    ),
+                    None => "interrupted rotation before the issuer answered".to_string(),
+                });
+            }
+            for rev in &e.revocations {
+                notes.push(match (&rev.after_use_of, rev.held) {
+                    (_, true) => format!(
+                        "{} to be revoked after the next rotation completes",
+                        rev.token_id
+                    ),
+                    (Some(s), false) => format!("{} to be revoked once {s} is used", rev.token_id),
+                    (None, false) => format!(
+                        "{} to be revoked at {}",
+                        rev.token_id,
+                        crate::record::rfc3339(rev.not_before)
+                    ),
+                });
+            }
+        }
+        Ok(Inspection {
+            current,
+            stored_everywhere,
+            due,
+            notes,
+        })
+    }
+
+    /// Reads every sink target of `token` (transient failures retried briefly), and notes the token ids they name.
+    async fn observe(
+        &self,
+        token: &TokenPolicy,
+        sinks: &[(SinkTarget, Arc<dyn Sink>)],
+    ) -> Result<Vec<Observed>, Failure> {
+        let reads = join_all(sinks.iter().map(|(st, sink)| async move {
+            let r = (|| sink.read(&st.target))
+                .retry(crate::retry::transient().with_max_times(2))
+                .when(SinkError::retryable)
+                .await;
+            if let Ok(Observed {
+                content: crate::sink::Content::Garbage(why),
+                ..
+            }) = &r
+            {
+                tracing::warn!(token = %token.name, sink = %st.sink, target = %st.target, reason = %why, "the sink target holds something that is not our record; treating it as no record");
+            }
+            r
+        }))
+        .await;
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for r in reads {
+            match r {
+                Ok(o) => out.push(o),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(AttemptError::Sinks(SinkFailures(errors)).into());
+        }
+        self.journal.note_seen(
+            &token.name,
+            out.iter()
+                .filter_map(Observed::record)
+                .map(|r| r.token_id.clone())
+                .collect(),
+        );
+        Ok(out)
+    }
+}
+
+/// The newest record across the sinks, and whether every sink holds exactly it.
+fn current_of(observed: &[Observed]) -> (Option<CurrentToken>, bool) {
+    let newest = observed
+        .iter()
+        .filter_map(Observed::record)
+        .max_by_key(|r| r.created_at);
+    let Some(newest) = newest else {
+        return (None, false);
+    };
+    let everywhere = observed
+        .iter()
+        .all(|o| o.record().is_some_and(|r| r.same_as(newest)));
+    (
+        Some(to_current(
+            newest.expires_at,
+            newest.created_at,
+            &newest.token_id,
+        )),
+        everywhere,
+    )
+}
