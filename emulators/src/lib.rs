@@ -4,5 +4,6 @@
 //! services (status codes, headers, JSON bodies, token validity), on loopback only.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod pulumi;
 pub mod tfc;

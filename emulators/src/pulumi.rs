@@ -80,30 +80,49 @@ impl PulumiEmulator {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(&cfg));
         let app = server::router(shared.clone());
+        let served = app.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = axum::serve(listener, served).await {
                 eprintln!("pulumi-emulator: server stopped: {e}");
             }
         });
         Ok(PulumiHandle {
             inner: Arc::new(HandleInner {
                 shared,
+                app,
                 addr,
-                task: task.abort_handle(),
+                task: Some(task.abort_handle()),
             }),
         })
+    }
+
+    /// An emulator without a listener: requests go through [`PulumiHandle::dispatch`], on the caller's task (the
+    /// deterministic simulation). `url()` names an address nothing listens on.
+    pub fn in_memory(cfg: Config) -> PulumiHandle {
+        let shared = Arc::new(Shared::new(&cfg));
+        PulumiHandle {
+            inner: Arc::new(HandleInner {
+                app: server::router(shared.clone()),
+                shared,
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9)),
+                task: None,
+            }),
+        }
     }
 }
 
 struct HandleInner {
     shared: Arc<Shared>,
+    app: axum::Router,
     addr: SocketAddr,
-    task: tokio::task::AbortHandle,
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl Drop for HandleInner {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -133,6 +152,24 @@ impl PulumiHandle {
 
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// One request through the emulator without a socket.
+    pub async fn dispatch(
+        &self,
+        request: axum::http::Request<axum::body::Body>,
+    ) -> axum::http::Response<axum::body::Body> {
+        use tower::ServiceExt;
+        match self.inner.app.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+
+    /// A server that echoes what it was sent: every error answer's message quotes the request's `Authorization`
+    /// header (token included), as careless servers and proxies do.
+    pub fn set_echo_credentials(&self, on: bool) {
+        self.shared().lock().control.echo_credentials = on;
     }
 
     /// Creates the user if needed and returns a fresh never-expiring personal access token for it.

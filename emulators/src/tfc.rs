@@ -77,13 +77,14 @@ impl TfcEmulator {
         let tcp = bind_loopback(addr).await?;
         let local = tcp.local_addr()?;
         let (shared, app, stop, stop_rx) = prepare(&cfg, format!("http://{local}"));
+        let served = app.clone();
         let task = tokio::spawn(async move {
-            let make = app.into_make_service_with_connect_info::<Peer>();
+            let make = served.into_make_service_with_connect_info::<Peer>();
             let _ = axum::serve(tcp, make)
                 .with_graceful_shutdown(stopped(stop_rx))
                 .await;
         });
-        Ok(TfcHandle::new(shared, local, "http", task, stop))
+        Ok(TfcHandle::new(shared, app, local, "http", task, stop))
     }
 
     /// HTTPS on the given loopback address; see [`TfcEmulator::start_tls`].
@@ -93,13 +94,17 @@ impl TfcEmulator {
         let local = tcp.local_addr()?;
         let listener = tls::TlsListener::new(tcp, config)?;
         let (shared, app, stop, stop_rx) = prepare(&cfg, format!("https://{local}"));
+        let served = app.clone();
         let task = tokio::spawn(async move {
-            let make = app.into_make_service_with_connect_info::<Peer>();
+            let make = served.into_make_service_with_connect_info::<Peer>();
             let _ = axum::serve(listener, make)
                 .with_graceful_shutdown(stopped(stop_rx))
                 .await;
         });
-        Ok((TfcHandle::new(shared, local, "https", task, stop), ca_pem))
+        Ok((
+            TfcHandle::new(shared, app, local, "https", task, stop),
+            ca_pem,
+        ))
     }
 }
 
@@ -114,6 +119,25 @@ async fn bind_loopback(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 type StopRx = watch::Receiver<bool>;
+
+impl TfcEmulator {
+    /// An emulator without a listener: requests go through [`TfcHandle::dispatch`], on the caller's task (the
+    /// deterministic simulation drives it on a paused clock). `url()` names an address nothing listens on.
+    pub fn in_memory(cfg: Config) -> TfcHandle {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+        let (shared, app, stop, _stop_rx) = prepare(&cfg, format!("http://{addr}"));
+        TfcHandle {
+            shared,
+            app,
+            server: Arc::new(ServerGuard {
+                addr,
+                scheme: "http",
+                stop,
+                task: Mutex::new(None),
+            }),
+        }
+    }
+}
 
 fn prepare(cfg: &Config, base_url: String) -> (Arc<Shared>, Router, watch::Sender<bool>, StopRx) {
     let shared = Arc::new(Shared::new(
@@ -152,12 +176,14 @@ impl Drop for ServerGuard {
 #[derive(Clone)]
 pub struct TfcHandle {
     shared: Arc<Shared>,
+    app: Router,
     server: Arc<ServerGuard>,
 }
 
 impl TfcHandle {
     fn new(
         shared: Arc<Shared>,
+        app: Router,
         addr: SocketAddr,
         scheme: &'static str,
         task: JoinHandle<()>,
@@ -165,6 +191,7 @@ impl TfcHandle {
     ) -> TfcHandle {
         TfcHandle {
             shared,
+            app,
             server: Arc::new(ServerGuard {
                 addr,
                 scheme,
@@ -199,6 +226,24 @@ impl TfcHandle {
             .take();
         if let Some(task) = task {
             let _ = task.await;
+        }
+    }
+
+    /// One request through the emulator's pipeline without a socket (as from 127.0.0.1).
+    pub async fn dispatch(
+        &self,
+        mut request: axum::http::Request<axum::body::Body>,
+    ) -> axum::http::Response<axum::body::Body> {
+        use tower::ServiceExt;
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(Peer(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                0,
+            )))));
+        match self.app.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
         }
     }
 
@@ -393,6 +438,12 @@ impl TfcHandle {
     /// `X-RateLimit-Reset` counting down to the end of the throttle.
     pub fn throttle_for(&self, d: Duration) {
         self.shared.lock().throttle_until = Some(Instant::now() + d);
+    }
+
+    /// A server that echoes what it was sent: every error answer's JSON:API `errors` gains an entry whose `detail`
+    /// quotes the request's `Authorization` header (bearer token included), as careless servers and proxies do.
+    pub fn set_echo_credentials(&self, on: bool) {
+        self.shared.echo_credentials.store(on, Ordering::Relaxed);
     }
 
     /// `false` makes `POST /teams/:id/authentication-tokens` answer 404, like a TFE release without described

@@ -75,7 +75,7 @@ pub struct IssuerConfig {
     pub requests_per_second: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IssuerKind {
     Tfe,
     Pulumi,
@@ -331,14 +331,34 @@ impl PolicyError {
 }
 
 /// Reads and validates a policy file. `display_path` is the path as the operator gave it.
+///
+/// Only a regular file is read (a FIFO would block, `/dev/zero` never ends), opened without blocking and read up
+/// to [`MAX_POLICY_BYTES`] whatever its size claims to be.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let display = path.display().to_string();
     let read_err = |source| PolicyError::Read {
         path: display.clone(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_POLICY_BYTES {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
         let mut d = Diagnostics::new(display.clone(), "");
         d.push(
             0..0,
@@ -346,7 +366,6 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         );
         return Err(PolicyError::Invalid(d));
     }
-    let bytes = std::fs::read(path).map_err(read_err)?;
     let source = match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => {
@@ -395,6 +414,12 @@ pub fn parse(display: &str, path: &Path, source: &str, env: &Env) -> Result<Poli
     let sinks = read_named(&mut root, &mut d, "sinks", read_sink);
     let tokens = read_tokens(&mut root, &mut d, &issuers, &sinks);
     root.finish(&mut d);
+    if d.is_empty() && tokens.is_empty() {
+        d.push(
+            0..0,
+            "the policy defines no tokens: add a `[tokens.NAME]` table (see config/policy.example.toml)",
+        );
+    }
 
     if !d.is_empty() {
         return Err(d);
@@ -444,6 +469,8 @@ fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option
     if let Some(dir) = t.opt_str(d, "state_dir") {
         if dir.get_ref().is_empty() {
             d.push(dir.span(), "`state_dir` must not be empty");
+            ok = false;
+        } else if !no_nul(d, &dir, "`state_dir`") {
             ok = false;
         } else {
             settings.state_dir = PathBuf::from(dir.into_inner());
@@ -518,6 +545,7 @@ fn read_named<T>(
             wrong_type(d, value, &format!("`{key}.{}`", name.get_ref()), "a table");
             continue;
         };
+        check_name(d, &name, key);
         let label = format!("[{key}.{}]", name.get_ref());
         let mut t = TableReader::new(label, name.span(), table);
         let item = read_one(&mut t, d, name.get_ref());
@@ -576,7 +604,19 @@ fn read_path(t: &mut TableReader, d: &mut Diagnostics, key: &'static str) -> Opt
         d.push(v.span(), format!("`{key}` in {} must not be empty", t.name));
         return None;
     }
+    if !no_nul(d, &v, &format!("`{key}` in {}", t.name)) {
+        return None;
+    }
     Some(PathBuf::from(v.into_inner()))
+}
+
+/// A path the operating system can take: no NUL byte (it would silently cut the path short).
+fn no_nul(d: &mut Diagnostics, v: &Spanned<String>, what: &str) -> bool {
+    if v.get_ref().contains('\0') {
+        d.push(v.span(), format!("{what} contains a NUL character"));
+        return false;
+    }
+    true
 }
 
 /// Reads a secret reference; an inline string gets a message saying what to write instead.
@@ -635,6 +675,8 @@ fn secret_ref_value(
         ["file"] => r.opt_str(d, "file").and_then(|s| {
             if s.get_ref().is_empty() {
                 d.push(s.span(), format!("{what}: `file` must name a path"));
+                None
+            } else if !no_nul(d, &s, &format!("{what}: `file`")) {
                 None
             } else {
                 Some(SecretRef::File(PathBuf::from(s.into_inner())))
@@ -825,6 +867,9 @@ fn read_aws(t: &mut TableReader, d: &mut Diagnostics) -> Option<AwsSinkConfig> {
 
 fn read_file_sink(t: &mut TableReader, d: &mut Diagnostics) -> Option<FileSinkConfig> {
     let dir = t.req_str(d, "directory")?;
+    if !no_nul(d, &dir, &format!("`directory` in {}", t.name)) {
+        return None;
+    }
     if !Path::new(dir.get_ref()).is_absolute() {
         d.push(
             dir.span(),
@@ -842,6 +887,12 @@ fn check_file_target(path: &str) -> Result<(), String> {
     if path.starts_with('/') {
         return Err(format!(
             "file target `{path}` must be relative to the sink's directory"
+        ));
+    }
+    if path.contains('\0') {
+        return Err(format!(
+            "file target `{}` contains a NUL character",
+            path.replace('\0', "\\0")
         ));
     }
     for part in path.split('/') {
@@ -995,6 +1046,8 @@ fn read_tokens(
     let mut out = BTreeMap::new();
     // Which token already writes to a sink target, for the duplicate check.
     let mut targets: HashMap<SinkTarget, String> = HashMap::new();
+    // Which token already uses a label in a sweep scope, for the collision check.
+    let mut labels: HashMap<((IssuerKind, String), String), String> = HashMap::new();
     let Some(section) = root.opt_table(d, "tokens") else {
         return out;
     };
@@ -1003,13 +1056,99 @@ fn read_tokens(
             wrong_type(d, value, &format!("`tokens.{}`", name.get_ref()), "a table");
             continue;
         };
+        let named_ok = check_name(d, &name, "tokens");
         let mut t = TableReader::new(format!("[tokens.{}]", name.get_ref()), name.span(), table);
+        let label_span = t
+            .get_span("description")
+            .or_else(|| t.get_span("name_prefix"));
         if let Some(token) = read_token(&mut t, d, name.get_ref(), issuers, sinks, &mut targets) {
-            out.insert(name.get_ref().clone(), Arc::new(token));
+            if let Some(scope) = label_scope(&token, issuers) {
+                let label = sweep_label(&token);
+                match labels.get(&(scope.clone(), label.clone())) {
+                    Some(other) => d.push(
+                        label_span.unwrap_or_else(|| name.span()),
+                        format!(
+                            "[tokens.{}] labels its tokens like [tokens.{other}] (\"{label}\") in the same {}: the orphan sweep could not tell their tokens apart; give one of them another `{}`",
+                            name.get_ref(),
+                            scope.1,
+                            if scope.0 == IssuerKind::Tfe { "description" } else { "name_prefix" },
+                        ),
+                    ),
+                    None => {
+                        labels.insert((scope, label), name.get_ref().clone());
+                    }
+                }
+            }
+            if named_ok {
+                out.insert(name.get_ref().clone(), Arc::new(token));
+            }
         }
         t.finish(d);
     }
     out
+}
+
+/// The longest name of a token, issuer or sink (they become file names, metric labels and log fields).
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// A table key used as a name: 1 to [`MAX_NAME_CHARS`] characters, no control characters (a newline in a name
+/// would forge log lines), no Unicode line separators or direction overrides.
+fn check_name(d: &mut Diagnostics, name: &Spanned<String>, section: &str) -> bool {
+    let n = name.get_ref();
+    let bad_char = n.chars().find(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            )
+    });
+    let problem = if n.is_empty() {
+        Some("must not be empty".to_string())
+    } else if n.chars().count() > MAX_NAME_CHARS {
+        Some(format!("is longer than {MAX_NAME_CHARS} characters"))
+    } else {
+        bad_char.map(|c| format!("contains the control character U+{:04X}", c as u32))
+    };
+    match problem {
+        Some(p) => {
+            d.push(name.span(), format!("the name of a `{section}` table {p}"));
+            false
+        }
+        None => true,
+    }
+}
+
+/// Where a token's labels must be unique for the orphan sweep to tell tokens apart (SPEC §5.11): the issuer kind
+/// and address (two issuer tables may point at the same service) and the resource whose token list the sweep
+/// reads, for the types that are swept (singletons are replaced in place and never swept).
+fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<(IssuerKind, String)> {
+    let issuer = issuers.get(&token.issuer)?.1.as_ref()?;
+    let at = &issuer.address;
+    let what = match &token.kind {
+        TokenKind::TfeTeam { team_id } => format!("team {team_id} at {at}"),
+        TokenKind::TfeAgent { agent_pool_id, .. } => format!("agent pool {agent_pool_id} at {at}"),
+        // Org and team token names share one namespace per organization (token-apis.md B).
+        TokenKind::PulumiOrganization { organization, .. }
+        | TokenKind::PulumiTeam { organization, .. } => {
+            format!("Pulumi organization \"{organization}\" at {at}")
+        }
+        // The caller's own tokens: one user per issuer credential.
+        TokenKind::PulumiPersonal => format!("personal tokens of issuer \"{}\"", issuer.name),
+        TokenKind::TfeOrganization { .. }
+        | TokenKind::TfeAuditTrails { .. }
+        | TokenKind::TfeTeamLegacy { .. } => return None,
+    };
+    Some((issuer.kind, what))
+}
+
+/// The part of a label the sweep compares: the TFC description, or the Pulumi name prefix as names use it.
+fn sweep_label(token: &TokenPolicy) -> String {
+    match token.kind {
+        TokenKind::PulumiOrganization { .. }
+        | TokenKind::PulumiTeam { .. }
+        | TokenKind::PulumiPersonal => token.label.chars().take(PULUMI_MAX_NAME_PREFIX).collect(),
+        _ => token.label.clone(),
+    }
 }
 
 fn read_token(
@@ -1043,15 +1182,7 @@ fn read_token(
     let kind = match (issuer, type_key.as_ref()) {
         (Some(issuer), Some(ty)) => read_token_kind(t, d, issuer, ty),
         _ => {
-            t.allow(&[
-                "organization",
-                "team_id",
-                "agent_pool_id",
-                "team",
-                "admin",
-                "role_id",
-                "revoke_after_use",
-            ]);
+            check_kind_keys(t, d);
             None
         }
     };
@@ -1167,6 +1298,17 @@ fn read_token_kind(
     issuer: &IssuerConfig,
     ty: &Spanned<String>,
 ) -> Option<TokenKind> {
+    let kind = read_known_kind(t, d, issuer, ty);
+    check_kind_keys(t, d);
+    kind
+}
+
+fn read_known_kind(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    issuer: &IssuerConfig,
+    ty: &Spanned<String>,
+) -> Option<TokenKind> {
     let req = |t: &mut TableReader, d: &mut Diagnostics, key: &'static str| {
         let v = t.req_str(d, key)?;
         non_empty(d, v, key)
@@ -1237,16 +1379,24 @@ fn read_token_kind(
             None
         }
     };
-    t.allow(&[
+    kind
+}
+
+/// The type-specific keys, checked for their value types whatever the `type` (a wrong `type` must not hide a
+/// wrong `team_id`); keys the type does not take are allowed here and checked by their type's reader.
+fn check_kind_keys(t: &mut TableReader, d: &mut Diagnostics) {
+    for key in [
         "organization",
         "team_id",
         "agent_pool_id",
         "team",
-        "admin",
         "role_id",
-        "revoke_after_use",
-    ]);
-    kind
+    ] {
+        let _ = t.opt_str(d, key);
+    }
+    for key in ["admin", "revoke_after_use"] {
+        let _ = t.opt_bool(d, key);
+    }
 }
 
 fn read_schedule(
@@ -1656,6 +1806,118 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
             errs,
             vec!["p.toml:15:9: missing key `organization` in [tokens.ci-org]".to_string()]
         );
+    }
+
+    #[test]
+    fn an_empty_policy_is_refused() {
+        assert_eq!(
+            errors(""),
+            vec!["p.toml:1:1: the policy defines no tokens: add a `[tokens.NAME]` table (see config/policy.example.toml)".to_string()]
+        );
+        let no_tokens = &GOOD[..GOOD.find("[tokens.ci-org]").unwrap()];
+        assert_eq!(errors(no_tokens).len(), 1);
+    }
+
+    #[test]
+    fn names_with_control_characters_or_too_long_are_refused() {
+        let src = GOOD.replace("[tokens.ci-org]", "[tokens.\"ci\\nINFO forged\"]");
+        let errs = errors(&src);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].contains("control character U+000A"), "{errs:#?}");
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        let errs = errors(&GOOD.replace("[tokens.ci-org]", &format!("[tokens.{long}]")));
+        assert!(errs[0].contains("longer than 128"), "{errs:#?}");
+        // A 128-character name is fine (its journal file name is shortened with a digest).
+        let ok = "y".repeat(MAX_NAME_CHARS);
+        assert!(errors(&GOOD.replace("[tokens.ci-org]", &format!("[tokens.{ok}]"))).is_empty());
+    }
+
+    #[test]
+    fn a_nul_in_a_path_is_refused() {
+        let src = GOOD.replace("state_dir = \"/tmp/x\"", "state_dir = \"/tmp/x\\u0000y\"");
+        let errs = errors(&src);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].contains("NUL"), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_wrong_type_does_not_hide_a_wrong_typed_key() {
+        let src = GOOD
+            .replace("type = \"organization\"", "type = \"bogus\"")
+            .replace("organization = \"acme\"", "team_id = 5");
+        let errs = errors(&src);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("`team_id` in [tokens.ci-org] must be a string")),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn labels_that_the_sweep_could_confuse_are_refused() {
+        let team = |name: &str, extra: &str| {
+            format!("[tokens.{name}]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-1\"\n{extra}\nsinks = [{{ sink = \"vault\", path = \"{name}\" }}]\n")
+        };
+        let base = &GOOD[..GOOD.find("[tokens.ci-org]").unwrap()];
+        let src = format!(
+            "{base}{}{}",
+            team("a", "description = \"ci\""),
+            team("b", "description = \"ci\"")
+        );
+        let errs = errors(&src);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].contains("[tokens.b] labels its tokens like [tokens.a]"),
+            "{errs:#?}"
+        );
+        // Another team, or another description: fine.
+        let other = team("b", "description = \"ci\"").replace("team-1", "team-2");
+        assert!(errors(&format!(
+            "{base}{}{other}",
+            team("a", "description = \"ci\"")
+        ))
+        .is_empty());
+        // Pulumi: default prefixes are token names cut to 25 characters.
+        let pulumi = |name: &str, org: &str| {
+            format!("[tokens.{name}]\nissuer = \"pulumi\"\ntype = \"organization\"\norganization = \"{org}\"\nsinks = [{{ sink = \"vault\", path = \"{name}\" }}]\n")
+        };
+        let issuers = format!("{base}[issuers.pulumi]\nkind = \"pulumi\"\naddress = \"http://127.0.0.1:9\"\ntoken = {{ env = \"P\" }}\n");
+        let a = "a-very-long-token-name-shared-start-one";
+        let b = "a-very-long-token-name-shared-start-two";
+        let errs = errors(&format!(
+            "{issuers}{}{}",
+            pulumi(a, "acme"),
+            pulumi(b, "acme")
+        ));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].contains("name_prefix"), "{errs:#?}");
+        assert!(errors(&format!(
+            "{issuers}{}{}",
+            pulumi(a, "acme"),
+            pulumi(b, "other")
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn only_regular_files_are_read_and_never_past_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        for special in ["/dev/zero", "/dev/null"] {
+            let err = load(Path::new(special)).unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{special}: {err}");
+        }
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            // Opened without blocking, then refused: a FIFO never hangs `check`.
+            let err = load(&fifo).unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_POLICY_BYTES as usize + 1]).unwrap();
+        let err = load(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[test]

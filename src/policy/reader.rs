@@ -45,6 +45,11 @@ impl<'a, 'i> TableReader<'a, 'i> {
         entries
     }
 
+    /// Where `key` is written, without reading it.
+    pub fn get_span(&self, key: &'static str) -> Option<Span> {
+        self.table.get(key).map(|v| v.span())
+    }
+
     pub fn has(&self, key: &'static str) -> bool {
         self.table.get(key).is_some()
     }
@@ -87,7 +92,6 @@ impl<'a, 'i> TableReader<'a, 'i> {
         self.opt_str(d, key)
     }
 
-    #[allow(dead_code)] // used by the boolean token keys of later token types
     pub fn opt_bool(&mut self, d: &mut Diagnostics, key: &'static str) -> Option<Spanned<bool>> {
         let v = self.get(key)?;
         match v.get_ref().as_bool() {

@@ -96,6 +96,9 @@ impl Rotator {
             }
             return Err(fail(AttemptError::Sinks(errors), false));
         }
+        // Every record names the new token now (the sweep must never take it for an orphan).
+        self.journal
+            .note_seen(&token.name, vec![minted.token_id.clone()]);
         if rotation.phase != Phase::Verified && token.kind.can_prove_itself() {
             if let Err(e) = issuer.verify(token, &minted.value).await {
                 return Err(fail(

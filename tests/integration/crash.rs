@@ -579,7 +579,8 @@ sinks = [{{ sink = "vault", path = "crash/{org}" }}, {{ sink = "legacy", path = 
         assert_ne!(id, self.old_id, "{ctx} the rotation happened");
         assert!(
             self.is_valid(value),
-            "{ctx} the stored token is valid at the issuer"
+            "{ctx} the stored token is valid at the issuer; restart's stderr:\n{}",
+            out.stderr
         );
         assert_eq!(self.token_id_of(value), Some(id.clone()), "{ctx}");
         assert_eq!(v2["type"], self.family.type_name(), "{ctx}");

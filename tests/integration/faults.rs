@@ -608,9 +608,12 @@ struct IssuerCase {
     path: &'static str,
     fault: Fault,
     times: usize,
-    /// Expected requests at the proxy on `path`, and the minimum gap before each retry (seconds).
+    /// Expected requests at the proxy on `path` in the first run, and the minimum gap before each retry (seconds).
+    /// A create that may have reached the issuer is never resent within the run: one request, no gaps.
     min_gaps: Vec<f64>,
     max_gaps: Vec<f64>,
+    /// Whether the faulted request reached the emulator (a token was created) before the answer was lost.
+    landed: bool,
 }
 
 /// Slack for a loaded 2-core machine on top of the documented backoff bounds.
@@ -620,7 +623,20 @@ fn issuer_cases() -> Vec<IssuerCase> {
     let create = "/authentication-tokens";
     // transient(): 0.5 s, 1 s, 2 s … each plus up to 100 % jitter.
     let backoff2 = (vec![0.5, 1.0], vec![1.0 + SLACK, 2.0 + SLACK]);
+    // A create that fails after it was sent is sent once in the run, and minted again (once) by the next run.
+    let once = |name, fault, landed| IssuerCase {
+        name,
+        method: "POST",
+        path: create,
+        fault,
+        times: 1,
+        min_gaps: vec![],
+        max_gaps: vec![],
+        landed,
+    };
     let mut cases = vec![
+        // Refused before it was acted on: resent within the run, never before X-RateLimit-Reset (1 s, plus up to
+        // 0.25 s of jitter).
         IssuerCase {
             name: "rate-limited",
             method: "POST",
@@ -635,88 +651,41 @@ fn issuer_cases() -> Vec<IssuerCase> {
                 body: tfc_error(429, "Too many requests"),
             },
             times: 2,
-            // Never before X-RateLimit-Reset (1 s, plus up to 0.25 s of jitter).
             min_gaps: vec![1.0, 1.0],
             max_gaps: vec![1.25 + SLACK, 2.0 + SLACK],
+            landed: false,
         },
-        IssuerCase {
-            name: "internal-error",
-            method: "POST",
-            path: create,
-            fault: Fault::status(500, JSON_API, &tfc_error(500, "internal server error")),
-            times: 2,
-            min_gaps: backoff2.0.clone(),
-            max_gaps: backoff2.1.clone(),
-        },
-        IssuerCase {
-            name: "unavailable",
-            method: "POST",
-            path: create,
-            fault: Fault::status(503, "text/plain", "Service Unavailable"),
-            times: 2,
-            min_gaps: backoff2.0.clone(),
-            max_gaps: backoff2.1.clone(),
-        },
-        IssuerCase {
-            name: "html-502",
-            method: "POST",
-            path: create,
-            fault: Fault::status(
+        once(
+            "internal-error",
+            Fault::status(500, JSON_API, &tfc_error(500, "internal server error")),
+            false,
+        ),
+        once(
+            "unavailable",
+            Fault::status(503, "text/plain", "Service Unavailable"),
+            false,
+        ),
+        once(
+            "html-502",
+            Fault::status(
                 502,
                 "text/html",
                 "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>FAULT-PAGE-MARKER</h1></body></html>",
             ),
-            times: 2,
-            min_gaps: backoff2.0.clone(),
-            max_gaps: backoff2.1.clone(),
-        },
-        IssuerCase {
-            name: "reset",
-            method: "POST",
-            path: create,
-            fault: Fault::Reset,
-            times: 2,
-            min_gaps: backoff2.0.clone(),
-            max_gaps: backoff2.1.clone(),
-        },
-        IssuerCase {
-            name: "not-json",
-            method: "POST",
-            path: create,
-            fault: Fault::status(201, "text/plain", "Created, but not JSON"),
-            times: 2,
-            min_gaps: backoff2.0.clone(),
-            max_gaps: backoff2.1.clone(),
-        },
-        IssuerCase {
-            name: "endless-body",
-            method: "POST",
-            path: create,
-            fault: Fault::Endless { status: 201 },
-            times: 1,
-            min_gaps: vec![0.5],
-            max_gaps: vec![1.0 + SLACK],
-        },
-        // The issuer created the token but the answer was lost: the retry meets the taken description (422),
-        // the daemon mints once more with a fresh label, and the first token must not stay an orphan.
-        IssuerCase {
-            name: "reset-after-create",
-            method: "POST",
-            path: create,
-            fault: Fault::ForwardThenReset,
-            times: 1,
-            min_gaps: vec![0.5, 0.0],
-            max_gaps: vec![1.0 + SLACK, SLACK],
-        },
-        IssuerCase {
-            name: "truncated-201",
-            method: "POST",
-            path: create,
-            fault: Fault::ForwardTruncated,
-            times: 1,
-            min_gaps: vec![0.5, 0.0],
-            max_gaps: vec![1.0 + SLACK, SLACK],
-        },
+            false,
+        ),
+        once("reset", Fault::Reset, false),
+        once(
+            "not-json",
+            Fault::status(201, "text/plain", "Created, but not JSON"),
+            false,
+        ),
+        once("endless-body", Fault::Endless { status: 201 }, false),
+        // The issuer created the token but the answer was lost: the next run mints once more, and the first token
+        // must not stay an orphan (found by its label and revoked).
+        once("reset-after-create", Fault::ForwardThenReset, true),
+        once("truncated-201", Fault::ForwardTruncated, true),
+        // Reads are resent within the run, with jittered backoff.
         IssuerCase {
             name: "probe-503",
             method: "GET",
@@ -725,24 +694,33 @@ fn issuer_cases() -> Vec<IssuerCase> {
             times: 2,
             min_gaps: backoff2.0.clone(),
             max_gaps: backoff2.1.clone(),
+            landed: false,
+        },
+        IssuerCase {
+            name: "probe-html-502",
+            method: "GET",
+            path: "/api/v2/account/details",
+            fault: Fault::status(
+                502,
+                "text/html",
+                "<html><body>FAULT-PAGE-MARKER</body></html>",
+            ),
+            times: 2,
+            min_gaps: backoff2.0.clone(),
+            max_gaps: backoff2.1.clone(),
+            landed: false,
         },
     ];
-    // The one slow case: no answer at all; the client's 30 s request timeout ends the wait, then it retries.
-    cases.push(IssuerCase {
-        name: "hang",
-        method: "POST",
-        path: create,
-        fault: Fault::Hang,
-        times: 1,
-        min_gaps: vec![29.5],
-        max_gaps: vec![31.0 + SLACK],
-    });
+    // The one slow case: no answer at all; the client's 30 s request timeout ends the wait, and the create is not
+    // resent (the issuer may have acted on it).
+    cases.push(once("hang", Fault::Hang, false));
     cases
 }
 
-/// One `run --once` over tokens whose issuer or sink misbehaves for a while: every token ends up rotated, the
-/// retries keep to their bounds, nothing is minted twice without the orphan being revoked, and the endless body is
-/// cut off after a bounded read.
+/// Two `run --once` over tokens whose issuer or sink misbehaves for a while: in the first, reads and refused (429)
+/// creates are retried within their bounds while a create that may have reached the issuer is never resent (SPEC
+/// §5.10); in the second every token ends up rotated with one more create, nothing is minted twice in one attempt,
+/// what a lost answer left behind is swept, and the endless body is cut off after a bounded read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
     let mut env = Env::new().await;
@@ -820,13 +798,66 @@ async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
         .await;
     let took = started.elapsed();
     assert_eq!(
-        out.code, 0,
-        "every token rotated in the end: {}",
+        out.code, 1,
+        "the creates whose outcome is unknown fail this run: {}",
         out.stderr
     );
     assert!(took < Duration::from_secs(45), "bounded: {took:?}");
-
     let mut first_gaps = Vec::new();
+    for c in &cases {
+        let hits = proxies[c.name].hits_for(c.method, c.path);
+        let g = gaps(&hits);
+        assert_eq!(
+            (hits.len(), g.len()),
+            (c.min_gaps.len() + 1, c.min_gaps.len()),
+            "{}: requests at the proxy: {:?}",
+            c.name,
+            hits.iter().map(|h| h.fault.clone()).collect::<Vec<_>>()
+        );
+        for (i, gap) in g.iter().enumerate() {
+            assert!(
+                *gap >= c.min_gaps[i] && *gap <= c.max_gaps[i],
+                "{}: retry {} came after {gap:.3}s, expected {}..{}",
+                c.name,
+                i + 1,
+                c.min_gaps[i],
+                c.max_gaps[i]
+            );
+        }
+        if c.min_gaps.first() == Some(&0.5) {
+            first_gaps.push(g[0]);
+        }
+        if c.min_gaps.is_empty() {
+            assert!(
+                out.stderr
+                    .lines()
+                    .any(|l| l.contains("rotation attempt failed")
+                        && l.contains(&format!("token={}", c.name))
+                        && l.contains("not sent again blindly")),
+                "{}: the failure says why the create was not resent",
+                c.name
+            );
+        }
+    }
+    // The singleton whose create answer was cut short: not ready, to be minted again.
+    assert!(
+        out.stderr.contains("the stored token may be dead"),
+        "{}",
+        out.stderr
+    );
+
+    // The next run (the next attempt) mints once for each of them, and sweeps what a lost answer left behind.
+    let again = env
+        .cli(
+            &["run", "--once", "--config", policy.to_str().unwrap()],
+            Duration::from_secs(100),
+        )
+        .await;
+    assert_eq!(
+        again.code, 0,
+        "every token rotated in the end: {}",
+        again.stderr
+    );
     for c in &cases {
         let team = &teams[c.name];
         let record = env
@@ -844,37 +875,9 @@ async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
             "{}: the stored token is the only valid one (no orphan)",
             c.name
         );
-        let hits = proxies[c.name].hits_for(c.method, c.path);
-        let g = gaps(&hits);
-        assert_eq!(
-            g.len(),
-            c.min_gaps.len(),
-            "{}: requests at the proxy: {:?}",
-            c.name,
-            hits.iter().map(|h| h.fault.clone()).collect::<Vec<_>>()
-        );
-        for (i, gap) in g.iter().enumerate() {
-            assert!(
-                *gap >= c.min_gaps[i] && *gap <= c.max_gaps[i],
-                "{}: retry {} came after {gap:.3}s, expected {}..{}",
-                c.name,
-                i + 1,
-                c.min_gaps[i],
-                c.max_gaps[i]
-            );
-        }
-        if c.min_gaps[0] == 0.5 {
-            first_gaps.push(g[0]);
-        }
-        let expected_creates = if c.name.contains("after-create") || c.name.starts_with("truncated")
-        {
-            2
-        } else {
-            1
-        };
         assert_eq!(
             env.team_creates(team),
-            expected_creates,
+            1 + usize::from(c.landed),
             "{}: tokens created",
             c.name
         );
@@ -893,7 +896,7 @@ async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
         "read {endless} bytes of an endless body"
     );
 
-    // The singleton: two creates, one live token, the stored one.
+    // The singleton: two creates (one per run, never two in one), one live token, the stored one.
     let org = env.record("org-truncated").await.unwrap();
     assert!(env.tfc.is_valid(org["token"].as_str().unwrap()));
     assert_eq!(env.org_creates("org-truncated"), 2);
@@ -924,22 +927,25 @@ async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
         "the lost write was retried"
     );
     // Error pages and bodies never leak into the logs.
-    assert!(
-        !out.stderr.contains("FAULT-PAGE-MARKER"),
-        "an HTML error page reached the log"
-    );
-    assert!(
-        !out.stderr.contains("ENDLESS-BODY-MARKER"),
-        "an endless body reached the log"
-    );
-    assert!(
-        !out.stderr.contains(".atlasv1."),
-        "a token value reached the log"
-    );
+    for out in [&out, &again] {
+        assert!(
+            !out.stderr.contains("FAULT-PAGE-MARKER"),
+            "an HTML error page reached the log"
+        );
+        assert!(
+            !out.stderr.contains("ENDLESS-BODY-MARKER"),
+            "an endless body reached the log"
+        );
+        assert!(
+            !out.stderr.contains(".atlasv1."),
+            "a token value reached the log"
+        );
+    }
 }
 
-/// Persistent faults: a 503 that never ends exhausts the bounded retries and marks the token failed (metrics,
-/// `/readyz`, the log say why) with the next attempt backed off; a 404 fails at once without a retry loop; a
+/// Persistent faults: a create answered 503 is sent once (it may have happened) and marks the token failed (metrics,
+/// `/readyz`, the log say why) with the next attempt backed off; a sink that keeps refusing exhausts the bounded
+/// retries; a 404 fails at once without a retry loop; a
 /// forbidden or unreachable sink fails before anything is minted; a singleton whose sink refuses writes keeps its
 /// journaled token. `rotate` then tries again at once, and the singleton's token is pushed, never re-minted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1045,7 +1051,8 @@ async fn persistent_faults_mark_the_token_failed_and_rotate_tries_again() {
         "the healthy token rotated normally"
     );
 
-    // Then the ones that exhaust the transient retries (1 + 5 tries, 15.5–31 s of backoff).
+    // Then the ones that exhaust their retries: the refused sink writes (1 + 5 tries, 15.5–31 s of backoff) and the
+    // create answered 503, which is sent once: it may have reached the issuer (SPEC §5.10).
     let m = wait_for(
         Duration::from_secs(45),
         "the transient retries to run out",
@@ -1066,17 +1073,11 @@ async fn persistent_faults_mark_the_token_failed_and_rotate_tries_again() {
     .await;
     let waited = started.elapsed();
     let tries = down.hits_for("POST", "/authentication-tokens");
-    assert_eq!(tries.len(), 6, "one try and five retries");
-    let g = gaps(&tries);
-    for (i, gap) in g.iter().enumerate() {
-        let base = 0.5 * f64::from(1u32 << i);
-        assert!(
-            *gap >= base && *gap <= 2.0 * base + SLACK,
-            "retry {} after {gap:.3}s, expected {base}..{}",
-            i + 1,
-            2.0 * base
-        );
-    }
+    assert_eq!(
+        tries.len(),
+        1,
+        "a create answered 503 may have happened: it is never resent blindly"
+    );
     assert!(waited < Duration::from_secs(40), "{waited:?}");
     assert_eq!(
         metric(
@@ -1084,7 +1085,7 @@ async fn persistent_faults_mark_the_token_failed_and_rotate_tries_again() {
             "token_rotator_issuer_requests_total",
             &[("issuer", "i-down"), ("status", "503")]
         ),
-        Some(6.0)
+        Some(1.0)
     );
     for t in [
         "issuer-503",
@@ -1165,7 +1166,7 @@ async fn persistent_faults_mark_the_token_failed_and_rotate_tries_again() {
             - chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).timestamp()
     };
     // 30 s after the last failed try (attempt_backoff(1)), give or take the rounding to whole seconds.
-    let expected = 30.0 - tries[5].at.elapsed().as_secs_f64();
+    let expected = 30.0 - tries[0].at.elapsed().as_secs_f64();
     let remaining = next("issuer-503") as f64;
     assert!(
         (remaining - expected).abs() <= 2.0,
@@ -1173,7 +1174,7 @@ async fn persistent_faults_mark_the_token_failed_and_rotate_tries_again() {
     );
     assert_eq!(
         down.hits_for("POST", "/authentication-tokens").len(),
-        6,
+        1,
         "not tried again before then"
     );
     assert!(

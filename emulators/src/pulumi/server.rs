@@ -70,6 +70,8 @@ pub struct Control {
     window: Option<(Instant, u32)>,
     pub require_accept: bool,
     pub echo_requests: bool,
+    /// Error answers quote the request's `Authorization` header.
+    pub echo_credentials: bool,
 }
 
 impl Control {
@@ -83,6 +85,7 @@ impl Control {
             window: None,
             require_accept: true,
             echo_requests: false,
+            echo_credentials: false,
         }
     }
 
@@ -215,14 +218,20 @@ async fn front_door(State(shared): App, req: Request, next: Next) -> Response {
     let accept = header_str(req.headers(), header::ACCEPT);
     let content_type = header_str(req.headers(), header::CONTENT_TYPE);
     // Only the scheme is kept: the log never holds a token value.
-    let auth_scheme = header_str(req.headers(), header::AUTHORIZATION)
+    let authorization = header_str(req.headers(), header::AUTHORIZATION);
+    let auth_scheme = authorization
+        .as_deref()
         .map(|v| v.split_whitespace().next().unwrap_or_default().to_string());
 
     let early = shared.lock().control.gate(accept.as_deref());
-    let resp = match early {
+    let mut resp = match early {
         Some(err) => err.into_response(),
         None => next.run(req).await,
     };
+    let echo = shared.lock().control.echo_credentials;
+    if echo && resp.status().as_u16() >= 400 {
+        resp = echo_credentials(resp, authorization.as_deref().unwrap_or("(none)")).await;
+    }
 
     let status = resp.status().as_u16();
     let token_id = resp
@@ -246,6 +255,25 @@ async fn front_door(State(shared): App, req: Request, next: Next) -> Response {
         at,
     });
     resp
+}
+
+/// The error answer with the request's `Authorization` header quoted in its message (or appended to a text body).
+async fn echo_credentials(resp: Response, authorization: &str) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let echo = format!(" (the request carried Authorization: {authorization})");
+    let new_body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut v) => {
+            let message = v["message"].as_str().unwrap_or_default().to_string() + &echo;
+            v["message"] = serde_json::Value::String(message);
+            serde_json::to_vec(&v).unwrap_or_default()
+        }
+        Err(_) => [bytes.as_ref(), echo.as_bytes()].concat(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(new_body))
 }
 
 /// Unknown paths get Go's plain-text mux 404, as the real API's edge does (reference B.0, "Error body").

@@ -226,14 +226,15 @@ impl Default for Store {
             tokens: Vec::new(),
             by_value: HashMap::new(),
             clock_offset: chrono::Duration::zero(),
-            page_salt: format!("{:08x}", rand::random::<u32>()),
+            page_salt: format!("{:08x}", crate::clock::with_rng(|r| r.next_u32())),
         }
     }
 }
 
 /// A random UUID v4 in its usual text form (token and user ids look like `74529ccd-…`, reference B.3).
 fn new_uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
+    let mut b = [0u8; 16];
+    crate::clock::with_rng(|r| r.fill_bytes(&mut b));
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -249,7 +250,8 @@ fn new_uuid() -> String {
 
 /// `pul-` followed by 40 hex characters (reference B.3: "the tokenValue (prefixed with 'pul-')").
 fn new_token_value() -> String {
-    let b: [u8; 20] = rand::random();
+    let mut b = [0u8; 20];
+    crate::clock::with_rng(|r| r.fill_bytes(&mut b));
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("pul-{h}")
 }
@@ -268,7 +270,7 @@ impl Store {
     /// The emulator's clock: the only place it reads wall time, shifted by [`Store::advance_clock`].
     #[allow(clippy::disallowed_methods)]
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.clock_offset
+        crate::clock::now() + self.clock_offset
     }
 
     pub fn advance_clock(&mut self, by: std::time::Duration) {

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     /// `None` disables rate limiting.
     pub rate_limit: Option<u32>,
     pub log_requests: AtomicBool,
+    /// Error answers quote the request's `Authorization` header ([`crate::tfc::TfcHandle::set_echo_credentials`]).
+    pub echo_credentials: AtomicBool,
     /// `http://127.0.0.1:PORT` or `https://…`, for absolute pagination links.
     pub base_url: String,
 }
@@ -49,6 +51,7 @@ impl Shared {
             state: Mutex::new(state),
             rate_limit: rate_limit.filter(|l| *l > 0),
             log_requests: AtomicBool::new(false),
+            echo_credentials: AtomicBool::new(false),
             base_url,
         }
     }
@@ -200,7 +203,27 @@ pub(crate) async fn handle(
         peer,
         arrived,
     };
-    let (reply, principal, token_id) = shared.process(&incoming, body.as_deref());
+    let (mut reply, principal, token_id) = shared.process(&incoming, body.as_deref());
+    if shared.echo_credentials.load(Ordering::Relaxed) && reply.status.as_u16() >= 400 {
+        let auth = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+            .to_string();
+        if let Some(errors) = reply
+            .body
+            .as_mut()
+            .and_then(|b| b.get_mut("errors"))
+            .and_then(Value::as_array_mut)
+        {
+            errors.push(json!({
+                "status": reply.status.as_u16().to_string(),
+                "title": "request echo",
+                "detail": format!("the request carried Authorization: {auth}"),
+            }));
+        }
+    }
     let (status, reset, minted) = (reply.status.as_u16(), reply.reset, reply.minted);
     let delay = {
         let mut state = shared.lock();

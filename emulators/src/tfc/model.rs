@@ -228,18 +228,18 @@ pub(crate) struct State {
     pub log: Vec<RequestRecord>,
 }
 
-/// The emulator's one read of the wall clock: it plays the real service, whose clock is not ours to inject.
-#[allow(clippy::disallowed_methods)]
+/// The emulator's one read of the wall clock: the service's own (`crate::clock`), not the client's.
 pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now()
+    crate::clock::now()
 }
 
 pub(crate) fn random_alnum(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    crate::clock::with_rng(|rng| {
+        rng.sample_iter(&Alphanumeric)
+            .take(len)
+            .map(char::from)
+            .collect()
+    })
 }
 
 fn random_lower_alnum(len: usize) -> String {
