@@ -62,7 +62,7 @@ impl Pacer {
             .store(interval_ns(per_second), Ordering::Relaxed);
     }
 
-    /// Waits for this request's slot.
+    /// Waits for this request's slot, and past any 429 block that arrived while it waited.
     pub async fn acquire(&self) {
         let slot = {
             let mut s = self.state.lock().await;
@@ -71,6 +71,14 @@ impl Pacer {
             slot
         };
         tokio::time::sleep_until(slot).await;
+        // A request that got its slot before a 429 came back must not go out before that 429's reset either.
+        loop {
+            let blocked = self.state.lock().await.blocked_until;
+            if blocked <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(blocked).await;
+        }
     }
 
     /// After a 429: nobody sends before `reset` has passed (SPEC §5.4).
@@ -143,6 +151,26 @@ mod tests {
         p.block_for(Duration::from_secs(5)).await;
         p.acquire().await;
         assert!(start.elapsed() >= Duration::from_millis(5900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_its_slot_also_waits_out_a_later_block() {
+        let p = std::sync::Arc::new(Pacer::new(1));
+        p.acquire().await;
+        let start = Instant::now();
+        // The next slot is 1 s away; a 429 arrives meanwhile asking for 3 s.
+        let waiting = {
+            let p = p.clone();
+            tokio::spawn(async move { p.acquire().await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.block_for(Duration::from_secs(3)).await;
+        waiting.await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(3100),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

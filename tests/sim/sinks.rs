@@ -1,0 +1,158 @@
+//! Secret stores in the simulation: KV models with a version per target and check-and-set, as Vault KV v2 behaves,
+//! through the seeded fault schedule (down, an answer lost after the write landed, a concurrent writer, latency);
+//! and the [`Backends`] that hands them, and the simulated wire, to the daemon.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use token_rotator::daemon::Backends;
+use token_rotator::issuer::api::Exchange;
+use token_rotator::policy::{IssuerConfig, IssuerKind, SinkConfig};
+use token_rotator::record::SinkRecord;
+use token_rotator::sink::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
+
+use crate::faults::SinkFault;
+use crate::wire::SimWire;
+use crate::world::{hash_in, target_key, Service, World};
+
+pub struct SimSink {
+    pub name: String,
+    pub world: Arc<World>,
+}
+
+impl SimSink {
+    fn error(&self, kind: SinkErrorKind, message: &str) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn key(&self, target: &Target) -> (String, String) {
+        (self.name.clone(), target_key(target))
+    }
+}
+
+#[async_trait]
+impl Sink for SimSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn read(&self, target: &Target) -> Result<Observed, SinkError> {
+        let (fault, latency) = {
+            let mut inner = self.world.lock();
+            (inner.faults.sink(false), inner.faults.latency(1, 50))
+        };
+        tokio::time::sleep(latency).await;
+        match fault {
+            SinkFault::Down => return Err(self.error(SinkErrorKind::Unavailable, "store down")),
+            SinkFault::Slow => {
+                let extra = self.world.lock().faults.latency(5_000, 40_000);
+                tokio::time::sleep(extra).await;
+            }
+            _ => {}
+        }
+        let inner = self.world.lock();
+        let slot = inner
+            .sinks
+            .get(&self.key(target))
+            .cloned()
+            .unwrap_or_default();
+        Ok(Observed {
+            version: if slot.version == 0 {
+                Version::Absent
+            } else {
+                Version::Kv2(slot.version)
+            },
+            content: match slot.record {
+                Some(r) => Content::Record(r),
+                None => Content::Absent,
+            },
+        })
+    }
+
+    async fn write(
+        &self,
+        target: &Target,
+        record: &SinkRecord,
+        expected: Version,
+    ) -> Result<(), SinkError> {
+        let (fault, latency) = {
+            let mut inner = self.world.lock();
+            (inner.faults.sink(true), inner.faults.latency(1, 50))
+        };
+        tokio::time::sleep(latency).await;
+        let key = self.key(target);
+        match fault {
+            SinkFault::Down => return Err(self.error(SinkErrorKind::Unavailable, "store down")),
+            SinkFault::Slow => {
+                let extra = self.world.lock().faults.latency(5_000, 40_000);
+                tokio::time::sleep(extra).await;
+            }
+            SinkFault::ConcurrentWriter => {
+                // Someone else rewrites the same content: only the version moves.
+                let mut inner = self.world.lock();
+                let slot = inner.sinks.entry(key.clone()).or_default();
+                slot.version += 1;
+            }
+            _ => {}
+        }
+        {
+            let mut inner = self.world.lock();
+            let slot = inner.sinks.entry(key.clone()).or_default();
+            let matches = match expected {
+                Version::Absent => slot.version == 0,
+                Version::Kv2(v) => slot.version == v,
+                _ => false,
+            };
+            if !matches {
+                return Err(self.error(SinkErrorKind::Conflict, "check-and-set: the version moved"));
+            }
+            slot.version += 1;
+            slot.record = Some(record.clone());
+            let owner = self.world.target_owner.get(&key).cloned();
+            if let Some(owner) = owner {
+                inner
+                    .facts
+                    .stored
+                    .entry(owner)
+                    .or_default()
+                    .insert(record.token_id.clone());
+            }
+            let line = format!("store {}:{} {}", key.0, key.1, record.token_id);
+            hash_in(&mut inner.facts.trace, &line);
+        }
+        self.world.check_step();
+        if fault == SinkFault::LostAnswer {
+            return Err(self.error(SinkErrorKind::Unavailable, "connection reset"));
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's issuers and sinks in the simulation.
+pub struct SimBackends {
+    pub world: Arc<World>,
+}
+
+#[async_trait]
+impl Backends for SimBackends {
+    fn exchange(&self, cfg: &IssuerConfig) -> Result<Arc<dyn Exchange>, String> {
+        Ok(Arc::new(SimWire {
+            world: self.world.clone(),
+            service: match cfg.kind {
+                IssuerKind::Tfe => Service::Tfc,
+                IssuerKind::Pulumi => Service::Pulumi,
+            },
+        }))
+    }
+
+    async fn sink(&self, cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
+        Ok(Arc::new(SimSink {
+            name: cfg.name.clone(),
+            world: self.world.clone(),
+        }))
+    }
+}

@@ -1,0 +1,340 @@
+//! The simulated world: the two token services (the in-repo emulators, driven in memory), the secret stores (KV
+//! models with versions and check-and-set), the journal's store, what the world has seen happen (facts), and the
+//! invariants checked against it after every step.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use token_rotator::journal::{Journal, MemoryStore};
+use token_rotator::policy::{Policy, TokenKind, TokenPolicy};
+use token_rotator::record::SinkRecord;
+use token_rotator::secret::ExposeSecret;
+use token_rotator::sink::Target;
+use token_rotator::status::StatusBoard;
+use token_rotator_emulators::pulumi::PulumiHandle;
+use token_rotator_emulators::tfc::TfcHandle;
+
+use crate::faults::Faults;
+
+/// Which service a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Tfc,
+    Pulumi,
+}
+
+/// One sink target's content: its version (0 = nothing there) and record.
+#[derive(Clone, Default)]
+pub struct Slot {
+    pub version: u64,
+    pub record: Option<SinkRecord>,
+}
+
+/// What the world saw happen, for the invariants.
+#[derive(Default)]
+pub struct Facts {
+    /// Token id → the policy token whose create made it (creates the service acted on, answered or not).
+    pub created_for: HashMap<String, String>,
+    /// Token values whose create answer reached the daemon: value → (policy token, id, when).
+    pub delivered: BTreeMap<String, (String, String, DateTime<Utc>)>,
+    /// Ids in the order their creates were acted on, with the policy token each is for.
+    pub created_order: Vec<(String, String)>,
+    /// When the daemon was killed.
+    pub crashes: Vec<DateTime<Utc>>,
+    /// Per bearer: no request before this time (a 429 asked to wait until then).
+    pub blocked_until: HashMap<String, DateTime<Utc>>,
+    /// Values an identity probe succeeded with (the answer reached the daemon).
+    pub verified: HashSet<String>,
+    /// Token ids ever written to a policy token's sink targets.
+    pub stored: HashMap<String, HashSet<String>>,
+    /// Values revoked behind the daemon's back (a token holding one may be reported ready until it notices).
+    pub revoked_outside: HashSet<String>,
+    /// Creates in flight per policy token.
+    pub creates_in_flight: HashMap<String, u32>,
+    /// Every secret value the world knows (credentials, every token value a create answered with).
+    pub secrets: BTreeSet<String>,
+    /// A digest of what happened, in order: two runs of one seed must agree.
+    pub trace: u64,
+    pub requests: u64,
+}
+
+pub struct Inner {
+    pub faults: Faults,
+    pub facts: Facts,
+    /// `(sink, target)` → content.
+    pub sinks: BTreeMap<(String, String), Slot>,
+    pub violation: Option<String>,
+}
+
+/// The running daemon's journal and status board (none while it is down).
+#[derive(Clone)]
+pub struct Live {
+    pub journal: Arc<Journal>,
+    pub board: StatusBoard,
+}
+
+pub struct World {
+    pub tfc: TfcHandle,
+    pub pulumi: PulumiHandle,
+    pub store: Arc<MemoryStore>,
+    pub policy: Policy,
+    /// `(sink, target)` → the policy token it belongs to.
+    pub target_owner: HashMap<(String, String), String>,
+    /// TFC team id / agent pool id → what creates there are for.
+    pub tfc_scopes: HashMap<String, String>,
+    pub inner: Mutex<Inner>,
+    pub live: Mutex<Option<Live>>,
+}
+
+pub fn hash_in(trace: &mut u64, s: &str) {
+    // FNV-1a: stable across runs and platforms (the std hasher is randomly keyed).
+    for b in s.bytes() {
+        *trace ^= u64::from(b);
+        *trace = trace.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+impl World {
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn live(&self) -> Option<Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_live(&self, live: Option<Live>) {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
+    }
+
+    pub fn token(&self, name: &str) -> &TokenPolicy {
+        &self.policy.tokens[name]
+    }
+
+    /// Records a broken invariant (the first one wins) with the simulated time it broke at.
+    pub fn violate(&self, what: String) {
+        let mut inner = self.lock();
+        if inner.violation.is_none() {
+            let at = token_rotator_emulators::clock::now();
+            inner.violation = Some(format!("{} {what}", at.to_rfc3339()));
+        }
+    }
+
+    pub fn is_valid(&self, service: Service, value: &str) -> bool {
+        match service {
+            Service::Tfc => self.tfc.is_valid(value),
+            Service::Pulumi => self.pulumi.is_valid(value),
+        }
+    }
+
+    pub fn service_of(&self, token: &TokenPolicy) -> Service {
+        match token.kind {
+            TokenKind::PulumiOrganization { .. }
+            | TokenKind::PulumiTeam { .. }
+            | TokenKind::PulumiPersonal => Service::Pulumi,
+            _ => Service::Tfc,
+        }
+    }
+
+    /// The records the targets of `token` hold now.
+    pub fn records_of(&self, token: &TokenPolicy) -> Vec<Option<SinkRecord>> {
+        let inner = self.lock();
+        token
+            .sinks
+            .iter()
+            .map(|st| {
+                inner
+                    .sinks
+                    .get(&(st.sink.clone(), target_key(&st.target)))
+                    .and_then(|s| s.record.clone())
+            })
+            .collect()
+    }
+
+    /// Invariant (SPEC §5.10, §5.2): a token the daemon reports ready has, in every sink target, a record whose
+    /// token the issuer accepts (unless someone revoked it behind the daemon's back: it learns that later).
+    /// Invariant (SPEC §5.13): nothing the daemon shows quotes a secret.
+    pub fn check_step(&self) {
+        let Some(live) = self.live() else {
+            return;
+        };
+        let now = token_rotator::clock::now();
+        let secrets: Vec<String> = self.lock().facts.secrets.iter().cloned().collect();
+        for status in live.board.snapshot() {
+            for text in [&status.last_error, &status.pending].into_iter().flatten() {
+                if let Some(s) = secrets.iter().find(|s| text.contains(s.as_str())) {
+                    self.violate(format!(
+                        "a secret ({}…) is shown in the status of {}: {text}",
+                        &s[..6.min(s.len())],
+                        status.name
+                    ));
+                }
+            }
+            if !status.is_ready(now) {
+                continue;
+            }
+            let Some(token) = self.policy.tokens.get(&status.name) else {
+                continue;
+            };
+            let service = self.service_of(token);
+            let revoked_outside = self.lock().facts.revoked_outside.clone();
+            for (st, record) in token.sinks.iter().zip(self.records_of(token)) {
+                match record {
+                    None => self.violate(format!(
+                        "{} is reported ready but {st} holds no record",
+                        token.name
+                    )),
+                    Some(r) => {
+                        let value = r.token.expose_secret();
+                        if !self.is_valid(service, value) && !revoked_outside.contains(value) {
+                            self.violate(format!(
+                                "{} is reported ready but {st} holds token {} which the issuer does not accept",
+                                token.name, r.token_id
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Invariants at a revocation of `id` (SPEC §5.2, §5.11): no record names it, no journal entry is rotating it
+    /// in, and when it was ever stored for its policy token, every target of that token holds a verified successor.
+    pub fn check_revoke(&self, id: &str) {
+        let inner = self.lock();
+        for ((sink, target), slot) in &inner.sinks {
+            if slot.record.as_ref().is_some_and(|r| r.token_id == id) {
+                let msg = format!("token {id} is revoked while {sink}:{target} holds it");
+                drop(inner);
+                self.violate(msg);
+                return;
+            }
+        }
+        let owner = inner.facts.created_for.get(id).cloned();
+        let stored_before = owner
+            .as_ref()
+            .is_some_and(|o| inner.facts.stored.get(o).is_some_and(|s| s.contains(id)));
+        let verified = inner.facts.verified.clone();
+        drop(inner);
+        if let Some(live) = self.live() {
+            for name in self.policy.tokens.keys() {
+                if let Ok(Some(e)) = live.journal.load(name) {
+                    if e.rotation
+                        .as_ref()
+                        .and_then(|r| r.minted.as_ref())
+                        .is_some_and(|m| m.token_id == id)
+                    {
+                        self.violate(format!(
+                            "token {id} is revoked while the journal of {name} is rotating it in"
+                        ));
+                    }
+                }
+            }
+        }
+        if let (Some(owner), true) = (owner, stored_before) {
+            let token = self.token(&owner);
+            for (st, record) in token.sinks.iter().zip(self.records_of(token)) {
+                let ok = record.as_ref().is_some_and(|r| {
+                    r.token_id != id
+                        && (!token.kind.can_prove_itself()
+                            || verified.contains(r.token.expose_secret()))
+                });
+                if !ok {
+                    self.violate(format!(
+                        "old token {id} of {owner} is revoked before its successor is stored in {st} and verified"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The end state after the calm phase, every fault gone (SPEC §5.1, §5.3): every token is ready; each target
+    /// holds a token the issuer accepts; the tokens this daemon created that are still valid are exactly the
+    /// stored ones (no orphan, no old token left behind); every value handed to the daemon is either stored or dead.
+    pub fn check_end(&self) -> Result<(), String> {
+        let live = self.live().ok_or("the daemon is not running at the end")?;
+        let now = token_rotator::clock::now();
+        for status in live.board.snapshot() {
+            if let Some(why) = status.unready_reason(now) {
+                return Err(format!("{} is not ready at the end: {why}", status.name));
+            }
+        }
+        let mut current: HashMap<String, String> = HashMap::new();
+        for token in self.policy.tokens.values() {
+            let service = self.service_of(token);
+            let records = self.records_of(token);
+            let first = records[0]
+                .as_ref()
+                .ok_or(format!("{} has no record at the end", token.name))?;
+            for (st, r) in token.sinks.iter().zip(&records) {
+                let r = r.as_ref().ok_or(format!("{st} has no record at the end"))?;
+                if r.token_id != first.token_id {
+                    return Err(format!("the targets of {} disagree at the end", token.name));
+                }
+                if !self.is_valid(service, r.token.expose_secret()) {
+                    return Err(format!(
+                        "{st} holds token {} which the issuer does not accept",
+                        r.token_id
+                    ));
+                }
+            }
+            current.insert(first.token_id.clone(), token.name.clone());
+        }
+        let facts_created: Vec<(String, String)> = self
+            .lock()
+            .facts
+            .created_for
+            .iter()
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        for (id, owner) in facts_created {
+            let token = self.token(&owner);
+            let valid = match self.service_of(token) {
+                Service::Tfc => self
+                    .tfc
+                    .token_info(&id)
+                    .is_some_and(|t| t.state == token_rotator_emulators::tfc::TokenState::Active),
+                Service::Pulumi => self.pulumi.valid_tokens().iter().any(|t| t.id == id),
+            };
+            if valid && current.get(&id) != Some(&owner) {
+                return Err(format!(
+                    "token {id} created for {owner} is still valid but no record holds it (an orphan or a leaked old token)"
+                ));
+            }
+        }
+        let (delivered, crashes, stored) = {
+            let inner = self.lock();
+            (
+                inner.facts.delivered.clone(),
+                inner.facts.crashes.clone(),
+                inner.facts.stored.clone(),
+            )
+        };
+        for (value, (owner, id, at)) in delivered {
+            let service = self.service_of(self.token(&owner));
+            if self.is_valid(service, &value) && current.get(&id) != Some(&owner) {
+                return Err(format!(
+                    "the value of token {id} ({owner}) was handed to the daemon, is still valid, and is stored nowhere"
+                ));
+            }
+            // Handed over, never stored, and no crash since: the daemon dropped a minted value (SPEC §5.1).
+            let ever_stored = stored.get(&owner).is_some_and(|s| s.contains(&id));
+            if !ever_stored && !crashes.iter().any(|c| *c >= at) {
+                return Err(format!(
+                    "the value of token {id} ({owner}) was handed to the daemon and never stored, with no crash to lose it"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn target_key(t: &Target) -> String {
+    t.to_string()
+}
+
+/// When the simulated world says it is (the services' clock, which the daemon's clock jumps do not move).
+pub fn world_now() -> DateTime<Utc> {
+    token_rotator_emulators::clock::now()
+}
