@@ -62,8 +62,11 @@ pub struct Profile {
     pub journal: f64,
     /// Chance that an identity probe is refused (some seeds refuse often, to reach the give-up path).
     pub refuse_probe: f64,
-    /// Mean time between crashes, reloads, behind-the-back revocations and clock jumps.
+    /// Chance that a create makes the operator reload a policy without its token (added back soon after).
+    pub reload_during_create: f64,
+    /// Mean time between crashes, reloads, `rotate` requests, behind-the-back revocations and clock jumps.
     pub crash_every: Duration,
+    pub rotate_every: Duration,
     pub reload_every: Duration,
     pub revoke_every: Duration,
     pub jump_every: Duration,
@@ -91,7 +94,9 @@ impl Faults {
             } else {
                 rng.random_range(0.0..0.05)
             },
+            reload_during_create: rng.random_range(0.0..0.15),
             crash_every: minutes(&mut rng, 30, 180),
+            rotate_every: minutes(&mut rng, 30, 240),
             reload_every: minutes(&mut rng, 30, 240),
             revoke_every: minutes(&mut rng, 60, 300),
             jump_every: minutes(&mut rng, 60, 400),
@@ -101,6 +106,12 @@ impl Faults {
             profile,
             active: true,
         }
+    }
+
+    /// Whether this create makes the operator reload a policy without its token, and when it comes back.
+    pub fn reload_during_create(&mut self) -> Option<Duration> {
+        (self.active && self.rng.random_bool(self.profile.reload_during_create))
+            .then(|| Duration::from_millis(self.rng.random_range(0..3_000)))
     }
 
     pub fn rng(&mut self) -> &mut StdRng {

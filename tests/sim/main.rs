@@ -119,7 +119,7 @@ directory = "/nonexistent/kv-b"
 struct Incarnation {
     task: JoinHandle<()>,
     control: mpsc::Sender<Control>,
-    _rotate: mpsc::Sender<token_rotator::control::RotateRequest>,
+    rotate: mpsc::Sender<token_rotator::control::RotateRequest>,
 }
 
 fn start_daemon(world: &Arc<World>) -> Incarnation {
@@ -128,9 +128,12 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
     for t in world.policy.tokens.values() {
         board.add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
     }
+    let (control, control_rx) = mpsc::channel(16);
+    let (rotate, rotate_rx) = mpsc::channel(4);
     world.set_live(Some(Live {
         journal: journal.clone(),
         board: board.clone(),
+        control: control.clone(),
     }));
     let shared = Shared {
         journal,
@@ -141,8 +144,6 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
         }),
         board: Some(board.clone()),
     };
-    let (control, control_rx) = mpsc::channel(4);
-    let (rotate, rotate_rx) = mpsc::channel(4);
     let policy = world.policy.clone();
     let task = tokio::spawn(async move {
         let mut d = Daemon::new(policy, shared, board).await;
@@ -159,7 +160,7 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
     Incarnation {
         task,
         control,
-        _rotate: rotate,
+        rotate,
     }
 }
 
@@ -184,6 +185,10 @@ enum Event {
         token: String,
         newest: bool,
     },
+    /// The operator runs `token-rotator rotate NAME`.
+    Rotate {
+        token: String,
+    },
     Jump {
         by: TimeDelta,
     },
@@ -197,6 +202,7 @@ fn plan_events(faults: &mut Faults, names: &[String]) -> Vec<(Duration, Event)> 
         (p.reload_every, 1),
         (p.revoke_every, 2),
         (p.jump_every, 3),
+        (p.rotate_every, 4),
     ] {
         let mut at = Duration::ZERO;
         loop {
@@ -219,8 +225,11 @@ fn plan_events(faults: &mut Faults, names: &[String]) -> Vec<(Duration, Event)> 
                     token: names.choose(rng).unwrap().clone(),
                     newest: rng.random_bool(0.5),
                 },
-                _ => Event::Jump {
+                3 => Event::Jump {
                     by: TimeDelta::seconds(rng.random_range(-120..600)),
+                },
+                _ => Event::Rotate {
+                    token: names.choose(rng).unwrap().clone(),
                 },
             };
             // Sub-second times: crashes land between the awaits of a visit, not only on whole seconds.
@@ -266,6 +275,15 @@ fn build_world(seed: u64, dir: &std::path::Path) -> (Arc<World>, Vec<(Duration, 
         (team2, "legacy".to_string()),
         (pool, "agent".to_string()),
     ]);
+    let policy_without = policy
+        .tokens
+        .keys()
+        .map(|name| {
+            let mut p = policy.clone();
+            p.tokens.remove(name);
+            (name.clone(), p)
+        })
+        .collect();
     let mut faults = Faults::new(seed);
     let names: Vec<String> = policy.tokens.keys().cloned().collect();
     let events = plan_events(&mut faults, &names);
@@ -280,6 +298,7 @@ fn build_world(seed: u64, dir: &std::path::Path) -> (Arc<World>, Vec<(Duration, 
         policy,
         target_owner,
         tfc_scopes,
+        policy_without,
         inner: Mutex::new(Inner {
             faults,
             facts,
@@ -402,12 +421,6 @@ fn settled(world: &World) -> bool {
 async fn simulate(seed: u64, base: DateTime<Utc>) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let (world, events) = build_world(seed, dir.path());
-    let mut policy_without = HashMap::new();
-    for name in world.policy.tokens.keys() {
-        let mut p = world.policy.clone();
-        p.tokens.remove(name);
-        policy_without.insert(name.clone(), p);
-    }
     let start = tokio::time::Instant::now();
     let mut daemon = Some(start_daemon(&world));
     let mut events = events.into_iter().peekable();
@@ -441,7 +454,7 @@ async fn simulate(seed: u64, base: DateTime<Utc>) -> Outcome {
                 Event::Reload { drop, back_after } => {
                     if let Some(inc) = &daemon {
                         let first = match &drop {
-                            Some(name) => policy_without[name].clone(),
+                            Some(name) => world.policy_without[name].clone(),
                             None => world.policy.clone(),
                         };
                         let _ = inc.control.send(Control::Reload(Box::new(first))).await;
@@ -454,6 +467,19 @@ async fn simulate(seed: u64, base: DateTime<Utc>) -> Outcome {
                 }
                 Event::RevokeOutside { token, newest } => revoke_outside(&world, &token, newest),
                 Event::Jump { by } => token_rotator::clock::jump(by),
+                Event::Rotate { token } => {
+                    if let Some(inc) = &daemon {
+                        let (reply, _answer) = tokio::sync::oneshot::channel();
+                        let _ = inc
+                            .rotate
+                            .send(token_rotator::control::RotateRequest {
+                                tokens: vec![token],
+                                all: false,
+                                reply,
+                            })
+                            .await;
+                    }
+                }
             }
             world.check_step();
             continue;

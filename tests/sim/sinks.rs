@@ -124,6 +124,9 @@ impl Sink for SimSink {
             let line = format!("store {}:{} {}", key.0, key.1, record.token_id);
             hash_in(&mut inner.facts.trace, &line);
         }
+        if let Some(owner) = self.world.target_owner.get(&key) {
+            self.world.note_complete(owner);
+        }
         self.world.check_step();
         if fault == SinkFault::LostAnswer {
             return Err(self.error(SinkErrorKind::Unavailable, "connection reset"));

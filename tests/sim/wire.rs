@@ -222,6 +222,12 @@ impl Exchange for SimWire {
                 ));
             }
         }
+        if let Some(t) = &scope {
+            let back = world.lock().faults.reload_during_create();
+            if let Some(back_after) = back {
+                world.reload_without(t, back_after);
+            }
+        }
         tokio::time::sleep(latency).await;
         match fault {
             WireFault::NotSent => {
@@ -304,6 +310,11 @@ impl Exchange for SimWire {
             _ => {}
         }
         self.note_delivered(&req, scope.as_deref(), status, &answer);
+        if self.is_probe(&req) && status == 200 {
+            for name in world.policy.tokens.keys() {
+                world.note_complete(name);
+            }
+        }
         world.check_step();
         Ok(WireResponse {
             status,
