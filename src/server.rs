@@ -102,9 +102,17 @@ struct Connections {
 
 /// Serves `app` on `listener` until `cancel`: HTTP/1.1 without keep-alive, at most [`MAX_CONNECTIONS`] at once,
 /// [`HEADER_TIMEOUT`] for a request to arrive and [`CONNECTION_DEADLINE`] for the whole exchange. A failing
-/// `accept` (no descriptors left) backs off instead of spinning.
+/// `accept` backs off instead of spinning; when it fails for want of descriptors the oldest connection is closed.
 pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken) {
     let connections = Arc::new(Mutex::new(Connections::default()));
+    // A place per connection, given back only after its socket is closed: descriptors stay within the cap + 1.
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let evict_oldest = |connections: &Mutex<Connections>| {
+        let mut c = connections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, oldest)) = c.open.pop_first() {
+            oldest.cancel();
+        }
+    };
     let mut accept_failures: u32 = 0;
     loop {
         let accepted = tokio::select! {
@@ -121,6 +129,10 @@ pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken
                 if accept_failures == 1 || accept_failures.is_power_of_two() {
                     tracing::warn!(error = %e, failures = accept_failures, "accepting a connection on the HTTP listener failed; backing off");
                 }
+                // Out of descriptors: the oldest connection gives its one back, so that a probe still gets in.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    evict_oldest(&connections);
+                }
                 let wait = accept_backoff(accept_failures);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -128,13 +140,22 @@ pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken
                 }
             }
         };
-        let (id, closed) = {
-            let mut c = connections.lock().unwrap_or_else(|p| p.into_inner());
-            if c.open.len() >= MAX_CONNECTIONS {
-                if let Some((_, oldest)) = c.open.pop_first() {
-                    oldest.cancel();
+        let place = match places.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // At the cap: the oldest connection goes, and this one waits until its socket is closed.
+                evict_oldest(&connections);
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    p = places.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
                 }
             }
+        };
+        let (id, closed) = {
+            let mut c = connections.lock().unwrap_or_else(|p| p.into_inner());
             c.next_id += 1;
             let id = c.next_id;
             let closed = cancel.child_token();
@@ -144,6 +165,7 @@ pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connections = connections.clone();
         tokio::spawn(async move {
+            let _place = place;
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)

@@ -139,6 +139,9 @@ impl<E: Into<AttemptError>> From<E> for Failure {
     }
 }
 
+/// Fresh labels tried when the issuer says a label is taken (labels carry a timestamp to the second).
+const MAX_LABEL_BUMPS: i64 = 5;
+
 /// Identity probes a new token may fail (401/403) before it is given up and replaced (SPEC §5.14).
 pub const MAX_PROBE_FAILURES: u32 = 3;
 
@@ -375,16 +378,19 @@ impl Rotator {
             .filter(|_| token.kind.expires())
             .map(|l| now.trunc_subsecs(0) + delta(l));
         let mut minted = issuer.mint(token, &label, expires_at).await;
-        if matches!(&minted, Err(e) if e.kind == IssuerErrorKind::Conflict) {
-            // The label is taken (two rotations in one second, or a name reserved forever): the create was
-            // refused, so a fresh label is tried once.
-            let bumped = issuer.label(token, now + TimeDelta::seconds(1));
-            label = if bumped != label {
-                bumped
-            } else {
-                issuer.label(token, now + TimeDelta::seconds(2))
-            };
-            tracing::warn!(token = %token.name, "the token label is taken at the issuer; retrying once with a fresh one");
+        // The label is taken (rotations less than a second apart, or a name reserved forever): the create was
+        // refused, so the next seconds' labels are tried, a few.
+        let mut bump = 1;
+        while matches!(&minted, Err(e) if e.kind == IssuerErrorKind::Conflict)
+            && bump <= MAX_LABEL_BUMPS
+        {
+            let fresh = issuer.label(token, now + TimeDelta::seconds(bump));
+            bump += 1;
+            if fresh == label {
+                continue;
+            }
+            label = fresh;
+            tracing::warn!(token = %token.name, "the token label is taken at the issuer; trying a fresh one");
             if let Some(r) = entry.rotation.as_mut() {
                 r.label = Some(label.clone());
             }

@@ -49,6 +49,14 @@ pub(crate) enum Fault {
     Endless { status: u16 },
     /// Forward after this delay.
     Delay(Duration),
+    /// Forward, and relay the answer with every `from` in its body replaced by `to`.
+    ForwardRewritten {
+        from: &'static str,
+        to: &'static str,
+    },
+    /// Answer `status` with a JSON:API error whose detail quotes the request's `Authorization` header, as a
+    /// careless server or proxy does; nothing reaches the upstream.
+    EchoAuthorization { status: u16 },
 }
 
 impl Fault {
@@ -70,6 +78,8 @@ impl Fault {
             Fault::ForwardTruncated => "forward-truncated".into(),
             Fault::Endless { status } => format!("endless {status}"),
             Fault::Delay(d) => format!("delay {d:?}"),
+            Fault::ForwardRewritten { .. } => "forward-rewritten".into(),
+            Fault::EchoAuthorization { status } => format!("echo-authorization {status}"),
         }
     }
 }
@@ -390,6 +400,26 @@ async fn serve(mut s: TcpStream, st: Arc<ProxyState>, http: reqwest::Client, ups
             out.extend_from_slice(body.as_bytes());
             let _ = s.write_all(&out).await;
         }
+        Some(Fault::ForwardRewritten { from, to }) => {
+            let mut u = forward(&http, &upstream, &req).await;
+            u.body = String::from_utf8_lossy(&u.body)
+                .replace(from, to)
+                .into_bytes();
+            let _ = s.write_all(&relay(u)).await;
+        }
+        Some(Fault::EchoAuthorization { status }) => {
+            let auth = req
+                .headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let body = json!({"errors": [{"status": status.to_string(), "title": "refused", "detail": format!("credential {auth} refused")}]}).to_string();
+            let hs = vec![("content-type".to_string(), JSON_API.to_string())];
+            let mut out = head(status, &hs, Some(body.len()));
+            out.extend_from_slice(body.as_bytes());
+            let _ = s.write_all(&out).await;
+        }
         Some(Fault::Hang) => {
             // Keep the connection open until the client gives up (bounded, so no task outlives a test for long).
             let mut b = [0u8; 1];
@@ -443,7 +473,7 @@ async fn serve(mut s: TcpStream, st: Arc<ProxyState>, http: reqwest::Client, ups
 // Helpers shared by the tests below
 // ---------------------------------------------------------------------------------------------------------------
 
-const JSON_API: &str = "application/vnd.api+json";
+pub(crate) const JSON_API: &str = "application/vnd.api+json";
 
 fn tfc_error(status: u16, title: &str) -> String {
     json!({"errors": [{"status": status.to_string(), "title": title}]}).to_string()
@@ -460,19 +490,19 @@ fn gaps(hits: &[Hit]) -> Vec<f64> {
         .collect()
 }
 
-struct Env {
-    tfc: TfcHandle,
-    bao: Bao,
-    work: Workdir,
+pub(crate) struct Env {
+    pub(crate) tfc: TfcHandle,
+    pub(crate) bao: Bao,
+    pub(crate) work: Workdir,
     /// Issuer tables, sink tables and token tables, assembled by `policy`.
     issuers: String,
     sinks: String,
-    tokens: String,
-    envs: Vec<(String, String)>,
+    pub(crate) tokens: String,
+    pub(crate) envs: Vec<(String, String)>,
 }
 
 impl Env {
-    async fn new() -> Env {
+    pub(crate) async fn new() -> Env {
         let tfc = TfcEmulator::start(Config::default()).await.unwrap();
         let bao = Bao::start().await;
         let sinks = format!(
@@ -491,7 +521,7 @@ impl Env {
     }
 
     /// An organization with its own admin and issuer `name` at `address` (the emulator or a proxy before it).
-    fn issuer(&mut self, name: &str, org: &str, address: &str) {
+    pub(crate) fn issuer(&mut self, name: &str, org: &str, address: &str) {
         let admin = self.tfc.add_organization(org);
         let var = format!("TFC_{}", name.replace('-', "_").to_uppercase());
         self.issuers.push_str(&format!(
@@ -500,14 +530,14 @@ impl Env {
         self.envs.push((var, admin));
     }
 
-    fn sink(&mut self, name: &str, address: &str) {
+    pub(crate) fn sink(&mut self, name: &str, address: &str) {
         self.sinks.push_str(&format!(
             "\n[sinks.{name}]\nkind = \"vault\"\naddress = \"{address}\"\nauth = {{ method = \"token\", token = {{ env = \"VAULT_TOKEN\" }} }}\n"
         ));
     }
 
     /// A team token of a new team in `org`, written to `sink` at `faults/<name>`; returns the team id.
-    fn team_token(
+    pub(crate) fn team_token(
         &mut self,
         name: &str,
         issuer: &str,
@@ -522,13 +552,20 @@ impl Env {
         team
     }
 
-    fn org_token(&mut self, name: &str, issuer: &str, org: &str, sink: &str, extra: &str) {
+    pub(crate) fn org_token(
+        &mut self,
+        name: &str,
+        issuer: &str,
+        org: &str,
+        sink: &str,
+        extra: &str,
+    ) {
         self.tokens.push_str(&format!(
             "\n[tokens.{name}]\nissuer = \"{issuer}\"\ntype = \"organization\"\norganization = \"{org}\"\nlifetime = \"1h\"\n{extra}\nsinks = [{{ sink = \"{sink}\", path = \"faults/{name}\" }}]\n"
         ));
     }
 
-    fn policy(&self, listen: Option<u16>) -> PathBuf {
+    pub(crate) fn policy(&self, listen: Option<u16>) -> PathBuf {
         let listen = listen
             .map(|p| format!("listen = \"127.0.0.1:{p}\"\n"))
             .unwrap_or_default();
@@ -541,14 +578,14 @@ impl Env {
         ))
     }
 
-    fn env_refs(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn env_refs(&self) -> Vec<(&str, &str)> {
         self.envs
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()
     }
 
-    async fn cli(&self, args: &[&str], timeout: Duration) -> Output {
+    pub(crate) async fn cli(&self, args: &[&str], timeout: Duration) -> Output {
         run_cli_async(
             args.iter().map(|s| s.to_string()).collect(),
             self.envs.clone(),
@@ -557,12 +594,12 @@ impl Env {
         .await
     }
 
-    async fn record(&self, name: &str) -> Option<Value> {
+    pub(crate) async fn record(&self, name: &str) -> Option<Value> {
         self.bao.kv2_get("secret", &format!("faults/{name}")).await
     }
 
     /// Valid described team tokens of `team`.
-    fn valid_team_tokens(&self, team: &str) -> Vec<String> {
+    pub(crate) fn valid_team_tokens(&self, team: &str) -> Vec<String> {
         self.tfc
             .valid_tokens()
             .into_iter()
@@ -571,7 +608,7 @@ impl Env {
             .collect()
     }
 
-    fn team_creates(&self, team: &str) -> usize {
+    pub(crate) fn team_creates(&self, team: &str) -> usize {
         self.tfc
             .request_log()
             .iter()
@@ -583,7 +620,7 @@ impl Env {
             .count()
     }
 
-    fn org_creates(&self, org: &str) -> usize {
+    pub(crate) fn org_creates(&self, org: &str) -> usize {
         self.tfc
             .request_log()
             .iter()

@@ -333,9 +333,28 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     pub async fn start(policy: &Path, listen_port: u16, envs: &[(&str, &str)]) -> DaemonProc {
+        Self::start_limited(policy, listen_port, envs, None).await
+    }
+
+    /// `start`, with the soft and hard limit of open file descriptors (`ulimit -n`) set to `nofile` when given.
+    pub async fn start_limited(
+        policy: &Path,
+        listen_port: u16,
+        envs: &[(&str, &str)],
+        nofile: Option<u32>,
+    ) -> DaemonProc {
         let stderr_path = policy.with_file_name(format!("daemon-{listen_port}.log"));
         let log = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(binary());
+        let mut cmd = match nofile {
+            None => Command::new(binary()),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                c
+            }
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(policy)

@@ -4,6 +4,7 @@ mod canary;
 mod crash;
 mod faults;
 mod harness;
+mod invariants;
 mod operations;
 mod ops;
 mod policy_check;

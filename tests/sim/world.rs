@@ -269,10 +269,11 @@ impl World {
         // A successor: created after `id` for the same token, once stored everywhere and proven.
         let position = |x: &str| inner.facts.created_order.iter().position(|(i, _)| i == x);
         let successor = owner.as_ref().is_some_and(|o| {
-            inner.facts.complete.get(o).is_some_and(|done| {
-                done.iter()
-                    .any(|y| y != id && position(y) > position(id))
-            })
+            inner
+                .facts
+                .complete
+                .get(o)
+                .is_some_and(|done| done.iter().any(|y| y != id && position(y) > position(id)))
         });
         drop(inner);
         if let Some(live) = self.live() {
