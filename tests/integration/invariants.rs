@@ -238,9 +238,14 @@ async fn a_failing_accept_on_the_control_socket_does_not_spin() {
             .unwrap_or(false);
         assert!(ok, "prlimit (util-linux) is needed for this test");
     };
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-    // No descriptor left: every new one fails with EMFILE.
-    prlimit(open);
+    // The limit bounds descriptor numbers: the lowest free number as the limit leaves none (EMFILE for every new
+    // descriptor), whatever high-numbered ones the daemon inherited.
+    let used: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    prlimit(lowest_free);
     let socket = env.work.state_dir().join("control.sock");
     let mut pending = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     pending.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
