@@ -127,6 +127,33 @@ mod tests {
         assert_eq!(line_col(src, second_eq), (2, 4));
     }
 
+    /// The review's file had 100,000 unknown keys and took 14 s to render: every problem rescanned the file from
+    /// its start. Four times the problems in a four times larger file must take about four times as long, not
+    /// sixteen (a ratio, measured against itself, not a time).
+    #[test]
+    fn rendering_is_linear_in_the_number_of_problems() {
+        let time = |n: usize| {
+            let src: String = (0..n).map(|i| format!("key{i} = 1\n")).collect();
+            let mut best = std::time::Duration::MAX;
+            for _ in 0..3 {
+                let mut d = Diagnostics::new("p.toml", src.clone());
+                for (i, _) in src.match_indices("key") {
+                    d.push(i..i + 3, "unknown key");
+                }
+                let started = std::time::Instant::now();
+                assert_eq!(d.render().len(), n);
+                best = best.min(started.elapsed());
+            }
+            best
+        };
+        let small = time(5_000);
+        let large = time(20_000);
+        assert!(
+            large < small * 10,
+            "5,000 problems: {small:?}; 20,000: {large:?} (quadratic)"
+        );
+    }
+
     #[test]
     fn render_locates_every_problem_in_one_pass() {
         let src = "a = 1\nbé = 2\n\nc = 3\n";

@@ -343,6 +343,12 @@ impl FileSink {
             .and_then(|()| f.sync_all())
             .map_err(|e| self.io_error(&format!("write {}", tmp.display()), &e))?;
         drop(f);
+        #[cfg(test)]
+        tests::BEFORE_CHECK.with(|h| {
+            if let Some(h) = &*h.borrow() {
+                h(path)
+            }
+        });
         // The final component may have become a link since it was read: never replace one (read_bytes refuses).
         let now = self.read_bytes(target, path)?;
         let unchanged = match expected {
@@ -433,6 +439,53 @@ mod tests {
     use super::*;
     use crate::secret::SecretString;
     use std::os::unix::fs::symlink;
+
+    thread_local! {
+        /// Runs between the temporary file's fsync and the check-and-set (the slow step of a write).
+        pub(super) static BEFORE_CHECK: std::cell::RefCell<Option<Box<dyn Fn(&Path)>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// The review found the check-and-set done before the temporary file's fsync, which can take a long time:
+    /// another writer's change during the fsync was overwritten by the rename. The check now comes after it.
+    #[test]
+    fn a_change_during_the_slow_part_of_a_write_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(
+            "files",
+            &FileSinkConfig {
+                directory: dir.path().to_path_buf(),
+            },
+        )
+        .unwrap();
+        let target = Target::Path("t.json".into());
+        let record = |v: &str| SinkRecord {
+            token: SecretString::from(v.to_string()),
+            token_id: format!("id-{v}"),
+            issuer: "i".into(),
+            token_type: "team".into(),
+            created_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires_at: None,
+        };
+        sink.write_sync(&target, &record("first"), Version::Absent)
+            .unwrap();
+        let seen = sink.read_sync(&target).unwrap().version;
+        BEFORE_CHECK.with(|h| {
+            *h.borrow_mut() = Some(Box::new(|path: &Path| {
+                fs::write(path, "someone else's content").unwrap();
+            }))
+        });
+        let err = sink
+            .write_sync(&target, &record("second"), seen)
+            .unwrap_err();
+        BEFORE_CHECK.with(|h| *h.borrow_mut() = None);
+        assert_eq!(err.kind, SinkErrorKind::Conflict, "{err}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("t.json")).unwrap(),
+            "someone else's content",
+            "never overwritten"
+        );
+    }
 
     fn record(value: &str, id: &str) -> SinkRecord {
         SinkRecord {

@@ -91,6 +91,14 @@ fn usage_errors_exit_2_and_version_exits_0() {
     assert!(v.stdout.contains(env!("CARGO_PKG_VERSION")));
 }
 
+fn team_token(name: &str, description: &str) -> String {
+    format!("\n[tokens.{name}]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-1\"\ndescription = \"{description}\"\nsinks = [{{ sink = \"vault\", path = \"{name}\" }}]\n")
+}
+
+fn pulumi_token(name: &str) -> String {
+    format!("\n[tokens.{name}]\nissuer = \"pulumi\"\ntype = \"organization\"\norganization = \"acme\"\nsinks = [{{ sink = \"vault\", path = \"{name}\" }}]\n")
+}
+
 /// (name, edit of BASE, expected `LINE:COL: ` prefix, expected message fragment)
 fn corpus() -> Vec<(&'static str, String, &'static str, &'static str)> {
     let r = |from: &str, to: &str| {
@@ -119,6 +127,14 @@ fn corpus() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("sink target key for the wrong sink kind", r("{ sink = \"vault\", path = \"ci/tfc-org\" }", "{ sink = \"vault\", secret_id = \"x\" }"), "21:10", "takes `path`"),
         ("bad log format", r("[daemon]\n", "[daemon]\nlog_format = \"xml\"\n"), "2:14", "`log_format` must be \"text\" or \"json\""),
         ("non-https scheme", r("address = \"http://127.0.0.1:8200\"", "address = \"ftp://vault\""), "11:11", "must be an https:// URL"),
+        // The outside review of the invariants (SPEC §5.11, §5.13): each of these passed `check` before.
+        ("a policy without tokens", BASE[..BASE.find("[tokens.ci-org]").unwrap()].to_string(), "1:1", "the policy defines no tokens"),
+        ("a NUL in a path", r("state_dir = \"/tmp/token-rotator-check\"", "state_dir = \"/tmp/x\\u0000y\""), "2:13", "`state_dir` contains a NUL character"),
+        ("a newline in a token name", r("[tokens.ci-org]", "[tokens.\"ci\\nINFO forged line\"]"), "15:9", "contains the control character U+000A"),
+        ("a token name too long", r("[tokens.ci-org]", &format!("[tokens.{}]", "x".repeat(129))), "15:9", "longer than 128 characters"),
+        ("a wrong-typed key under a wrong type", r("type = \"organization\"\norganization = \"acme\"", "type = \"project\"\nteam_id = 5"), "18:11", "`team_id` in [tokens.ci-org] must be a string"),
+        ("two team tokens with one label", format!("{BASE}{}{}", team_token("a", "ci"), team_token("b", "ci")), "34:15", "[tokens.b] labels its tokens like [tokens.a]"),
+        ("two Pulumi names cut to one prefix", format!("{BASE}\n[issuers.pulumi]\nkind = \"pulumi\"\naddress = \"http://127.0.0.1:9\"\ntoken = {{ env = \"P\" }}\n{}{}", pulumi_token("release-pipeline-production-eu"), pulumi_token("release-pipeline-production-us")), "34:9", "[tokens.release-pipeline-production-us] labels its tokens like [tokens.release-pipeline-production-eu]"),
     ]
 }
 
@@ -146,6 +162,27 @@ fn invalid_policy_corpus_exits_2_with_located_errors() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A path that is not a regular file is refused at once: `/dev/zero` would be read forever, a FIFO would block.
+#[test]
+fn only_regular_policy_files_are_read() {
+    let w = Workdir::new();
+    let fifo = w.path().join("policy.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for path in ["/dev/zero", fifo.to_str().unwrap()] {
+        let out = run_cli(&["check", "--config", path], &[], Duration::from_secs(20));
+        assert_eq!(out.code, 2, "{path}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("not a regular file"),
+            "{path}: {}",
+            out.stderr
+        );
+    }
 }
 
 #[test]
