@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, the emulators' own tests, and the end-to-end tests against a real OpenBao
-# (installed pinned into .venv on first use) and the in-repo HCP Terraform emulator. Loopback only.
+# The whole test suite: unit tests, the emulators' own tests, the end-to-end tests against a real OpenBao
+# (installed pinned into .venv on first use) and the in-repo emulators, then the deterministic simulation of the
+# rotation engine over thousands of seeded fault schedules (optimised build, `--profile sim`). Loopback only.
+#   bash scripts/test.sh              everything
+#   bash scripts/test.sh FILTER…      only `cargo test` with these arguments (the simulation's quick pass included)
+#   SIM_SEEDS=10000 bash scripts/test.sh   more seeds in the simulation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 export BAO_BIN="$PWD/.venv/bin/bao"
-exec cargo test --workspace --all-features --locked "$@"
+# A quick pass of the simulation runs with everything else (debug build, few seeds) ...
+SIM_SEEDS="${SIM_QUICK_SEEDS:-100}" cargo test --workspace --all-features --locked "$@"
+if [ "$#" -eq 0 ]; then
+  # ... and the full one, optimised: thousands of seeds; a failing seed prints the command that replays it.
+  SIM_SEEDS="${SIM_SEEDS:-3000}" cargo test --profile sim --locked --test sim
+fi

@@ -440,10 +440,11 @@ mod tests {
     use crate::secret::SecretString;
     use std::os::unix::fs::symlink;
 
+    type Hook = Option<Box<dyn Fn(&Path)>>;
+
     thread_local! {
         /// Runs between the temporary file's fsync and the check-and-set (the slow step of a write).
-        pub(super) static BEFORE_CHECK: std::cell::RefCell<Option<Box<dyn Fn(&Path)>>> =
-            const { std::cell::RefCell::new(None) };
+        pub(super) static BEFORE_CHECK: std::cell::RefCell<Hook> = const { std::cell::RefCell::new(None) };
     }
 
     /// The review found the check-and-set done before the temporary file's fsync, which can take a long time:
