@@ -466,6 +466,53 @@ impl ApiBase {
     pub async fn call_once(&self, call: Call<'_>) -> Result<Reply, IssuerError> {
         self.send_once(&call).await.map_err(|f| f.error)
     }
+
+    /// A call with the issuer's own credential (everything but a new token's probe).
+    pub async fn call_as_issuer(
+        &self,
+        effect: Effect,
+        url: Url,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Reply, IssuerError> {
+        let credential = self.credential();
+        self.call(Call {
+            effect,
+            url,
+            bearer: &credential,
+            body,
+            what,
+        })
+        .await
+    }
+
+    /// The identity probe of a new token (`GET url` with the token as bearer).
+    pub async fn prove(
+        &self,
+        url: Url,
+        value: &SecretString,
+        what: &str,
+    ) -> Result<(), IssuerError> {
+        self.call(Call {
+            effect: Effect::Read,
+            url,
+            bearer: value,
+            body: None,
+            what,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|mut e| {
+            if matches!(
+                e.kind,
+                IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
+            ) {
+                e.message
+                    .push_str(" (the new token was rejected right after it was created)");
+            }
+            e
+        })
+    }
 }
 
 #[cfg(test)]

@@ -111,15 +111,8 @@ impl PulumiIssuer {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Reply, IssuerError> {
-        let credential = self.api.credential();
         self.api
-            .call(Call {
-                effect,
-                url,
-                bearer: &credential,
-                body,
-                what,
-            })
+            .call_as_issuer(effect, url, body, what)
             .await
             .map_err(|e| self.explain(token, e))
     }
@@ -553,25 +546,12 @@ impl Issuer for PulumiIssuer {
 
     async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {
         self.api
-            .call(Call {
-                effect: Effect::Read,
-                url: self.url(&["user"]),
-                bearer: value,
-                body: None,
-                what: "proving the new token (GET /api/user)",
-            })
+            .prove(
+                self.url(&["user"]),
+                value,
+                "proving the new token (GET /api/user)",
+            )
             .await
-            .map(|_| ())
-            .map_err(|mut e| {
-                if matches!(
-                    e.kind,
-                    IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
-                ) {
-                    e.message
-                        .push_str(" (the new token was rejected right after it was created)");
-                }
-                e
-            })
     }
 
     async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError> {

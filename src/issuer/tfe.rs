@@ -74,15 +74,8 @@ impl TfeIssuer {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Reply, IssuerError> {
-        let credential = self.api.credential();
         self.api
-            .call(Call {
-                effect,
-                url,
-                bearer: &credential,
-                body,
-                what,
-            })
+            .call_as_issuer(effect, url, body, what)
             .await
             .map_err(|e| self.explain(e))
     }
@@ -371,27 +364,13 @@ impl Issuer for TfeIssuer {
     }
 
     async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {
-        let url = self.url(&["account", "details"]);
         self.api
-            .call(Call {
-                effect: Effect::Read,
-                url,
-                bearer: value,
-                body: None,
-                what: "proving the new token (GET account/details)",
-            })
+            .prove(
+                self.url(&["account", "details"]),
+                value,
+                "proving the new token (GET account/details)",
+            )
             .await
-            .map(|_| ())
-            .map_err(|mut e| {
-                if matches!(
-                    e.kind,
-                    IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
-                ) {
-                    e.message
-                        .push_str(" (the new token was rejected right after it was created)");
-                }
-                e
-            })
     }
 
     async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError> {

@@ -312,17 +312,14 @@ impl Rotator {
             .zip(observed.iter())
             .map(|(st, o)| (st.to_string(), o.version))
             .collect();
-        self.mint(token, issuer.as_ref(), entry, &observed, now)
+        // The minted token is journaled; push it everywhere.
+        let entry = self
+            .mint(token, issuer.as_ref(), entry, &observed, now)
             .await
             .map_err(|mut f| {
                 f.learned.get_or_insert((current, stored_everywhere));
                 f
             })?;
-        // The minted token is journaled; push it everywhere.
-        let entry = self
-            .journal
-            .load(&token.name)?
-            .expect("a minted rotation is journaled");
         self.finish(
             token,
             issuer.as_ref(),
@@ -335,7 +332,8 @@ impl Rotator {
         .await
     }
 
-    /// Creates the new token and journals it (or, when the create failed, what its failure means).
+    /// Creates the new token and journals it (or, when the create failed, what its failure means). Returns the
+    /// journaled entry, the minted token in it.
     async fn mint(
         &self,
         token: &TokenPolicy,
@@ -343,7 +341,7 @@ impl Rotator {
         mut entry: Entry,
         observed: &[Observed],
         now: DateTime<Utc>,
-    ) -> Result<(), Failure> {
+    ) -> Result<Entry, Failure> {
         let (current, _) = current_of(observed);
         let replaces = match (&current, token.kind.is_singleton()) {
             (Some(c), false) => Some(c.token_id.clone()),
@@ -446,7 +444,7 @@ impl Rotator {
             attempted: true,
         })?;
         failpoint("after-journal");
-        Ok(())
+        Ok(entry)
     }
 
     /// Whether this token is written to the sink target its issuer reads its credential from.

@@ -114,6 +114,21 @@ impl SimWire {
         }
     }
 
+    /// The id and value in a create's answer.
+    fn created<'b>(&self, body: &'b Value) -> (Option<&'b str>, Option<&'b str>) {
+        match self.service {
+            Service::Tfc => (
+                body.pointer("/data/id").and_then(Value::as_str),
+                body.pointer("/data/attributes/token")
+                    .and_then(Value::as_str),
+            ),
+            Service::Pulumi => (
+                body.get("id").and_then(Value::as_str),
+                body.get("tokenValue").and_then(Value::as_str),
+            ),
+        }
+    }
+
     /// Notes what the service answered: which policy token a created id belongs to, and the values in it.
     fn note_answer(&self, req: &WireRequest, scope: Option<&str>, status: u16, body: &Value) {
         let mut inner = self.world.lock();
@@ -123,17 +138,7 @@ impl SimWire {
         );
         inner.facts.requests += 1;
         if let (Some(scope), true) = (scope, (200..300).contains(&status)) {
-            let (id, value) = match self.service {
-                Service::Tfc => (
-                    body.pointer("/data/id").and_then(Value::as_str),
-                    body.pointer("/data/attributes/token")
-                        .and_then(Value::as_str),
-                ),
-                Service::Pulumi => (
-                    body.get("id").and_then(Value::as_str),
-                    body.get("tokenValue").and_then(Value::as_str),
-                ),
-            };
+            let (id, value) = self.created(body);
             if let (Some(id), Some(value)) = (id, value) {
                 inner.facts.created_for.insert(id.into(), scope.into());
                 inner
@@ -152,17 +157,7 @@ impl SimWire {
         }
         let mut inner = self.world.lock();
         if let Some(scope) = scope {
-            let (id, value) = match self.service {
-                Service::Tfc => (
-                    body.pointer("/data/id").and_then(Value::as_str),
-                    body.pointer("/data/attributes/token")
-                        .and_then(Value::as_str),
-                ),
-                Service::Pulumi => (
-                    body.get("id").and_then(Value::as_str),
-                    body.get("tokenValue").and_then(Value::as_str),
-                ),
-            };
+            let (id, value) = self.created(body);
             if let (Some(id), Some(value)) = (id, value) {
                 inner
                     .facts
