@@ -276,8 +276,8 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
                         policy.daemon.state_dir.display()
                     ));
                 }
-                let rotator =
-                    build_rotator(policy, &Shared::for_command(open_journal(policy, false)?)).await;
+                let shared = Shared::for_command(open_journal(policy, false)?);
+                let rotator = build_rotator(policy, &shared).await;
                 let selected: Vec<_> = policy
                     .tokens
                     .values()
@@ -305,6 +305,13 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
                             ok: false,
                             message: f.error.to_string(),
                         },
+                    });
+                }
+                if !shared.journal.flush_before_exit().await {
+                    results.push(RotateResult {
+                        token: "(journal)".into(),
+                        ok: false,
+                        message: "a journal entry could not be written; see the log".into(),
                     });
                 }
                 results

@@ -129,10 +129,16 @@ async fn handle(
                     error: "the daemon is shutting down".into(),
                 }
             } else {
-                match rx.await {
-                    Ok(results) => Response::Rotate { results },
-                    Err(_) => Response::Error {
+                match tokio::time::timeout(ROTATE_TIMEOUT, rx).await {
+                    Ok(Ok(results)) => Response::Rotate { results },
+                    Ok(Err(_)) => Response::Error {
                         error: "the daemon stopped before the rotation finished".into(),
+                    },
+                    Err(_) => Response::Error {
+                        error: format!(
+                            "the rotation did not finish within {}s; `status` shows how it stands",
+                            ROTATE_TIMEOUT.as_secs()
+                        ),
                     },
                 }
             }
@@ -140,8 +146,18 @@ async fn handle(
     };
     let mut out = serde_json::to_vec(&response).expect("responses serialise");
     out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
+    // A client that does not read its answer does not hold a place for long.
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        write.write_all(&out).await?;
+        write.shutdown().await
+    })
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the answer was not read in time",
+        )
+    })?
 }
 
 /// Sends one request to the daemon of `state_dir`. `Ok(None)` when no daemon is listening.

@@ -3,8 +3,8 @@
 //! [`outside_text`] before it becomes part of one of our messages, so no log line, `/readyz`, `status`, `plan` or CLI
 //! output can show it.
 //!
-//! What is masked: every secret the caller knows was involved (the request's bearer, the issuer's credential, the
-//! value being written), and anything shaped like a credential whatever it is (HCP Terraform `….atlasv1.…`, Pulumi
+//! What is masked: every secret the caller knows was involved (the request's bearer and the issuer's credential
+//! for issuers; the store's token and the value being written for sinks), and anything shaped like a credential (HCP Terraform `….atlasv1.…`, Pulumi
 //! `pul-…`, Vault/OpenBao `hvs.…`/`s.…`, long random runs). Control characters become spaces (no forged log
 //! lines), and the text is cut to a bounded length.
 

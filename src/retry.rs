@@ -62,31 +62,34 @@ impl Pacer {
             .store(interval_ns(per_second), Ordering::Relaxed);
     }
 
-    /// Waits for this request's slot, and past any 429 block that arrived while it waited.
+    /// Waits for this request's slot. A request whose slot comes while a 429 block is on (it arrived while the
+    /// request waited) queues again behind the block, at the steady pace, rather than leaving with every other
+    /// waiting request at the instant the block ends.
     pub async fn acquire(&self) {
-        let slot = {
-            let mut s = self.state.lock().await;
-            let slot = s.next_free.max(s.blocked_until).max(Instant::now());
-            s.next_free = slot + Duration::from_nanos(self.interval_ns.load(Ordering::Relaxed));
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-        // A request that got its slot before a 429 came back must not go out before that 429's reset either.
         loop {
-            let blocked = self.state.lock().await.blocked_until;
-            if blocked <= Instant::now() {
+            let slot = {
+                let mut s = self.state.lock().await;
+                let slot = s.next_free.max(s.blocked_until).max(Instant::now());
+                s.next_free = slot + Duration::from_nanos(self.interval_ns.load(Ordering::Relaxed));
+                slot
+            };
+            tokio::time::sleep_until(slot).await;
+            if self.state.lock().await.blocked_until <= Instant::now() {
                 return;
             }
-            tokio::time::sleep_until(blocked).await;
         }
     }
 
-    /// After a 429: nobody sends before `reset` has passed (SPEC §5.4).
+    /// After a 429: nobody sends before `reset` has passed (SPEC §5.4); requests that got a slot meanwhile queue
+    /// again after it.
     pub async fn block_for(&self, reset: Duration) {
         let mut s = self.state.lock().await;
         let until = Instant::now() + reset;
         if until > s.blocked_until {
             s.blocked_until = until;
+        }
+        if s.next_free < s.blocked_until {
+            s.next_free = s.blocked_until;
         }
     }
 }
@@ -105,6 +108,12 @@ impl IssuerPacers {
             credential: Pacer::new(per_second),
             probe: Pacer::new(per_second),
         }
+    }
+
+    /// After a 429 to any request: no request goes to the issuer before `reset` (SPEC §5.4), whatever its bearer.
+    pub async fn block_for(&self, reset: Duration) {
+        self.credential.block_for(reset).await;
+        self.probe.block_for(reset).await;
     }
 }
 
@@ -171,6 +180,36 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_waiting_through_a_block_leave_at_the_steady_pace_not_at_once() {
+        let p = std::sync::Arc::new(Pacer::new(10));
+        let start = Instant::now();
+        let waiting: Vec<_> = (0..20)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.acquire().await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        p.block_for(Duration::from_secs(5)).await;
+        let mut at = Vec::new();
+        for w in waiting {
+            at.push(w.await.unwrap().duration_since(start));
+        }
+        at.sort();
+        let after: Vec<_> = at
+            .iter()
+            .filter(|t| **t >= Duration::from_secs(5))
+            .collect();
+        assert!(after.len() >= 18, "{at:?}");
+        for pair in after.windows(2) {
+            assert!(*pair[1] - *pair[0] >= Duration::from_millis(100), "{at:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -157,7 +157,12 @@ fn spawn_signal_handlers(
                     let p = path.clone();
                     let loaded = tokio::task::spawn_blocking(move || policy::load(&p)).await;
                     match loaded {
-                        Ok(Ok(p)) => { let _ = control.send(Control::Reload(Box::new(p))).await; }
+                        Ok(Ok(p)) => {
+                            // Never wait here: this task must stay free to hear SIGTERM.
+                            if control.try_send(Control::Reload(Box::new(p))).is_err() {
+                                tracing::warn!("reloads are arriving faster than they are applied; send SIGHUP again once this one is done");
+                            }
+                        }
                         Ok(Err(e)) => {
                             metrics.config_last_reload_success.set(0.0);
                             for line in e.lines() {

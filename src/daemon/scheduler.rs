@@ -54,6 +54,9 @@ struct Slot {
     /// The jitter drawn for the current token (`jitter_for`), redrawn when the token changes.
     jitter: Duration,
     jitter_for: Option<String>,
+    /// After a failed attempt, no attempt before this (monotonic: a wall clock stepped forward must not cut a
+    /// backoff short — after a create whose outcome is unknown, the next one comes only after it, SPEC §5.10).
+    backoff_until: Option<tokio::time::Instant>,
 }
 
 impl Slot {
@@ -66,6 +69,18 @@ impl Slot {
             force: false,
             jitter: Duration::ZERO,
             jitter_for: None,
+            backoff_until: None,
+        }
+    }
+
+    /// When this slot is next due, on the wall clock: its schedule, or later while it backs off.
+    fn due_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self.backoff_until {
+            Some(until) if !self.force => {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                self.next_at.max(after(now, left))
+            }
+            _ => self.next_at,
         }
     }
 }
@@ -112,6 +127,17 @@ pub struct Daemon {
     order: Vec<String>,
     cursor: usize,
     failed: bool,
+    /// A reload's issuers and sinks being built (off the loop, so that completions, `rotate` and shutdown are
+    /// served meanwhile); a newer reload replaces it.
+    building: Option<tokio::task::JoinHandle<(Policy, Rotator)>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(b) = self.building.take() {
+            b.abort();
+        }
+    }
 }
 
 impl Daemon {
@@ -152,7 +178,7 @@ impl Daemon {
             };
             if slot.in_flight
                 || slot.done
-                || slot.next_at > now
+                || slot.due_at(now) > now
                 || self.in_flight_issuer.contains_key(&self.order[i])
             {
                 continue;
@@ -222,11 +248,11 @@ impl Daemon {
         self.cursor = 0;
     }
 
-    fn earliest(&self) -> Option<DateTime<Utc>> {
+    fn earliest(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.slots
             .values()
             .filter(|s| !s.in_flight && !s.done)
-            .map(|s| s.next_at)
+            .map(|s| s.due_at(now))
             .min()
     }
 
@@ -327,6 +353,7 @@ impl Daemon {
         let forced_next = slot.force;
         match result {
             Ok(t) => {
+                slot.backoff_until = None;
                 if t.rotated {
                     self.metrics.count_rotation(&name, true);
                 }
@@ -383,6 +410,7 @@ impl Daemon {
                     crate::retry::attempt_backoff(failures)
                 };
                 slot.next_at = after(now, wait);
+                slot.backoff_until = Some(tokio::time::Instant::now() + wait);
                 self.board.update(&name, |s| {
                     s.next_due = Some(slot.next_at);
                     s.next_reason = format!("retry after a failed attempt ({} in a row)", failures);
@@ -417,6 +445,7 @@ impl Daemon {
             order: Vec::new(),
             cursor: 0,
             failed: false,
+            building: None,
         };
         for t in &tokens {
             d.register(t, now);
@@ -443,7 +472,7 @@ impl Daemon {
             let sleep_for = if waiting {
                 Duration::from_secs(86_400)
             } else {
-                self.earliest()
+                self.earliest(now)
                     .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
                     .unwrap_or(Duration::from_secs(86_400))
             };
@@ -456,8 +485,19 @@ impl Daemon {
                     }
                 }
                 Some(msg) = inputs.control.recv() => match msg {
-                    Control::Reload(p) => self.reload(*p).await,
+                    Control::Reload(p) => self.start_reload(*p),
                 },
+                built = async {
+                    match self.building.as_mut() {
+                        Some(b) => b.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                }, if self.building.is_some() => {
+                    self.building = None;
+                    if let Some((policy, rotator)) = built {
+                        self.reload(policy, rotator);
+                    }
+                }
                 Some(req) = inputs.rotate.recv() => self.request_rotation(req, crate::clock::now()),
                 _ = tokio::time::sleep(sleep_for) => {}
             }
@@ -479,17 +519,36 @@ impl Daemon {
                 self.tasks.abort_all();
             }
         }
-        !self.failed
+        // Journal writes that failed are held in memory: the last chance to make them durable.
+        let durable = self.shared.journal.flush_before_exit().await;
+        !self.failed && durable
     }
 
-    async fn reload(&mut self, policy: Policy) {
+    /// Builds a reloaded policy's issuers and sinks on a task of its own (credentials may be read from a sink,
+    /// AWS configuration loaded: seconds); `reload` applies it when done.
+    fn start_reload(&mut self, policy: Policy) {
+        if let Some(previous) = self.building.take() {
+            previous.abort();
+            tracing::info!("a newer policy replaces one whose reload was still being prepared");
+        }
+        let shared = self.shared.clone();
+        self.building = Some(tokio::spawn(async move {
+            let rotator = build_rotator(&policy, &shared).await;
+            (policy, rotator)
+        }));
+    }
+
+    fn reload(&mut self, policy: Policy, rotator: Rotator) {
         let now = crate::clock::now();
         if policy.daemon.listen != self.policy.daemon.listen
             || policy.daemon.state_dir != self.policy.daemon.state_dir
+            || policy.daemon.state_key != self.policy.daemon.state_key
         {
-            tracing::warn!("`listen` and `state_dir` changes take effect at the next restart");
+            tracing::warn!(
+                "`listen`, `state_dir` and `state_key` changes take effect at the next restart"
+            );
         }
-        self.rotator = Arc::new(build_rotator(&policy, &self.shared).await);
+        self.rotator = Arc::new(rotator);
         let removed: Vec<String> = self
             .slots
             .keys()
@@ -500,6 +559,10 @@ impl Daemon {
             self.slots.remove(&name);
             self.board.remove(&name);
             self.metrics.forget_token(&name);
+            if !self.in_flight_issuer.contains_key(&name) {
+                // A `rotate` waiting for it would wait forever.
+                self.answer_waiters(&name, false, format!("{name} was removed from the policy"));
+            }
             tracing::info!(token = %name, "token removed from the policy");
         }
         for (name, t) in &policy.tokens {
@@ -523,6 +586,14 @@ impl Daemon {
         }
         self.policy = policy;
         self.rebuild_order();
+        // A removed token's held journal write has no next visit: written now (tokens still in the policy are
+        // written by their own visits).
+        let journal = self.shared.journal.clone();
+        tokio::spawn(async move {
+            for (token, e) in journal.flush_all().await {
+                tracing::warn!(token = %token, error = %e, "a journal entry is still held in memory; it is written again later");
+            }
+        });
         self.metrics.config_last_reload_success.set(1.0);
         tracing::info!(tokens = self.slots.len(), "policy reloaded");
     }

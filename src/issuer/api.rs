@@ -38,8 +38,7 @@ pub struct WireRequest {
 }
 
 /// What came back: status, headers, and the body — or why it could not be read to its end (the server answered,
-/// so it acted on the request).
-#[derive(Debug)]
+/// so it acted on the request). `Debug` leaves the body out (a create's answer holds the new token).
 pub struct WireResponse {
     pub status: u16,
     pub headers: HeaderMap,
@@ -147,11 +146,26 @@ pub struct Call<'a> {
     pub what: &'a str,
 }
 
-/// A 2xx answer.
-#[derive(Debug)]
+/// A 2xx answer. `Debug` leaves the body out (a create's answer holds the new token).
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for WireResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireResponse")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A failed exchange, and whether the request may have reached the server.
@@ -163,7 +177,7 @@ struct Failed {
 /// The retry rule of the module documentation, in one place.
 fn may_send_again(effect: Effect, f: &Failed) -> bool {
     match f.error.kind {
-        // The server refused before acting; the pacer holds every request until the reset has passed.
+        // The server refused before acting; the pacers hold every request to this issuer until the reset.
         IssuerErrorKind::RateLimited => true,
         IssuerErrorKind::Unavailable => effect != Effect::Create || !f.sent,
         _ => false,
@@ -410,7 +424,7 @@ impl ApiBase {
             let wait = (self.dialect.rate_limit_wait)(&resp.headers, crate::clock::now())
                 .unwrap_or(Duration::from_secs(1))
                 + crate::clock::random_up_to(Duration::from_millis(250));
-            self.pacer_for(call.bearer).block_for(wait).await;
+            self.pacers.block_for(wait).await;
             let mut error = self.error(
                 kind,
                 Some(status),

@@ -102,6 +102,15 @@ pub trait Issuer: Send + Sync {
         label: &str,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<MintedToken, IssuerError>;
+    /// What the issuer says of a token just created, read once it is journaled: its real creation time and expiry
+    /// (an organization's policy may have capped it). `None`: nothing more to learn (the create's answer said it).
+    async fn read_back(
+        &self,
+        _token: &TokenPolicy,
+        _token_id: &str,
+    ) -> Result<Option<IssuedToken>, IssuerError> {
+        Ok(None)
+    }
     /// Proves that `value` works (the identity probe).
     async fn verify(&self, token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError>;
     /// Revokes one token of a type whose tokens coexist; a token already gone counts as revoked.

@@ -470,78 +470,50 @@ impl Issuer for PulumiIssuer {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
         else {
-            // A token we can never use: revoke it rather than leave it behind.
-            if let Err(e) = self.revoke(token, &token_id).await {
-                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke a token created without a value");
+            // A token we can never use: revoke it rather than leave it behind; if that fails, the sweep finds it.
+            let revoked = self.revoke(token, &token_id).await;
+            if let Err(e) = &revoked {
+                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke a token created without a value; the orphan sweep will");
             }
-            return Err(self.api.error(
+            let mut e = self.api.error(
                 IssuerErrorKind::Protocol,
                 Some(reply.status),
                 format!(
-                    "{what}: the {} response carries no token value (token {token_id} was revoked)",
-                    reply.status
+                    "{what}: the {} answer carries no token value (token {token_id} {})",
+                    reply.status,
+                    if revoked.is_ok() {
+                        "was revoked"
+                    } else {
+                        "is left for the orphan sweep"
+                    }
                 ),
-            ));
+            );
+            e.outcome_unknown = revoked.is_err();
+            return Err(e);
         };
-        let value = SecretString::from(value.to_string());
-        // The value is in hand; from here nothing may fail the mint (the token would be lost), so the list
-        // read-back only improves what we know.
-        let listed = match self.find(token, &token_id).await {
-            Ok(Some(l)) => Some(l),
-            Ok(None) => {
-                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, "the new token is not in the token list yet; recording the requested expiry");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, error = %e, "could not read the new token back from the list; recording the requested expiry");
-                None
-            }
-        };
-        let expires = match listed.as_ref().and_then(|l| l.expires) {
-            Some(real) if real < requested => {
-                let left = (real - now).to_std().unwrap_or(Duration::ZERO);
-                match token.schedule.rotate_before.filter(|rb| *rb >= left) {
-                    // Scheduling by this expiry would make the token due again at once, and every rotation
-                    // after it: a storm of new tokens. Refuse it like `check` refuses `rotate_before` ≥ `lifetime`.
-                    Some(rb) => {
-                        let revoked = match self.revoke(token, &token_id).await {
-                            Ok(()) => "it was revoked".to_string(),
-                            Err(e) => {
-                                tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, error = %e, "could not revoke the refused token");
-                                format!("revoking it failed ({}): delete it by hand", e.message)
-                            }
-                        };
-                        return Err(self.api.error(
-                            IssuerErrorKind::Rejected,
-                            None,
-                            format!(
-                                "{what}: the organization's token expiry policy capped the new token {token_id} at {} ({} from now), not longer than `rotate_before` = \"{}\" of [tokens.{}], so it would be due again at once; {revoked}. Set `lifetime` and `rotate_before` of [tokens.{}] within the organization's maximum expiry",
-                                crate::record::rfc3339(real),
-                                crate::policy::duration::render(Duration::from_secs(left.as_secs())),
-                                crate::policy::duration::render(rb),
-                                token.name,
-                                token.name,
-                            ),
-                        ));
-                    }
-                    None => {
-                        tracing::warn!(issuer = %self.api.name, token = %token.name, token_id = %token_id, expires_at = %crate::record::rfc3339(real), requested = %crate::record::rfc3339(requested), "the organization's token expiry policy capped the new token's expiry; scheduling by the real expiry");
-                        real
-                    }
-                }
-            }
-            Some(real) => real,
-            // `expires` 0 would mean "never", which we did not ask for: an API that does not report it.
-            None => requested,
-        };
+        // The value is in hand: it goes back at once, to be journaled before anything else happens (the real
+        // expiry and creation time are read back afterwards, `read_back`).
         Ok(MintedToken {
-            value,
+            value: SecretString::from(value.to_string()),
             token_id,
-            created_at: listed
-                .and_then(|l| l.created)
-                .unwrap_or_else(crate::clock::now),
-            expires_at: Some(expires),
+            created_at: crate::clock::now(),
+            expires_at: Some(requested),
         })
+    }
+
+    async fn read_back(
+        &self,
+        token: &TokenPolicy,
+        token_id: &str,
+    ) -> Result<Option<IssuedToken>, IssuerError> {
+        // Expired ones included: an organization's expiry policy may have capped it to the past.
+        Ok(self.find(token, token_id).await?.map(|l| IssuedToken {
+            token_id: l.id,
+            label: l.label,
+            created_at: l.created,
+            expires_at: l.expires,
+            last_used_at: l.last_used,
+        }))
     }
 
     async fn verify(&self, _token: &TokenPolicy, value: &SecretString) -> Result<(), IssuerError> {

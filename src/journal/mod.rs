@@ -98,6 +98,9 @@ pub struct Rotation {
     /// Identity probes of `minted` that the issuer refused (401/403): after a few the value is given up.
     #[serde(default)]
     pub probe_failures: u32,
+    /// `minted` is its issuer's own credential (a coexisting type): the issuer switches to it once it is proven.
+    #[serde(default)]
+    pub own_credential: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +435,39 @@ impl Journal {
         }
     }
 
+    /// Writes every held entry (a token a reload removed has no next visit to do it; an exit must not drop one).
+    /// Returns the tokens whose entry is still only in memory, with why.
+    pub async fn flush_all(self: &Arc<Self>) -> Vec<(String, JournalError)> {
+        let tokens: Vec<String> = lock(&self.held).keys().cloned().collect();
+        let mut failed = Vec::new();
+        for token in tokens {
+            let _visit = self.visit(&token).await;
+            if let Err(e) = self.flush(&token).await {
+                failed.push((token, e));
+            }
+        }
+        failed
+    }
+
+    /// Before the process exits: `flush_all`, a few times a second apart; what still fails is logged at `error`
+    /// (its minted value, if any, is lost with the process). Returns whether everything is durable.
+    pub async fn flush_before_exit(self: &Arc<Self>) -> bool {
+        for attempt in 1..=3 {
+            let failed = self.flush_all().await;
+            if failed.is_empty() {
+                return true;
+            }
+            if attempt == 3 {
+                for (token, e) in failed {
+                    tracing::error!(token = %token, error = %e, "a journal entry could not be written before exit; an interrupted rotation of this token may mint again at the next start");
+                }
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        false
+    }
+
     /// Waits until no other visit of `token` runs, and holds that place until the guard is dropped.
     pub async fn visit(&self, token: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = lock(&self.visits)
@@ -487,6 +523,7 @@ mod tests {
             stored: vec![],
             replaces: None,
             probe_failures: 0,
+            own_credential: false,
         });
         j.save(&e).unwrap();
         let file = state.join("journal").join("ci%2Forg%2Ex.json");
@@ -593,6 +630,7 @@ mod tests {
             stored: vec![],
             replaces: None,
             probe_failures: 0,
+            own_credential: false,
         });
         store.set_fault(Some(Box::new(|_| {
             Some(std::io::Error::from_raw_os_error(libc::EMFILE))

@@ -218,11 +218,15 @@ impl EntryStore for DiskStore {
 /// A journal write the simulation is about to make: `Some(error)` fails it (nothing is written).
 pub type WriteFault = Box<dyn FnMut(&str) -> Option<io::Error> + Send>;
 
+/// Sees every write the store accepted (the simulation notes when a minted value became durable).
+pub type WriteObserver = Box<dyn Fn(&str, &[u8]) + Send>;
+
 /// Entries in memory: what survives a simulated crash is exactly what `write` accepted.
 #[derive(Default)]
 pub struct MemoryStore {
     entries: Mutex<BTreeMap<String, Vec<u8>>>,
     fault: Mutex<Option<WriteFault>>,
+    observer: Mutex<Option<WriteObserver>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -248,6 +252,11 @@ impl MemoryStore {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Every accepted write is shown to `observer` (`None` removes it).
+    pub fn set_observer(&self, observer: Option<WriteObserver>) {
+        *self.observer.lock().unwrap_or_else(|p| p.into_inner()) = observer;
     }
 
     /// The tokens that have an entry.
@@ -277,6 +286,9 @@ impl EntryStore for MemoryStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(token.to_string(), bytes.to_vec());
+        if let Some(o) = &*self.observer.lock().unwrap_or_else(|p| p.into_inner()) {
+            o(token, bytes);
+        }
         Ok(())
     }
 

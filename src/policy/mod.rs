@@ -1123,7 +1123,18 @@ fn check_name(d: &mut Diagnostics, name: &Spanned<String>, section: &str) -> boo
 /// reads, for the types that are swept (singletons are replaced in place and never swept).
 fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<(IssuerKind, String)> {
     let issuer = issuers.get(&token.issuer)?.1.as_ref()?;
-    let at = &issuer.address;
+    // One service however its address is spelled (case, default port, a trailing slash).
+    let at = reqwest::Url::parse(&issuer.address)
+        .ok()
+        .and_then(|u| {
+            Some(format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str()?.to_ascii_lowercase(),
+                u.port_or_known_default()?
+            ))
+        })
+        .unwrap_or_else(|| issuer.address.clone());
     let what = match &token.kind {
         TokenKind::TfeTeam { team_id } => format!("team {team_id} at {at}"),
         TokenKind::TfeAgent { agent_pool_id, .. } => format!("agent pool {agent_pool_id} at {at}"),
@@ -1132,8 +1143,8 @@ fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<(Is
         | TokenKind::PulumiTeam { organization, .. } => {
             format!("Pulumi organization \"{organization}\" at {at}")
         }
-        // The caller's own tokens: one user per issuer credential.
-        TokenKind::PulumiPersonal => format!("personal tokens of issuer \"{}\"", issuer.name),
+        // The caller's own tokens: issuer tables at one address may hold one user's credential.
+        TokenKind::PulumiPersonal => format!("personal tokens at {at}"),
         TokenKind::TfeOrganization { .. }
         | TokenKind::TfeAuditTrails { .. }
         | TokenKind::TfeTeamLegacy { .. } => return None,

@@ -133,29 +133,46 @@ impl Rotator {
         Ok(())
     }
 
-    /// Every token id that the records and journal entries of the tokens sharing `token`'s issuer name (`token`
-    /// included): an issuer's list can only show those. A token whose records were not read yet in this process
-    /// is read now; if that fails the sweep waits (it cannot be sure).
+    /// Every token id that the records and journal entries of the policy's tokens name (`token`'s included; every
+    /// issuer's, since two issuer tables may reach one service with one credential). A token whose records were
+    /// not read yet in this process is read now. A neighbour that cannot be read is passed over with a warning:
+    /// labels are unique per scope (`check`), so this is the second line of defence, and one broken token must
+    /// not stop another's housekeeping (SPEC §5.5). This token's own records must be read, or no sweep.
     async fn claimed(&self, token: &TokenPolicy) -> Result<HashSet<String>, Failure> {
         let mut ids = HashSet::new();
-        let neighbours = self
+        let others = self
             .tokens
             .iter()
-            .filter(|t| t.issuer == token.issuer && t.name != token.name)
-            .map(|t| t.as_ref())
-            .chain(std::iter::once(token));
-        for t in neighbours {
+            .filter(|t| t.name != token.name)
+            .map(|t| t.as_ref());
+        for t in std::iter::once(token).chain(others) {
+            let own = t.name == token.name;
             let seen = match self.journal.seen(&t.name) {
-                Some(seen) => seen,
+                Some(seen) => Some(seen),
                 None => {
-                    let sinks = self.sinks_of(t)?;
-                    self.observe(t, &sinks).await?;
-                    self.journal.seen(&t.name).unwrap_or_default()
+                    let read = async {
+                        let sinks = self.sinks_of(t)?;
+                        self.observe(t, &sinks).await?;
+                        Ok::<_, Failure>(self.journal.seen(&t.name).unwrap_or_default())
+                    };
+                    match read.await {
+                        Ok(seen) => Some(seen),
+                        Err(e) if own => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(token = %token.name, neighbour = %t.name, error = %e.error, "the orphan sweep cannot read a neighbour's records; its labels are distinct, so it goes on");
+                            None
+                        }
+                    }
                 }
             };
-            ids.extend(seen);
-            if let Some(e) = self.journal.load(&t.name)? {
-                ids.extend(e.named_ids().map(str::to_string));
+            ids.extend(seen.into_iter().flatten());
+            match self.journal.load(&t.name) {
+                Ok(Some(e)) => ids.extend(e.named_ids().map(str::to_string)),
+                Ok(None) => {}
+                Err(e) if own => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(token = %token.name, neighbour = %t.name, error = %e, "the orphan sweep cannot read a neighbour's journal entry; its labels are distinct, so it goes on")
+                }
             }
         }
         Ok(ids)

@@ -112,6 +112,12 @@ impl Rotator {
             // closing write follows at once, and a crash in between only repeats the read-only identity probe.
             failpoint("after-verify");
         }
+        if rotation.own_credential {
+            self.switch_credential(token, issuer, &minted.value);
+        }
+        // `grace` runs from now, when the new token is stored everywhere and proven — not from the visit's start
+        // (sink retries and probes can take minutes).
+        let now = crate::clock::now().max(now);
         // The old token goes only now: the new one is stored, read back everywhere and proven (SPEC §5.2).
         queue_revocations(token, &mut entry, &rotation, &minted, now);
         entry.rotation = None;
@@ -261,6 +267,11 @@ impl Rotator {
             }
         }
         .await;
+        // A store that echoes what it was sent must not show the value being written.
+        let result = result.map_err(|mut e| {
+            e.message = crate::redact::outside_text(&e.message, &[&record.token]);
+            e
+        });
         let label = if result.is_ok() { "success" } else { "failure" };
         self.metrics
             .sink_writes

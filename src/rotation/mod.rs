@@ -232,10 +232,11 @@ impl Rotator {
     ) -> Result<Tended, Failure> {
         // At most one visit of a token at a time, whatever asks (schedule, `rotate`, a reload re-adding it).
         let _visit = self.journal.visit(&token.name).await;
+        // An entry whose last write failed is made durable before anything else happens (journal first), even
+        // when this token's issuer or sinks cannot be built now.
+        self.journal.flush(&token.name).await?;
         let issuer = self.issuer(token)?;
         let sinks = self.sinks_of(token)?;
-        // An entry whose last write failed is made durable before anything else happens (journal first).
-        self.journal.flush(&token.name).await?;
         let mut entry = self
             .journal
             .load(&token.name)?
@@ -288,7 +289,11 @@ impl Rotator {
         };
         if forced.is_none() && !due.is_due(now) {
             if entry.sweep {
-                self.sweep(token, issuer.as_ref(), &mut entry).await?;
+                // Housekeeping: a sweep that cannot run now (the issuer's list refused, a neighbour unreadable)
+                // stays pending and never makes a healthy token fail.
+                if let Err(e) = self.sweep(token, issuer.as_ref(), &mut entry).await {
+                    tracing::warn!(token = %token.name, error = %e.error, "orphan sweep failed; it is retried at the next visit");
+                }
             }
             return Ok(Tended {
                 current,
@@ -356,6 +361,7 @@ impl Rotator {
             stored: Vec::new(),
             replaces,
             probe_failures: 0,
+            own_credential: false,
         });
         self.journal.save_async(&entry).await?;
         failpoint("before-create");
@@ -427,8 +433,10 @@ impl Rotator {
         let own_credential = observed
             .iter()
             .filter_map(Observed::record)
-            .any(|r| issuer.credential_is(&r.token));
-        if own_credential || self.credential_lives_in(token) {
+            .any(|r| issuer.credential_is(&r.token))
+            || self.credential_lives_in(token);
+        if own_credential && token.kind.is_singleton() {
+            // The old value died with this create: the issuer can only go on with the new one.
             self.switch_credential(token, issuer, &minted.value);
         }
         let current = to_current(minted.expires_at, minted.created_at, &minted.token_id);
@@ -436,6 +444,8 @@ impl Rotator {
         if let Some(r) = entry.rotation.as_mut() {
             r.phase = Phase::Minted;
             r.minted = Some(minted);
+            // A coexisting token that is its issuer's credential is switched to once it is proven (`finish`).
+            r.own_credential = own_credential && !token.kind.is_singleton();
         }
         // If this write fails the value is held in memory (never dropped) and written before the next step.
         self.journal.save_async(&entry).await.map_err(|e| Failure {
@@ -444,7 +454,83 @@ impl Rotator {
             attempted: true,
         })?;
         failpoint("after-journal");
+        self.settle(token, issuer, &mut entry, expires_at, now)
+            .await?;
         Ok(entry)
+    }
+
+    /// The journaled new token as the issuer reports it (`read_back`): its real creation time and expiry. A token
+    /// an organization's policy capped to no more than `rotate_before` would be due again at once, and every one
+    /// after it: it is refused — revoked through the journal — and the attempt fails naming the keys to change.
+    async fn settle(
+        &self,
+        token: &TokenPolicy,
+        issuer: &dyn Issuer,
+        entry: &mut Entry,
+        requested: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Failure> {
+        let Some(minted) = entry.rotation.as_ref().and_then(|r| r.minted.clone()) else {
+            return Ok(());
+        };
+        let listed = match issuer.read_back(token, &minted.token_id).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(token = %token.name, token_id = %minted.token_id, error = %e, "could not read the new token back from the issuer; recording the requested expiry");
+                return Ok(());
+            }
+        };
+        let mut settled = minted.clone();
+        if let Some(created) = listed.created_at {
+            settled.created_at = created;
+        }
+        if let (Some(real), Some(requested)) = (listed.expires_at, requested) {
+            if real < requested {
+                let left = (real - now).to_std().unwrap_or(Duration::ZERO);
+                if let Some(rb) = token.schedule.rotate_before.filter(|rb| *rb >= left) {
+                    entry.rotation = None;
+                    entry.revocations.push(crate::journal::PendingRevocation {
+                        token_id: minted.token_id.clone(),
+                        not_before: now,
+                        after_use_of: None,
+                        attempts: 0,
+                        held: false,
+                    });
+                    self.journal.save_async(entry).await?;
+                    let _ = self.revoke_due(token, issuer, entry, now).await;
+                    let message = format!(
+                        "the organization's token expiry policy capped the new token {} at {} ({} from now), not longer than `rotate_before` = \"{}\" of [tokens.{}], so it would be due again at once; it is revoked. Set `lifetime` and `rotate_before` of [tokens.{}] within the organization's maximum expiry",
+                        minted.token_id,
+                        crate::record::rfc3339(real),
+                        crate::policy::duration::render(Duration::from_secs(left.as_secs())),
+                        crate::policy::duration::render(rb),
+                        token.name,
+                        token.name,
+                    );
+                    return Err(Failure {
+                        error: IssuerError::new(
+                            &token.issuer,
+                            IssuerErrorKind::Rejected,
+                            None,
+                            message,
+                        )
+                        .into(),
+                        learned: None,
+                        attempted: true,
+                    });
+                }
+                tracing::warn!(token = %token.name, token_id = %minted.token_id, expires_at = %crate::record::rfc3339(real), requested = %crate::record::rfc3339(requested), "the organization's token expiry policy capped the new token's expiry; scheduling by the real expiry");
+            }
+            settled.expires_at = Some(real);
+        }
+        if settled.created_at != minted.created_at || settled.expires_at != minted.expires_at {
+            if let Some(r) = entry.rotation.as_mut() {
+                r.minted = Some(settled);
+            }
+            self.journal.save_async(entry).await?;
+        }
+        Ok(())
     }
 
     /// Whether this token is written to the sink target its issuer reads its credential from.
@@ -458,8 +544,8 @@ impl Rotator {
         }
     }
 
-    /// Self-rotation: the issuer's own credential was just replaced; use the new value from now on.
-    fn switch_credential(
+    /// Self-rotation: the issuer's own credential was replaced; use the new value from now on.
+    pub(super) fn switch_credential(
         &self,
         token: &TokenPolicy,
         issuer: &dyn Issuer,

@@ -189,7 +189,8 @@ impl AwsSink {
     {
         match e {
             SdkError::ServiceError(_) => {
-                let code = e.code().unwrap_or("unknown");
+                let code = crate::redact::outside_text(e.code().unwrap_or("unknown"), &[]);
+                let code = code.as_str();
                 // AWS's own words: untrusted text, masked like every other server's (SPEC §5.13).
                 let msg = crate::redact::outside_text(e.message().unwrap_or(""), &[]);
                 let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
@@ -214,7 +215,10 @@ impl AwsSink {
             ),
             SdkError::ConstructionFailure(_) => self.error(
                 SinkErrorKind::Permanent,
-                format!("{op} {id}: {}", DisplayErrorContext(e)),
+                format!(
+                    "{op} {id}: {}",
+                    crate::redact::outside_text(&DisplayErrorContext(e).to_string(), &[])
+                ),
             ),
             // Connection failures, and credential-chain failures (they surface as dispatch failures).
             _ => self.error(

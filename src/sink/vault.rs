@@ -435,10 +435,16 @@ impl VaultSink {
     }
 
     fn error(&self, kind: SinkErrorKind, message: impl Into<String>) -> SinkError {
+        let mut message = message.into();
+        // Vault's own words may echo the token it was sent (a dev or custom-id token has no telltale shape).
+        if let Ok(client) = self.client.try_read() {
+            let token = SecretString::from(client.settings.token.clone());
+            message = crate::redact::outside_text(&message, &[&token]);
+        }
         SinkError {
             sink: self.name.clone(),
             kind,
-            message: message.into(),
+            message,
         }
     }
 

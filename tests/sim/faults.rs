@@ -24,6 +24,8 @@ pub enum WireFault {
     },
     /// The service acts; the answer's status and headers arrive, its body is cut off.
     CutAfter,
+    /// The service acts; a proxy in front of it answers 503 anyway (its upstream timed out).
+    CommitThen503,
     /// The identity probe of a new token is answered 401 by something in front of the service.
     RefuseProbe,
     /// The answer comes late (1–10 s).
@@ -141,7 +143,8 @@ impl Faults {
             58..72 => WireFault::LostAfter {
                 timeout: self.rng.random_bool(0.3),
             },
-            72..85 => WireFault::CutAfter,
+            72..80 => WireFault::CutAfter,
+            80..88 => WireFault::CommitThen503,
             _ => WireFault::Slow,
         }
     }

@@ -112,6 +112,18 @@ directory = "/nonexistent/kv-b"
         &format!("issuer = \"pulumi\"\ntype = \"organization\"\norganization = \"pacme\"\nname_prefix = \"sim-ci\"\n{schedule}"),
         &format!("{}, {}", kv("kv-a", "pulumi"), kv("kv-b", "pulumi")),
     );
+    p += &token(
+        "pulumi-team",
+        &format!("issuer = \"pulumi\"\ntype = \"team\"\norganization = \"pacme\"\nteam = \"devs\"\nname_prefix = \"sim-team\"\n{schedule}"),
+        &kv("kv-b", "pulumi-team"),
+    );
+    p += &token(
+        "pulumi-personal",
+        &format!(
+            "issuer = \"pulumi\"\ntype = \"personal\"\nname_prefix = \"sim-personal\"\n{schedule}"
+        ),
+        &kv("kv-a", "pulumi-personal"),
+    );
     p
 }
 
@@ -130,14 +142,16 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
     }
     let (control, control_rx) = mpsc::channel(16);
     let (rotate, rotate_rx) = mpsc::channel(4);
+    let metrics = Arc::new(Metrics::new());
     world.set_live(Some(Live {
         journal: journal.clone(),
         board: board.clone(),
         control: control.clone(),
+        metrics: metrics.clone(),
     }));
     let shared = Shared {
         journal,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         pacers: Arc::new(PacerRegistry::default()),
         backends: Arc::new(SimBackends {
             world: world.clone(),
@@ -255,6 +269,7 @@ fn build_world(seed: u64, dir: &std::path::Path) -> (Arc<World>, Vec<(Duration, 
     let pool = tfc.add_agent_pool("alpha", "pool");
     let pulumi_admin = pulumi.add_user("sim-admin");
     pulumi.add_organization("pacme", "sim-admin");
+    pulumi.add_team("pacme", "devs");
     std::fs::write(dir.join("tfc-admin"), &tfc_admin).unwrap();
     std::fs::write(dir.join("pulumi-admin"), &pulumi_admin).unwrap();
     let text = policy_text(dir, &team1, &team2, &pool);
@@ -316,6 +331,26 @@ fn build_world(seed: u64, dir: &std::path::Path) -> (Arc<World>, Vec<(Duration, 
             JournalFault::None => None,
             JournalFault::NoDescriptors => Some(std::io::Error::from_raw_os_error(libc::EMFILE)),
             JournalFault::DiskFull => Some(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        }
+    })));
+    // When a minted value becomes durable (the journal's store accepted an entry holding it).
+    let w = Arc::downgrade(&world);
+    store.set_observer(Some(Box::new(move |_token, bytes| {
+        let Some(world) = w.upgrade() else {
+            return;
+        };
+        let entry: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        if let Some(v) = entry
+            .pointer("/rotation/minted/value")
+            .and_then(serde_json::Value::as_str)
+        {
+            let at = world::world_now();
+            world
+                .lock()
+                .facts
+                .durable_at
+                .entry(v.to_string())
+                .or_insert(at);
         }
     })));
     (world, events)
@@ -418,7 +453,7 @@ fn settled(world: &World) -> bool {
         && live.board.snapshot().iter().all(|s| s.is_ready(now))
 }
 
-async fn simulate(seed: u64, base: DateTime<Utc>) -> Outcome {
+async fn simulate(seed: u64, log: &Captured) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let (world, events) = build_world(seed, dir.path());
     let start = tokio::time::Instant::now();
@@ -452,6 +487,13 @@ async fn simulate(seed: u64, base: DateTime<Utc>) -> Outcome {
                     daemon = Some(start_daemon(&world));
                 }
                 Event::Reload { drop, back_after } => {
+                    if let Some(name) = &drop {
+                        world
+                            .lock()
+                            .facts
+                            .nudged_at
+                            .insert(name.clone(), world::world_now());
+                    }
                     if let Some(inc) = &daemon {
                         let first = match &drop {
                             Some(name) => world.policy_without[name].clone(),
@@ -468,6 +510,11 @@ async fn simulate(seed: u64, base: DateTime<Utc>) -> Outcome {
                 Event::RevokeOutside { token, newest } => revoke_outside(&world, &token, newest),
                 Event::Jump { by } => token_rotator::clock::jump(by),
                 Event::Rotate { token } => {
+                    world
+                        .lock()
+                        .facts
+                        .nudged_at
+                        .insert(token.clone(), world::world_now());
                     if let Some(inc) = &daemon {
                         let (reply, _answer) = tokio::sync::oneshot::channel();
                         let _ = inc
@@ -521,10 +568,10 @@ async fn simulate(seed: u64, base: DateTime<Utc>) -> Outcome {
             }
         }
     }
+    world.check_shown(&log.text());
     if let Some(inc) = daemon.take() {
         crash(&world, inc).await;
     }
-    let _ = base;
     let inner = world.lock();
     Outcome {
         violation: inner.violation.clone(),
@@ -535,13 +582,62 @@ async fn simulate(seed: u64, base: DateTime<Utc>) -> Outcome {
 }
 
 /// Runs one seed on its own single-threaded runtime with a paused clock.
-fn run_seed(seed: u64) -> Outcome {
+/// Collects what the daemon logs in one run (every level down to `debug`), to be scanned for secrets.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+/// Log lines carry the daemon's (simulated) time.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(
+            w,
+            "{}",
+            token_rotator::clock::now().format("%dT%H:%M:%S%.3f")
+        )
+    }
+}
+
+/// Runs one seed on its own single-threaded runtime with a paused clock; returns the outcome and the log.
+fn run_seed_logged(seed: u64) -> (Outcome, String) {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "debug,rustify=warn,vaultrs=warn",
+        ))
+        .with_writer(move || writer.clone())
+        .with_timer(SimTime)
+        .with_ansi(false)
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .unwrap();
-    rt.block_on(async move {
+    let outcome = rt.block_on(async {
         let base: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
         let _clock = token_rotator::clock::simulate(base, seed);
         let start = tokio::time::Instant::now();
@@ -549,8 +645,13 @@ fn run_seed(seed: u64) -> Outcome {
             move || base + TimeDelta::from_std(start.elapsed()).unwrap(),
             seed ^ 0xe1u64,
         );
-        simulate(seed, base).await
-    })
+        simulate(seed, &log).await
+    });
+    (outcome, log.text())
+}
+
+fn run_seed(seed: u64) -> Outcome {
+    run_seed_logged(seed).0
 }
 
 fn replay_command(seed: u64) -> String {
@@ -636,16 +737,10 @@ fn a_seed_replays_exactly() {
 #[ignore = "replays the seed in SIM_SEED"]
 fn replay() {
     let seed = env_u64("SIM_SEED", 0);
+    let (outcome, log) = run_seed_logged(seed);
     if std::env::var_os("SIM_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info".into()),
-            )
-            .with_test_writer()
-            .try_init();
+        eprintln!("{log}");
     }
-    let outcome = run_seed(seed);
     eprintln!("seed {seed}: {outcome:?}");
     assert!(outcome.violation.is_none(), "{:?}", outcome.violation);
 }

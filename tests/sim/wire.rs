@@ -51,7 +51,17 @@ impl SimWire {
     fn create_scope(&self, req: &WireRequest, body: &Value) -> Option<String> {
         let path = req.url.path();
         match self.service {
-            Service::Pulumi => path.starts_with("/api/orgs/").then(|| "pulumi".into()),
+            Service::Pulumi => {
+                if path.starts_with("/api/orgs/pacme/teams/") {
+                    Some("pulumi-team".into())
+                } else if path.starts_with("/api/orgs/") {
+                    Some("pulumi".into())
+                } else if path == "/api/user/tokens" {
+                    Some("pulumi-personal".into())
+                } else {
+                    None
+                }
+            }
             Service::Tfc => {
                 if path.starts_with("/api/v2/organizations/") {
                     return Some("org".into());
@@ -177,6 +187,7 @@ impl SimWire {
 impl Exchange for SimWire {
     async fn exchange(&self, req: WireRequest) -> Result<WireResponse, WireError> {
         let world = &self.world;
+        let sent_at = world_now();
         let body_json: Value = req
             .body
             .as_deref()
@@ -218,12 +229,48 @@ impl Exchange for SimWire {
             }
         }
         if let Some(t) = &scope {
+            // SPEC §5.10: after a create whose outcome the daemon could not know, the next one for this token
+            // comes only after the attempt backoff (30 s), unless someone asked (`rotate`, a reload re-adding it).
+            let now = world_now();
+            let (ambiguous, nudged, restarted) = {
+                let inner = world.lock();
+                let a = inner.facts.ambiguous_at.get(t).copied();
+                (
+                    a,
+                    inner.facts.nudged_at.get(t).copied(),
+                    // A restart is a new process: its first attempt is the next one.
+                    a.is_some_and(|a| inner.facts.crashes.iter().any(|c| *c >= a)),
+                )
+            };
+            if let Some(a) = ambiguous {
+                // A `rotate` that arrived while an earlier visit was still running is served right after it.
+                let asked =
+                    restarted || nudged.is_some_and(|n| n + chrono::TimeDelta::seconds(60) >= a);
+                if now - a < chrono::TimeDelta::seconds(25) && !asked {
+                    world.violate(format!(
+                        "a create for {t} was sent {:.1} s after one whose outcome was unknown",
+                        (now - a).as_seconds_f64()
+                    ));
+                }
+            }
             let back = world.lock().faults.reload_during_create();
             if let Some(back_after) = back {
                 world.reload_without(t, back_after);
             }
         }
         tokio::time::sleep(latency).await;
+        let ambiguous = matches!(
+            fault,
+            WireFault::Unavailable
+                | WireFault::LostBefore
+                | WireFault::LostAfter { .. }
+                | WireFault::CutAfter
+                | WireFault::CommitThen503
+        );
+        if let (Some(t), true) = (&scope, ambiguous) {
+            // From when the request left: an operator's nudge during it counts as asking for a new attempt.
+            world.lock().facts.ambiguous_at.insert(t.clone(), sent_at);
+        }
         match fault {
             WireFault::NotSent => {
                 return Err(WireError {
@@ -302,6 +349,7 @@ impl Exchange for SimWire {
                     body: Err("unexpected end of body".into()),
                 })
             }
+            WireFault::CommitThen503 => return Ok(self.synthetic(503, &req)),
             _ => {}
         }
         self.note_delivered(&req, scope.as_deref(), status, &answer);

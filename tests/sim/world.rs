@@ -44,6 +44,12 @@ pub struct Facts {
     pub crashes: Vec<DateTime<Utc>>,
     /// Per bearer: no request before this time (a 429 asked to wait until then).
     pub blocked_until: HashMap<String, DateTime<Utc>>,
+    /// When each minted value first reached the journal's store (durable).
+    pub durable_at: HashMap<String, DateTime<Utc>>,
+    /// Per policy token: when a create's outcome became unknown to the daemon (no create may follow blindly).
+    pub ambiguous_at: HashMap<String, DateTime<Utc>>,
+    /// Per policy token: the last `rotate` request or reload that dropped it (they may start a new attempt).
+    pub nudged_at: HashMap<String, DateTime<Utc>>,
     /// Values an identity probe succeeded with (the answer reached the daemon).
     pub verified: HashSet<String>,
     /// Token ids ever written to a policy token's sink targets.
@@ -76,6 +82,7 @@ pub struct Live {
     pub journal: Arc<Journal>,
     pub board: StatusBoard,
     pub control: tokio::sync::mpsc::Sender<token_rotator::daemon::Control>,
+    pub metrics: Arc<token_rotator::metrics::Metrics>,
 }
 
 pub struct World {
@@ -119,6 +126,10 @@ impl World {
         let Some(live) = self.live() else {
             return;
         };
+        self.lock()
+            .facts
+            .nudged_at
+            .insert(name.to_string(), world_now());
         let without = self.policy_without[name].clone();
         let full = self.policy.clone();
         let _ = live
@@ -298,6 +309,20 @@ impl World {
         }
     }
 
+    /// Scans what the daemon wrote and serves (its log, `/metrics`) for any secret the world knows (SPEC §5.13).
+    pub fn check_shown(&self, log: &str) {
+        let secrets: Vec<String> = self.lock().facts.secrets.iter().cloned().collect();
+        let mut shown = vec![("the log", log.to_string())];
+        if let Some(live) = self.live() {
+            shown.push(("/metrics", live.metrics.render(&live.board)));
+        }
+        for (what, text) in shown {
+            if let Some(s) = secrets.iter().find(|s| text.contains(s.as_str())) {
+                self.violate(format!("{what} shows a secret ({}…)", &s[..6.min(s.len())]));
+            }
+        }
+    }
+
     /// The end state after the calm phase, every fault gone (SPEC §5.1, §5.3): every token is ready; each target
     /// holds a token the issuer accepts; the tokens this daemon created that are still valid are exactly the
     /// stored ones (no orphan, no old token left behind); every value handed to the daemon is either stored or dead.
@@ -367,11 +392,22 @@ impl World {
                     "the value of token {id} ({owner}) was handed to the daemon, is still valid, and is stored nowhere"
                 ));
             }
-            // Handed over, never stored, and no crash since: the daemon dropped a minted value (SPEC §5.1).
+            // Handed over and never stored: lost unless a crash took it before it was durable (SPEC §5.1).
             let ever_stored = stored.get(&owner).is_some_and(|s| s.contains(&id));
-            if !ever_stored && !crashes.iter().any(|c| *c >= at) {
+            let durable = self.lock().facts.durable_at.get(&value).copied();
+            let first_crash = crashes.iter().filter(|c| **c >= at).min().copied();
+            let excused = match (first_crash, durable) {
+                (Some(crash), Some(d)) => d > crash,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if !ever_stored && !excused {
                 return Err(format!(
-                    "the value of token {id} ({owner}) was handed to the daemon and never stored, with no crash to lose it"
+                    "the value of token {id} ({owner}) was handed to the daemon and never stored ({})",
+                    match durable {
+                        Some(_) => "it was journaled, and no restart pushed it",
+                        None => "it was never journaled, and no crash lost it",
+                    }
                 ));
             }
         }
