@@ -142,6 +142,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn transient_backoff_is_jittered_and_bounded() {
+        use backon::BackoffBuilder;
+        let firsts: Vec<Duration> = (0..20)
+            .map(|_| transient().build().next().unwrap())
+            .collect();
+        for d in &firsts {
+            assert!(
+                *d >= Duration::from_millis(500) && *d <= Duration::from_millis(1000),
+                "{d:?}"
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = firsts.iter().collect();
+        assert!(distinct.len() > 15, "jittered: {firsts:?}");
+        let all: Vec<Duration> = transient().build().collect();
+        assert_eq!(all.len(), 5, "five retries");
+        assert!(all.iter().all(|d| *d <= Duration::from_secs(40)));
+    }
+
+    #[test]
     fn attempt_backoff_grows_and_caps() {
         assert_eq!(attempt_backoff(1), Duration::from_secs(30));
         assert_eq!(attempt_backoff(2), Duration::from_secs(60));

@@ -840,7 +840,6 @@ async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
         out.stderr
     );
     assert!(took < Duration::from_secs(45), "bounded: {took:?}");
-    let mut first_gaps = Vec::new();
     for c in &cases {
         let hits = proxies[c.name].hits_for(c.method, c.path);
         let g = gaps(&hits);
@@ -860,9 +859,6 @@ async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
                 c.min_gaps[i],
                 c.max_gaps[i]
             );
-        }
-        if c.min_gaps.first() == Some(&0.5) {
-            first_gaps.push(g[0]);
         }
         if c.min_gaps.is_empty() {
             assert!(
@@ -919,12 +915,8 @@ async fn transient_faults_are_retried_within_bounds_and_leave_no_orphan() {
             c.name
         );
     }
-    let spread = first_gaps.iter().cloned().fold(f64::MIN, f64::max)
-        - first_gaps.iter().cloned().fold(f64::MAX, f64::min);
-    assert!(
-        spread > 0.02,
-        "the backoff is jittered (first retries after {first_gaps:?})"
-    );
+    // That the backoff is jittered is a property of the retry policy, tested there without real time
+    // (`retry::tests::transient_backoff_is_jittered_and_bounded`); here each gap is within its bounds.
 
     // The endless body was cut off: the daemon stopped reading after its cap (1 MiB) plus socket buffers.
     let endless = proxies["endless-body"].endless_bytes();
