@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::control::{self, Request, Response, RotateResult};
+use crate::daemon::control::{self, Request, Response, RotateResult};
 use crate::daemon::{build_rotator, build_sinks_only, open_journal, Shared};
 use crate::journal::Journal;
 use crate::policy::Policy;

@@ -5,7 +5,6 @@
 pub mod cli;
 pub mod clock;
 pub mod commands;
-pub mod control;
 pub mod daemon;
 pub mod http;
 pub mod issuer;
@@ -20,7 +19,5 @@ pub mod retry;
 pub mod rotation;
 pub mod schedule;
 pub mod secret;
-pub mod server;
 pub mod sink;
 pub mod status;
-pub mod systemd;

@@ -6,6 +6,14 @@ use serde_json::{Map, Value};
 
 use crate::secret::{ExposeSecret, SecretString};
 
+/// The token currently in the sinks, as far as the daemon knows (never its value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentToken {
+    pub token_id: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 /// A token an issuer just created, as the rotation and its journal keep it. `Debug` never shows the value; it is
 /// serialised only into the journal entry (0600, sealed when `state_key` is set).
 #[derive(Clone, Serialize, Deserialize)]

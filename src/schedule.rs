@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::policy::Schedule;
 use crate::record::rfc3339;
-use crate::status::CurrentToken;
+use crate::record::CurrentToken;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DueReason {

@@ -6,13 +6,7 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The token currently in the sinks, as far as the daemon knows (never its value).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CurrentToken {
-    pub token_id: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
+pub use crate::record::CurrentToken;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenStatus {

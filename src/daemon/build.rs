@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use crate::issuer::{self, api::Exchange, api::HttpExchange, api::IssuerDeps};
 use crate::journal::{Journal, JournalKey};
 use crate::metrics::Metrics;
+use crate::policy::SecretRef;
 use crate::policy::{IssuerConfig, Policy, SinkConfig};
 use crate::retry::PacerRegistry;
 use crate::rotation::Rotator;
-use crate::secret::{SecretRef, SecretString};
+use crate::secret::SecretString;
 use crate::sink::{self, Content, Sink, SinkError};
 use crate::status::StatusBoard;
 

@@ -5,7 +5,10 @@
 //! - `scheduler.rs`: the deadline loop, reloads and `rotate` requests.
 
 pub mod build;
+pub mod control;
 pub mod scheduler;
+pub mod server;
+pub mod systemd;
 
 use std::sync::Arc;
 
@@ -15,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 pub use build::{build_rotator, build_sinks_only, open_journal, Backends, Network, Shared};
 pub use scheduler::{Control, Daemon, Inputs};
 
-use crate::control::RotateRequest;
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::retry::PacerRegistry;
-use crate::server::{self, AppState};
 use crate::status::{StatusBoard, TokenStatus};
+use control::RotateRequest;
+use server::AppState;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
@@ -67,7 +70,7 @@ pub async fn run(
     let control = if opts.once {
         None
     } else {
-        match crate::control::serve(&policy.daemon.state_dir, board.clone(), rotate_tx) {
+        match control::serve(&policy.daemon.state_dir, board.clone(), rotate_tx) {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open the control socket; `rotate` and `status` will not reach this daemon");
@@ -101,7 +104,7 @@ pub async fn run(
     let state_dir = policy.daemon.state_dir.clone();
     let mut d = Daemon::new(policy, shared, board).await;
     if !opts.once {
-        crate::systemd::ready();
+        systemd::ready();
         spawn_signal_handlers(policy_path, cancel.clone(), control_tx, metrics);
     }
     tracing::info!(
@@ -125,7 +128,7 @@ pub async fn run(
     }
     if let Some(c) = control {
         c.abort();
-        let _ = std::fs::remove_file(crate::control::socket_path(&state_dir));
+        let _ = std::fs::remove_file(control::socket_path(&state_dir));
     }
     Ok(ok)
 }
@@ -184,7 +187,7 @@ fn spawn_signal_handlers(
                 std::process::exit(0);
             }
             tracing::info!("shutdown requested");
-            crate::systemd::stopping();
+            systemd::stopping();
             cancel.cancel();
         }
     });

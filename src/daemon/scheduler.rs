@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::build::{build_rotator, Shared};
-use crate::control::{RotateRequest, RotateResult};
+use super::control::{RotateRequest, RotateResult};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, TokenPolicy};
 use crate::rotation::{AttemptError, Failure, Rotator, Tended};

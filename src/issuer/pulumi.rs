@@ -636,7 +636,7 @@ mod tests {
             name: "pulumi".into(),
             kind: crate::policy::IssuerKind::Pulumi,
             address: "http://127.0.0.1:1".into(),
-            token: crate::secret::SecretRef::Env("X".into()),
+            token: crate::policy::SecretRef::Env("X".into()),
             ca_file: None,
             requests_per_second: 25,
         };

@@ -7,6 +7,8 @@ pub mod duration;
 #[cfg(test)]
 mod proptests;
 mod reader;
+mod secret_ref;
+mod target;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,8 +22,8 @@ use toml::de::{DeTable, DeValue};
 pub use diag::Diagnostics;
 use reader::{wrong_type, Span, TableReader};
 
-use crate::secret::SecretRef;
-use crate::sink::Target;
+pub use secret_ref::{SecretError, SecretRef};
+pub use target::{SinkTarget, Target};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/token-rotator/policy.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9851";
@@ -294,18 +296,6 @@ pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
         .build()
         .parse(text)
         .map_err(|e| format!("`window` is not a valid cron: {e}"))
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SinkTarget {
-    pub sink: String,
-    pub target: Target,
-}
-
-impl std::fmt::Display for SinkTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.sink, self.target)
-    }
 }
 
 /// Why a policy could not be loaded.

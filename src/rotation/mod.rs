@@ -19,9 +19,9 @@ use futures_util::future::join_all;
 use crate::issuer::{Issuer, IssuerError, IssuerErrorKind};
 use crate::journal::{Entry, Journal, JournalError, Phase, Rotation};
 use crate::metrics::Metrics;
+use crate::policy::SecretRef;
 use crate::policy::{SinkTarget, TokenPolicy};
 use crate::schedule::{self, Due, DueReason};
-use crate::secret::SecretRef;
 use crate::sink::{Observed, Sink, SinkError, SinkErrorKind};
 use crate::status::{CurrentToken, StatusBoard};
 

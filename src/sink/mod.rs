@@ -9,26 +9,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use crate::policy::Target;
 use crate::policy::{SinkConfig, SinkKind};
 use crate::record::SinkRecord;
-
-/// Where in a sink a record lives.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    /// Vault KV path or file path.
-    Path(String),
-    /// AWS Secrets Manager secret id.
-    SecretId(String),
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Path(p) => write!(f, "{p}"),
-            Target::SecretId(s) => write!(f, "{s}"),
-        }
-    }
-}
 
 /// The version a write must find in place (check-and-set), as observed by the last read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

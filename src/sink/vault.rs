@@ -28,9 +28,10 @@ use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
 use super::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
+use crate::policy::SecretRef;
 use crate::policy::{VaultAuth, VaultSinkConfig};
 use crate::record::SinkRecord;
-use crate::secret::{ExposeSecret, SecretRef, SecretString};
+use crate::secret::{ExposeSecret, SecretString};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

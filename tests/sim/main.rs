@@ -131,7 +131,7 @@ directory = "/nonexistent/kv-b"
 struct Incarnation {
     task: JoinHandle<()>,
     control: mpsc::Sender<Control>,
-    rotate: mpsc::Sender<token_rotator::control::RotateRequest>,
+    rotate: mpsc::Sender<token_rotator::daemon::control::RotateRequest>,
 }
 
 fn start_daemon(world: &Arc<World>) -> Incarnation {
@@ -519,7 +519,7 @@ async fn simulate(seed: u64, log: &Captured) -> Outcome {
                         let (reply, _answer) = tokio::sync::oneshot::channel();
                         let _ = inc
                             .rotate
-                            .send(token_rotator::control::RotateRequest {
+                            .send(token_rotator::daemon::control::RotateRequest {
                                 tokens: vec![token],
                                 all: false,
                                 reply,

@@ -82,7 +82,7 @@ pub fn serve(
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(error = %e, failures, "accepting on the control socket failed; backing off");
                     }
-                    tokio::time::sleep(crate::server::accept_backoff(failures)).await;
+                    tokio::time::sleep(super::server::accept_backoff(failures)).await;
                     continue;
                 }
             };

@@ -1,0 +1,196 @@
+//! The layering of ARCHITECTURE.md ("Layers"), checked on the source: which top-level module may use which (a
+//! whitelist, so a new arrow is a decision made here, in review), that the arrows form no cycle, and that only the
+//! daemon spawns tasks. Test code (`#[cfg(test)]` modules) is left out: a test may reach anywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Each module and the modules it may use, lowest layer first.
+const ALLOWED: &[(&str, &[&str])] = &[
+    // Leaves: no module of ours below them.
+    ("clock", &[]),
+    ("secret", &[]),
+    ("http", &[]),
+    ("redact", &["secret"]),
+    ("record", &["secret"]),
+    ("retry", &["clock"]),
+    // The policy knows values, not the parts that act on them: never a sink, an issuer or the rotation.
+    ("policy", &["secret", "clock"]),
+    ("logging", &["policy"]),
+    ("schedule", &["policy", "record"]),
+    ("status", &["record"]),
+    ("metrics", &["clock", "status"]),
+    ("journal", &["record", "secret"]),
+    // The plug-ins: a sink never reaches an issuer and the other way round.
+    ("sink", &["clock", "policy", "record", "redact", "secret"]),
+    (
+        "issuer",
+        &[
+            "clock", "http", "metrics", "policy", "record", "redact", "retry", "secret",
+        ],
+    ),
+    (
+        "rotation",
+        &[
+            "clock", "issuer", "journal", "metrics", "policy", "record", "redact", "retry",
+            "schedule", "secret", "sink", "status",
+        ],
+    ),
+    (
+        "daemon",
+        &[
+            "clock", "http", "issuer", "journal", "metrics", "policy", "retry", "rotation",
+            "schedule", "secret", "sink", "status",
+        ],
+    ),
+    ("online", &["daemon", "journal", "policy", "sink"]),
+    (
+        "commands",
+        &["clock", "daemon", "journal", "policy", "record", "status"],
+    ),
+    (
+        "cli",
+        &["commands", "daemon", "http", "logging", "online", "policy"],
+    ),
+];
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The file without its `#[cfg(test)]` modules (inline ones up to their closing brace, and `mod x;` lines).
+fn without_tests(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
+        let test_module = next.starts_with("mod ") || next.starts_with("pub(crate) mod ");
+        if lines[i].trim() == "#[cfg(test)]" && test_module {
+            if next.ends_with(';') {
+                i += 2;
+                continue;
+            }
+            let mut depth = 0i32;
+            let mut j = i + 1;
+            while j < lines.len() {
+                depth +=
+                    lines[j].matches('{').count() as i32 - lines[j].matches('}').count() as i32;
+                j += 1;
+                if depth <= 0 {
+                    break;
+                }
+            }
+            i = j;
+            continue;
+        }
+        out.push(lines[i]);
+        i += 1;
+    }
+    out.join("\n")
+}
+
+/// The top-level module a file belongs to (`src/rotation/finish.rs` → `rotation`).
+fn module_of(path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(src()).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    let name = first.trim_end_matches(".rs");
+    (name != "lib" && name != "main").then(|| name.to_string())
+}
+
+/// Every `crate::<module>` a module's production code names.
+fn uses() -> BTreeMap<String, BTreeSet<String>> {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let modules: BTreeSet<String> = files.iter().filter_map(|f| module_of(f)).collect();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &files {
+        let Some(m) = module_of(f) else { continue };
+        let text = without_tests(&std::fs::read_to_string(f).unwrap());
+        let entry = out.entry(m.clone()).or_default();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name != m && modules.contains(&name) {
+                entry.insert(name);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_module_uses_only_the_layers_it_may() {
+    let allowed: BTreeMap<&str, BTreeSet<&str>> = ALLOWED
+        .iter()
+        .map(|(m, deps)| (*m, deps.iter().copied().collect()))
+        .collect();
+    let mut wrong = Vec::new();
+    for (module, used) in uses() {
+        let Some(may) = allowed.get(module.as_str()) else {
+            wrong.push(format!(
+                "module `{module}` is not in the layering (tests/layers.rs, ARCHITECTURE.md)"
+            ));
+            continue;
+        };
+        for u in used {
+            if !may.contains(u.as_str()) {
+                wrong.push(format!("`{module}` must not use `{u}`"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_layering_has_no_cycle() {
+    let graph: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    // Each module may use only modules listed before it: the list is a topological order.
+    let mut seen = BTreeSet::new();
+    for (module, deps) in ALLOWED {
+        for d in deps.iter() {
+            assert!(
+                seen.contains(d),
+                "`{module}` may use `{d}`, which is not below it: a cycle is possible"
+            );
+            assert!(
+                graph.contains_key(d),
+                "`{d}` is not a module of the layering"
+            );
+        }
+        seen.insert(*module);
+    }
+}
+
+#[test]
+fn only_the_daemon_spawns_tasks() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut wrong = Vec::new();
+    for f in &files {
+        if module_of(f).as_deref() == Some("daemon") {
+            continue;
+        }
+        let text = without_tests(&std::fs::read_to_string(f).unwrap());
+        for needle in ["tokio::spawn(", "tokio::task::spawn(", ".spawn(async"] {
+            if text.contains(needle) {
+                wrong.push(format!("{} calls {needle}", f.display()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
