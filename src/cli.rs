@@ -89,7 +89,7 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
 }
 
 fn load_or_report(path: &std::path::Path) -> Result<Policy, ExitCode> {
-    policy::load(path).map_err(|e| {
+    policy::load(path, &crate::kinds()).map_err(|e| {
         for line in e.lines() {
             eprintln!("{line}");
         }

@@ -1,5 +1,6 @@
-//! token-rotator: regenerates HCP Terraform / TFE tokens before they expire, stores them in Vault/OpenBao,
-//! proves them, and exposes Prometheus metrics. See ARCHITECTURE.md for the map and the invariants.
+//! token-rotator: regenerates HCP Terraform / TFE and Pulumi Cloud tokens before they expire, stores them in
+//! Vault/OpenBao KV, AWS Secrets Manager or files, proves them, and exposes Prometheus metrics. See ARCHITECTURE.md
+//! for the map, the layers and the invariants.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -21,3 +22,11 @@ pub mod schedule;
 pub mod secret;
 pub mod sink;
 pub mod status;
+
+/// Every issuer and sink kind this build knows, for reading policies (`policy::load`).
+pub fn kinds() -> policy::Kinds {
+    policy::Kinds {
+        issuers: issuer::specs(),
+        sinks: sink::specs(),
+    }
+}

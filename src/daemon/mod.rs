@@ -158,7 +158,7 @@ fn spawn_signal_handlers(
                     tracing::info!(path = %path.display(), "SIGHUP: reloading the policy");
                     // Parsed on the blocking pool: a huge or hostile file must not stall /healthz or the loop.
                     let p = path.clone();
-                    let loaded = tokio::task::spawn_blocking(move || policy::load(&p)).await;
+                    let loaded = tokio::task::spawn_blocking(move || policy::load(&p, &crate::kinds())).await;
                     match loaded {
                         Ok(Ok(p)) => {
                             // Never wait here: this task must stay free to hear SIGTERM.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::policy::{IssuerConfig, IssuerKind, TokenPolicy};
+use crate::policy::{IssuerConfig, IssuerSpec, TokenPolicy};
 pub use crate::record::MintedToken;
 use crate::secret::SecretString;
 
@@ -127,16 +127,43 @@ pub trait Issuer: Send + Sync {
     fn set_credential(&self, _value: SecretString) {}
 }
 
+/// An issuer kind: its policy side ([`IssuerSpec`], next to the issuer's code) and how it is built.
+pub trait IssuerKind: IssuerSpec {
+    /// Builds the issuer for `cfg` with its already-resolved credential.
+    fn build(
+        &self,
+        cfg: &IssuerConfig,
+        credential: SecretString,
+        deps: api::IssuerDeps,
+    ) -> Result<Arc<dyn Issuer>, IssuerError>;
+}
+
+/// Every issuer kind of this build. A new kind is a new module and one line here.
+pub static KINDS: &[&dyn IssuerKind] = &[&tfe::TfeSpec, &pulumi::PulumiSpec];
+
+/// The policy side of [`KINDS`].
+pub fn specs() -> Vec<&'static dyn IssuerSpec> {
+    KINDS
+        .iter()
+        .map(|k| *k as &'static dyn IssuerSpec)
+        .collect()
+}
+
 /// Builds the issuer for one `[issuers.NAME]` table with its already-resolved credential.
 pub fn build(
     cfg: &IssuerConfig,
     credential: SecretString,
     deps: api::IssuerDeps,
 ) -> Result<Arc<dyn Issuer>, IssuerError> {
-    match cfg.kind {
-        IssuerKind::Tfe => Ok(Arc::new(tfe::TfeIssuer::new(cfg, credential, deps)?)),
-        IssuerKind::Pulumi => Ok(Arc::new(pulumi::PulumiIssuer::new(cfg, credential, deps)?)),
-    }
+    let kind = KINDS.iter().find(|k| k.name() == cfg.kind).ok_or_else(|| {
+        IssuerError::new(
+            &cfg.name,
+            IssuerErrorKind::Config,
+            None,
+            format!("kind \"{}\" is not built into this binary", cfg.kind),
+        )
+    })?;
+    kind.build(cfg, credential, deps)
 }
 
 /// Labels shared by the issuers: `<prefix><sep><timestamp>`, where the timestamp parses back with `format`.

@@ -4,13 +4,16 @@
 
 pub mod diag;
 pub mod duration;
+pub mod fields;
+pub mod kinds;
 #[cfg(test)]
 mod proptests;
-mod reader;
+pub mod reader;
 mod secret_ref;
 mod target;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +23,8 @@ use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue};
 
 pub use diag::Diagnostics;
+use fields::{no_nul, read_secret_ref, read_target};
+pub use kinds::{IssuerSpec, Kinds, SinkSettings, SinkSpec, TargetKey, TokenKind, TokenType};
 use reader::{wrong_type, Span, TableReader};
 
 pub use secret_ref::{SecretError, SecretRef};
@@ -27,12 +32,6 @@ pub use target::{SinkTarget, Target};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/token-rotator/policy.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9851";
-pub const DEFAULT_TFE_ADDRESS: &str = "https://app.terraform.io";
-pub const DEFAULT_PULUMI_ADDRESS: &str = "https://api.pulumi.com";
-/// Pulumi caps token expiry at two years (Pulumi docs, access-tokens.md).
-const PULUMI_MAX_LIFETIME: Duration = Duration::from_secs(730 * 86_400);
-/// Pulumi names are `<name_prefix>-<YYYYMMDDhhmmss>`, at most 40 characters (SPEC §3).
-pub const PULUMI_MAX_NAME_PREFIX: usize = 25;
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(3600);
@@ -67,181 +66,46 @@ pub struct DaemonSettings {
     pub state_key: Option<SecretRef>,
 }
 
+/// An `[issuers.NAME]` table: what every issuer kind shares. Type-specific keys live on each token's
+/// [`TokenKind`].
 #[derive(Clone, Debug)]
 pub struct IssuerConfig {
     pub name: String,
-    pub kind: IssuerKind,
+    /// The `kind` value, one of the registered [`IssuerSpec`]s.
+    pub kind: &'static str,
     pub address: String,
     pub token: SecretRef,
     pub ca_file: Option<PathBuf>,
     pub requests_per_second: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IssuerKind {
-    Tfe,
-    Pulumi,
-}
-
-impl IssuerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IssuerKind::Tfe => "tfe",
-            IssuerKind::Pulumi => "pulumi",
-        }
-    }
-
-    fn default_address(self) -> &'static str {
-        match self {
-            IssuerKind::Tfe => DEFAULT_TFE_ADDRESS,
-            IssuerKind::Pulumi => DEFAULT_PULUMI_ADDRESS,
-        }
-    }
-}
-
-/// Kinds this build implements; the others parse but `check` says they are not supported yet.
-pub const SUPPORTED_ISSUER_KINDS: &[&str] = &["tfe", "pulumi"];
-pub const SUPPORTED_SINK_KINDS: &[&str] = &["vault", "aws-secretsmanager", "file"];
-pub const SUPPORTED_VAULT_AUTH: &[&str] = &["token", "approle", "kubernetes"];
-
-#[derive(Clone, Debug)]
+/// A `[sinks.NAME]` table: its kind and the settings that kind read from it.
+#[derive(Clone)]
 pub struct SinkConfig {
     pub name: String,
-    pub kind: SinkKind,
+    pub spec: &'static dyn SinkSpec,
+    pub settings: Arc<dyn SinkSettings>,
 }
 
-#[derive(Clone, Debug)]
-pub enum SinkKind {
-    Vault(VaultSinkConfig),
-    AwsSecretsManager(AwsSinkConfig),
-    File(FileSinkConfig),
-}
-
-impl SinkKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            SinkKind::Vault(_) => "vault",
-            SinkKind::AwsSecretsManager(_) => "aws-secretsmanager",
-            SinkKind::File(_) => "file",
-        }
+impl SinkConfig {
+    /// The `kind` value.
+    pub fn kind(&self) -> &'static str {
+        self.spec.name()
     }
 
-    /// Whether targets are named by `path` (Vault, file) rather than `secret_id` (AWS).
-    pub fn takes_path(&self) -> bool {
-        !matches!(self, SinkKind::AwsSecretsManager(_))
+    /// The settings as the sink kind's own type (`None` for another kind's).
+    pub fn settings<T: SinkSettings>(&self) -> Option<&T> {
+        self.settings.as_any().downcast_ref()
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct AwsSinkConfig {
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub kms_key_id: Option<String>,
-}
-
-#[derive(Clone, Debug)]
-pub struct FileSinkConfig {
-    pub directory: PathBuf,
-}
-
-#[derive(Clone, Debug)]
-pub struct VaultSinkConfig {
-    pub address: String,
-    pub mount: String,
-    pub namespace: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub kv_version: Option<u8>,
-    pub auth: VaultAuth,
-}
-
-#[derive(Clone, Debug)]
-pub enum VaultAuth {
-    Token {
-        token: SecretRef,
-    },
-    AppRole {
-        mount: String,
-        role_id: String,
-        secret_id: SecretRef,
-    },
-    Kubernetes {
-        mount: String,
-        role: String,
-        jwt_file: PathBuf,
-    },
-}
-
-impl VaultAuth {
-    pub fn method(&self) -> &'static str {
-        match self {
-            VaultAuth::Token { .. } => "token",
-            VaultAuth::AppRole { .. } => "approle",
-            VaultAuth::Kubernetes { .. } => "kubernetes",
-        }
-    }
-}
-
-/// What the daemon regenerates for one policy token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenKind {
-    /// TFC/TFE organization token: a singleton that the create call replaces.
-    TfeOrganization { organization: String },
-    /// TFC audit-trails token (`?token=audit-trails`): a singleton, independent of the organization token.
-    TfeAuditTrails { organization: String },
-    /// TFC team token with a description: several coexist per team.
-    TfeTeam { team_id: String },
-    /// TFC legacy (description-less) team token: a singleton per team.
-    TfeTeamLegacy { team_id: String },
-    /// TFC agent-pool token: several coexist; never expires; cannot call the API.
-    TfeAgent {
-        agent_pool_id: String,
-        revoke_after_use: bool,
-    },
-    /// Pulumi organization token (needs an org admin's personal token to manage).
-    PulumiOrganization {
-        organization: String,
-        admin: bool,
-        role_id: Option<String>,
-    },
-    /// Pulumi team token, the team addressed by name.
-    PulumiTeam { organization: String, team: String },
-    /// Pulumi personal access token of the calling user.
-    PulumiPersonal,
-}
-
-impl TokenKind {
-    /// The `type` key as written in the policy and in sink records.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            TokenKind::TfeOrganization { .. } | TokenKind::PulumiOrganization { .. } => {
-                "organization"
-            }
-            TokenKind::TfeAuditTrails { .. } => "audit-trails",
-            TokenKind::TfeTeam { .. } | TokenKind::PulumiTeam { .. } => "team",
-            TokenKind::TfeTeamLegacy { .. } => "team-legacy",
-            TokenKind::TfeAgent { .. } => "agent",
-            TokenKind::PulumiPersonal => "personal",
-        }
-    }
-
-    /// Singleton types are replaced by the issuer at create time: the old token dies when the new one is minted.
-    pub fn is_singleton(&self) -> bool {
-        matches!(
-            self,
-            TokenKind::TfeOrganization { .. }
-                | TokenKind::TfeAuditTrails { .. }
-                | TokenKind::TfeTeamLegacy { .. }
-        )
-    }
-
-    /// Whether tokens of this type carry an expiry (agent tokens never expire).
-    pub fn expires(&self) -> bool {
-        !matches!(self, TokenKind::TfeAgent { .. })
-    }
-
-    /// Whether a token of this type can call the issuer's identity probe (agent tokens cannot).
-    pub fn can_prove_itself(&self) -> bool {
-        !matches!(self, TokenKind::TfeAgent { .. })
+impl fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind())
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -324,7 +188,7 @@ impl PolicyError {
 ///
 /// Only a regular file is read (a FIFO would block, `/dev/zero` never ends), opened without blocking and read up
 /// to [`MAX_POLICY_BYTES`] whatever its size claims to be.
-pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+pub fn load(path: &Path, kinds: &Kinds) -> Result<Policy, PolicyError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let display = path.display().to_string();
@@ -366,7 +230,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
             return Err(PolicyError::Invalid(d));
         }
     };
-    parse(&display, path, &source, &Env::from_process()).map_err(PolicyError::Invalid)
+    parse(&display, path, &source, &Env::from_process(), kinds).map_err(PolicyError::Invalid)
 }
 
 /// The parts of the process environment that change policy defaults (kept explicit for tests).
@@ -384,7 +248,14 @@ impl Env {
 }
 
 /// Parses and validates policy text; `display` names the file in diagnostics.
-pub fn parse(display: &str, path: &Path, source: &str, env: &Env) -> Result<Policy, Diagnostics> {
+/// Parses and validates policy text with the issuer and sink kinds of `kinds`.
+pub fn parse(
+    display: &str,
+    path: &Path,
+    source: &str,
+    env: &Env,
+    kinds: &Kinds,
+) -> Result<Policy, Diagnostics> {
     let mut d = Diagnostics::new(display, source);
     let (doc, syntax_errors) = DeTable::parse_recoverable(source);
     for e in &syntax_errors {
@@ -400,9 +271,13 @@ pub fn parse(display: &str, path: &Path, source: &str, env: &Env) -> Result<Poli
     let mut root = TableReader::new("the policy", 0..0, doc.get_ref());
 
     let daemon = read_daemon(&mut root, &mut d, env);
-    let issuers = read_named(&mut root, &mut d, "issuers", read_issuer);
-    let sinks = read_named(&mut root, &mut d, "sinks", read_sink);
-    let tokens = read_tokens(&mut root, &mut d, &issuers, &sinks);
+    let issuers = read_named(&mut root, &mut d, "issuers", |t, d, name| {
+        read_issuer(t, d, name, kinds)
+    });
+    let sinks = read_named(&mut root, &mut d, "sinks", |t, d, name| {
+        read_sink(t, d, name, kinds)
+    });
+    let tokens = read_tokens(&mut root, &mut d, &issuers, &sinks, kinds);
     root.finish(&mut d);
     if d.is_empty() && tokens.is_empty() {
         d.push(
@@ -524,7 +399,7 @@ fn read_named<T>(
     root: &mut TableReader,
     d: &mut Diagnostics,
     key: &'static str,
-    read_one: fn(&mut TableReader, &mut Diagnostics, &str) -> Option<T>,
+    mut read_one: impl FnMut(&mut TableReader, &mut Diagnostics, &str) -> Option<T>,
 ) -> Named<T> {
     let mut out = BTreeMap::new();
     let Some(section) = root.opt_table(d, key) else {
@@ -545,253 +420,53 @@ fn read_named<T>(
     out
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    host.parse::<std::net::IpAddr>()
-        .map(|ip| ip.is_loopback())
-        .unwrap_or(false)
-}
-
-/// SPEC §5.6: `https://` everywhere, plain `http://` only to loopback addresses.
-fn check_address(d: &mut Diagnostics, key: &str, table: &str, v: &Spanned<String>) -> bool {
-    let text = v.get_ref();
-    let Ok(url) = reqwest::Url::parse(text) else {
-        d.push(
-            v.span(),
-            format!("`{key}` in {table} is not a valid URL: \"{text}\""),
-        );
-        return false;
-    };
-    let host = url.host_str().unwrap_or("");
-    match url.scheme() {
-        "https" if !host.is_empty() => true,
-        "http" if is_loopback_host(host) => true,
-        "http" => {
-            d.push(
-                v.span(),
-                format!(
-                    "`{key}` in {table} uses plain http:// to {host}; only loopback addresses may use http://, use https://"
-                ),
-            );
-            false
-        }
-        _ => {
-            d.push(
-                v.span(),
-                format!("`{key}` in {table} must be an https:// URL, found \"{text}\""),
-            );
-            false
-        }
-    }
-}
-
-fn read_path(t: &mut TableReader, d: &mut Diagnostics, key: &'static str) -> Option<PathBuf> {
-    let v = t.opt_str(d, key)?;
-    if v.get_ref().is_empty() {
-        d.push(v.span(), format!("`{key}` in {} must not be empty", t.name));
-        return None;
-    }
-    if !no_nul(d, &v, &format!("`{key}` in {}", t.name)) {
-        return None;
-    }
-    Some(PathBuf::from(v.into_inner()))
-}
-
-/// A path the operating system can take: no NUL byte (it would silently cut the path short).
-fn no_nul(d: &mut Diagnostics, v: &Spanned<String>, what: &str) -> bool {
-    if v.get_ref().contains('\0') {
-        d.push(v.span(), format!("{what} contains a NUL character"));
-        return false;
-    }
-    true
-}
-
-/// Reads a secret reference; an inline string gets a message saying what to write instead.
-fn read_secret_ref(
+/// Reads `kind`: the name of one of `known`.
+fn read_kind<K: Copy>(
     t: &mut TableReader,
     d: &mut Diagnostics,
-    key: &'static str,
-) -> Option<SecretRef> {
-    let Some(v) = t.get(key) else {
-        t.missing(
-            d,
-            key,
-            &format!(" (write `{key} = {{ env = \"NAME\" }}` or `{key} = {{ file = \"PATH\" }}`)"),
-        );
-        return None;
-    };
-    secret_ref_value(d, &format!("`{key}` in {}", t.name), key, v)
-}
-
-fn secret_ref_value(
-    d: &mut Diagnostics,
-    what: &str,
-    key: &str,
-    v: &Spanned<DeValue<'_>>,
-) -> Option<SecretRef> {
-    let table = match v.get_ref() {
-        DeValue::String(_) => {
-            d.push(
-                v.span(),
-                format!(
-                    "{what} must not be written inline; write `{key} = {{ env = \"NAME\" }}` or `{key} = {{ file = \"PATH\" }}` (or `{{ sink = \"NAME\", path = \"…\" }}`) instead"
-                ),
-            );
-            return None;
-        }
-        DeValue::Table(table) => table,
-        _ => {
-            wrong_type(d, v, what, "a secret reference such as { env = \"NAME\" }");
-            return None;
-        }
-    };
-    let mut r = TableReader::new(what.to_string(), v.span(), table);
-    let present: Vec<&str> = ["env", "file", "sink"]
-        .into_iter()
-        .filter(|k| r.has(k))
-        .collect();
-    let result = match present.as_slice() {
-        ["env"] => r.opt_str(d, "env").and_then(|s| {
-            if s.get_ref().is_empty() {
-                d.push(s.span(), format!("{what}: `env` must name a variable"));
-                None
-            } else {
-                Some(SecretRef::Env(s.into_inner()))
-            }
-        }),
-        ["file"] => r.opt_str(d, "file").and_then(|s| {
-            if s.get_ref().is_empty() {
-                d.push(s.span(), format!("{what}: `file` must name a path"));
-                None
-            } else if !no_nul(d, &s, &format!("{what}: `file`")) {
-                None
-            } else {
-                Some(SecretRef::File(PathBuf::from(s.into_inner())))
-            }
-        }),
-        ["sink"] => {
-            let sink = r.opt_str(d, "sink");
-            let target = read_target(&mut r, d);
-            match (sink, target) {
-                (Some(sink), Some(target)) => Some(SecretRef::Sink {
-                    sink: sink.into_inner(),
-                    target,
-                }),
-                _ => None,
-            }
-        }
-        [] => {
-            d.push(
-                v.span(),
-                format!("{what} must have one of `env`, `file` or `sink`"),
-            );
-            None
-        }
-        _ => {
-            d.push(
-                v.span(),
-                format!("{what} must have exactly one of `env`, `file` or `sink`"),
-            );
-            r.allow(&["env", "file", "sink", "path", "secret_id"]);
-            None
-        }
-    };
-    r.finish(d);
-    result
-}
-
-/// `path = "…"` or `secret_id = "…"` in a sink reference.
-fn read_target(r: &mut TableReader, d: &mut Diagnostics) -> Option<Target> {
-    match (r.has("path"), r.has("secret_id")) {
-        (true, false) => r
-            .opt_str(d, "path")
-            .and_then(|p| non_empty(d, p, "path").map(Target::Path)),
-        (false, true) => r
-            .opt_str(d, "secret_id")
-            .and_then(|p| non_empty(d, p, "secret_id").map(Target::SecretId)),
-        (true, true) => {
-            d.push(
-                r.span.clone(),
-                format!("{} must have `path` or `secret_id`, not both", r.name),
-            );
-            r.allow(&["path", "secret_id"]);
-            None
-        }
-        (false, false) => {
-            r.missing(d, "path", " (or `secret_id` for an AWS sink)");
-            None
-        }
-    }
-}
-
-fn non_empty(d: &mut Diagnostics, v: Spanned<String>, key: &str) -> Option<String> {
-    if v.get_ref().trim().is_empty() {
-        d.push(v.span(), format!("`{key}` must not be empty"));
-        None
-    } else {
-        Some(v.into_inner())
-    }
-}
-
-/// Reads `kind`: one of `known`; a known kind that this build does not implement yet is reported as such.
-fn read_kind<'k>(
-    t: &mut TableReader,
-    d: &mut Diagnostics,
-    known: &[&'k str],
-    supported: &[&str],
-) -> Option<&'k str> {
+    known: &[K],
+    name_of: impl Fn(K) -> &'static str,
+) -> Option<K> {
     let kind = t.req_str(d, "kind")?;
-    match known.iter().find(|k| **k == kind.get_ref()) {
-        Some(k) if supported.contains(k) => Some(k),
-        Some(k) => {
-            d.push(
-                kind.span(),
-                format!(
-                    "`kind = \"{k}\"` in {} is not supported by this version of token-rotator (supported: {})",
-                    t.name,
-                    supported.join(", ")
-                ),
-            );
-            None
-        }
-        None => {
-            d.push(
-                kind.span(),
-                format!(
-                    "unknown `kind = \"{}\"` in {}; expected one of: {}",
-                    kind.get_ref(),
-                    t.name,
-                    known.join(", ")
-                ),
-            );
-            None
-        }
+    let found = known
+        .iter()
+        .copied()
+        .find(|k| name_of(*k) == kind.get_ref());
+    if found.is_none() {
+        let names: Vec<&str> = known.iter().map(|k| name_of(*k)).collect();
+        d.push(
+            kind.span(),
+            format!(
+                "unknown `kind = \"{}\"` in {}; expected one of: {}",
+                kind.get_ref(),
+                t.name,
+                names.join(", ")
+            ),
+        );
     }
+    found
 }
 
-fn read_issuer(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<IssuerConfig> {
-    let kind = read_kind(t, d, &["tfe", "pulumi"], SUPPORTED_ISSUER_KINDS);
-    let kind = match kind {
-        Some("tfe") => Some(IssuerKind::Tfe),
-        Some("pulumi") => Some(IssuerKind::Pulumi),
-        _ => None,
-    };
+fn read_issuer(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    name: &str,
+    kinds: &Kinds,
+) -> Option<IssuerConfig> {
+    let spec = read_kind(t, d, &kinds.issuers, |k| k.name());
     let address = match t.opt_str(d, "address") {
-        Some(a) => check_address(d, "address", &t.name, &a).then(|| a.into_inner()),
-        None => kind.map(|k| k.default_address().to_string()),
+        Some(a) => fields::check_address(d, "address", &t.name, &a).then(|| a.into_inner()),
+        None => spec.map(|k| k.default_address().to_string()),
     };
     let token = read_secret_ref(t, d, "token");
-    let ca_file = read_path(t, d, "ca_file");
+    let ca_file = fields::read_path(t, d, "ca_file");
     let rps = t
         .opt_int(d, "requests_per_second", 1..=1000)
         .map(|v| v.into_inner() as u32)
         .unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
     Some(IssuerConfig {
         name: name.to_string(),
-        kind: kind?,
+        kind: spec?.name(),
         address: address?.trim_end_matches('/').to_string(),
         token: token?,
         ca_file,
@@ -799,248 +474,43 @@ fn read_issuer(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<I
     })
 }
 
-fn read_sink(t: &mut TableReader, d: &mut Diagnostics, name: &str) -> Option<SinkConfig> {
-    let kind = read_kind(
-        t,
-        d,
-        &["vault", "aws-secretsmanager", "file"],
-        SUPPORTED_SINK_KINDS,
-    );
-    let kind = match kind {
-        Some("vault") => SinkKind::Vault(read_vault(t, d)?),
-        Some("aws-secretsmanager") => SinkKind::AwsSecretsManager(read_aws(t, d)?),
-        Some("file") => SinkKind::File(read_file_sink(t, d)?),
-        _ => {
-            t.allow(&[
-                "address",
-                "mount",
-                "namespace",
-                "ca_file",
-                "kv_version",
-                "auth",
-                "region",
-                "endpoint_url",
-                "kms_key_id",
-                "directory",
-            ]);
-            return None;
+/// A sink table: its `kind`, then the kind reads the rest. A table whose `kind` is wrong gets only that reported.
+fn read_sink(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    name: &str,
+    kinds: &Kinds,
+) -> Option<SinkConfig> {
+    let Some(spec) = read_kind(t, d, &kinds.sinks, |k| k.name()) else {
+        for k in &kinds.sinks {
+            t.allow(k.keys());
         }
+        return None;
     };
+    let settings = spec.read(t, d)?;
     Some(SinkConfig {
         name: name.to_string(),
-        kind,
+        spec,
+        settings,
     })
 }
-
-fn read_aws(t: &mut TableReader, d: &mut Diagnostics) -> Option<AwsSinkConfig> {
-    let region = t
-        .opt_str(d, "region")
-        .and_then(|r| non_empty(d, r, "region"));
-    let mut ok = true;
-    let endpoint_url = t.opt_str(d, "endpoint_url").and_then(|e| {
-        if check_address(d, "endpoint_url", &t.name, &e) {
-            Some(e.into_inner())
-        } else {
-            ok = false;
-            None
-        }
-    });
-    let kms_key_id = t
-        .opt_str(d, "kms_key_id")
-        .and_then(|k| non_empty(d, k, "kms_key_id"));
-    ok.then_some(AwsSinkConfig {
-        region,
-        endpoint_url,
-        kms_key_id,
-    })
-}
-
-fn read_file_sink(t: &mut TableReader, d: &mut Diagnostics) -> Option<FileSinkConfig> {
-    let dir = t.req_str(d, "directory")?;
-    if !no_nul(d, &dir, &format!("`directory` in {}", t.name)) {
-        return None;
-    }
-    if !Path::new(dir.get_ref()).is_absolute() {
-        d.push(
-            dir.span(),
-            format!("`directory` in {} must be an absolute path", t.name),
-        );
-        return None;
-    }
-    Some(FileSinkConfig {
-        directory: PathBuf::from(dir.into_inner()),
-    })
-}
-
-/// A file sink target must stay inside the sink's directory: relative, no `..`, no empty components.
-fn check_file_target(path: &str) -> Result<(), String> {
-    if path.starts_with('/') {
-        return Err(format!(
-            "file target `{path}` must be relative to the sink's directory"
-        ));
-    }
-    if path.contains('\0') {
-        return Err(format!(
-            "file target `{}` contains a NUL character",
-            path.replace('\0', "\\0")
-        ));
-    }
-    for part in path.split('/') {
-        if part.is_empty() || part == "." || part == ".." {
-            return Err(format!(
-                "file target `{path}` must not contain empty, `.` or `..` components"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn read_vault(t: &mut TableReader, d: &mut Diagnostics) -> Option<VaultSinkConfig> {
-    let address = t
-        .req_str(d, "address")
-        .and_then(|a| check_address(d, "address", &t.name, &a).then(|| a.into_inner()));
-    let mount = match t.opt_str(d, "mount") {
-        Some(m) => non_empty(d, m, "mount").map(|m| m.trim_matches('/').to_string()),
-        None => Some("secret".to_string()),
-    };
-    let namespace = t.opt_str(d, "namespace").map(Spanned::into_inner);
-    let ca_file = read_path(t, d, "ca_file");
-    let kv_version = t
-        .opt_int(d, "kv_version", 1..=2)
-        .map(|v| v.into_inner() as u8);
-    let auth = match t.opt_table(d, "auth") {
-        None => {
-            if !t.has("auth") {
-                t.missing(
-                    d,
-                    "auth",
-                    " (e.g. `auth = { method = \"token\", token = { env = \"VAULT_TOKEN\" } }`)",
-                );
-            }
-            None
-        }
-        Some(mut a) => {
-            let method = a.req_str(d, "method");
-            let auth = match method.as_ref().map(|m| m.get_ref().as_str()) {
-                Some("token") => {
-                    read_secret_ref(&mut a, d, "token").map(|token| VaultAuth::Token { token })
-                }
-                Some("approle") if SUPPORTED_VAULT_AUTH.contains(&"approle") => {
-                    let mount = read_auth_mount(&mut a, d, "approle");
-                    let role_id = a
-                        .req_str(d, "role_id")
-                        .and_then(|r| non_empty(d, r, "role_id"));
-                    let secret_id = read_local_secret_ref(&mut a, d, "secret_id");
-                    match (mount, role_id, secret_id) {
-                        (Some(mount), Some(role_id), Some(secret_id)) => Some(VaultAuth::AppRole {
-                            mount,
-                            role_id,
-                            secret_id,
-                        }),
-                        _ => None,
-                    }
-                }
-                Some("kubernetes") if SUPPORTED_VAULT_AUTH.contains(&"kubernetes") => {
-                    let mount = read_auth_mount(&mut a, d, "kubernetes");
-                    let role = a.req_str(d, "role").and_then(|r| non_empty(d, r, "role"));
-                    let jwt_file = if a.has("jwt_file") {
-                        read_path(&mut a, d, "jwt_file")
-                    } else {
-                        Some(PathBuf::from(DEFAULT_K8S_JWT_FILE))
-                    };
-                    match (mount, role, jwt_file) {
-                        (Some(mount), Some(role), Some(jwt_file)) => Some(VaultAuth::Kubernetes {
-                            mount,
-                            role,
-                            jwt_file,
-                        }),
-                        _ => None,
-                    }
-                }
-                Some(m @ ("approle" | "kubernetes")) => {
-                    d.push(
-                        method.as_ref().map(|s| s.span()).unwrap_or(a.span.clone()),
-                        format!("Vault auth method \"{m}\" is not supported by this version of token-rotator (supported: {})", SUPPORTED_VAULT_AUTH.join(", ")),
-                    );
-                    a.allow(&["mount", "role_id", "secret_id", "role", "jwt_file", "token"]);
-                    None
-                }
-                Some(other) => {
-                    d.push(
-                        method.as_ref().map(|s| s.span()).unwrap_or(a.span.clone()),
-                        format!("unknown Vault auth `method = \"{other}\"`; expected one of: token, approle, kubernetes"),
-                    );
-                    None
-                }
-                None => None,
-            };
-            a.finish(d);
-            auth
-        }
-    };
-    Some(VaultSinkConfig {
-        address: address?.trim_end_matches('/').to_string(),
-        mount: mount?,
-        namespace,
-        ca_file,
-        kv_version,
-        auth: auth?,
-    })
-}
-
-/// Where Kubernetes mounts a pod's service-account token.
-const DEFAULT_K8S_JWT_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-
-/// `mount` of a Vault auth method: default the method's name, no surrounding slashes.
-fn read_auth_mount(a: &mut TableReader, d: &mut Diagnostics, default: &str) -> Option<String> {
-    match a.opt_str(d, "mount") {
-        Some(m) => non_empty(d, m, "mount").map(|m| m.trim_matches('/').to_string()),
-        None => Some(default.to_string()),
-    }
-}
-
-/// A secret reference read before any sink exists (a sink's own credential): `env` or `file` only.
-fn read_local_secret_ref(
-    a: &mut TableReader,
-    d: &mut Diagnostics,
-    key: &'static str,
-) -> Option<SecretRef> {
-    let span = a.get(key).map(|v| v.span());
-    match read_secret_ref(a, d, key)? {
-        SecretRef::Sink { .. } => {
-            d.push(
-                span.unwrap_or(a.span.clone()),
-                format!("`{key}` in {} must be an `env` or `file` reference (a sink's credential cannot come from a sink)", a.name),
-            );
-            None
-        }
-        r => Some(r),
-    }
-}
-
-const TFE_TYPES: &[&str] = &[
-    "organization",
-    "audit-trails",
-    "team",
-    "team-legacy",
-    "agent",
-];
-const PULUMI_TYPES: &[&str] = &["organization", "team", "personal"];
 
 fn read_tokens(
     root: &mut TableReader,
     d: &mut Diagnostics,
     issuers: &Named<IssuerConfig>,
     sinks: &Named<SinkConfig>,
+    kinds: &Kinds,
 ) -> BTreeMap<String, Arc<TokenPolicy>> {
     let mut out = BTreeMap::new();
     // Which token already writes to a sink target, for the duplicate check.
     let mut targets: HashMap<SinkTarget, String> = HashMap::new();
-    // Which token already uses a label in a sweep scope, for the collision check.
-    let mut labels: HashMap<((IssuerKind, String), String), String> = HashMap::new();
+    // Which token already uses a label in a sweep scope (issuer kind, scope), for the collision check.
+    let mut labels: HashMap<(&'static str, String, String), String> = HashMap::new();
     let Some(section) = root.opt_table(d, "tokens") else {
         return out;
     };
+    let label_keys: Vec<&'static str> = kinds.issuers.iter().map(|k| k.label_key()).collect();
     for (name, value) in section.entries() {
         let Some(table) = value.get_ref().as_table() else {
             wrong_type(d, value, &format!("`tokens.{}`", name.get_ref()), "a table");
@@ -1048,24 +518,31 @@ fn read_tokens(
         };
         let named_ok = check_name(d, &name, "tokens");
         let mut t = TableReader::new(format!("[tokens.{}]", name.get_ref()), name.span(), table);
-        let label_span = t
-            .get_span("description")
-            .or_else(|| t.get_span("name_prefix"));
-        if let Some(token) = read_token(&mut t, d, name.get_ref(), issuers, sinks, &mut targets) {
+        let label_span = label_keys.iter().find_map(|k| t.get_span(k));
+        let read = read_token(
+            &mut t,
+            d,
+            name.get_ref(),
+            issuers,
+            sinks,
+            &mut targets,
+            kinds,
+        );
+        if let Some((token, spec)) = read {
             if let Some(scope) = label_scope(&token, issuers) {
-                let label = sweep_label(&token);
-                match labels.get(&(scope.clone(), label.clone())) {
+                let label = spec.sweep_label(&token.label);
+                let key = (spec.name(), scope.clone(), label.clone());
+                match labels.get(&key) {
                     Some(other) => d.push(
                         label_span.unwrap_or_else(|| name.span()),
                         format!(
-                            "[tokens.{}] labels its tokens like [tokens.{other}] (\"{label}\") in the same {}: the orphan sweep could not tell their tokens apart; give one of them another `{}`",
+                            "[tokens.{}] labels its tokens like [tokens.{other}] (\"{label}\") in the same {scope}: the orphan sweep could not tell their tokens apart; give one of them another `{}`",
                             name.get_ref(),
-                            scope.1,
-                            if scope.0 == IssuerKind::Tfe { "description" } else { "name_prefix" },
+                            spec.label_key(),
                         ),
                     ),
                     None => {
-                        labels.insert((scope, label), name.get_ref().clone());
+                        labels.insert(key, name.get_ref().clone());
                     }
                 }
             }
@@ -1108,10 +585,10 @@ fn check_name(d: &mut Diagnostics, name: &Spanned<String>, section: &str) -> boo
     }
 }
 
-/// Where a token's labels must be unique for the orphan sweep to tell tokens apart (SPEC §5.11): the issuer kind
-/// and address (two issuer tables may point at the same service) and the resource whose token list the sweep
-/// reads, for the types that are swept (singletons are replaced in place and never swept).
-fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<(IssuerKind, String)> {
+/// Where a token's labels must be unique for the orphan sweep to tell tokens apart (SPEC §5.11): the resource
+/// whose token list the sweep reads, at the issuer's address (two issuer tables may point at the same service),
+/// for the types that are swept (singletons are replaced in place and never swept).
+fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<String> {
     let issuer = issuers.get(&token.issuer)?.1.as_ref()?;
     // One service however its address is spelled (case, default port, a trailing slash).
     let at = reqwest::Url::parse(&issuer.address)
@@ -1125,33 +602,10 @@ fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<(Is
             ))
         })
         .unwrap_or_else(|| issuer.address.clone());
-    let what = match &token.kind {
-        TokenKind::TfeTeam { team_id } => format!("team {team_id} at {at}"),
-        TokenKind::TfeAgent { agent_pool_id, .. } => format!("agent pool {agent_pool_id} at {at}"),
-        // Org and team token names share one namespace per organization (token-apis.md B).
-        TokenKind::PulumiOrganization { organization, .. }
-        | TokenKind::PulumiTeam { organization, .. } => {
-            format!("Pulumi organization \"{organization}\" at {at}")
-        }
-        // The caller's own tokens: issuer tables at one address may hold one user's credential.
-        TokenKind::PulumiPersonal => format!("personal tokens at {at}"),
-        TokenKind::TfeOrganization { .. }
-        | TokenKind::TfeAuditTrails { .. }
-        | TokenKind::TfeTeamLegacy { .. } => return None,
-    };
-    Some((issuer.kind, what))
+    token.kind.label_scope(&at)
 }
 
-/// The part of a label the sweep compares: the TFC description, or the Pulumi name prefix as names use it.
-fn sweep_label(token: &TokenPolicy) -> String {
-    match token.kind {
-        TokenKind::PulumiOrganization { .. }
-        | TokenKind::PulumiTeam { .. }
-        | TokenKind::PulumiPersonal => token.label.chars().take(PULUMI_MAX_NAME_PREFIX).collect(),
-        _ => token.label.clone(),
-    }
-}
-
+/// A token table; with it, the kind of its issuer (for the label rules).
 fn read_token(
     t: &mut TableReader,
     d: &mut Diagnostics,
@@ -1159,7 +613,8 @@ fn read_token(
     issuers: &Named<IssuerConfig>,
     sinks: &Named<SinkConfig>,
     targets: &mut HashMap<SinkTarget, String>,
-) -> Option<TokenPolicy> {
+    kinds: &Kinds,
+) -> Option<(TokenPolicy, &'static dyn IssuerSpec)> {
     let issuer_key = t.req_str(d, "issuer");
     let issuer = issuer_key
         .as_ref()
@@ -1179,110 +634,60 @@ fn read_token(
                 None
             }
         });
+    let spec = issuer.and_then(|i| kinds.issuer(i.kind));
     let type_key = t.req_str(d, "type");
-    let kind = match (issuer, type_key.as_ref()) {
-        (Some(issuer), Some(ty)) => read_token_kind(t, d, issuer, ty),
-        _ => {
-            check_kind_keys(t, d);
-            None
-        }
+    let kind = match (issuer, spec, type_key.as_ref()) {
+        (Some(issuer), Some(spec), Some(ty)) => read_token_kind(t, d, issuer, spec, ty),
+        _ => None,
     };
-    let schedule = read_schedule(t, d, kind.as_ref());
-    let label = read_label(t, d, name, issuer.map(|i| i.kind));
+    check_kind_keys(t, d, kinds);
+    let schedule = read_schedule(t, d, kind.as_ref(), spec);
+    let label = read_label(t, d, name, spec, kinds);
     let sink_targets = read_token_sinks(t, d, name, sinks, targets);
-    Some(TokenPolicy {
+    let token = TokenPolicy {
         name: name.to_string(),
         issuer: issuer_key?.into_inner(),
         kind: kind?,
         schedule: schedule?,
         label: label?,
         sinks: sink_targets?,
-    })
+    };
+    Some((token, spec?))
 }
 
-/// TFC `description` / Pulumi `name_prefix`, with their defaults.
+/// The label key of the issuer's kind, with its default; another kind's label key is refused with a pointer.
 fn read_label(
     t: &mut TableReader,
     d: &mut Diagnostics,
     name: &str,
-    kind: Option<IssuerKind>,
+    spec: Option<&'static dyn IssuerSpec>,
+    kinds: &Kinds,
 ) -> Option<String> {
-    match kind {
-        Some(IssuerKind::Tfe) => {
-            if let Some(v) = t.get("name_prefix") {
-                d.push(
-                    v.span(),
-                    format!(
-                        "`name_prefix` in {} is for Pulumi tokens; TFC tokens take `description`",
-                        t.name
-                    ),
-                );
-            }
-            match t.opt_str(d, "description") {
-                Some(s) if s.get_ref().trim().is_empty() || s.get_ref().chars().count() > 80 => {
-                    d.push(
-                        s.span(),
-                        format!("`description` in {} must be 1 to 80 characters", t.name),
-                    );
-                    None
-                }
-                Some(s) => Some(s.into_inner()),
-                None => Some(format!("token-rotator {name}")),
-            }
+    let Some(spec) = spec else {
+        for k in &kinds.issuers {
+            t.allow(&[k.label_key()]);
         }
-        Some(IssuerKind::Pulumi) => {
-            if let Some(v) = t.get("description") {
-                d.push(
-                    v.span(),
-                    format!(
-                        "`description` in {} is for TFC tokens; Pulumi tokens take `name_prefix`",
-                        t.name
-                    ),
-                );
-            }
-            match t.opt_str(d, "name_prefix") {
-                Some(s) => {
-                    let ok_chars = s
-                        .get_ref()
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                    if s.get_ref().is_empty()
-                        || s.get_ref().chars().count() > PULUMI_MAX_NAME_PREFIX
-                        || !ok_chars
-                    {
-                        d.push(
-                            s.span(),
-                            format!(
-                                "`name_prefix` in {} must be 1 to {PULUMI_MAX_NAME_PREFIX} characters of A-Z, a-z, 0-9, `-`, `_`, `.` (names are `<name_prefix>-<YYYYMMDDhhmmss>`, at most 40 characters)",
-                                t.name
-                            ),
-                        );
-                        None
-                    } else {
-                        Some(s.into_inner())
-                    }
-                }
-                None => {
-                    let cleaned: String = name
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                                c
-                            } else {
-                                '-'
-                            }
-                        })
-                        .take(PULUMI_MAX_NAME_PREFIX)
-                        .collect();
-                    Some(cleaned)
-                }
-            }
+        return None;
+    };
+    for other in &kinds.issuers {
+        let key = other.label_key();
+        if key == spec.label_key() {
+            continue;
         }
-        None => {
-            t.allow(&["description", "name_prefix"]);
-            None
+        if let Some(v) = t.get(key) {
+            d.push(
+                v.span(),
+                format!(
+                    "`{key}` in {} is for {} tokens; {} tokens take `{}`",
+                    t.name,
+                    other.title(),
+                    spec.title(),
+                    spec.label_key()
+                ),
+            );
         }
     }
+    spec.read_label(t, d, name)
 }
 
 fn known_list(known: &[&str]) -> String {
@@ -1293,110 +698,44 @@ fn known_list(known: &[&str]) -> String {
     }
 }
 
+/// `type`: one of the issuer kind's types, read with its keys by the kind.
 fn read_token_kind(
     t: &mut TableReader,
     d: &mut Diagnostics,
     issuer: &IssuerConfig,
+    spec: &dyn IssuerSpec,
     ty: &Spanned<String>,
 ) -> Option<TokenKind> {
-    let kind = read_known_kind(t, d, issuer, ty);
-    check_kind_keys(t, d);
-    kind
-}
-
-fn read_known_kind(
-    t: &mut TableReader,
-    d: &mut Diagnostics,
-    issuer: &IssuerConfig,
-    ty: &Spanned<String>,
-) -> Option<TokenKind> {
-    let req = |t: &mut TableReader, d: &mut Diagnostics, key: &'static str| {
-        let v = t.req_str(d, key)?;
-        non_empty(d, v, key)
-    };
-    let kind = match (issuer.kind, ty.get_ref().as_str()) {
-        (IssuerKind::Tfe, "organization") => Some(TokenKind::TfeOrganization {
-            organization: req(t, d, "organization")?,
-        }),
-        (IssuerKind::Tfe, "audit-trails") => Some(TokenKind::TfeAuditTrails {
-            organization: req(t, d, "organization")?,
-        }),
-        (IssuerKind::Tfe, "team") => Some(TokenKind::TfeTeam {
-            team_id: req(t, d, "team_id")?,
-        }),
-        (IssuerKind::Tfe, "team-legacy") => Some(TokenKind::TfeTeamLegacy {
-            team_id: req(t, d, "team_id")?,
-        }),
-        (IssuerKind::Tfe, "agent") => {
-            let pool = req(t, d, "agent_pool_id");
-            let revoke_after_use = t
-                .opt_bool(d, "revoke_after_use")
-                .map(Spanned::into_inner)
-                .unwrap_or(false);
-            Some(TokenKind::TfeAgent {
-                agent_pool_id: pool?,
-                revoke_after_use,
-            })
-        }
-        (IssuerKind::Pulumi, "organization") => {
-            let org = req(t, d, "organization");
-            let admin = t
-                .opt_bool(d, "admin")
-                .map(Spanned::into_inner)
-                .unwrap_or(false);
-            let role_id = t
-                .opt_str(d, "role_id")
-                .and_then(|r| non_empty(d, r, "role_id"));
-            Some(TokenKind::PulumiOrganization {
-                organization: org?,
-                admin,
-                role_id,
-            })
-        }
-        (IssuerKind::Pulumi, "team") => {
-            let org = req(t, d, "organization");
-            let team = req(t, d, "team");
-            Some(TokenKind::PulumiTeam {
-                organization: org?,
-                team: team?,
-            })
-        }
-        (IssuerKind::Pulumi, "personal") => Some(TokenKind::PulumiPersonal),
-        (kind, other) => {
-            let types = if kind == IssuerKind::Tfe {
-                TFE_TYPES
-            } else {
-                PULUMI_TYPES
-            };
-            d.push(
-                ty.span(),
-                format!(
-                    "unknown `type = \"{other}\"` for issuer \"{}\" (kind \"{}\"); expected one of: {}",
-                    issuer.name,
-                    kind.as_str(),
-                    types.join(", ")
-                ),
-            );
-            None
-        }
-    };
-    kind
-}
-
-/// The type-specific keys, checked for their value types whatever the `type` (a wrong `type` must not hide a
-/// wrong `team_id`); keys the type does not take are allowed here and checked by their type's reader.
-fn check_kind_keys(t: &mut TableReader, d: &mut Diagnostics) {
-    for key in [
-        "organization",
-        "team_id",
-        "agent_pool_id",
-        "team",
-        "role_id",
-    ] {
-        let _ = t.opt_str(d, key);
+    if !spec.types().contains(&ty.get_ref().as_str()) {
+        d.push(
+            ty.span(),
+            format!(
+                "unknown `type = \"{}\"` for issuer \"{}\" (kind \"{}\"); expected one of: {}",
+                ty.get_ref(),
+                issuer.name,
+                spec.name(),
+                spec.types().join(", ")
+            ),
+        );
+        return None;
     }
-    for key in ["admin", "revoke_after_use"] {
-        let _ = t.opt_bool(d, key);
+    spec.read_type(ty.get_ref(), t, d)
+}
+
+/// The type-specific keys of every kind, checked for their value types whatever the `type` (a wrong `type` must
+/// not hide a wrong `team_id`); keys the type does not take are allowed here.
+fn check_kind_keys(t: &mut TableReader, d: &mut Diagnostics, kinds: &Kinds) {
+    for spec in &kinds.issuers {
+        for (key, ty) in spec.type_keys() {
+            match ty {
+                kinds::KeyType::Str => {
+                    let _ = t.opt_str(d, key);
+                }
+                kinds::KeyType::Bool => {
+                    let _ = t.opt_bool(d, key);
+                }
+            }
+        }
     }
 }
 
@@ -1404,6 +743,7 @@ fn read_schedule(
     t: &mut TableReader,
     d: &mut Diagnostics,
     kind: Option<&TokenKind>,
+    spec: Option<&'static dyn IssuerSpec>,
 ) -> Option<Schedule> {
     let mut ok = true;
     let lifetime = t.opt_duration(d, "lifetime");
@@ -1487,13 +827,14 @@ fn read_schedule(
             }
         }
     }
-    let expires = kind.map(TokenKind::expires).unwrap_or(true);
+    let expires = kind.map(|k| k.expires()).unwrap_or(true);
+    let type_name = kind.map(|k| k.type_name()).unwrap_or_default();
     if !expires {
         if let Some(l) = &lifetime {
             d.push(
                 l.span(),
                 format!(
-                    "{}: agent tokens never expire, so `lifetime` does not apply; use `every`",
+                    "{}: {type_name} tokens never expire, so `lifetime` does not apply; use `every`",
                     t.name
                 ),
             );
@@ -1503,7 +844,7 @@ fn read_schedule(
             d.push(
                 rb.span(),
                 format!(
-                    "{}: agent tokens never expire, so `rotate_before` does not apply; use `every`",
+                    "{}: {type_name} tokens never expire, so `rotate_before` does not apply; use `every`",
                     t.name
                 ),
             );
@@ -1513,28 +854,14 @@ fn read_schedule(
             t.missing(
                 d,
                 "every",
-                " (agent tokens never expire, so `every` sets the rotation period)",
+                &format!(" ({type_name} tokens never expire, so `every` sets the rotation period)"),
             );
             ok = false;
         }
     }
-    if let (
-        Some(
-            TokenKind::PulumiOrganization { .. }
-            | TokenKind::PulumiTeam { .. }
-            | TokenKind::PulumiPersonal,
-        ),
-        Some(l),
-    ) = (kind, &lifetime)
-    {
-        if *l.get_ref() > PULUMI_MAX_LIFETIME {
-            d.push(
-                l.span(),
-                format!(
-                    "`lifetime` in {} exceeds Pulumi's maximum of two years (730d)",
-                    t.name
-                ),
-            );
+    if let (Some(spec), Some(_), Some(l)) = (spec, kind, &lifetime) {
+        if let Err(why) = spec.check_lifetime(*l.get_ref()) {
+            d.push(l.span(), format!("`lifetime` in {} {why}", t.name));
             ok = false;
         }
     }
@@ -1684,30 +1011,24 @@ fn read_token_sinks(
             ok = false;
             continue;
         };
-        let expects_path = cfg.kind.takes_path();
-        if expects_path != matches!(target, Target::Path(_)) {
-            let want = if expects_path {
-                "`path`"
-            } else {
-                "`secret_id`"
-            };
+        let key = cfg.spec.target_key();
+        if !key.fits(&target) {
             d.push(
                 item.span(),
                 format!(
-                    "sink \"{}\" (kind \"{}\") takes {want}",
+                    "sink \"{}\" (kind \"{}\") takes `{}`",
                     sink.get_ref(),
-                    cfg.kind.as_str()
+                    cfg.kind(),
+                    key.as_str()
                 ),
             );
             ok = false;
             continue;
         }
-        if let (SinkKind::File(_), Target::Path(p)) = (&cfg.kind, &target) {
-            if let Err(why) = check_file_target(p) {
-                d.push(item.span(), why);
-                ok = false;
-                continue;
-            }
+        if let Err(why) = cfg.spec.check_target(&target) {
+            d.push(item.span(), why);
+            ok = false;
+            continue;
         }
         let st = SinkTarget {
             sink: sink.get_ref().clone(),
@@ -1756,7 +1077,13 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
 "#;
 
     fn errors(src: &str) -> Vec<String> {
-        match parse("p.toml", Path::new("p.toml"), src, &Env::default()) {
+        match parse(
+            "p.toml",
+            Path::new("p.toml"),
+            src,
+            &Env::default(),
+            &crate::kinds(),
+        ) {
             Ok(_) => vec![],
             Err(mut d) => d.render(),
         }
@@ -1764,7 +1091,14 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
 
     #[test]
     fn good_policy_parses_with_defaults() {
-        let p = parse("p.toml", Path::new("p.toml"), GOOD, &Env::default()).unwrap();
+        let p = parse(
+            "p.toml",
+            Path::new("p.toml"),
+            GOOD,
+            &Env::default(),
+            &crate::kinds(),
+        )
+        .unwrap();
         let t = &p.tokens["ci-org"];
         assert_eq!(t.schedule.lifetime, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(
@@ -1773,10 +1107,10 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
         );
         assert_eq!(t.schedule.grace, Duration::from_secs(3600));
         assert_eq!(p.daemon.listen.to_string(), "127.0.0.1:9851");
-        match &p.sinks["vault"].kind {
-            SinkKind::Vault(v) => assert_eq!(v.mount, "secret"),
-            other => panic!("unexpected {other:?}"),
-        }
+        let vault = p.sinks["vault"]
+            .settings::<crate::sink::vault::VaultSinkConfig>()
+            .expect("vault settings");
+        assert_eq!(vault.mount, "secret");
         assert_eq!(t.label, "token-rotator ci-org");
     }
 
@@ -1905,19 +1239,21 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
     fn only_regular_files_are_read_and_never_past_the_cap() {
         let dir = tempfile::tempdir().unwrap();
         for special in ["/dev/zero", "/dev/null"] {
-            let err = load(Path::new(special)).unwrap_err().to_string();
+            let err = load(Path::new(special), &crate::kinds())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("not a regular file"), "{special}: {err}");
         }
         let fifo = dir.path().join("fifo");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.is_ok_and(|s| s.success()) {
             // Opened without blocking, then refused: a FIFO never hangs `check`.
-            let err = load(&fifo).unwrap_err().to_string();
+            let err = load(&fifo, &crate::kinds()).unwrap_err().to_string();
             assert!(err.contains("not a regular file"), "{err}");
         }
         let big = dir.path().join("big.toml");
         std::fs::write(&big, vec![b'#'; MAX_POLICY_BYTES as usize + 1]).unwrap();
-        let err = load(&big).unwrap_err().to_string();
+        let err = load(&big, &crate::kinds()).unwrap_err().to_string();
         assert!(err.contains("larger than"), "{err}");
     }
 
@@ -1927,7 +1263,7 @@ sinks = [{ sink = "vault", path = "ci/tfc-org" }]
         let env = Env {
             state_directory: Some("/var/lib/token-rotator:/other".into()),
         };
-        let p = parse("p.toml", Path::new("p.toml"), &src, &env).unwrap();
+        let p = parse("p.toml", Path::new("p.toml"), &src, &env, &crate::kinds()).unwrap();
         assert_eq!(p.daemon.state_dir, PathBuf::from("/var/lib/token-rotator"));
     }
 }

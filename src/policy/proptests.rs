@@ -126,7 +126,13 @@ fn apply(m: &Mutation, base: &str) -> String {
 }
 
 fn check_located(src: &str) {
-    match parse("p.toml", Path::new("p.toml"), src, &Env::default()) {
+    match parse(
+        "p.toml",
+        Path::new("p.toml"),
+        src,
+        &Env::default(),
+        &crate::kinds(),
+    ) {
         Ok(_) => {}
         Err(mut d) => {
             let rendered = d.render();
@@ -166,7 +172,14 @@ fn check_located(src: &str) {
 
 #[test]
 fn the_base_policy_is_valid() {
-    parse("p.toml", Path::new("p.toml"), VALID, &Env::default()).unwrap();
+    parse(
+        "p.toml",
+        Path::new("p.toml"),
+        VALID,
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap();
 }
 
 proptest! {
@@ -195,11 +208,25 @@ fn a_huge_policy_is_handled() {
             "\n[tokens.t{i}]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-{i}\"\nsinks = [{{ sink = \"vault\", path = \"p/{i}\" }}]\n"
         ));
     }
-    let p = parse("p.toml", Path::new("p.toml"), &src, &Env::default()).unwrap();
+    let p = parse(
+        "p.toml",
+        Path::new("p.toml"),
+        &src,
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap();
     assert_eq!(p.tokens.len(), 5002);
     // And one error deep inside is still located exactly.
     let broken = src.replacen("team_id = \"team-4321\"", "team_id = 4321", 1);
-    let mut d = parse("p.toml", Path::new("p.toml"), &broken, &Env::default()).unwrap_err();
+    let mut d = parse(
+        "p.toml",
+        Path::new("p.toml"),
+        &broken,
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap_err();
     let lines = d.render();
     assert_eq!(lines.len(), 1, "{lines:?}");
     let want_line = broken.lines().position(|l| l == "team_id = 4321").unwrap() + 1;

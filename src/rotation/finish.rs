@@ -15,7 +15,7 @@ use super::{
 };
 use crate::issuer::Issuer;
 use crate::journal::{Entry, PendingRevocation, Phase, Rotation};
-use crate::policy::{SinkTarget, TokenKind, TokenPolicy};
+use crate::policy::{SinkTarget, TokenPolicy};
 use crate::record::{MintedToken, SinkRecord};
 use crate::schedule;
 use crate::sink::{Sink, SinkError, SinkErrorKind, Version};
@@ -320,13 +320,10 @@ fn queue_revocations(
     if entry.revocations.iter().any(|r| &r.token_id == old) {
         return;
     }
-    let after_use_of = match token.kind {
-        TokenKind::TfeAgent {
-            revoke_after_use: true,
-            ..
-        } => Some(minted.token_id.clone()),
-        _ => None,
-    };
+    let after_use_of = token
+        .kind
+        .revoke_after_use()
+        .then(|| minted.token_id.clone());
     entry.revocations.push(PendingRevocation {
         token_id: old.clone(),
         not_before,

@@ -15,6 +15,7 @@
 //! AWS answers 400 (secret-stores.md B.1). Reads name the stage explicitly: moto answers a plain `GetSecretValue`
 //! with a stale version after a stage move (secret-stores.md B.9, gap 1).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +29,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{AwsVersionId, Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
-use crate::policy::AwsSinkConfig;
+use crate::policy::diag::Diagnostics;
+use crate::policy::fields::{check_address, non_empty};
+use crate::policy::kinds::{SinkSettings, SinkSpec, TargetKey};
+use crate::policy::reader::TableReader;
 use crate::record::SinkRecord;
 
 const AWSCURRENT: &str = "AWSCURRENT";
@@ -134,13 +138,11 @@ impl AwsSink {
             .clone()
             .or_else(|| sdk.region().map(|r| r.to_string()));
         let Some(region) = region else {
-            return Err(SinkError {
-                sink: name.to_string(),
-                kind: SinkErrorKind::Permanent,
-                message:
-                    "no AWS region: set `region` in the sink, or AWS_REGION / a profile region"
-                        .into(),
-            });
+            return Err(SinkError::new(
+                name,
+                SinkErrorKind::Permanent,
+                "no AWS region: set `region` in the sink, or AWS_REGION / a profile region",
+            ));
         };
         // Region, timeouts and endpoint apply to Secrets Manager only, not to STS or SSO used by the
         // credential chain.
@@ -159,11 +161,7 @@ impl AwsSink {
     }
 
     fn error(&self, kind: SinkErrorKind, message: impl Into<String>) -> SinkError {
-        SinkError {
-            sink: self.name.clone(),
-            kind,
-            message: message.into(),
-        }
+        SinkError::new(&self.name, kind, message)
     }
 
     fn secret_id<'t>(&self, target: &'t Target) -> Result<&'t str, SinkError> {
@@ -484,6 +482,74 @@ impl Sink for AwsSink {
         }
         tracing::debug!(sink = %self.name, secret_id = %id, version_id = %token, previous = current.as_deref().unwrap_or("(none)"), "AWSCURRENT moved to the new version");
         Ok(())
+    }
+}
+
+/// The `[sinks.NAME]` table of `kind = "aws-secretsmanager"`.
+#[derive(Clone, Debug)]
+pub struct AwsSinkConfig {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub kms_key_id: Option<String>,
+}
+
+impl SinkSettings for AwsSinkConfig {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The policy side of `kind = "aws-secretsmanager"`.
+pub struct AwsSpec;
+
+#[async_trait]
+impl super::SinkKind for AwsSpec {
+    async fn build(
+        &self,
+        name: &str,
+        settings: &dyn SinkSettings,
+    ) -> Result<Arc<dyn Sink>, SinkError> {
+        let cfg = super::settings_of::<AwsSinkConfig>(name, settings)?;
+        Ok(Arc::new(AwsSink::new(name, cfg).await?))
+    }
+}
+
+impl SinkSpec for AwsSpec {
+    fn name(&self) -> &'static str {
+        "aws-secretsmanager"
+    }
+
+    fn target_key(&self) -> TargetKey {
+        TargetKey::SecretId
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["region", "endpoint_url", "kms_key_id"]
+    }
+
+    fn read(&self, t: &mut TableReader, d: &mut Diagnostics) -> Option<Arc<dyn SinkSettings>> {
+        let region = t
+            .opt_str(d, "region")
+            .and_then(|r| non_empty(d, r, "region"));
+        let mut ok = true;
+        let endpoint_url = t.opt_str(d, "endpoint_url").and_then(|e| {
+            if check_address(d, "endpoint_url", &t.name, &e) {
+                Some(e.into_inner())
+            } else {
+                ok = false;
+                None
+            }
+        });
+        let kms_key_id = t
+            .opt_str(d, "kms_key_id")
+            .and_then(|k| non_empty(d, k, "kms_key_id"));
+        ok.then(|| {
+            Arc::new(AwsSinkConfig {
+                region,
+                endpoint_url,
+                kms_key_id,
+            }) as Arc<dyn SinkSettings>
+        })
     }
 }
 

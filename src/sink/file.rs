@@ -18,7 +18,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
-use crate::policy::FileSinkConfig;
+use crate::policy::diag::Diagnostics;
+use crate::policy::fields::no_nul;
+use crate::policy::kinds::{SinkSettings, SinkSpec, TargetKey};
+use crate::policy::reader::TableReader;
 use crate::record::SinkRecord;
 
 /// Larger files are not ours: a record is a few hundred bytes.
@@ -41,14 +44,14 @@ struct Located {
 impl FileSink {
     pub fn new(name: &str, cfg: &FileSinkConfig) -> Result<Self, SinkError> {
         if !cfg.directory.is_absolute() {
-            return Err(SinkError {
-                sink: name.to_string(),
-                kind: SinkErrorKind::Permanent,
-                message: format!(
+            return Err(SinkError::new(
+                name,
+                SinkErrorKind::Permanent,
+                format!(
                     "`directory` {} must be an absolute path",
                     cfg.directory.display()
                 ),
-            });
+            ));
         }
         Ok(FileSink {
             name: name.to_string(),
@@ -57,11 +60,7 @@ impl FileSink {
     }
 
     fn error(&self, kind: SinkErrorKind, message: impl Into<String>) -> SinkError {
-        SinkError {
-            sink: self.name.clone(),
-            kind,
-            message: message.into(),
-        }
+        SinkError::new(&self.name, kind, message)
     }
 
     fn io_error(&self, what: &str, e: &io::Error) -> SinkError {
@@ -431,6 +430,94 @@ impl Sink for FileSink {
         tokio::task::spawn_blocking(move || this.write_sync(&target, &record, expected))
             .await
             .map_err(|e| self.error(SinkErrorKind::Permanent, format!("write task failed: {e}")))?
+    }
+}
+
+/// The `[sinks.NAME]` table of `kind = "file"`.
+#[derive(Clone, Debug)]
+pub struct FileSinkConfig {
+    pub directory: PathBuf,
+}
+
+impl SinkSettings for FileSinkConfig {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The policy side of `kind = "file"`.
+pub struct FileSpec;
+
+#[async_trait]
+impl super::SinkKind for FileSpec {
+    async fn build(
+        &self,
+        name: &str,
+        settings: &dyn SinkSettings,
+    ) -> Result<std::sync::Arc<dyn Sink>, SinkError> {
+        let cfg = super::settings_of::<FileSinkConfig>(name, settings)?;
+        Ok(std::sync::Arc::new(FileSink::new(name, cfg)?))
+    }
+}
+
+impl SinkSpec for FileSpec {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn target_key(&self) -> TargetKey {
+        TargetKey::Path
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["directory"]
+    }
+
+    fn read(
+        &self,
+        t: &mut TableReader,
+        d: &mut Diagnostics,
+    ) -> Option<std::sync::Arc<dyn SinkSettings>> {
+        let dir = t.req_str(d, "directory")?;
+        if !no_nul(d, &dir, &format!("`directory` in {}", t.name)) {
+            return None;
+        }
+        if !Path::new(dir.get_ref()).is_absolute() {
+            d.push(
+                dir.span(),
+                format!("`directory` in {} must be an absolute path", t.name),
+            );
+            return None;
+        }
+        Some(std::sync::Arc::new(FileSinkConfig {
+            directory: PathBuf::from(dir.into_inner()),
+        }))
+    }
+
+    /// A target must stay inside the sink's directory: relative, no `..`, no empty components, no NUL.
+    fn check_target(&self, target: &Target) -> Result<(), String> {
+        let Target::Path(path) = target else {
+            return Ok(());
+        };
+        if path.starts_with('/') {
+            return Err(format!(
+                "file target `{path}` must be relative to the sink's directory"
+            ));
+        }
+        if path.contains('\0') {
+            return Err(format!(
+                "file target `{}` contains a NUL character",
+                path.replace('\0', "\\0")
+            ));
+        }
+        for part in path.split('/') {
+            if part.is_empty() || part == "." || part == ".." {
+                return Err(format!(
+                    "file target `{path}` must not contain empty, `.` or `..` components"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

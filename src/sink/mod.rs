@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use crate::policy::Target;
-use crate::policy::{SinkConfig, SinkKind};
+use crate::policy::{SinkConfig, SinkSettings, SinkSpec};
 use crate::record::SinkRecord;
 
 /// The version a write must find in place (check-and-set), as observed by the last read.
@@ -136,6 +136,15 @@ pub struct SinkError {
 }
 
 impl SinkError {
+    /// The one constructor every sink uses; `message` must already be free of secrets (`redact`).
+    pub fn new(sink: &str, kind: SinkErrorKind, message: impl Into<String>) -> Self {
+        SinkError {
+            sink: sink.to_string(),
+            kind,
+            message: message.into(),
+        }
+    }
+
     pub fn retryable(&self) -> bool {
         matches!(
             self.kind,
@@ -158,11 +167,50 @@ pub trait Sink: Send + Sync {
     ) -> Result<(), SinkError>;
 }
 
+/// A sink kind: its policy table ([`SinkSpec`], next to the sink's code) and how it is built from it.
+#[async_trait]
+pub trait SinkKind: SinkSpec {
+    /// Builds the sink `name` from the settings this kind read from its table.
+    async fn build(
+        &self,
+        name: &str,
+        settings: &dyn SinkSettings,
+    ) -> Result<Arc<dyn Sink>, SinkError>;
+}
+
+/// Every sink kind of this build. A new kind is a new module and one line here.
+pub static KINDS: &[&dyn SinkKind] = &[&vault::VaultSpec, &aws::AwsSpec, &file::FileSpec];
+
+/// The policy side of [`KINDS`].
+pub fn specs() -> Vec<&'static dyn SinkSpec> {
+    KINDS.iter().map(|k| *k as &'static dyn SinkSpec).collect()
+}
+
+/// The settings of a sink of kind `T`'s table: a table of another kind here is a bug of the caller.
+pub fn settings_of<'a, T: SinkSettings>(
+    name: &str,
+    settings: &'a dyn SinkSettings,
+) -> Result<&'a T, SinkError> {
+    settings.as_any().downcast_ref().ok_or_else(|| {
+        SinkError::new(
+            name,
+            SinkErrorKind::Permanent,
+            "its settings are of another sink kind",
+        )
+    })
+}
+
 /// Builds the sink for one `[sinks.NAME]` table.
 pub async fn build(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
-    match &cfg.kind {
-        SinkKind::Vault(v) => Ok(Arc::new(vault::VaultSink::new(&cfg.name, v)?)),
-        SinkKind::AwsSecretsManager(a) => Ok(Arc::new(aws::AwsSink::new(&cfg.name, a).await?)),
-        SinkKind::File(f) => Ok(Arc::new(file::FileSink::new(&cfg.name, f)?)),
-    }
+    let kind = KINDS
+        .iter()
+        .find(|k| k.name() == cfg.kind())
+        .ok_or_else(|| {
+            SinkError::new(
+                &cfg.name,
+                SinkErrorKind::Permanent,
+                format!("kind \"{}\" is not built into this binary", cfg.kind()),
+            )
+        })?;
+    kind.build(&cfg.name, cfg.settings.as_ref()).await
 }

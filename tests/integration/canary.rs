@@ -66,8 +66,10 @@ async fn no_secret_reaches_logs_metrics_endpoints_cli_output_or_panics() {
     assert!(!leaks(&format!("pul-{}", "0a".repeat(20)), &[]).is_empty());
     assert!(!leaks("…known…", &["known".into()]).is_empty());
     assert!(leaks("pulumi-org pul-xyz", &[]).is_empty());
-    let supported_issuers = token_rotator::policy::SUPPORTED_ISSUER_KINDS;
-    let supported_sinks = token_rotator::policy::SUPPORTED_SINK_KINDS;
+    // The kinds this build registers (`issuer::KINDS`, `sink::KINDS`): a new kind is covered here once added.
+    let kinds = token_rotator::kinds();
+    let supported_issuers: Vec<&str> = kinds.issuers.iter().map(|k| k.name()).collect();
+    let supported_sinks: Vec<&str> = kinds.sinks.iter().map(|k| k.name()).collect();
     let tfc = TfcEmulator::start(Config::default()).await.unwrap();
     let bao = Bao::start().await;
     bao.enable_kv("kv1", 1).await;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use serde_json::{json, Value};
-use token_rotator::policy::AwsSinkConfig;
 use token_rotator::record::SinkRecord;
 use token_rotator::secret::SecretString;
+use token_rotator::sink::aws::AwsSinkConfig;
 use token_rotator::sink::aws::{client_request_token, AwsSink};
 use token_rotator::sink::{Content, Sink, SinkErrorKind, Target, Version};
 use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle};

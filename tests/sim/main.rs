@@ -274,8 +274,14 @@ fn build_world(seed: u64, dir: &std::path::Path) -> (Arc<World>, Vec<(Duration, 
     std::fs::write(dir.join("pulumi-admin"), &pulumi_admin).unwrap();
     let text = policy_text(dir, &team1, &team2, &pool);
     let path = dir.join("policy.toml");
-    let policy: Policy = policy::parse("sim.toml", &path, &text, &policy::Env::default())
-        .unwrap_or_else(|mut d| panic!("the simulation's policy: {:?}", d.render()));
+    let policy: Policy = policy::parse(
+        "sim.toml",
+        &path,
+        &text,
+        &policy::Env::default(),
+        &token_rotator::kinds(),
+    )
+    .unwrap_or_else(|mut d| panic!("the simulation's policy: {:?}", d.render()));
     let mut target_owner = HashMap::new();
     for t in policy.tokens.values() {
         for st in &t.sinks {

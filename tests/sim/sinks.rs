@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use token_rotator::daemon::Backends;
 use token_rotator::issuer::api::Exchange;
-use token_rotator::policy::{IssuerConfig, IssuerKind, SinkConfig};
+use token_rotator::policy::{IssuerConfig, SinkConfig};
 use token_rotator::record::SinkRecord;
 use token_rotator::sink::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
 
@@ -146,8 +146,8 @@ impl Backends for SimBackends {
         Ok(Arc::new(SimWire {
             world: self.world.clone(),
             service: match cfg.kind {
-                IssuerKind::Tfe => Service::Tfc,
-                IssuerKind::Pulumi => Service::Pulumi,
+                "pulumi" => Service::Pulumi,
+                _ => Service::Tfc,
             },
         }))
     }

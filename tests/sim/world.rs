@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
+use token_rotator::issuer::pulumi::PulumiType;
 use token_rotator::journal::{Journal, MemoryStore};
-use token_rotator::policy::{Policy, TokenKind, TokenPolicy};
+use token_rotator::policy::{Policy, TokenPolicy};
 use token_rotator::record::SinkRecord;
 use token_rotator::secret::ExposeSecret;
 use token_rotator::sink::Target;
@@ -165,11 +166,9 @@ impl World {
     }
 
     pub fn service_of(&self, token: &TokenPolicy) -> Service {
-        match token.kind {
-            TokenKind::PulumiOrganization { .. }
-            | TokenKind::PulumiTeam { .. }
-            | TokenKind::PulumiPersonal => Service::Pulumi,
-            _ => Service::Tfc,
+        match token.kind.downcast::<PulumiType>() {
+            Some(_) => Service::Pulumi,
+            None => Service::Tfc,
         }
     }
 

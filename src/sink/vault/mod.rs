@@ -14,8 +14,11 @@
 //! `method = "token"`, "logging in" means resolving the token reference again (an agent may have refreshed the
 //! file). Time comes from `crate::clock` only.
 
+mod config;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,10 +31,10 @@ use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
 use super::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
-use crate::policy::SecretRef;
-use crate::policy::{VaultAuth, VaultSinkConfig};
+use crate::policy::{SecretRef, SinkSettings};
 use crate::record::SinkRecord;
 use crate::secret::{ExposeSecret, SecretString};
+pub use config::{VaultAuth, VaultSinkConfig, VaultSpec};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -157,13 +160,21 @@ impl std::fmt::Debug for VaultSink {
     }
 }
 
+#[async_trait]
+impl super::SinkKind for VaultSpec {
+    async fn build(
+        &self,
+        name: &str,
+        settings: &dyn SinkSettings,
+    ) -> Result<Arc<dyn super::Sink>, SinkError> {
+        let cfg = super::settings_of::<VaultSinkConfig>(name, settings)?;
+        Ok(Arc::new(VaultSink::new(name, cfg)?))
+    }
+}
+
 impl VaultSink {
     pub fn new(name: &str, cfg: &VaultSinkConfig) -> Result<Self, SinkError> {
-        let err = |kind, message: String| SinkError {
-            sink: name.to_string(),
-            kind,
-            message,
-        };
+        let err = |kind, message: String| SinkError::new(name, kind, message);
         // A `token` is resolved now, so a missing one makes the sink unusable at once; other methods log in at
         // the first operation (a Vault that is down at start-up must not make the sink unusable until reload).
         let (login, token) = match &cfg.auth {
@@ -442,11 +453,7 @@ impl VaultSink {
             let token = SecretString::from(client.settings.token.clone());
             message = crate::redact::outside_text(&message, &[&token]);
         }
-        SinkError {
-            sink: self.name.clone(),
-            kind,
-            message,
-        }
+        SinkError::new(&self.name, kind, message)
     }
 
     async fn kv_version(&self) -> Result<u8, SinkError> {

@@ -19,7 +19,10 @@
 //!   handled generically, honouring `Retry-After` when present.
 //! - Identity probe: `GET /api/user`.
 
+mod types;
+
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,8 +34,9 @@ use serde_json::{json, Map, Value};
 
 use super::api::{ApiBase, Call, Dialect, Effect, IssuerDeps, Reply};
 use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
-use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
+use crate::policy::{IssuerConfig, TokenPolicy};
 use crate::secret::SecretString;
+pub use types::{PulumiSpec, PulumiType};
 
 /// The documented API version header (the provider sends +9; the docs require at least +8).
 const ACCEPT_PULUMI: &str = "application/vnd.pulumi+8";
@@ -62,6 +66,17 @@ static DIALECT: Dialect = Dialect {
     // Pulumi documents no rate limit; a 429 is honoured through `Retry-After` when present (SPEC §5.4).
     rate_limit_wait: retry_after,
 };
+
+impl super::IssuerKind for PulumiSpec {
+    fn build(
+        &self,
+        cfg: &IssuerConfig,
+        credential: SecretString,
+        deps: IssuerDeps,
+    ) -> Result<Arc<dyn Issuer>, IssuerError> {
+        Ok(Arc::new(PulumiIssuer::new(cfg, credential, deps)?))
+    }
+}
 
 /// `Debug` shows the issuer's name and address; the credential is never printed.
 #[derive(Debug)]
@@ -120,33 +135,33 @@ impl PulumiIssuer {
     /// The token collection of a policy token: `orgs/:org/tokens`, `orgs/:org/teams/:team/tokens` or
     /// `user/tokens`.
     fn collection<'t>(&self, token: &'t TokenPolicy) -> Result<Vec<&'t str>, IssuerError> {
-        match &token.kind {
-            TokenKind::PulumiOrganization { organization, .. } => {
+        match token.kind.downcast::<PulumiType>() {
+            Some(PulumiType::Organization { organization, .. }) => {
                 Ok(vec!["orgs", organization.as_str(), "tokens"])
             }
-            TokenKind::PulumiTeam { organization, team } => Ok(vec![
+            Some(PulumiType::Team { organization, team }) => Ok(vec![
                 "orgs",
                 organization.as_str(),
                 "teams",
                 team.as_str(),
                 "tokens",
             ]),
-            TokenKind::PulumiPersonal => Ok(vec!["user", "tokens"]),
-            other => Err(self.api.error(
+            Some(PulumiType::Personal) => Ok(vec!["user", "tokens"]),
+            None => Err(self.api.error(
                 IssuerErrorKind::Config,
                 None,
-                format!("token type {} is not a Pulumi type", other.type_name()),
+                format!("token type {} is not a Pulumi type", token.kind.type_name()),
             )),
         }
     }
 
     /// "the organization token of \"acme\"", for messages.
     fn describe(token: &TokenPolicy) -> String {
-        match &token.kind {
-            TokenKind::PulumiOrganization { organization, .. } => {
+        match token.kind.downcast::<PulumiType>() {
+            Some(PulumiType::Organization { organization, .. }) => {
                 format!("an organization token of \"{organization}\"")
             }
-            TokenKind::PulumiTeam { organization, team } => {
+            Some(PulumiType::Team { organization, team }) => {
                 format!("a team token of \"{organization}/{team}\"")
             }
             _ => "a personal token".to_string(),
@@ -156,13 +171,13 @@ impl PulumiIssuer {
     /// Who may manage tokens of this type, for 401/403 explanations.
     fn permission_rule(&self, token: &TokenPolicy) -> String {
         let name = &self.api.name;
-        match &token.kind {
-            TokenKind::PulumiOrganization { organization, .. } => format!(
+        match token.kind.downcast::<PulumiType>() {
+            Some(PulumiType::Organization { organization, .. }) => format!(
                 "Pulumi organization tokens can only be created or deleted with the personal access token of an \
                  admin of \"{organization}\"; machine tokens (organization or team tokens, even admin ones) cannot, \
                  so `token` of [issuers.{name}] must be an org admin's personal token"
             ),
-            TokenKind::PulumiTeam { organization, .. } => format!(
+            Some(PulumiType::Team { organization, .. }) => format!(
                 "Pulumi team tokens can be created and deleted with the personal access token of an admin of \
                  \"{organization}\" (or of the team), or with an admin organization token of \"{organization}\"; \
                  check `token` of [issuers.{name}]"
@@ -186,11 +201,11 @@ impl PulumiIssuer {
                 " (the credential is valid but not allowed to do this: {})",
                 self.permission_rule(token)
             ),
-            IssuerErrorKind::NotFound => match &token.kind {
-                TokenKind::PulumiOrganization { organization, .. } => format!(
+            IssuerErrorKind::NotFound => match token.kind.downcast::<PulumiType>() {
+                Some(PulumiType::Organization { organization, .. }) => format!(
                     " (no organization \"{organization}\", or the credential cannot see it)"
                 ),
-                TokenKind::PulumiTeam { organization, team } => format!(
+                Some(PulumiType::Team { organization, team }) => format!(
                     " (no organization \"{organization}\" or team \"{team}\" (teams are addressed by name), or the credential cannot see it)"
                 ),
                 _ => String::new(),
@@ -238,7 +253,11 @@ impl PulumiIssuer {
                     format!("{what}: the {} response has no `tokens` list", reply.status),
                 ));
             };
-            items.extend(tokens.iter().filter_map(|t| listed(t, &token.kind)));
+            items.extend(
+                tokens
+                    .iter()
+                    .filter_map(|t| listed(t, token.kind.downcast())),
+            );
             // Older API versions return one page without a continuation token.
             match reply.body.get("continuationToken").and_then(Value::as_str) {
                 Some(next) if !next.is_empty() && continuation.as_deref() != Some(next) => {
@@ -332,14 +351,14 @@ fn epoch(v: Option<&Value>) -> Option<DateTime<Utc>> {
 }
 
 /// One list item (spec schema `AccessToken`); the label is `name`, or `description` for personal tokens.
-fn listed(item: &Value, kind: &TokenKind) -> Option<Listed> {
+fn listed(item: &Value, kind: Option<&PulumiType>) -> Option<Listed> {
     let id = match item.get("id")? {
         Value::String(s) if !s.is_empty() => s.clone(),
         Value::Number(n) => n.to_string(),
         _ => return None,
     };
     let label_key = match kind {
-        TokenKind::PulumiPersonal => "description",
+        Some(PulumiType::Personal) => "description",
         _ => "name",
     };
     Some(Listed {
@@ -406,8 +425,8 @@ impl Issuer for PulumiIssuer {
             .trunc_subsecs(0);
         let description = format!("managed by token-rotator ({})", token.name);
         let mut body = Map::new();
-        match &token.kind {
-            TokenKind::PulumiOrganization { admin, role_id, .. } => {
+        match token.kind.downcast::<PulumiType>() {
+            Some(PulumiType::Organization { admin, role_id, .. }) => {
                 body.insert("name".into(), json!(label));
                 body.insert("description".into(), json!(description));
                 body.insert("admin".into(), json!(admin));
@@ -415,7 +434,7 @@ impl Issuer for PulumiIssuer {
                     body.insert("roleID".into(), json!(role));
                 }
             }
-            TokenKind::PulumiTeam { .. } => {
+            Some(PulumiType::Team { .. }) => {
                 body.insert("name".into(), json!(label));
                 body.insert("description".into(), json!(description));
             }
@@ -425,8 +444,10 @@ impl Issuer for PulumiIssuer {
             }
         }
         body.insert("expires".into(), json!(requested.timestamp()));
-        if !matches!(token.kind, TokenKind::PulumiPersonal)
-            && label.chars().count() > MAX_NAME_CHARS
+        if !matches!(
+            token.kind.downcast::<PulumiType>(),
+            Some(PulumiType::Personal)
+        ) && label.chars().count() > MAX_NAME_CHARS
         {
             return Err(self.api.error(
                 IssuerErrorKind::Config,
@@ -544,11 +565,11 @@ impl Issuer for PulumiIssuer {
     }
 
     async fn list_own(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError> {
-        let what = match &token.kind {
-            TokenKind::PulumiOrganization { organization, .. } => {
+        let what = match token.kind.downcast::<PulumiType>() {
+            Some(PulumiType::Organization { organization, .. }) => {
                 format!("listing the organization tokens of \"{organization}\"")
             }
-            TokenKind::PulumiTeam { organization, team } => {
+            Some(PulumiType::Team { organization, team }) => {
                 format!("listing the team tokens of \"{organization}/{team}\"")
             }
             _ => "listing the personal tokens of the calling user".to_string(),
@@ -558,12 +579,14 @@ impl Issuer for PulumiIssuer {
             .await?
             .into_iter()
             // The personal list also holds refresh tokens from agent sign-up; they are not ours to touch.
-            .filter(|t| match (&token.kind, t.kind.as_deref()) {
-                (_, None) => true,
-                (TokenKind::PulumiPersonal, Some(k)) => k == "personal",
-                (TokenKind::PulumiTeam { .. }, Some(k)) => k == "team",
-                (_, Some(k)) => k == "organization",
-            })
+            .filter(
+                |t| match (token.kind.downcast::<PulumiType>(), t.kind.as_deref()) {
+                    (_, None) => true,
+                    (Some(PulumiType::Personal), Some(k)) => k == "personal",
+                    (Some(PulumiType::Team { .. }), Some(k)) => k == "team",
+                    (_, Some(k)) => k == "organization",
+                },
+            )
             .filter(|t| self.is_own_label(token, &t.label))
             .map(|t| IssuedToken {
                 token_id: t.id,
@@ -612,11 +635,11 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
 
-    fn policy(kind: TokenKind, label: &str) -> TokenPolicy {
+    fn policy(kind: PulumiType, label: &str) -> TokenPolicy {
         TokenPolicy {
             name: "ci".into(),
             issuer: "pulumi".into(),
-            kind,
+            kind: crate::policy::TokenKind::new(kind),
             schedule: crate::policy::Schedule {
                 lifetime: Some(Duration::from_secs(3600)),
                 rotate_before: Some(Duration::from_secs(1200)),
@@ -634,7 +657,7 @@ mod tests {
     fn issuer() -> PulumiIssuer {
         let cfg = IssuerConfig {
             name: "pulumi".into(),
-            kind: crate::policy::IssuerKind::Pulumi,
+            kind: "pulumi",
             address: "http://127.0.0.1:1".into(),
             token: crate::policy::SecretRef::Env("X".into()),
             ca_file: None,
@@ -651,7 +674,7 @@ mod tests {
     #[test]
     fn labels_fit_forty_characters_are_unique_per_second_and_recognised() {
         let i = issuer();
-        let team = TokenKind::PulumiTeam {
+        let team = PulumiType::Team {
             organization: "acme".into(),
             team: "platform".into(),
         };
@@ -712,17 +735,17 @@ mod tests {
             "lastUsed":0,"expires":1798761600,"admin":false,"createdBy":"alice","type":"team"});
         let l = listed(
             &item,
-            &TokenKind::PulumiTeam {
+            Some(&PulumiType::Team {
                 organization: "o".into(),
                 team: "t".into(),
-            },
+            }),
         )
         .unwrap();
         assert_eq!(l.label, "ci-20260101000000");
         assert_eq!(l.created, Some("2026-01-01T00:00:01.250Z".parse().unwrap()));
         assert_eq!(l.expires, DateTime::from_timestamp(1798761600, 0));
         assert_eq!(l.last_used, None);
-        let personal = listed(&item, &TokenKind::PulumiPersonal).unwrap();
+        let personal = listed(&item, Some(&PulumiType::Personal)).unwrap();
         assert_eq!(personal.label, "d");
         assert_eq!(
             parse_created("2026-01-01T00:00:01.250Z"),

@@ -5,6 +5,9 @@
 //! JSON:API bodies, `expired-at` RFC 3339 UTC, the value only in the create response, 401 = bad credential,
 //! 404 = missing or not allowed, 429 with `X-RateLimit-Reset` (seconds) and no `Retry-After`.
 
+mod types;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,8 +18,9 @@ use serde_json::{json, Value};
 
 use super::api::{ApiBase, Call, Dialect, Effect, IssuerDeps, Reply};
 use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
-use crate::policy::{IssuerConfig, TokenKind, TokenPolicy};
+use crate::policy::{IssuerConfig, TokenPolicy};
 use crate::secret::SecretString;
+pub use types::{TfeSpec, TfeType};
 
 const JSON_API: &str = "application/vnd.api+json";
 
@@ -44,6 +48,17 @@ static DIALECT: Dialect = Dialect {
     },
 };
 
+impl super::IssuerKind for TfeSpec {
+    fn build(
+        &self,
+        cfg: &IssuerConfig,
+        credential: SecretString,
+        deps: IssuerDeps,
+    ) -> Result<Arc<dyn Issuer>, IssuerError> {
+        Ok(Arc::new(TfeIssuer::new(cfg, credential, deps)?))
+    }
+}
+
 /// `Debug` shows the issuer's name and address; the credential is never printed.
 #[derive(Debug)]
 pub struct TfeIssuer {
@@ -58,6 +73,17 @@ impl TfeIssuer {
     ) -> Result<Self, IssuerError> {
         Ok(TfeIssuer {
             api: ApiBase::new(cfg, credential, deps, &DIALECT)?,
+        })
+    }
+
+    /// The TFC type of a policy token (a token of another kind here is a bug of the caller, refused).
+    fn type_of<'a>(&self, token: &'a TokenPolicy) -> Result<&'a TfeType, IssuerError> {
+        token.kind.downcast::<TfeType>().ok_or_else(|| {
+            self.api.error(
+                IssuerErrorKind::Config,
+                None,
+                format!("token type {} is not a TFC type", token.kind.type_name()),
+            )
         })
     }
 
@@ -292,8 +318,8 @@ impl Issuer for TfeIssuer {
             a.insert("description".into(), Value::String(label.to_string()));
             a
         };
-        let result = match &token.kind {
-            TokenKind::TfeOrganization { organization } => {
+        let result = match self.type_of(token)? {
+            TfeType::Organization { organization } => {
                 let url = self.url(&["organizations", organization, "authentication-token"]);
                 self.create(
                     url,
@@ -303,7 +329,7 @@ impl Issuer for TfeIssuer {
                 )
                 .await
             }
-            TokenKind::TfeAuditTrails { organization } => {
+            TfeType::AuditTrails { organization } => {
                 let mut url = self.url(&["organizations", organization, "authentication-token"]);
                 url.query_pairs_mut().append_pair("token", "audit-trails");
                 self.create(
@@ -314,7 +340,7 @@ impl Issuer for TfeIssuer {
                 )
                 .await
             }
-            TokenKind::TfeTeamLegacy { team_id } => {
+            TfeType::TeamLegacy { team_id } => {
                 let url = self.url(&["teams", team_id, "authentication-token"]);
                 self.create(
                     url,
@@ -324,7 +350,7 @@ impl Issuer for TfeIssuer {
                 )
                 .await
             }
-            TokenKind::TfeTeam { team_id } => {
+            TfeType::Team { team_id } => {
                 let url = self.url(&["teams", team_id, "authentication-tokens"]);
                 self.create(url, described(attributes), &format!("creating a team token of {team_id}"), expires_at)
                     .await
@@ -337,7 +363,7 @@ impl Issuer for TfeIssuer {
                         e
                     })
             }
-            TokenKind::TfeAgent { agent_pool_id, .. } => {
+            TfeType::Agent { agent_pool_id, .. } => {
                 // Agent tokens have no expiry attribute (token-apis.md A.5).
                 let url = self.url(&["agent-pools", agent_pool_id, "authentication-tokens"]);
                 self.create(
@@ -348,11 +374,6 @@ impl Issuer for TfeIssuer {
                 )
                 .await
             }
-            other => Err(self.api.error(
-                IssuerErrorKind::Config,
-                None,
-                format!("token type {} is not a TFC type", other.type_name()),
-            )),
         };
         result.map_err(|mut e| {
             // Duplicate team-token description: 422 "Validation failed: Description has already been taken".
@@ -399,8 +420,8 @@ impl Issuer for TfeIssuer {
     }
 
     async fn list_own(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError> {
-        let items = match &token.kind {
-            TokenKind::TfeTeam { team_id } => {
+        let items = match self.type_of(token)? {
+            TfeType::Team { team_id } => {
                 // There is no per-team list: read the team's name and organization, then filter the org-wide list.
                 let what = format!("reading team {team_id}");
                 let reply = self
@@ -435,7 +456,7 @@ impl Issuer for TfeIssuer {
                 })
                 .collect()
             }
-            TokenKind::TfeAgent { agent_pool_id, .. } => {
+            TfeType::Agent { agent_pool_id, .. } => {
                 self.list_pages(
                     &["agent-pools", agent_pool_id, "authentication-tokens"],
                     &[],
