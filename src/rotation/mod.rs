@@ -3,18 +3,18 @@
 //!
 //! - `mod.rs`: the [`Rotator`], a visit ([`Rotator::tend`]) and the mint;
 //! - `finish.rs`: pushing a journaled token to the sinks, proving it, closing the rotation;
-//! - `cleanup.rs`: revoking old tokens when due, and the orphan sweep.
+//! - `cleanup.rs`: revoking old tokens when due, and the orphan sweep;
+//! - `observe.rs`: reading the sinks a visit starts from, and what `plan` shows.
 
 mod cleanup;
 mod finish;
+mod observe;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::Retryable;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
-use futures_util::future::join_all;
 
 use crate::issuer::{Issuer, IssuerError, IssuerErrorKind};
 use crate::journal::{Entry, Journal, JournalError, Phase, Rotation};
@@ -24,6 +24,7 @@ use crate::policy::{SinkTarget, TokenPolicy};
 use crate::schedule::{self, Due, DueReason};
 use crate::sink::{Observed, Sink, SinkError, SinkErrorKind};
 use crate::status::{CurrentToken, StatusBoard};
+use observe::current_of;
 
 /// A token's sink targets with the sink that serves each.
 type BoundSinks = Vec<(SinkTarget, Arc<dyn Sink>)>;
@@ -565,128 +566,4 @@ impl Rotator {
             ),
         }
     }
-
-    /// What `plan` shows: the current token per the sinks, the next due time and why, and journal state.
-    /// Changes nothing.
-    pub async fn inspect(
-        &self,
-        token: &TokenPolicy,
-        now: DateTime<Utc>,
-    ) -> Result<Inspection, AttemptError> {
-        let sinks = self.sinks_of(token)?;
-        let observed = self.observe(token, &sinks).await.map_err(|f| f.error)?;
-        let (current, stored_everywhere) = current_of(&observed);
-        let entry = self.journal.load(&token.name)?;
-        let mut due = if current.is_some() && !stored_everywhere {
-            Due {
-                at: Some(now),
-                reason: DueReason::SinksDisagree,
-            }
-        } else {
-            schedule::next_due(&token.schedule, current.as_ref(), Duration::ZERO, now)
-        };
-        let mut notes = Vec::new();
-        if let Some(e) = &entry {
-            if let Some(why) = &e.must_rotate {
-                due = Due {
-                    at: Some(now),
-                    reason: DueReason::Forced(why.clone()),
-                };
-            }
-            if let Some(r) = &e.rotation {
-                notes.push(match &r.minted {
-                    Some(m) => format!(
-                        "interrupted rotation holds token {} for {} sink(s)",
-                        m.token_id,
-                        token.sinks.len().saturating_sub(r.stored.len())
-                    ),
-                    None => "interrupted rotation before the issuer answered".to_string(),
-                });
-            }
-            for rev in &e.revocations {
-                notes.push(match (&rev.after_use_of, rev.held) {
-                    (_, true) => format!(
-                        "{} to be revoked after the next rotation completes",
-                        rev.token_id
-                    ),
-                    (Some(s), false) => format!("{} to be revoked once {s} is used", rev.token_id),
-                    (None, false) => format!(
-                        "{} to be revoked at {}",
-                        rev.token_id,
-                        crate::record::rfc3339(rev.not_before)
-                    ),
-                });
-            }
-        }
-        Ok(Inspection {
-            current,
-            stored_everywhere,
-            due,
-            notes,
-        })
-    }
-
-    /// Reads every sink target of `token` (transient failures retried briefly), and notes the token ids they name.
-    async fn observe(
-        &self,
-        token: &TokenPolicy,
-        sinks: &[(SinkTarget, Arc<dyn Sink>)],
-    ) -> Result<Vec<Observed>, Failure> {
-        let reads = join_all(sinks.iter().map(|(st, sink)| async move {
-            let r = (|| sink.read(&st.target))
-                .retry(crate::retry::transient().with_max_times(2))
-                .when(SinkError::retryable)
-                .await;
-            if let Ok(Observed {
-                content: crate::sink::Content::Garbage(why),
-                ..
-            }) = &r
-            {
-                tracing::warn!(token = %token.name, sink = %st.sink, target = %st.target, reason = %why, "the sink target holds something that is not our record; treating it as no record");
-            }
-            r
-        }))
-        .await;
-        let mut out = Vec::new();
-        let mut errors = Vec::new();
-        for r in reads {
-            match r {
-                Ok(o) => out.push(o),
-                Err(e) => errors.push(e),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(AttemptError::Sinks(SinkFailures(errors)).into());
-        }
-        self.journal.note_seen(
-            &token.name,
-            out.iter()
-                .filter_map(Observed::record)
-                .map(|r| r.token_id.clone())
-                .collect(),
-        );
-        Ok(out)
-    }
-}
-
-/// The newest record across the sinks, and whether every sink holds exactly it.
-fn current_of(observed: &[Observed]) -> (Option<CurrentToken>, bool) {
-    let newest = observed
-        .iter()
-        .filter_map(Observed::record)
-        .max_by_key(|r| r.created_at);
-    let Some(newest) = newest else {
-        return (None, false);
-    };
-    let everywhere = observed
-        .iter()
-        .all(|o| o.record().is_some_and(|r| r.same_as(newest)));
-    (
-        Some(to_current(
-            newest.expires_at,
-            newest.created_at,
-            &newest.token_id,
-        )),
-        everywhere,
-    )
 }

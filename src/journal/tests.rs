@@ -1,0 +1,167 @@
+use super::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+fn minted(value: &str, id: &str) -> MintedToken {
+    MintedToken {
+        value: SecretString::from(value.to_string()),
+        token_id: id.into(),
+        created_at: crate::clock::now(),
+        expires_at: None,
+    }
+}
+
+#[test]
+fn save_load_remove_with_private_modes() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let j = Journal::open(&state).unwrap();
+    assert_eq!(
+        fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let mut e = Entry::new("ci/org.x", "tfc", "organization");
+    e.rotation = Some(Rotation {
+        started_at: crate::clock::now(),
+        phase: Phase::Minted,
+        label: None,
+        minted: Some(minted("VALUE-xyz", "at-1")),
+        stored: vec![],
+        replaces: None,
+        probe_failures: 0,
+        own_credential: false,
+    });
+    j.save(&e).unwrap();
+    let file = state.join("journal").join("ci%2Forg%2Ex.json");
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let back = j.load("ci/org.x").unwrap().unwrap();
+    assert_eq!(
+        back.rotation.unwrap().minted.unwrap().value.expose_secret(),
+        "VALUE-xyz"
+    );
+    assert!(!format!("{e:?}").contains("VALUE-xyz"));
+    e.rotation = None;
+    j.save(&e).unwrap();
+    assert!(
+        j.load("ci/org.x").unwrap().is_none(),
+        "an idle entry is compacted away"
+    );
+    assert!(!file.exists());
+}
+
+#[test]
+fn state_key_seals_entries_and_a_wrong_key_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let key = JournalKey::parse(&SecretString::from("11".repeat(32))).unwrap();
+    let j = Journal::open(&state).unwrap().with_key(Some(key.clone()));
+    let mut e = Entry::new("tok", "tfc", "team");
+    e.sweep = true;
+    e.revocations.push(PendingRevocation {
+        token_id: "at-secretive".into(),
+        not_before: crate::clock::now(),
+        after_use_of: None,
+        attempts: 0,
+        held: false,
+    });
+    j.save(&e).unwrap();
+    let raw = fs::read_to_string(state.join("journal").join("tok.json")).unwrap();
+    assert!(
+        raw.contains("xchacha20poly1305") && !raw.contains("at-secretive"),
+        "sealed on disk"
+    );
+    assert_eq!(
+        j.load("tok").unwrap().unwrap().revocations[0].token_id,
+        "at-secretive"
+    );
+    drop(j);
+    let wrong = JournalKey::parse(&SecretString::from("22".repeat(32))).unwrap();
+    let j = Journal::open(&state).unwrap().with_key(Some(wrong));
+    assert!(matches!(j.load("tok"), Err(JournalError::Corrupt { .. })));
+    drop(j);
+    let j = Journal::open(&state).unwrap();
+    let err = j.load("tok").unwrap_err().to_string();
+    assert!(err.contains("state_key"), "{err}");
+    assert!(JournalKey::parse(&SecretString::from("short".to_string())).is_err());
+    drop(j);
+    // A plain entry planted next to sealed ones is refused while a key is set.
+    fs::write(
+        state.join("journal").join("planted.json"),
+        serde_json::to_vec(&Entry::new("planted", "tfc", "team")).unwrap(),
+    )
+    .unwrap();
+    let j = Journal::open(&state).unwrap().with_key(Some(key));
+    let err = j.load("planted").unwrap_err().to_string();
+    assert!(err.contains("not encrypted"), "{err}");
+    // An entry copied over another token's file is refused too.
+    fs::copy(
+        state.join("journal").join("tok.json"),
+        state.join("journal").join("other.json"),
+    )
+    .unwrap();
+    assert!(j.load("other").is_err());
+}
+
+#[test]
+fn second_daemon_is_refused_and_open_dirs_rejected() {
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let _first = Journal::open(&state).unwrap();
+    assert!(matches!(
+        Journal::open(&state),
+        Err(JournalError::Locked(_))
+    ));
+    let open = root.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(matches!(
+        Journal::open(&open),
+        Err(JournalError::Permissions { .. })
+    ));
+}
+
+#[test]
+fn a_failed_write_is_held_in_memory_and_written_by_the_next_flush() {
+    let store = Arc::new(MemoryStore::default());
+    let j = Arc::new(Journal::new(store.clone()));
+    let mut e = Entry::new("tok", "tfc", "organization");
+    e.rotation = Some(Rotation {
+        started_at: crate::clock::now(),
+        phase: Phase::Minted,
+        label: None,
+        minted: Some(minted("VALUE-held", "at-2")),
+        stored: vec![],
+        replaces: None,
+        probe_failures: 0,
+        own_credential: false,
+    });
+    store.set_fault(Some(Box::new(|_| {
+        Some(std::io::Error::from_raw_os_error(libc::EMFILE))
+    })));
+    let err = j.save(&e).unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        store.read("tok").unwrap(),
+        None,
+        "nothing reached the store"
+    );
+    // Still there for the next visit, value included.
+    let held = j.load("tok").unwrap().unwrap();
+    assert_eq!(
+        held.rotation.unwrap().minted.unwrap().value.expose_secret(),
+        "VALUE-held"
+    );
+    store.set_fault(None);
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(j.flush("tok"))
+        .unwrap();
+    assert!(store.read("tok").unwrap().is_some(), "written durably");
+    // A fresh journal over the same store (a restart) sees it.
+    let again = Journal::new(store);
+    assert!(again.load("tok").unwrap().unwrap().rotation.is_some());
+}

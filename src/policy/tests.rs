@@ -1,0 +1,214 @@
+use super::*;
+
+const GOOD: &str = r#"
+[daemon]
+state_dir = "/tmp/x"
+
+[issuers.tfc]
+kind = "tfe"
+address = "http://127.0.0.1:1234"
+token = { env = "TFC_TOKEN" }
+
+[sinks.vault]
+kind = "vault"
+address = "http://127.0.0.1:8200"
+auth = { method = "token", token = { env = "VAULT_TOKEN" } }
+
+[tokens.ci-org]
+issuer = "tfc"
+type = "organization"
+organization = "acme"
+lifetime = "30d"
+sinks = [{ sink = "vault", path = "ci/tfc-org" }]
+"#;
+
+fn errors(src: &str) -> Vec<String> {
+    match parse(
+        "p.toml",
+        Path::new("p.toml"),
+        src,
+        &Env::default(),
+        &crate::kinds(),
+    ) {
+        Ok(_) => vec![],
+        Err(mut d) => d.render(),
+    }
+}
+
+#[test]
+fn good_policy_parses_with_defaults() {
+    let p = parse(
+        "p.toml",
+        Path::new("p.toml"),
+        GOOD,
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap();
+    let t = &p.tokens["ci-org"];
+    assert_eq!(t.schedule.lifetime, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(
+        t.schedule.rotate_before,
+        Some(Duration::from_secs(10 * 86_400))
+    );
+    assert_eq!(t.schedule.grace, Duration::from_secs(3600));
+    assert_eq!(p.daemon.listen.to_string(), "127.0.0.1:9851");
+    let vault = p.sinks["vault"]
+        .settings::<crate::sink::vault::VaultSinkConfig>()
+        .expect("vault settings");
+    assert_eq!(vault.mount, "secret");
+    assert_eq!(t.label, "token-rotator ci-org");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_location() {
+    let src = GOOD
+        .replace("lifetime = \"30d\"", "lifetime = \"30x\"\nbogus = 1")
+        .replace("token = { env = \"TFC_TOKEN\" }", "token = \"abc\"");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("p.toml:8:9: `token` in [issuers.tfc] must not be written inline"),
+        "{errs:#?}"
+    );
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("`lifetime` in [tokens.ci-org]: invalid duration")));
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("unknown key `bogus` in [tokens.ci-org]")));
+}
+
+#[test]
+fn missing_key_is_reported_at_the_table_line() {
+    let src = GOOD.replace("organization = \"acme\"\n", "");
+    let errs = errors(&src);
+    assert_eq!(
+        errs,
+        vec!["p.toml:15:9: missing key `organization` in [tokens.ci-org]".to_string()]
+    );
+}
+
+#[test]
+fn an_empty_policy_is_refused() {
+    assert_eq!(
+        errors(""),
+        vec!["p.toml:1:1: the policy defines no tokens: add a `[tokens.NAME]` table (see config/policy.example.toml)".to_string()]
+    );
+    let no_tokens = &GOOD[..GOOD.find("[tokens.ci-org]").unwrap()];
+    assert_eq!(errors(no_tokens).len(), 1);
+}
+
+#[test]
+fn names_with_control_characters_or_too_long_are_refused() {
+    let src = GOOD.replace("[tokens.ci-org]", "[tokens.\"ci\\nINFO forged\"]");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("control character U+000A"), "{errs:#?}");
+    let long = "x".repeat(MAX_NAME_CHARS + 1);
+    let errs = errors(&GOOD.replace("[tokens.ci-org]", &format!("[tokens.{long}]")));
+    assert!(errs[0].contains("longer than 128"), "{errs:#?}");
+    // A 128-character name is fine (its journal file name is shortened with a digest).
+    let ok = "y".repeat(MAX_NAME_CHARS);
+    assert!(errors(&GOOD.replace("[tokens.ci-org]", &format!("[tokens.{ok}]"))).is_empty());
+}
+
+#[test]
+fn a_nul_in_a_path_is_refused() {
+    let src = GOOD.replace("state_dir = \"/tmp/x\"", "state_dir = \"/tmp/x\\u0000y\"");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("NUL"), "{errs:#?}");
+}
+
+#[test]
+fn a_wrong_type_does_not_hide_a_wrong_typed_key() {
+    let src = GOOD
+        .replace("type = \"organization\"", "type = \"bogus\"")
+        .replace("organization = \"acme\"", "team_id = 5");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`team_id` in [tokens.ci-org] must be a string")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn labels_that_the_sweep_could_confuse_are_refused() {
+    let team = |name: &str, extra: &str| {
+        format!("[tokens.{name}]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-1\"\n{extra}\nsinks = [{{ sink = \"vault\", path = \"{name}\" }}]\n")
+    };
+    let base = &GOOD[..GOOD.find("[tokens.ci-org]").unwrap()];
+    let src = format!(
+        "{base}{}{}",
+        team("a", "description = \"ci\""),
+        team("b", "description = \"ci\"")
+    );
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("[tokens.b] labels its tokens like [tokens.a]"),
+        "{errs:#?}"
+    );
+    // Another team, or another description: fine.
+    let other = team("b", "description = \"ci\"").replace("team-1", "team-2");
+    assert!(errors(&format!(
+        "{base}{}{other}",
+        team("a", "description = \"ci\"")
+    ))
+    .is_empty());
+    // Pulumi: default prefixes are token names cut to 25 characters.
+    let pulumi = |name: &str, org: &str| {
+        format!("[tokens.{name}]\nissuer = \"pulumi\"\ntype = \"organization\"\norganization = \"{org}\"\nsinks = [{{ sink = \"vault\", path = \"{name}\" }}]\n")
+    };
+    let issuers = format!("{base}[issuers.pulumi]\nkind = \"pulumi\"\naddress = \"http://127.0.0.1:9\"\ntoken = {{ env = \"P\" }}\n");
+    let a = "a-very-long-token-name-shared-start-one";
+    let b = "a-very-long-token-name-shared-start-two";
+    let errs = errors(&format!(
+        "{issuers}{}{}",
+        pulumi(a, "acme"),
+        pulumi(b, "acme")
+    ));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("name_prefix"), "{errs:#?}");
+    assert!(errors(&format!(
+        "{issuers}{}{}",
+        pulumi(a, "acme"),
+        pulumi(b, "other")
+    ))
+    .is_empty());
+}
+
+#[test]
+fn only_regular_files_are_read_and_never_past_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    for special in ["/dev/zero", "/dev/null"] {
+        let err = load(Path::new(special), &crate::kinds())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{special}: {err}");
+    }
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        // Opened without blocking, then refused: a FIFO never hangs `check`.
+        let err = load(&fifo, &crate::kinds()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; MAX_POLICY_BYTES as usize + 1]).unwrap();
+    let err = load(&big, &crate::kinds()).unwrap_err().to_string();
+    assert!(err.contains("larger than"), "{err}");
+}
+
+#[test]
+fn state_directory_env_sets_default_state_dir() {
+    let src = GOOD.replace("state_dir = \"/tmp/x\"\n", "");
+    let env = Env {
+        state_directory: Some("/var/lib/token-rotator:/other".into()),
+    };
+    let p = parse("p.toml", Path::new("p.toml"), &src, &env, &crate::kinds()).unwrap();
+    assert_eq!(p.daemon.state_dir, PathBuf::from("/var/lib/token-rotator"));
+}

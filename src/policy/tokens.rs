@@ -1,0 +1,340 @@
+//! The `[tokens.NAME]` tables: issuer and type, schedule, label, sink targets, and the checks across tokens
+//! (one token per sink target, labels the orphan sweep can tell apart).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_spanned::Spanned;
+use toml::de::DeValue;
+
+use super::diag::Diagnostics;
+use super::fields::read_target;
+use super::kinds::{self, IssuerSpec, Kinds, TokenKind};
+use super::reader::{wrong_type, TableReader};
+use super::timing::read_schedule;
+use super::{check_name, IssuerConfig, Named, SinkConfig, SinkTarget, TokenPolicy};
+
+pub(super) fn read_tokens(
+    root: &mut TableReader,
+    d: &mut Diagnostics,
+    issuers: &Named<IssuerConfig>,
+    sinks: &Named<SinkConfig>,
+    kinds: &Kinds,
+) -> BTreeMap<String, Arc<TokenPolicy>> {
+    let mut out = BTreeMap::new();
+    // Which token already writes to a sink target, for the duplicate check.
+    let mut targets: HashMap<SinkTarget, String> = HashMap::new();
+    // Which token already uses a label in a sweep scope (issuer kind, scope), for the collision check.
+    let mut labels: HashMap<(&'static str, String, String), String> = HashMap::new();
+    let Some(section) = root.opt_table(d, "tokens") else {
+        return out;
+    };
+    let label_keys: Vec<&'static str> = kinds.issuers.iter().map(|k| k.label_key()).collect();
+    for (name, value) in section.entries() {
+        let Some(table) = value.get_ref().as_table() else {
+            wrong_type(d, value, &format!("`tokens.{}`", name.get_ref()), "a table");
+            continue;
+        };
+        let named_ok = check_name(d, &name, "tokens");
+        let mut t = TableReader::new(format!("[tokens.{}]", name.get_ref()), name.span(), table);
+        let label_span = label_keys.iter().find_map(|k| t.get_span(k));
+        let read = read_token(
+            &mut t,
+            d,
+            name.get_ref(),
+            issuers,
+            sinks,
+            &mut targets,
+            kinds,
+        );
+        if let Some((token, spec)) = read {
+            if let Some(scope) = label_scope(&token, issuers) {
+                let label = spec.sweep_label(&token.label);
+                let key = (spec.name(), scope.clone(), label.clone());
+                match labels.get(&key) {
+                    Some(other) => d.push(
+                        label_span.unwrap_or_else(|| name.span()),
+                        format!(
+                            "[tokens.{}] labels its tokens like [tokens.{other}] (\"{label}\") in the same {scope}: the orphan sweep could not tell their tokens apart; give one of them another `{}`",
+                            name.get_ref(),
+                            spec.label_key(),
+                        ),
+                    ),
+                    None => {
+                        labels.insert(key, name.get_ref().clone());
+                    }
+                }
+            }
+            if named_ok {
+                out.insert(name.get_ref().clone(), Arc::new(token));
+            }
+        }
+        t.finish(d);
+    }
+    out
+}
+
+/// Where a token's labels must be unique for the orphan sweep to tell tokens apart (SPEC §5.11): the resource
+/// whose token list the sweep reads, at the issuer's address (two issuer tables may point at the same service),
+/// for the types that are swept (singletons are replaced in place and never swept).
+fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<String> {
+    let issuer = issuers.get(&token.issuer)?.1.as_ref()?;
+    // One service however its address is spelled (case, default port, a trailing slash).
+    let at = reqwest::Url::parse(&issuer.address)
+        .ok()
+        .and_then(|u| {
+            Some(format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str()?.to_ascii_lowercase(),
+                u.port_or_known_default()?
+            ))
+        })
+        .unwrap_or_else(|| issuer.address.clone());
+    token.kind.label_scope(&at)
+}
+
+/// A token table; with it, the kind of its issuer (for the label rules).
+fn read_token(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    name: &str,
+    issuers: &Named<IssuerConfig>,
+    sinks: &Named<SinkConfig>,
+    targets: &mut HashMap<SinkTarget, String>,
+    kinds: &Kinds,
+) -> Option<(TokenPolicy, &'static dyn IssuerSpec)> {
+    let issuer_key = t.req_str(d, "issuer");
+    let issuer = issuer_key
+        .as_ref()
+        .and_then(|i| match issuers.get(i.get_ref()) {
+            Some((_, cfg)) => cfg.as_ref(),
+            None => {
+                let known: Vec<&str> = issuers.keys().map(String::as_str).collect();
+                d.push(
+                    i.span(),
+                    format!(
+                        "{} refers to unknown issuer \"{}\"{}",
+                        t.name,
+                        i.get_ref(),
+                        known_list(&known)
+                    ),
+                );
+                None
+            }
+        });
+    let spec = issuer.and_then(|i| kinds.issuer(i.kind));
+    let type_key = t.req_str(d, "type");
+    let kind = match (issuer, spec, type_key.as_ref()) {
+        (Some(issuer), Some(spec), Some(ty)) => read_token_kind(t, d, issuer, spec, ty),
+        _ => None,
+    };
+    check_kind_keys(t, d, kinds);
+    let schedule = read_schedule(t, d, kind.as_ref(), spec);
+    let label = read_label(t, d, name, spec, kinds);
+    let sink_targets = read_token_sinks(t, d, name, sinks, targets);
+    let token = TokenPolicy {
+        name: name.to_string(),
+        issuer: issuer_key?.into_inner(),
+        kind: kind?,
+        schedule: schedule?,
+        label: label?,
+        sinks: sink_targets?,
+    };
+    Some((token, spec?))
+}
+
+/// The label key of the issuer's kind, with its default; another kind's label key is refused with a pointer.
+fn read_label(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    name: &str,
+    spec: Option<&'static dyn IssuerSpec>,
+    kinds: &Kinds,
+) -> Option<String> {
+    let Some(spec) = spec else {
+        for k in &kinds.issuers {
+            t.allow(&[k.label_key()]);
+        }
+        return None;
+    };
+    for other in &kinds.issuers {
+        let key = other.label_key();
+        if key == spec.label_key() {
+            continue;
+        }
+        if let Some(v) = t.get(key) {
+            d.push(
+                v.span(),
+                format!(
+                    "`{key}` in {} is for {} tokens; {} tokens take `{}`",
+                    t.name,
+                    other.title(),
+                    spec.title(),
+                    spec.label_key()
+                ),
+            );
+        }
+    }
+    spec.read_label(t, d, name)
+}
+
+fn known_list(known: &[&str]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (defined: {})", known.join(", "))
+    }
+}
+
+/// `type`: one of the issuer kind's types, read with its keys by the kind.
+fn read_token_kind(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    issuer: &IssuerConfig,
+    spec: &dyn IssuerSpec,
+    ty: &Spanned<String>,
+) -> Option<TokenKind> {
+    if !spec.types().contains(&ty.get_ref().as_str()) {
+        d.push(
+            ty.span(),
+            format!(
+                "unknown `type = \"{}\"` for issuer \"{}\" (kind \"{}\"); expected one of: {}",
+                ty.get_ref(),
+                issuer.name,
+                spec.name(),
+                spec.types().join(", ")
+            ),
+        );
+        return None;
+    }
+    spec.read_type(ty.get_ref(), t, d)
+}
+
+/// The type-specific keys of every kind, checked for their value types whatever the `type` (a wrong `type` must
+/// not hide a wrong `team_id`); keys the type does not take are allowed here.
+fn check_kind_keys(t: &mut TableReader, d: &mut Diagnostics, kinds: &Kinds) {
+    for spec in &kinds.issuers {
+        for (key, ty) in spec.type_keys() {
+            match ty {
+                kinds::KeyType::Str => {
+                    let _ = t.opt_str(d, key);
+                }
+                kinds::KeyType::Bool => {
+                    let _ = t.opt_bool(d, key);
+                }
+            }
+        }
+    }
+}
+
+fn read_token_sinks(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    token: &str,
+    sinks: &Named<SinkConfig>,
+    targets: &mut HashMap<SinkTarget, String>,
+) -> Option<Vec<SinkTarget>> {
+    if !t.has("sinks") {
+        t.missing(
+            d,
+            "sinks",
+            " (e.g. `sinks = [{ sink = \"vault\", path = \"ci/token\" }]`)",
+        );
+        return None;
+    }
+    let v = t.get("sinks")?;
+    let Some(items) = v.get_ref().as_array() else {
+        wrong_type(
+            d,
+            v,
+            &format!("`sinks` in {}", t.name),
+            "an array of tables",
+        );
+        return None;
+    };
+    if items.is_empty() {
+        d.push(
+            v.span(),
+            format!("`sinks` in {} must name at least one sink", t.name),
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items.iter() {
+        let item: &Spanned<DeValue> = item;
+        let Some(table) = item.get_ref().as_table() else {
+            wrong_type(
+                d,
+                item,
+                &format!("an entry of `sinks` in {}", t.name),
+                "a table like { sink = \"NAME\", path = \"…\" }",
+            );
+            ok = false;
+            continue;
+        };
+        let mut r = TableReader::new(format!("a `sinks` entry of {}", t.name), item.span(), table);
+        let sink = r.req_str(d, "sink");
+        let target = read_target(&mut r, d);
+        r.finish(d);
+        let (Some(sink), Some(target)) = (sink, target) else {
+            ok = false;
+            continue;
+        };
+        let Some((_, cfg)) = sinks.get(sink.get_ref()) else {
+            let known: Vec<&str> = sinks.keys().map(String::as_str).collect();
+            d.push(
+                sink.span(),
+                format!(
+                    "{} refers to unknown sink \"{}\"{}",
+                    t.name,
+                    sink.get_ref(),
+                    known_list(&known)
+                ),
+            );
+            ok = false;
+            continue;
+        };
+        let Some(cfg) = cfg else {
+            ok = false;
+            continue;
+        };
+        let key = cfg.spec.target_key();
+        if !key.fits(&target) {
+            d.push(
+                item.span(),
+                format!(
+                    "sink \"{}\" (kind \"{}\") takes `{}`",
+                    sink.get_ref(),
+                    cfg.kind(),
+                    key.as_str()
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        if let Err(why) = cfg.spec.check_target(&target) {
+            d.push(item.span(), why);
+            ok = false;
+            continue;
+        }
+        let st = SinkTarget {
+            sink: sink.get_ref().clone(),
+            target,
+        };
+        if let Some(other) = targets.get(&st) {
+            d.push(
+                item.span(),
+                format!(
+                    "sink target {st} is already written by token \"{other}\"; each target holds one token"
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        targets.insert(st.clone(), token.to_string());
+        out.push(st);
+    }
+    ok.then_some(out)
+}
