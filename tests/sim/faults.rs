@@ -44,6 +44,8 @@ pub enum SinkFault {
     ConcurrentWriter,
     /// The answer comes late (5–40 s).
     Slow,
+    /// The store refuses the credential (403): retrying soon will not help.
+    Refused,
 }
 
 /// What happens to one journal write.
@@ -79,6 +81,8 @@ pub struct Faults {
     pub profile: Profile,
     /// Faults are injected only while this is on (the calm phase turns it off).
     pub active: bool,
+    /// Every sink operation meets this, whatever `active` says (the time-rule tests set it).
+    pub forced_sink: Option<SinkFault>,
 }
 
 impl Faults {
@@ -107,6 +111,7 @@ impl Faults {
             rng,
             profile,
             active: true,
+            forced_sink: None,
         }
     }
 
@@ -150,6 +155,9 @@ impl Faults {
     }
 
     pub fn sink(&mut self, write: bool) -> SinkFault {
+        if let Some(forced) = self.forced_sink {
+            return forced;
+        }
         if !self.active || !self.rng.random_bool(self.profile.sink) {
             return SinkFault::None;
         }

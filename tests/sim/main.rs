@@ -16,6 +16,7 @@
 //! `SIM_SEEDS` (default 1000) and `SIM_FIRST` (default 0) choose the seeds of the main test.
 
 mod faults;
+mod rules;
 mod sinks;
 mod wire;
 mod world;
@@ -50,17 +51,47 @@ const FAULT_PHASE: Duration = Duration::from_secs(10 * 3600);
 const SETTLE_LIMIT: Duration = Duration::from_secs(6 * 3600);
 const TICK: Duration = Duration::from_secs(60);
 
-fn policy_text(dir: &std::path::Path, team1: &str, team2: &str, pool: &str) -> String {
+/// Which of the world's policy tokens a run has, and their schedules (the time-rule tests narrow them down).
+#[derive(Clone)]
+pub struct Spec {
+    /// `None`: every token.
+    pub only: Option<Vec<&'static str>>,
+    /// The schedule keys of every token but the agent token.
+    pub schedule: String,
+    /// The agent token's schedule keys.
+    pub agent_schedule: String,
+    /// `[daemon] drift_check`.
+    pub drift_check: &'static str,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            only: None,
+            schedule:
+                "lifetime = \"2h\"\nrotate_before = \"40m\"\njitter = \"5m\"\ngrace = \"10m\""
+                    .into(),
+            agent_schedule: "every = \"90m\"\njitter = \"5m\"\ngrace = \"10m\"".into(),
+            drift_check: "10m",
+        }
+    }
+}
+
+fn policy_text(dir: &std::path::Path, team1: &str, team2: &str, pool: &str, spec: &Spec) -> String {
     let token = |name: &str, body: &str, sinks: &str| {
+        if spec.only.as_ref().is_some_and(|o| !o.contains(&name)) {
+            return String::new();
+        }
         format!("\n[tokens.{name}]\n{body}\nsinks = [{sinks}]\n")
     };
     let kv = |sink: &str, path: &str| format!("{{ sink = \"{sink}\", path = \"{path}\" }}");
-    let schedule = "lifetime = \"2h\"\nrotate_before = \"40m\"\njitter = \"5m\"\ngrace = \"10m\"";
+    let schedule = spec.schedule.as_str();
+    let agent_schedule = spec.agent_schedule.as_str();
     let mut p = format!(
         r#"[daemon]
 state_dir = "{state}"
 listen = "127.0.0.1:1"
-drift_check = "10m"
+drift_check = "{drift}"
 
 [issuers.tfc]
 kind = "tfe"
@@ -83,6 +114,7 @@ directory = "/nonexistent/kv-b"
         state = dir.join("state").display(),
         tfc = dir.join("tfc-admin").display(),
         pulumi = dir.join("pulumi-admin").display(),
+        drift = spec.drift_check,
     );
     p += &token(
         "org",
@@ -104,7 +136,7 @@ directory = "/nonexistent/kv-b"
     );
     p += &token(
         "agent",
-        &format!("issuer = \"tfc\"\ntype = \"agent\"\nagent_pool_id = \"{pool}\"\nevery = \"90m\"\njitter = \"5m\"\ngrace = \"10m\"\nrevoke_after_use = true"),
+        &format!("issuer = \"tfc\"\ntype = \"agent\"\nagent_pool_id = \"{pool}\"\n{agent_schedule}\nrevoke_after_use = true"),
         &kv("kv-a", "agent"),
     );
     p += &token(
@@ -256,6 +288,16 @@ fn plan_events(faults: &mut Faults, names: &[String]) -> Vec<(Duration, Event)> 
 }
 
 fn build_world(seed: u64, dir: &std::path::Path) -> (Arc<World>, Vec<(Duration, Event)>) {
+    build_world_with(seed, dir, &Spec::default(), false)
+}
+
+/// A world with the tokens and schedules of `spec`; `calm`: no faults and no events (the time-rule tests).
+fn build_world_with(
+    seed: u64,
+    dir: &std::path::Path,
+    spec: &Spec,
+    calm: bool,
+) -> (Arc<World>, Vec<(Duration, Event)>) {
     let tfc = TfcEmulator::in_memory(token_rotator_emulators::tfc::Config {
         rate_limit_per_second: None,
     });
@@ -272,7 +314,7 @@ fn build_world(seed: u64, dir: &std::path::Path) -> (Arc<World>, Vec<(Duration, 
     pulumi.add_team("pacme", "devs");
     std::fs::write(dir.join("tfc-admin"), &tfc_admin).unwrap();
     std::fs::write(dir.join("pulumi-admin"), &pulumi_admin).unwrap();
-    let text = policy_text(dir, &team1, &team2, &pool);
+    let text = policy_text(dir, &team1, &team2, &pool, spec);
     let path = dir.join("policy.toml");
     let policy: Policy = policy::parse(
         "sim.toml",
@@ -307,7 +349,12 @@ fn build_world(seed: u64, dir: &std::path::Path) -> (Arc<World>, Vec<(Duration, 
         .collect();
     let mut faults = Faults::new(seed);
     let names: Vec<String> = policy.tokens.keys().cloned().collect();
-    let events = plan_events(&mut faults, &names);
+    let events = if calm {
+        faults.active = false;
+        Vec::new()
+    } else {
+        plan_events(&mut faults, &names)
+    };
     let store = Arc::new(MemoryStore::default());
     let mut facts = Facts::default();
     facts.secrets.insert(tfc_admin);

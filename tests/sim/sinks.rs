@@ -22,10 +22,23 @@ pub struct SimSink {
 
 impl SimSink {
     fn error(&self, kind: SinkErrorKind, message: &str) -> SinkError {
-        SinkError {
-            sink: self.name.clone(),
-            kind,
-            message: message.into(),
+        SinkError::new(&self.name, kind, message)
+    }
+
+    /// Notes an operation on `target` (for the time-rule tests), then fails it if the store is down or refuses.
+    fn meet(&self, target: &Target, write: bool, fault: SinkFault) -> Result<(), SinkError> {
+        let key = self.key(target);
+        if let Some(owner) = self.world.target_owner.get(&key) {
+            self.world.lock().facts.sink_ops.push(crate::world::SinkOp {
+                at: crate::world::world_now(),
+                token: owner.clone(),
+                write,
+            });
+        }
+        match fault {
+            SinkFault::Down => Err(self.error(SinkErrorKind::Unavailable, "store down")),
+            SinkFault::Refused => Err(self.error(SinkErrorKind::Forbidden, "permission denied")),
+            _ => Ok(()),
         }
     }
 
@@ -46,13 +59,10 @@ impl Sink for SimSink {
             (inner.faults.sink(false), inner.faults.latency(1, 50))
         };
         tokio::time::sleep(latency).await;
-        match fault {
-            SinkFault::Down => return Err(self.error(SinkErrorKind::Unavailable, "store down")),
-            SinkFault::Slow => {
-                let extra = self.world.lock().faults.latency(5_000, 40_000);
-                tokio::time::sleep(extra).await;
-            }
-            _ => {}
+        self.meet(target, false, fault)?;
+        if fault == SinkFault::Slow {
+            let extra = self.world.lock().faults.latency(5_000, 40_000);
+            tokio::time::sleep(extra).await;
         }
         let inner = self.world.lock();
         let slot = inner
@@ -85,8 +95,8 @@ impl Sink for SimSink {
         };
         tokio::time::sleep(latency).await;
         let key = self.key(target);
+        self.meet(target, true, fault)?;
         match fault {
-            SinkFault::Down => return Err(self.error(SinkErrorKind::Unavailable, "store down")),
             SinkFault::Slow => {
                 let extra = self.world.lock().faults.latency(5_000, 40_000);
                 tokio::time::sleep(extra).await;

@@ -67,6 +67,16 @@ pub struct Facts {
     /// A digest of what happened, in order: two runs of one seed must agree.
     pub trace: u64,
     pub requests: u64,
+    /// Every sink read and write of a policy token's targets, in order (the time-rule tests read them).
+    pub sink_ops: Vec<SinkOp>,
+}
+
+/// One sink operation on a policy token's target.
+#[derive(Clone, Debug)]
+pub struct SinkOp {
+    pub at: DateTime<Utc>,
+    pub token: String,
+    pub write: bool,
 }
 
 pub struct Inner {
