@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 export BAO_BIN="$PWD/.venv/bin/bao"
+# Most integration tests wait on real processes (a daemon, OpenBao, moto), not on the CPU: four at a time on two
+# cores halves the suite's wall time. Their timing bounds carry slack for that load.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 # A quick pass of the simulation runs with everything else (debug build, few seeds) ...
 SIM_SEEDS="${SIM_QUICK_SEEDS:-100}" cargo test --workspace --all-features --locked "$@"
 if [ "$#" -eq 0 ]; then

@@ -92,6 +92,33 @@ pub async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest
 }
 
 /// The error chain of a transport error, for messages (reqwest errors never contain header values).
+/// Whether TLS refused the server's certificate (rustls `InvalidCertificate`): a configuration problem, not an
+/// outage. The rustls error sits inside `io::Error`s (nested), whose `source()` skips their payload, so each
+/// `io::Error` is opened with `get_ref` as well as followed by `source`.
+pub fn certificate_refused(e: &reqwest::Error) -> bool {
+    let mut todo: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    // A bound, not an expected depth.
+    for _ in 0..32 {
+        let Some(s) = todo.pop() else { break };
+        if matches!(
+            s.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        ) {
+            return true;
+        }
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            todo.push(inner);
+        }
+        if let Some(next) = s.source() {
+            todo.push(next);
+        }
+    }
+    false
+}
+
 pub fn reason(e: &reqwest::Error) -> String {
     let mut out = if e.is_timeout() {
         "timed out".to_string()

@@ -50,6 +50,9 @@ pub struct WireResponse {
 #[derive(Debug)]
 pub struct WireError {
     pub sent: bool,
+    /// The server's certificate was refused (unknown issuer, wrong name, expired): retrying cannot help until the
+    /// operator sets `ca_file` or fixes the server.
+    pub untrusted: bool,
     pub message: String,
 }
 
@@ -83,6 +86,7 @@ impl Exchange for HttpExchange {
         let resp = r.send().await.map_err(|e| WireError {
             // A connection that never opened carried nothing; anything later may have reached the server.
             sent: !e.is_connect(),
+            untrusted: crate::http::certificate_refused(&e),
             message: crate::http::reason(&e),
         })?;
         let status = resp.status().as_u16();
@@ -223,6 +227,7 @@ impl IssuerDeps {
             async fn exchange(&self, _req: WireRequest) -> Result<WireResponse, WireError> {
                 Err(WireError {
                     sent: false,
+                    untrusted: false,
                     message: "no network in this test".into(),
                 })
             }
@@ -363,11 +368,22 @@ impl ApiBase {
             Ok(r) => r,
             Err(e) => {
                 self.count("error");
+                let (kind, hint) = if e.untrusted {
+                    (
+                        IssuerErrorKind::Config,
+                        format!(
+                            " (the server's certificate is not trusted: set `ca_file` of [issuers.{}] to the CA that signed it)",
+                            self.name
+                        ),
+                    )
+                } else {
+                    (IssuerErrorKind::Unavailable, String::new())
+                };
                 return Err(Failed {
                     error: self.error(
-                        IssuerErrorKind::Unavailable,
+                        kind,
                         None,
-                        format!("{what}: {}", self.outside(&e.message, call.bearer)),
+                        format!("{what}: {}{hint}", self.outside(&e.message, call.bearer)),
                     ),
                     sent: e.sent,
                 });

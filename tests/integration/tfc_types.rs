@@ -409,9 +409,21 @@ sinks = [{{ sink = "vault", path = "ci/team" }}]
     );
     // Without the CA the TLS handshake fails: verification is never switched off.
     let policy = env.write_policy(free_port(), "", "", &tokens);
+    let started = std::time::Instant::now();
     let out = env.once(&policy, &[]).await;
     assert_eq!(out.code, 1);
     assert!(env.bao.kv2_get("secret", "ci/org").await.is_none());
+    // A refused certificate is a configuration problem: said so, and not retried as if the server were down.
+    assert!(
+        out.stderr.contains("certificate is not trusted") && out.stderr.contains("ca_file"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "a refused certificate is not retried: {:?}",
+        started.elapsed()
+    );
 
     env.tfc.set_multi_team_tokens_supported(false);
     let policy = env.write_policy(

@@ -83,6 +83,10 @@ pub struct Faults {
     pub active: bool,
     /// Every sink operation meets this, whatever `active` says (the time-rule tests set it).
     pub forced_sink: Option<SinkFault>,
+    /// Every sink write meets this (reads go through), whatever `active` says.
+    pub forced_write: Option<SinkFault>,
+    /// The next issuer requests meet these, in order, whatever `active` says.
+    pub forced_wire: std::collections::VecDeque<WireFault>,
 }
 
 impl Faults {
@@ -112,6 +116,8 @@ impl Faults {
             profile,
             active: true,
             forced_sink: None,
+            forced_write: None,
+            forced_wire: Default::default(),
         }
     }
 
@@ -131,6 +137,9 @@ impl Faults {
     }
 
     pub fn wire(&mut self, is_probe: bool) -> WireFault {
+        if let Some(forced) = self.forced_wire.pop_front() {
+            return forced;
+        }
         if !self.active {
             return WireFault::None;
         }
@@ -156,6 +165,9 @@ impl Faults {
 
     pub fn sink(&mut self, write: bool) -> SinkFault {
         if let Some(forced) = self.forced_sink {
+            return forced;
+        }
+        if let (true, Some(forced)) = (write, self.forced_write) {
             return forced;
         }
         if !self.active || !self.rng.random_bool(self.profile.sink) {

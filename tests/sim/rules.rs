@@ -78,6 +78,25 @@ impl Rig {
         }
     }
 
+    /// `token-rotator rotate NAME`, as the operator would.
+    async fn rotate(&self, token: &str) {
+        self.world
+            .lock()
+            .facts
+            .nudged_at
+            .insert(token.to_string(), crate::world::world_now());
+        let (reply, _answer) = tokio::sync::oneshot::channel();
+        let inc = self.daemon.as_ref().unwrap();
+        inc.rotate
+            .send(token_rotator::daemon::control::RotateRequest {
+                tokens: vec![token.to_string()],
+                all: false,
+                reply,
+            })
+            .await
+            .unwrap();
+    }
+
     fn forced_sink(&self, fault: Option<SinkFault>) {
         self.world.lock().faults.forced_sink = fault;
     }
@@ -303,6 +322,95 @@ fn an_agent_token_is_revoked_only_after_its_successor_is_used() {
         let ended = rig.agent_tokens()[0].ended_at.expect("revoked after use");
         let after = (ended - used_at).num_seconds();
         assert!((0..=75).contains(&after), "revoked {after} s after the use");
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn an_ambiguous_singleton_create_is_sent_again_only_after_the_backoff() {
+    paused(9, async {
+        let rig = Rig::new(
+            9,
+            spec(&["org"], "lifetime = \"2h\"\nrotate_before = \"40m\""),
+        );
+        rig.run_for(Duration::from_secs(60)).await;
+        assert_eq!(rig.org_tokens().len(), 1);
+        // An operator asks for a rotation; the create reaches TFC (which replaces the stored token) and its
+        // answer is lost.
+        rig.world
+            .lock()
+            .faults
+            .forced_wire
+            .push_back(crate::faults::WireFault::LostAfter { timeout: false });
+        let asked = crate::world::world_now();
+        rig.rotate("org").await;
+        rig.run_for(Duration::from_secs(20)).await;
+        let tokens = rig.org_tokens();
+        assert_eq!(tokens.len(), 2, "the ambiguous create was sent once");
+        let live = rig.world.live().unwrap();
+        let status = live
+            .board
+            .snapshot()
+            .into_iter()
+            .find(|s| s.name == "org")
+            .unwrap();
+        assert!(
+            status.unready_reason(crate::world::world_now()).is_some(),
+            "not ready: the stored token is dead"
+        );
+        rig.run_for(Duration::from_secs(60)).await;
+        let tokens = rig.org_tokens();
+        assert_eq!(tokens.len(), 3, "minted once more");
+        let after = (tokens[2].created_at - asked).num_seconds();
+        assert!(
+            (30..=45).contains(&after),
+            "the next create came {after} s after the first"
+        );
+        assert!(live
+            .board
+            .snapshot()
+            .into_iter()
+            .all(|s| s.unready_reason(crate::world::world_now()).is_none()));
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn failing_sink_writes_are_retried_within_bounds_and_the_minted_token_is_pushed_not_minted_again() {
+    paused(10, async {
+        let rig = Rig::new(
+            10,
+            spec(&["org"], "lifetime = \"2h\"\nrotate_before = \"40m\""),
+        );
+        rig.world.lock().faults.forced_write = Some(SinkFault::Down);
+        rig.run_for(Duration::from_secs(60)).await;
+        let writes: Vec<DateTime<Utc>> = rig
+            .world
+            .lock()
+            .facts
+            .sink_ops
+            .iter()
+            .filter(|o| o.write && o.at < base() + TimeDelta::seconds(40))
+            .map(|o| o.at)
+            .collect();
+        // The first attempt (the next one comes 30 s after it fails). Two targets, each written once and retried five times, 0.5 s doubling with jitter: 15.5–31 s.
+        assert_eq!(writes.len(), 12, "{writes:?}");
+        let span = (writes[writes.len() - 1] - writes[0]).num_milliseconds() as f64 / 1000.0;
+        assert!((15.5..=31.5).contains(&span), "retries took {span} s");
+        rig.run_for(Duration::from_secs(20 * 60)).await;
+        assert_eq!(
+            rig.org_tokens().len(),
+            1,
+            "never minted again while the store refuses"
+        );
+        rig.world.lock().faults.forced_write = None;
+        rig.run_for(Duration::from_secs(16 * 60)).await;
+        let tokens = rig.org_tokens();
+        assert_eq!(tokens.len(), 1, "the journaled token was pushed");
+        let records = rig.world.records_of(rig.world.token("org"));
+        assert!(records
+            .iter()
+            .all(|r| r.as_ref().is_some_and(|r| r.token_id == tokens[0].id)));
         rig.stop().await;
     });
 }

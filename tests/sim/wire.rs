@@ -275,6 +275,7 @@ impl Exchange for SimWire {
             WireFault::NotSent => {
                 return Err(WireError {
                     sent: false,
+                    untrusted: false,
                     message: "connection refused".into(),
                 })
             }
@@ -299,6 +300,7 @@ impl Exchange for SimWire {
                 tokio::time::sleep(TIMEOUT).await;
                 return Err(WireError {
                     sent: true,
+                    untrusted: false,
                     message: "timed out".into(),
                 });
             }
@@ -339,6 +341,7 @@ impl Exchange for SimWire {
                 }
                 return Err(WireError {
                     sent: true,
+                    untrusted: false,
                     message: "connection reset".into(),
                 });
             }
