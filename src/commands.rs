@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::daemon::control::{self, Request, Response, RotateResult};
-use crate::daemon::{build_rotator, build_sinks_only, open_journal, Shared};
+use crate::daemon::{build_rotator, build_sinks_only, open_journal, SetupError, Shared};
 use crate::journal::Journal;
 use crate::policy::Policy;
 use crate::record::rfc3339;
@@ -250,73 +250,94 @@ pub async fn status(policy: &Policy, json: bool) -> Option<bool> {
     Some(all_ready)
 }
 
+/// Why `rotate` could not run at all (a token that failed to rotate is a result, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("no token named {name} in {policy}")]
+    UnknownToken { name: String, policy: String },
+    #[error("{0}")]
+    Control(String),
+    #[error("the daemon answered: {0}")]
+    Daemon(String),
+    #[error("unexpected answer from the daemon")]
+    Unexpected,
+    #[error("a daemon holds the lock on {0} but its control socket does not answer")]
+    Unresponsive(String),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+}
+
 /// `rotate`: hands the request to a running daemon, else rotates here under the `state_dir` lock.
-pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bool, String> {
+pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bool, RotateError> {
     for n in &names {
         if !policy.tokens.contains_key(n) {
-            return Err(format!("no token named {n} in {}", policy.path.display()));
+            return Err(RotateError::UnknownToken {
+                name: n.clone(),
+                policy: policy.path.display().to_string(),
+            });
         }
     }
     let req = Request::Rotate {
         tokens: names.clone(),
         all,
     };
-    let results =
-        match control::request(&policy.daemon.state_dir, &req, control::ROTATE_TIMEOUT).await? {
-            Some(Response::Rotate { results }) => {
-                eprintln!("token-rotator: handed to the running daemon");
-                results
+    let results = match control::request(&policy.daemon.state_dir, &req, control::ROTATE_TIMEOUT)
+        .await
+        .map_err(RotateError::Control)?
+    {
+        Some(Response::Rotate { results }) => {
+            eprintln!("token-rotator: handed to the running daemon");
+            results
+        }
+        Some(Response::Error { error }) => return Err(RotateError::Daemon(error)),
+        Some(_) => return Err(RotateError::Unexpected),
+        None => {
+            if Journal::is_locked(&policy.daemon.state_dir) {
+                return Err(RotateError::Unresponsive(
+                    policy.daemon.state_dir.display().to_string(),
+                ));
             }
-            Some(Response::Error { error }) => return Err(format!("the daemon answered: {error}")),
-            Some(_) => return Err("unexpected answer from the daemon".into()),
-            None => {
-                if Journal::is_locked(&policy.daemon.state_dir) {
-                    return Err(format!(
-                        "a daemon holds the lock on {} but its control socket does not answer",
-                        policy.daemon.state_dir.display()
-                    ));
-                }
-                let shared = Shared::for_command(open_journal(policy, false)?);
-                let rotator = build_rotator(policy, &shared).await;
-                let selected: Vec<_> = policy
-                    .tokens
-                    .values()
-                    .filter(|t| all || names.contains(&t.name))
-                    .collect();
-                let mut results = Vec::new();
-                for t in selected {
-                    let r = rotator
-                        .tend(t, true, std::time::Duration::ZERO, crate::clock::now())
-                        .await;
-                    results.push(match r {
-                        Ok(tended) => RotateResult {
-                            token: t.name.clone(),
-                            ok: true,
-                            message: format!(
-                                "rotated; current token {}",
-                                tended
-                                    .current
-                                    .map(|c| c.token_id)
-                                    .unwrap_or_else(|| "?".into())
-                            ),
-                        },
-                        Err(f) => RotateResult {
-                            token: t.name.clone(),
-                            ok: false,
-                            message: f.error.to_string(),
-                        },
-                    });
-                }
-                if !shared.journal.flush_before_exit().await {
-                    results.push(RotateResult {
-                        token: "(journal)".into(),
+            let shared = Shared::for_command(open_journal(policy, false)?);
+            let rotator = build_rotator(policy, &shared).await;
+            let selected: Vec<_> = policy
+                .tokens
+                .values()
+                .filter(|t| all || names.contains(&t.name))
+                .collect();
+            let mut results = Vec::new();
+            for t in selected {
+                let r = rotator
+                    .tend(t, true, std::time::Duration::ZERO, crate::clock::now())
+                    .await;
+                results.push(match r {
+                    Ok(tended) => RotateResult {
+                        token: t.name.clone(),
+                        ok: true,
+                        message: format!(
+                            "rotated; current token {}",
+                            tended
+                                .current
+                                .map(|c| c.token_id)
+                                .unwrap_or_else(|| "?".into())
+                        ),
+                    },
+                    Err(f) => RotateResult {
+                        token: t.name.clone(),
                         ok: false,
-                        message: "a journal entry could not be written; see the log".into(),
-                    });
-                }
-                results
+                        message: f.error.to_string(),
+                    },
+                });
             }
-        };
+            if !shared.journal.flush_before_exit().await {
+                results.push(RotateResult {
+                    token: "(journal)".into(),
+                    ok: false,
+                    message: "a journal entry could not be written; see the log".into(),
+                });
+            }
+            results
+        }
+    };
     let mut ok = true;
     for r in &results {
         ok &= r.ok;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::issuer::{self, api::Exchange, api::HttpExchange, api::IssuerDeps};
-use crate::journal::{Journal, JournalKey};
+use crate::journal::{Journal, JournalError, JournalKey};
 use crate::metrics::Metrics;
-use crate::policy::SecretRef;
 use crate::policy::{IssuerConfig, Policy, SinkConfig};
+use crate::policy::{SecretError, SecretRef};
 use crate::retry::PacerRegistry;
 use crate::rotation::Rotator;
 use crate::secret::SecretString;
@@ -66,26 +66,37 @@ impl Shared {
     }
 }
 
+/// Why the journal of a policy cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("state_key: {0}")]
+    StateKeyUnreadable(#[from] SecretError),
+    #[error("state_key: {0}")]
+    StateKeyInvalid(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
 /// The `state_key` of `policy`, resolved and parsed.
-fn journal_key(policy: &Policy) -> Result<Option<JournalKey>, String> {
+fn journal_key(policy: &Policy) -> Result<Option<JournalKey>, SetupError> {
     match &policy.daemon.state_key {
         None => Ok(None),
         Some(r) => {
-            let secret = r.resolve_local().map_err(|e| format!("state_key: {e}"))?;
+            let secret = r.resolve_local()?;
             JournalKey::parse(&secret)
                 .map(Some)
-                .map_err(|e| format!("state_key: {e}"))
+                .map_err(SetupError::StateKeyInvalid)
         }
     }
 }
 
 /// Opens the journal of `policy` (read-only for `plan`), with its `state_key` when one is set.
-pub fn open_journal(policy: &Policy, read_only: bool) -> Result<Journal, String> {
+pub fn open_journal(policy: &Policy, read_only: bool) -> Result<Journal, SetupError> {
     let key = journal_key(policy)?;
     let journal = if read_only {
         Journal::open_read_only(&policy.daemon.state_dir)
     } else {
-        Journal::open(&policy.daemon.state_dir).map_err(|e| e.to_string())?
+        Journal::open(&policy.daemon.state_dir)?
     };
     Ok(journal.with_key(key))
 }

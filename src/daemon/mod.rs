@@ -15,7 +15,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use build::{build_rotator, build_sinks_only, open_journal, Backends, Network, Shared};
+pub use build::{
+    build_rotator, build_sinks_only, open_journal, Backends, Network, SetupError, Shared,
+};
 pub use scheduler::{Control, Daemon, Inputs};
 
 use crate::metrics::Metrics;
@@ -32,8 +34,8 @@ pub struct RunOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{0}")]
-    Journal(String),
+    #[error(transparent)]
+    Setup(#[from] build::SetupError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -48,7 +50,7 @@ pub async fn run(
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> Result<bool, RunError> {
-    let journal = open_journal(&policy, false).map_err(RunError::Journal)?;
+    let journal = open_journal(&policy, false)?;
     let metrics = Arc::new(Metrics::new());
     let board = StatusBoard::new();
     // Every token is on the board before /readyz can answer: an empty board would read as ready while the
