@@ -192,6 +192,12 @@ pub fn read_target(r: &mut TableReader, d: &mut Diagnostics) -> Option<Target> {
     }
 }
 
+/// A required key holding a non-empty string.
+pub fn required(t: &mut TableReader, d: &mut Diagnostics, key: &'static str) -> Option<String> {
+    let v = t.req_str(d, key)?;
+    non_empty(d, v, key)
+}
+
 pub fn non_empty(d: &mut Diagnostics, v: Spanned<String>, key: &str) -> Option<String> {
     if v.get_ref().trim().is_empty() {
         d.push(v.span(), format!("`{key}` must not be empty"));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use crate::policy::diag::Diagnostics;
-use crate::policy::fields::non_empty;
+use crate::policy::fields::{non_empty, required};
 use crate::policy::kinds::{same_as, IssuerSpec, KeyType, TokenKind, TokenType};
 use crate::policy::reader::TableReader;
 
@@ -91,10 +91,7 @@ impl IssuerSpec for PulumiSpec {
     }
 
     fn read_type(&self, ty: &str, t: &mut TableReader, d: &mut Diagnostics) -> Option<TokenKind> {
-        let req = |t: &mut TableReader, d: &mut Diagnostics, key: &'static str| {
-            let v = t.req_str(d, key)?;
-            non_empty(d, v, key)
-        };
+        let req = required;
         let kind = match ty {
             "organization" => {
                 let organization = req(t, d, "organization");

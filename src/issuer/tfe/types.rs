@@ -6,7 +6,7 @@ use std::any::Any;
 use serde_spanned::Spanned;
 
 use crate::policy::diag::Diagnostics;
-use crate::policy::fields::non_empty;
+use crate::policy::fields::required;
 use crate::policy::kinds::{same_as, IssuerSpec, KeyType, TokenKind, TokenType};
 use crate::policy::reader::TableReader;
 
@@ -123,10 +123,7 @@ impl IssuerSpec for TfeSpec {
     }
 
     fn read_type(&self, ty: &str, t: &mut TableReader, d: &mut Diagnostics) -> Option<TokenKind> {
-        let req = |t: &mut TableReader, d: &mut Diagnostics, key: &'static str| {
-            let v = t.req_str(d, key)?;
-            non_empty(d, v, key)
-        };
+        let req = required;
         let kind = match ty {
             "organization" => TfeType::Organization {
                 organization: req(t, d, "organization")?,

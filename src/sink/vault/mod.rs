@@ -33,8 +33,8 @@ use crate::policy::{SecretRef, SinkSettings};
 use crate::record::SinkRecord;
 use crate::secret::{ExposeSecret, SecretString};
 pub use config::{VaultAuth, VaultSinkConfig, VaultSpec};
+use session::Session;
 pub use session::{Due, Lease};
-use session::{Login, Session};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,7 +46,8 @@ pub struct VaultSink {
     detected_kv: OnceCell<u8>,
     /// Holds the current Vault token; swapped under the write lock at login.
     client: RwLock<VaultClient>,
-    login: Login,
+    /// How the sink logs in (from its `auth` table).
+    login: VaultAuth,
     session: Mutex<Session>,
 }
 
@@ -78,53 +79,27 @@ impl VaultSink {
         let err = |kind, message: String| SinkError::new(name, kind, message);
         // A `token` is resolved now, so a missing one makes the sink unusable at once; other methods log in at
         // the first operation (a Vault that is down at start-up must not make the sink unusable until reload).
-        let (login, token) = match &cfg.auth {
+        let token = match &cfg.auth {
             VaultAuth::Token { token } => {
                 let value = token
                     .resolve_local()
                     .map_err(|e| err(SinkErrorKind::Permanent, format!("Vault token: {e}")))?;
                 check_header_value(&value)
                     .map_err(|why| err(SinkErrorKind::Permanent, format!("Vault token: {why}")))?;
-                (
-                    Login::Token {
-                        token: token.clone(),
-                    },
-                    value,
-                )
+                value
             }
-            VaultAuth::AppRole {
-                mount,
-                role_id,
-                secret_id,
-            } => {
+            VaultAuth::AppRole { secret_id, .. } => {
                 if matches!(secret_id, SecretRef::Sink { .. }) {
                     return Err(err(
                         SinkErrorKind::Permanent,
                         "AppRole `secret_id` must be an `env` or `file` reference".into(),
                     ));
                 }
-                (
-                    Login::AppRole {
-                        mount: mount.clone(),
-                        role_id: role_id.clone(),
-                        secret_id: secret_id.clone(),
-                    },
-                    SecretString::from(String::new()),
-                )
+                SecretString::from(String::new())
             }
-            VaultAuth::Kubernetes {
-                mount,
-                role,
-                jwt_file,
-            } => (
-                Login::Kubernetes {
-                    mount: mount.clone(),
-                    role: role.clone(),
-                    jwt_file: jwt_file.clone(),
-                },
-                SecretString::from(String::new()),
-            ),
+            VaultAuth::Kubernetes { .. } => SecretString::from(String::new()),
         };
+        let login = cfg.auth.clone();
         let mut settings = VaultClientSettingsBuilder::default();
         // Every setting is pinned so that VAULT_* environment variables (VAULT_SKIP_VERIFY above all) have no effect.
         settings

@@ -1,7 +1,6 @@
 //! The sink's own Vault token: how it logs in (token, AppRole, Kubernetes), its lease, renewal at two thirds of
 //! the TTL, and a new login after a denial (secret-stores.md A.3–A.5).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,37 +8,10 @@ use vaultrs::api::AuthInfo;
 use vaultrs::client::{Client as _, VaultClient};
 use vaultrs::error::ClientError;
 
-use super::{check_header_value, VaultSink};
+use super::{check_header_value, VaultAuth, VaultSink};
 use crate::policy::SecretRef;
 use crate::secret::{ExposeSecret, SecretString};
 use crate::sink::{SinkError, SinkErrorKind};
-
-/// How the daemon gets its own Vault token.
-pub(super) enum Login {
-    Token {
-        token: SecretRef,
-    },
-    AppRole {
-        mount: String,
-        role_id: String,
-        secret_id: SecretRef,
-    },
-    Kubernetes {
-        mount: String,
-        role: String,
-        jwt_file: PathBuf,
-    },
-}
-
-impl Login {
-    pub(super) fn method(&self) -> &'static str {
-        match self {
-            Login::Token { .. } => "token",
-            Login::AppRole { .. } => "approle",
-            Login::Kubernetes { .. } => "kubernetes",
-        }
-    }
-}
 
 /// The token's lease as last learned (login, renewal or lookup), and a counter bumped at each new token so that
 /// concurrent operations denied at once log in only once.
@@ -164,7 +136,7 @@ impl VaultSink {
     async fn log_in(&self, session: &mut Session) -> Result<(), SinkError> {
         let now = crate::clock::now();
         let (mount, auth): (&str, AuthInfo) = match &self.login {
-            Login::Token { token } => {
+            VaultAuth::Token { token } => {
                 let value = match token.resolve_local() {
                     Ok(v) if check_header_value(&v).is_ok() => Some(v),
                     Ok(_) => None,
@@ -196,7 +168,7 @@ impl VaultSink {
                 };
                 return Ok(());
             }
-            Login::AppRole {
+            VaultAuth::AppRole {
                 mount,
                 role_id,
                 secret_id,
@@ -212,7 +184,7 @@ impl VaultSink {
                         .await;
                 (mount, self.install(session, &mut client, r, mount)?)
             }
-            Login::Kubernetes {
+            VaultAuth::Kubernetes {
                 mount,
                 role,
                 jwt_file,
