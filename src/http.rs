@@ -92,19 +92,41 @@ pub async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest
 }
 
 /// The error chain of a transport error, for messages (reqwest errors never contain header values).
-/// Whether TLS refused the server's certificate (rustls `InvalidCertificate`): a configuration problem, not an
-/// outage. The rustls error sits inside `io::Error`s (nested), whose `source()` skips their payload, so each
-/// `io::Error` is opened with `get_ref` as well as followed by `source`.
-pub fn certificate_refused(e: &reqwest::Error) -> bool {
+/// Why TLS refused the server's certificate, when retrying cannot help until someone changes something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateRefusal {
+    /// Not signed by a CA we trust (no `ca_file`, or the wrong one).
+    UnknownIssuer,
+    /// Not valid for the host name of `address`.
+    WrongName,
+    /// Revoked, badly signed, unusable.
+    Other,
+}
+
+/// The refusal in reqwest's error chain (rustls `InvalidCertificate`), if any. An expired or not-yet-valid
+/// certificate is left out: a local clock stepped wrong or a server renewing late heals by itself, so it stays a
+/// transient failure. The rustls error sits inside nested `io::Error`s, whose `source()` skips their payload, so
+/// each `io::Error` is opened with `get_ref` as well as followed by `source`.
+pub fn certificate_refusal(e: &reqwest::Error) -> Option<CertificateRefusal> {
+    use rustls::CertificateError as C;
     let mut todo: Vec<&(dyn std::error::Error + 'static)> = vec![e];
     // A bound, not an expected depth.
     for _ in 0..32 {
-        let Some(s) = todo.pop() else { break };
-        if matches!(
-            s.downcast_ref::<rustls::Error>(),
-            Some(rustls::Error::InvalidCertificate(_))
-        ) {
-            return true;
+        let s = todo.pop()?;
+        if let Some(rustls::Error::InvalidCertificate(c)) = s.downcast_ref::<rustls::Error>() {
+            return match c {
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. }
+                | C::ExpiredRevocationList
+                | C::ExpiredRevocationListContext { .. } => None,
+                C::UnknownIssuer => Some(CertificateRefusal::UnknownIssuer),
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    Some(CertificateRefusal::WrongName)
+                }
+                _ => Some(CertificateRefusal::Other),
+            };
         }
         if let Some(inner) = s
             .downcast_ref::<std::io::Error>()
@@ -116,9 +138,10 @@ pub fn certificate_refused(e: &reqwest::Error) -> bool {
             todo.push(next);
         }
     }
-    false
+    None
 }
 
+/// A transport error as one line: what failed, then each cause.
 pub fn reason(e: &reqwest::Error) -> String {
     let mut out = if e.is_timeout() {
         "timed out".to_string()

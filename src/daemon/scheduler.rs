@@ -2,6 +2,7 @@
 //! or shutdown. No polling while nothing is due. Visits are spawned into at most `MAX_CONCURRENT` places (an equal
 //! share per issuer), at most one per token.
 
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -565,9 +566,33 @@ impl Daemon {
             }
             tracing::info!(token = %name, "token removed from the policy");
         }
+        // An issuer or sink whose table changed (a fixed `ca_file`, `address`, credential reference): the tokens
+        // that failed through it are tried again now, not at their backed-off time (up to an hour).
+        let changed_issuers: HashSet<&String> = policy
+            .issuers
+            .iter()
+            .filter(|(n, cfg)| self.policy.issuers.get(*n) != Some(*cfg))
+            .map(|(n, _)| n)
+            .collect();
+        let changed_sinks: HashSet<&String> = policy
+            .sinks
+            .iter()
+            .filter(|(n, cfg)| {
+                self.policy.sinks.get(*n).map(|old| format!("{old:?}")) != Some(format!("{cfg:?}"))
+            })
+            .map(|(n, _)| n)
+            .collect();
         for (name, t) in &policy.tokens {
             match self.slots.get_mut(name) {
-                Some(slot) if slot.policy == *t => {}
+                Some(slot) if slot.policy == *t => {
+                    let touched = changed_issuers.contains(&t.issuer)
+                        || t.sinks.iter().any(|st| changed_sinks.contains(&st.sink));
+                    if touched && slot.backoff_until.is_some() {
+                        slot.backoff_until = None;
+                        slot.next_at = now;
+                        tracing::info!(token = %name, "its issuer or a sink changed; trying again now");
+                    }
+                }
                 Some(slot) => {
                     slot.policy = t.clone();
                     slot.next_at = now;

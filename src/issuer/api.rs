@@ -50,9 +50,9 @@ pub struct WireResponse {
 #[derive(Debug)]
 pub struct WireError {
     pub sent: bool,
-    /// The server's certificate was refused (unknown issuer, wrong name, expired): retrying cannot help until the
-    /// operator sets `ca_file` or fixes the server.
-    pub untrusted: bool,
+    /// The server's certificate was refused for a reason retrying cannot fix (unknown CA, wrong name): the
+    /// operator must set `ca_file`, fix `address` or the server.
+    pub refused_certificate: Option<crate::http::CertificateRefusal>,
     pub message: String,
 }
 
@@ -86,7 +86,7 @@ impl Exchange for HttpExchange {
         let resp = r.send().await.map_err(|e| WireError {
             // A connection that never opened carried nothing; anything later may have reached the server.
             sent: !e.is_connect(),
-            untrusted: crate::http::certificate_refused(&e),
+            refused_certificate: crate::http::certificate_refusal(&e),
             message: crate::http::reason(&e),
         })?;
         let status = resp.status().as_u16();
@@ -198,6 +198,8 @@ pub struct ApiBase {
     pacers: Arc<IssuerPacers>,
     metrics: Arc<Metrics>,
     dialect: &'static Dialect,
+    /// Whether `ca_file` is set (for the hint when the server's certificate is refused).
+    has_ca_file: bool,
 }
 
 impl std::fmt::Debug for ApiBase {
@@ -227,7 +229,7 @@ impl IssuerDeps {
             async fn exchange(&self, _req: WireRequest) -> Result<WireResponse, WireError> {
                 Err(WireError {
                     sent: false,
-                    untrusted: false,
+                    refused_certificate: None,
                     message: "no network in this test".into(),
                 })
             }
@@ -241,6 +243,24 @@ impl IssuerDeps {
 }
 
 impl ApiBase {
+    /// What to do about a refused certificate, for the error message.
+    fn certificate_hint(&self, refusal: crate::http::CertificateRefusal) -> String {
+        use crate::http::CertificateRefusal as R;
+        let table = format!("[issuers.{}]", self.name);
+        match refusal {
+            R::UnknownIssuer if self.has_ca_file => format!(
+                " (the server's certificate is not signed by the CA in `ca_file` of {table}: point it at the CA that signed it)"
+            ),
+            R::UnknownIssuer => format!(
+                " (the server's certificate is not signed by a CA we trust: set `ca_file` of {table} to the CA that signed it)"
+            ),
+            R::WrongName => format!(
+                " (the server's certificate is not valid for this host name: check `address` of {table})"
+            ),
+            R::Other => " (the server's certificate was refused)".to_string(),
+        }
+    }
+
     pub fn new(
         cfg: &IssuerConfig,
         credential: SecretString,
@@ -263,6 +283,7 @@ impl ApiBase {
             pacers: deps.pacers,
             metrics: deps.metrics,
             dialect,
+            has_ca_file: cfg.ca_file.is_some(),
         })
     }
 
@@ -368,16 +389,9 @@ impl ApiBase {
             Ok(r) => r,
             Err(e) => {
                 self.count("error");
-                let (kind, hint) = if e.untrusted {
-                    (
-                        IssuerErrorKind::Config,
-                        format!(
-                            " (the server's certificate is not trusted: set `ca_file` of [issuers.{}] to the CA that signed it)",
-                            self.name
-                        ),
-                    )
-                } else {
-                    (IssuerErrorKind::Unavailable, String::new())
+                let (kind, hint) = match e.refused_certificate {
+                    Some(refusal) => (IssuerErrorKind::Config, self.certificate_hint(refusal)),
+                    None => (IssuerErrorKind::Unavailable, String::new()),
                 };
                 return Err(Failed {
                     error: self.error(

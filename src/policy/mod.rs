@@ -69,7 +69,7 @@ pub struct DaemonSettings {
 
 /// An `[issuers.NAME]` table: what every issuer kind shares. Type-specific keys live on each token's
 /// [`TokenKind`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuerConfig {
     pub name: String,
     /// The `kind` value, one of the registered [`IssuerSpec`]s.

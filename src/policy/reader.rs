@@ -59,6 +59,11 @@ impl<'a, 'i> TableReader<'a, 'i> {
         self.table.get(key)
     }
 
+    /// Whether a reader already took `key`.
+    pub fn used(&self, key: &str) -> bool {
+        self.used.contains(&key)
+    }
+
     fn mark(&mut self, key: &'static str) {
         if !self.used.contains(&key) {
             self.used.push(key);

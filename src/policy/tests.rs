@@ -212,3 +212,23 @@ fn state_directory_env_sets_default_state_dir() {
     let p = parse("p.toml", Path::new("p.toml"), &src, &env, &crate::kinds()).unwrap();
     assert_eq!(p.daemon.state_dir, PathBuf::from("/var/lib/token-rotator"));
 }
+
+#[test]
+fn keys_of_other_types_and_kinds_are_refused_where_they_would_do_nothing() {
+    let e = errors(&GOOD.replace(
+        "organization = \"acme\"\n",
+        "organization = \"acme\"\nrevoke_after_use = true\nteam = \"x\"\n",
+    ));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("p.toml:19:20: `revoke_after_use` in [tokens.ci-org] does not apply to tokens of `type = \"organization\"`"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("`team` in [tokens.ci-org] does not apply"),
+        "{e:?}"
+    );
+    // A wrong `type` reports the type, not every key it would have taken.
+    let e = errors(&GOOD.replace("type = \"organization\"", "type = \"org\""));
+    assert_eq!(e.len(), 1, "{e:?}");
+}

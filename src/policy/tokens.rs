@@ -129,6 +129,9 @@ fn read_token(
         (Some(issuer), Some(spec), Some(ty)) => read_token_kind(t, d, issuer, spec, ty),
         _ => None,
     };
+    if let (Some(kind), Some(ty)) = (&kind, &type_key) {
+        refuse_other_types_keys(t, d, kinds, kind, ty);
+    }
     check_kind_keys(t, d, kinds);
     let schedule = read_schedule(t, d, kind.as_ref(), spec);
     let label = read_label(t, d, name, spec, kinds);
@@ -209,6 +212,35 @@ fn read_token_kind(
         return None;
     }
     spec.read_type(ty.get_ref(), t, d)
+}
+
+/// A type-specific key the token's type did not read belongs to another type or kind: refused, so that
+/// `revoke_after_use` on a team token or `team_id` on a Pulumi token does not pass for a setting that works.
+fn refuse_other_types_keys(
+    t: &mut TableReader,
+    d: &mut Diagnostics,
+    kinds: &Kinds,
+    kind: &TokenKind,
+    ty: &Spanned<String>,
+) {
+    let mut seen: Vec<&str> = Vec::new();
+    for spec in &kinds.issuers {
+        for (key, _) in spec.type_keys() {
+            if seen.contains(key) || t.used(key) || !t.has(key) {
+                continue;
+            }
+            seen.push(key);
+            let span = t.get_span(key).unwrap_or_else(|| ty.span());
+            d.push(
+                span,
+                format!(
+                    "`{key}` in {} does not apply to tokens of `type = \"{}\"`",
+                    t.name,
+                    kind.type_name()
+                ),
+            );
+        }
+    }
 }
 
 /// The type-specific keys of every kind, checked for their value types whatever the `type` (a wrong `type` must

@@ -14,6 +14,7 @@ use super::{
     MAX_PROBE_FAILURES,
 };
 use crate::issuer::Issuer;
+use crate::issuer::IssuerErrorKind;
 use crate::journal::{Entry, PendingRevocation, Phase, Rotation};
 use crate::policy::{SinkTarget, TokenPolicy};
 use crate::record::{MintedToken, SinkRecord};
@@ -175,7 +176,12 @@ impl Rotator {
         error: crate::issuer::IssuerError,
         now: DateTime<Utc>,
     ) -> AttemptError {
-        if error.retryable() {
+        // Only the issuer refusing the token counts; anything else (an outage, a refused certificate) says
+        // nothing about the value and follows the ordinary retry rules.
+        if !matches!(
+            error.kind,
+            IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
+        ) {
             return error.into();
         }
         let attempt = rotation.probe_failures + 1;

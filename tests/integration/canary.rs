@@ -465,6 +465,11 @@ sinks = [{{ sink = "vault-proxy", path = "canary/unstored" }}]
         if flaky_failed && !nudged {
             nudged = true;
             let out = cli(vec!["rotate", "flaky", "--config", &config], vec![]).await;
+            assert_eq!(
+                out.code, 0,
+                "the nudge rotates the flaky token: {}",
+                out.stdout
+            );
             got.cli("rotate flaky (during pass 1)", &out);
         }
         // Sticky: a transient failure (the one CAS conflict) heals at its next attempt, 30 s later.

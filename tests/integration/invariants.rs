@@ -523,14 +523,28 @@ async fn a_token_readded_during_its_visit_is_not_visited_twice_at_once() {
         env.record("re").await
     })
     .await;
-    for _ in 0..3 {
+    // Written whole (temp file, rename): a reload never reads half a policy.
+    let write = |text: &str| {
+        let tmp = policy.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &policy).unwrap();
+    };
+    let count = |needle: &str| daemon.stderr().matches(needle).count();
+    for i in 1..=3 {
         // A rotation every second, each create answered after 1.5 s: a visit is almost always in flight here.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        std::fs::write(&policy, &without).unwrap();
+        write(&without);
         sighup(daemon.pid());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        std::fs::write(&policy, &full).unwrap();
+        wait_for(Duration::from_secs(10), "the token removed", || async {
+            (count("token removed from the policy") >= i).then_some(())
+        })
+        .await;
+        write(&full);
         sighup(daemon.pid());
+        wait_for(Duration::from_secs(10), "the token added back", || async {
+            (count("token added") >= i).then_some(())
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     // The emulator answers a create 1.5 s after it arrived: two creates arriving less than that apart overlapped.

@@ -415,7 +415,8 @@ sinks = [{{ sink = "vault", path = "ci/team" }}]
     assert!(env.bao.kv2_get("secret", "ci/org").await.is_none());
     // A refused certificate is a configuration problem: said so, and not retried as if the server were down.
     assert!(
-        out.stderr.contains("certificate is not trusted") && out.stderr.contains("ca_file"),
+        out.stderr.contains("not signed by a CA we trust")
+            && out.stderr.contains("set `ca_file` of [issuers.tfc]"),
         "{}",
         out.stderr
     );

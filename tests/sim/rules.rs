@@ -97,6 +97,15 @@ impl Rig {
             .unwrap();
     }
 
+    /// A policy reload, as SIGHUP would deliver it.
+    async fn reload(&self, policy: token_rotator::policy::Policy) {
+        let inc = self.daemon.as_ref().unwrap();
+        inc.control
+            .send(token_rotator::daemon::Control::Reload(Box::new(policy)))
+            .await
+            .unwrap();
+    }
+
     fn forced_sink(&self, fault: Option<SinkFault>) {
         self.world.lock().faults.forced_sink = fault;
     }
@@ -460,10 +469,54 @@ fn a_refusing_sink_waits_for_the_permanent_schedule() {
             .windows(2)
             .map(|w| (w[1] - w[0]).num_seconds())
             .collect();
-        // A 403 is not retried within the attempt nor 30 s later: the next try is an hour on.
+        // A 403 is not retried within the attempt (one read per target) nor 30 s later: the next try is an hour on.
+        let ops = rig.world.lock().facts.sink_ops.len();
+        assert_eq!(
+            ops,
+            starts.len() * rig.world.token("team-a").sinks.len(),
+            "one read per attempt"
+        );
         assert_eq!(g.len(), 4, "{g:?}");
         assert!(g.iter().all(|s| (3600..=3610).contains(s)), "{g:?}");
         assert!(rig.team_tokens("ci team-a").is_empty(), "nothing minted");
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn a_reload_that_changes_a_failing_tokens_sink_tries_it_again_at_once() {
+    paused(11, async {
+        let rig = Rig::new(
+            11,
+            spec(&["team-a"], "lifetime = \"2h\"\nrotate_before = \"40m\""),
+        );
+        rig.forced_sink(Some(SinkFault::Refused));
+        rig.run_for(Duration::from_secs(120)).await;
+        assert_eq!(rig.attempts("team-a").len(), 1);
+        // The operator fixes the store's permissions: a reload of the same policy changes nothing, so the token
+        // keeps its permanent backoff ...
+        rig.forced_sink(None);
+        rig.reload(rig.world.policy.clone()).await;
+        rig.run_for(Duration::from_secs(120)).await;
+        assert_eq!(
+            rig.attempts("team-a").len(),
+            1,
+            "an unchanged policy is no reason to try early"
+        );
+        // ... but a reload that changes the sink's table (here its directory) tries again at once.
+        let mut fixed = rig.world.policy.clone();
+        let sink = fixed.sinks.get_mut("kv-a").unwrap();
+        sink.settings = Arc::new(token_rotator::sink::file::FileSinkConfig {
+            directory: "/nonexistent/kv-a-fixed".into(),
+        });
+        rig.reload(fixed).await;
+        rig.run_for(Duration::from_secs(60)).await;
+        assert_eq!(rig.attempts("team-a").len(), 2);
+        assert_eq!(
+            rig.team_tokens("ci team-a").len(),
+            1,
+            "rotated right after the reload"
+        );
         rig.stop().await;
     });
 }

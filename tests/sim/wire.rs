@@ -275,7 +275,7 @@ impl Exchange for SimWire {
             WireFault::NotSent => {
                 return Err(WireError {
                     sent: false,
-                    untrusted: false,
+                    refused_certificate: None,
                     message: "connection refused".into(),
                 })
             }
@@ -300,7 +300,7 @@ impl Exchange for SimWire {
                 tokio::time::sleep(TIMEOUT).await;
                 return Err(WireError {
                     sent: true,
-                    untrusted: false,
+                    refused_certificate: None,
                     message: "timed out".into(),
                 });
             }
@@ -341,7 +341,7 @@ impl Exchange for SimWire {
                 }
                 return Err(WireError {
                     sent: true,
-                    untrusted: false,
+                    refused_certificate: None,
                     message: "connection reset".into(),
                 });
             }

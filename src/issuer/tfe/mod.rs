@@ -395,6 +395,7 @@ impl Issuer for TfeIssuer {
     }
 
     async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError> {
+        self.type_of(token)?;
         if token.kind.is_singleton() {
             return Err(self.api.error(
                 IssuerErrorKind::Config,
