@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle, TokenKind};
+use token_rotator_emulators::tfc::{Config, TokenKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::{
-    free_port, metric, run_cli_async, wait_for, Bao, DaemonProc, Output, Workdir, ROOT_TOKEN,
+    free_port, metric, run_cli_async, wait_for, DaemonProc, Output, Stack, ROOT_TOKEN,
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -490,10 +490,9 @@ fn gaps(hits: &[Hit]) -> Vec<f64> {
         .collect()
 }
 
+/// The shared [`Stack`], with a policy assembled table by table (each faulty issuer or sink behind its own proxy).
 pub(crate) struct Env {
-    pub(crate) tfc: TfcHandle,
-    pub(crate) bao: Bao,
-    pub(crate) work: Workdir,
+    stack: Stack,
     /// Issuer tables, sink tables and token tables, assembled by `policy`.
     issuers: String,
     sinks: String,
@@ -501,18 +500,22 @@ pub(crate) struct Env {
     pub(crate) envs: Vec<(String, String)>,
 }
 
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
 impl Env {
     pub(crate) async fn new() -> Env {
-        let tfc = TfcEmulator::start(Config::default()).await.unwrap();
-        let bao = Bao::start().await;
+        let stack = Stack::new(Config::default()).await;
         let sinks = format!(
             "[sinks.vault]\nkind = \"vault\"\naddress = \"{}\"\nauth = {{ method = \"token\", token = {{ env = \"VAULT_TOKEN\" }} }}\n",
-            bao.addr
+            stack.bao.addr
         );
         Env {
-            tfc,
-            bao,
-            work: Workdir::new(),
+            stack,
             issuers: String::new(),
             sinks,
             tokens: String::new(),

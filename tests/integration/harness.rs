@@ -537,14 +537,42 @@ impl Drop for Moto {
     }
 }
 
-/// The usual end-to-end stack: the TFC emulator with organization `acme` (its owners' token in `admin`), a real
-/// OpenBao, and a scratch directory. Policies name the issuer `tfc` (credential from `TFC_TOKEN`) and the sink
-/// `vault` (token from `VAULT_TOKEN`).
+/// The one end-to-end stack, for every issuer kind: the TFC emulator with organization `acme` (its owners' token in
+/// `admin`), the Pulumi emulator with organization `acme`, team `platform` and its admin `alice` (her personal
+/// token in `pulumi_admin`), a real OpenBao, and a scratch directory. Policies name the issuers `tfc` (credential
+/// from `TFC_TOKEN`) and `pulumi` (from `PULUMI_TOKEN`) and the sink `vault` (token from `VAULT_TOKEN`); the AWS
+/// and file sinks are added by the tests that use them (moto starts on demand).
 pub struct Stack {
     pub tfc: token_rotator_emulators::tfc::TfcHandle,
+    pub pulumi: token_rotator_emulators::pulumi::PulumiHandle,
     pub bao: Bao,
     pub work: Workdir,
     pub admin: String,
+    pub pulumi_admin: String,
+}
+
+/// `[sinks.aws]` on a moto server.
+pub fn aws_sink_table(moto: &Moto, region: &str) -> String {
+    format!(
+        "[sinks.aws]\nkind = \"aws-secretsmanager\"\nregion = \"{region}\"\nendpoint_url = \"{}\"\n",
+        moto.url
+    )
+}
+
+/// `[sinks.files]` writing below `dir`.
+pub fn file_sink_table(dir: &Path) -> String {
+    format!(
+        "[sinks.files]\nkind = \"file\"\ndirectory = \"{}\"\n",
+        dir.display()
+    )
+}
+
+/// Which issuer tables a policy of the [`Stack`] declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Issuers {
+    Tfc,
+    Pulumi,
+    Both,
 }
 
 impl Stack {
@@ -556,13 +584,21 @@ impl Stack {
         Stack::with(tfc, admin).await
     }
 
-    /// A stack around an emulator the caller started (e.g. the TLS one).
+    /// A stack around a TFC emulator the caller started (e.g. the TLS one).
     pub async fn with(tfc: token_rotator_emulators::tfc::TfcHandle, admin: String) -> Stack {
+        let pulumi = token_rotator_emulators::pulumi::PulumiEmulator::start(Default::default())
+            .await
+            .unwrap();
+        let pulumi_admin = pulumi.add_user("alice");
+        pulumi.add_organization("acme", "alice");
+        pulumi.add_team("acme", "platform");
         Stack {
             tfc,
+            pulumi,
             bao: Bao::start().await,
             work: Workdir::new(),
             admin,
+            pulumi_admin,
         }
     }
 
@@ -575,34 +611,65 @@ impl Stack {
         vault_extra: &str,
         tokens: &str,
     ) -> PathBuf {
+        self.write_policy_for(Issuers::Tfc, listen, issuer_extra, vault_extra, tokens)
+    }
+
+    /// [`Self::write_policy`] with the issuer tables of `issuers` (`issuer_extra` goes into each).
+    pub fn write_policy_for(
+        &self,
+        issuers: Issuers,
+        listen: u16,
+        issuer_extra: &str,
+        vault_extra: &str,
+        tokens: &str,
+    ) -> PathBuf {
+        let vault = format!(
+            "[sinks.vault]\nkind = \"vault\"\naddress = \"{}\"\nauth = {{ method = \"token\", token = {{ env = \"VAULT_TOKEN\" }} }}\n{vault_extra}\n",
+            self.bao.addr
+        );
+        self.write_policy_sinks(issuers, listen, issuer_extra, &vault, tokens)
+    }
+
+    /// A policy with the issuer tables of `issuers`, the sink tables `sinks` (see [`aws_sink_table`],
+    /// [`file_sink_table`]) and `tokens`.
+    pub fn write_policy_sinks(
+        &self,
+        issuers: Issuers,
+        listen: u16,
+        issuer_extra: &str,
+        sinks: &str,
+        tokens: &str,
+    ) -> PathBuf {
+        let mut tables = String::new();
+        if issuers != Issuers::Pulumi {
+            tables += &format!(
+                "[issuers.tfc]\nkind = \"tfe\"\naddress = \"{}\"\ntoken = {{ env = \"TFC_TOKEN\" }}\n{issuer_extra}\n\n",
+                self.tfc.url()
+            );
+        }
+        if issuers != Issuers::Tfc {
+            tables += &format!(
+                "[issuers.pulumi]\nkind = \"pulumi\"\naddress = \"{}\"\ntoken = {{ env = \"PULUMI_TOKEN\" }}\n{issuer_extra}\n\n",
+                self.pulumi.url()
+            );
+        }
         self.work.write_policy(&format!(
             r#"[daemon]
 state_dir = "{state}"
 listen = "127.0.0.1:{listen}"
 
-[issuers.tfc]
-kind = "tfe"
-address = "{tfc}"
-token = {{ env = "TFC_TOKEN" }}
-{issuer_extra}
-
-[sinks.vault]
-kind = "vault"
-address = "{bao}"
-auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
-{vault_extra}
+{tables}{sinks}
 
 {tokens}
 "#,
             state = self.work.state_dir().display(),
-            tfc = self.tfc.url(),
-            bao = self.bao.addr,
         ))
     }
 
     pub fn envs(&self) -> Vec<(String, String)> {
         vec![
             ("TFC_TOKEN".into(), self.admin.clone()),
+            ("PULUMI_TOKEN".into(), self.pulumi_admin.clone()),
             ("VAULT_TOKEN".into(), ROOT_TOKEN.into()),
         ]
     }

@@ -8,67 +8,34 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use token_rotator_emulators::pulumi::{Config, PulumiEmulator, PulumiHandle, TokenInfo, TokenKind};
+use token_rotator_emulators::pulumi::{TokenInfo, TokenKind};
 
 use crate::harness::{
-    free_port, run_cli_async, wait_for, Bao, DaemonProc, Output, Workdir, ROOT_TOKEN,
+    free_port, run_cli_async, wait_for, DaemonProc, Issuers, Output, Stack, ROOT_TOKEN,
 };
 
-struct Env {
-    pulumi: PulumiHandle,
-    bao: Bao,
-    work: Workdir,
-    /// Personal access token of `alice`, admin of `acme` (which has the team `platform`).
-    admin: String,
+/// The shared [`Stack`], with Pulumi's helpers.
+struct Env(Stack);
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 impl Env {
     async fn new() -> Env {
-        let pulumi = PulumiEmulator::start(Config::default()).await.unwrap();
-        let admin = pulumi.add_user("alice");
-        pulumi.add_organization("acme", "alice");
-        pulumi.add_team("acme", "platform");
-        Env {
-            pulumi,
-            bao: Bao::start().await,
-            work: Workdir::new(),
-            admin,
-        }
+        Env(Stack::new(Default::default()).await)
     }
 
-    /// A policy with the issuer `pulumi` (credential from `$PULUMI_TOKEN`), the sink `vault`, and `tokens`.
+    /// A policy with the issuer `pulumi` (credential from `$PULUMI_TOKEN`: alice, admin of `acme`), the sink
+    /// `vault`, and `tokens`.
     fn policy(&self, listen: u16, tokens: &str) -> PathBuf {
-        self.work.write_policy(&format!(
-            r#"[daemon]
-state_dir = "{state}"
-listen = "127.0.0.1:{listen}"
-
-[issuers.pulumi]
-kind = "pulumi"
-address = "{pulumi}"
-token = {{ env = "PULUMI_TOKEN" }}
-
-[sinks.vault]
-kind = "vault"
-address = "{bao}"
-auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
-
-{tokens}
-"#,
-            state = self.work.state_dir().display(),
-            pulumi = self.pulumi.url(),
-            bao = self.bao.addr,
-        ))
+        self.write_policy_for(Issuers::Pulumi, listen, "", "", tokens)
     }
 
-    fn envs(&self) -> Vec<(String, String)> {
-        vec![
-            ("PULUMI_TOKEN".into(), self.admin.clone()),
-            ("VAULT_TOKEN".into(), ROOT_TOKEN.into()),
-        ]
-    }
-
-    /// Runs the CLI with the default environment plus `extra` (which wins).
+    /// Runs the CLI with the stack's environment plus `extra` (which wins).
     async fn cli(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
         let mut envs = self.envs();
         envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -86,13 +53,6 @@ auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
             extra,
         )
         .await
-    }
-
-    async fn record(&self, path: &str) -> Value {
-        self.bao
-            .kv2_get("secret", path)
-            .await
-            .unwrap_or_else(|| panic!("no record at {path}"))
     }
 
     /// A direct API call, as an operator (or a test) would make it.
@@ -316,7 +276,7 @@ async fn every_type_rotates_into_vault_with_the_issuers_expiry() {
         org["token"].as_str().unwrap(),
         team["token"].as_str().unwrap(),
         personal["token"].as_str().unwrap(),
-        env.admin.as_str(),
+        env.pulumi_admin.as_str(),
         ROOT_TOKEN,
     ] {
         assert!(!out.stderr.contains(secret), "a secret leaked into the log");
@@ -337,7 +297,7 @@ async fn every_type_rotates_into_vault_with_the_issuers_expiry() {
         env.assert_record_is_the_one_valid(&new, kind, prefix);
     }
     assert!(
-        env.pulumi.is_valid(&env.admin),
+        env.pulumi.is_valid(&env.pulumi_admin),
         "the issuer credential is untouched"
     );
     for path in [
@@ -528,14 +488,14 @@ sinks = [{ sink = "vault", path = "pulumi/org" }]
     let (_, member_bot) = env
         .mint_by_hand(
             "/api/orgs/acme/tokens",
-            &env.admin,
+            &env.pulumi_admin,
             json!({"name": "bot-member", "description": "ci bot", "admin": false, "expires": 0}),
         )
         .await;
     let (_, admin_bot) = env
         .mint_by_hand(
             "/api/orgs/acme/tokens",
-            &env.admin,
+            &env.pulumi_admin,
             json!({"name": "bot-admin", "description": "ci bot", "admin": true, "expires": 0}),
         )
         .await;
@@ -687,26 +647,30 @@ sinks = [{ sink = "vault", path = "pulumi/personal" }]
     let team_path = "/api/orgs/acme/teams/platform/tokens";
     let hand = |name: &str| json!({"name": name, "description": "by hand", "expires": 0});
     let (foreign_team, _) = env
-        .mint_by_hand(team_path, &env.admin, hand("made-by-hand"))
+        .mint_by_hand(team_path, &env.pulumi_admin, hand("made-by-hand"))
         .await;
     let (lookalike_team, _) = env
-        .mint_by_hand(team_path, &env.admin, hand("ci-team-other-20200101000000"))
+        .mint_by_hand(
+            team_path,
+            &env.pulumi_admin,
+            hand("ci-team-other-20200101000000"),
+        )
         .await;
     let (foreign_personal, _) = env
         .mint_by_hand(
             "/api/user/tokens",
-            &env.admin,
+            &env.pulumi_admin,
             json!({"description": "laptop", "expires": 0}),
         )
         .await;
     // Untracked tokens that carry our label (as a crash of an older version would leave them).
     let (labelled_team, _) = env
-        .mint_by_hand(team_path, &env.admin, hand("ci-team-20200101000000"))
+        .mint_by_hand(team_path, &env.pulumi_admin, hand("ci-team-20200101000000"))
         .await;
     let (labelled_personal, _) = env
         .mint_by_hand(
             "/api/user/tokens",
-            &env.admin,
+            &env.pulumi_admin,
             json!({"description": "ci-me-20200101000000", "expires": 0}),
         )
         .await;
@@ -766,7 +730,7 @@ sinks = [{ sink = "vault", path = "pulumi/personal" }]
         );
     }
     assert!(
-        env.pulumi.is_valid(&env.admin),
+        env.pulumi.is_valid(&env.pulumi_admin),
         "the credential is untouched"
     );
     let team = env.record("pulumi/team").await;
@@ -780,41 +744,34 @@ sinks = [{ sink = "vault", path = "pulumi/personal" }]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tfc_org_token_and_a_pulumi_team_token_rotate_in_one_run() {
     let env = Env::new().await;
-    let tfc = token_rotator_emulators::tfc::TfcEmulator::start(Default::default())
-        .await
-        .unwrap();
-    let tfc_admin = tfc.add_organization("acme");
+    let tfc = &env.tfc;
+    let tfc_admin = env.admin.clone();
     // An admin organization token may manage team tokens (an org admin's personal token is not needed).
     let (_, admin_bot) = env
         .mint_by_hand(
             "/api/orgs/acme/tokens",
-            &env.admin,
+            &env.pulumi_admin,
             json!({"name": "bot-admin", "description": "ci bot", "admin": true, "expires": 0}),
         )
         .await;
-    let policy = env.policy(
+    let policy = env.write_policy_for(
+        Issuers::Both,
         free_port(),
-        &format!(
-            r#"[issuers.tfc]
-kind = "tfe"
-address = "{tfc}"
-token = {{ env = "TFC_TOKEN" }}
-
-[tokens.tfc-org]
+        "",
+        "",
+        r#"[tokens.tfc-org]
 issuer = "tfc"
 type = "organization"
 organization = "acme"
-sinks = [{{ sink = "vault", path = "mixed/tfc-org" }}]
+sinks = [{ sink = "vault", path = "mixed/tfc-org" }]
 
 [tokens.pulumi-team]
 issuer = "pulumi"
 type = "team"
 organization = "acme"
 team = "platform"
-sinks = [{{ sink = "vault", path = "mixed/pulumi-team" }}]
+sinks = [{ sink = "vault", path = "mixed/pulumi-team" }]
 "#,
-            tfc = tfc.url()
-        ),
     );
     let out = env
         .once(

@@ -17,11 +17,11 @@ use token_rotator::secret::SecretString;
 use token_rotator::sink::aws::AwsSinkConfig;
 use token_rotator::sink::aws::{client_request_token, AwsSink};
 use token_rotator::sink::{Content, Sink, SinkErrorKind, Target, Version};
-use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle};
+use token_rotator_emulators::tfc::Config;
 
 use crate::harness::{
-    assert_valid_org_record, free_port, run_cli, run_cli_async, wait_for, Bao, DaemonProc, Moto,
-    Output, Workdir, ROOT_TOKEN,
+    self, assert_valid_org_record, file_sink_table, free_port, run_cli, run_cli_async, wait_for,
+    Bao, DaemonProc, Issuers, Moto, Output, Stack, Workdir, ROOT_TOKEN,
 };
 
 const REGION: &str = "us-east-1";
@@ -135,21 +135,19 @@ fn record(id: &str, value: &str) -> SinkRecord {
 // ---------------------------------------------------------------------------------------------------------------
 // A TFC org token with configurable sinks
 
-struct Env {
-    tfc: TfcHandle,
-    admin: String,
-    work: Workdir,
+/// The shared [`Stack`]; the tests choose the sinks.
+struct Env(Stack);
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 impl Env {
     async fn new() -> Env {
-        let tfc = TfcEmulator::start(Config::default()).await.unwrap();
-        let admin = tfc.add_organization("acme");
-        Env {
-            tfc,
-            admin,
-            work: Workdir::new(),
-        }
+        Env(Stack::new(Config::default()).await)
     }
 
     /// A policy with the `ci-org` token written to `targets`, sinks defined by `sinks` (TOML tables).
@@ -158,28 +156,15 @@ impl Env {
     }
 
     fn policy_at(&self, listen: u16, sinks: &str, targets: &str, token_keys: &str) -> PathBuf {
-        self.work.write_policy(&format!(
-            r#"[daemon]
-state_dir = "{state}"
-listen = "127.0.0.1:{listen}"
-
-[issuers.tfc]
-kind = "tfe"
-address = "{tfc}"
-token = {{ env = "TFC_TOKEN" }}
-
-{sinks}
-
-[tokens.ci-org]
-issuer = "tfc"
-type = "organization"
-organization = "acme"
-{token_keys}
-sinks = [{targets}]
-"#,
-            state = self.work.state_dir().display(),
-            tfc = self.tfc.url(),
-        ))
+        self.write_policy_sinks(
+            Issuers::Tfc,
+            listen,
+            "",
+            sinks,
+            &format!(
+                "[tokens.ci-org]\nissuer = \"tfc\"\ntype = \"organization\"\norganization = \"acme\"\n{token_keys}\nsinks = [{targets}]\n"
+            ),
+        )
     }
 
     async fn once(&self, policy: &Path, extra: &[(String, String)]) -> Output {
@@ -210,17 +195,7 @@ sinks = [{targets}]
 }
 
 fn aws_sink_table(moto: &Moto) -> String {
-    format!(
-        "[sinks.aws]\nkind = \"aws-secretsmanager\"\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\n",
-        moto.url
-    )
-}
-
-fn file_sink_table(dir: &Path) -> String {
-    format!(
-        "[sinks.files]\nkind = \"file\"\ndirectory = \"{}\"\n",
-        dir.display()
-    )
+    harness::aws_sink_table(moto, REGION)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
