@@ -71,6 +71,15 @@ pub struct Metrics {
     pub issuer_requests: IntCounterVec,
     pub sink_writes: IntCounterVec,
     pub config_last_reload_success: Gauge,
+    /// `[cluster]` series (SPEC §8.5), registered when the daemon runs in cluster mode.
+    cluster: std::sync::OnceLock<ClusterMetrics>,
+}
+
+/// The lease's series: `token_rotator_cluster_leader`, `token_rotator_cluster_lease_transitions_total`.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub leader: Gauge,
+    pub transitions: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,6 +139,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry: r,
+            cluster: std::sync::OnceLock::new(),
         };
         let build = reg(
             &m.registry,
@@ -143,6 +153,28 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
         m
+    }
+
+    /// The cluster series, registered at the first call.
+    pub fn cluster(&self) -> &ClusterMetrics {
+        self.cluster.get_or_init(|| ClusterMetrics {
+            leader: reg(
+                &self.registry,
+                Gauge::new(
+                    "token_rotator_cluster_leader",
+                    "1 while this instance holds the cluster lease (the only one that mints).",
+                )
+                .expect("valid metric"),
+            ),
+            transitions: reg(
+                &self.registry,
+                prometheus::IntCounter::new(
+                    "token_rotator_cluster_lease_transitions_total",
+                    "Times this instance became or stopped being the lease holder.",
+                )
+                .expect("valid metric"),
+            ),
+        })
     }
 
     /// Creates the zero-valued series of a token, so that `rate()` and `increase()` work from the first scrape.

@@ -109,11 +109,21 @@ impl TokenStatus {
 #[derive(Clone, Debug, Default)]
 pub struct StatusBoard {
     inner: Arc<RwLock<BTreeMap<String, TokenStatus>>>,
+    /// In cluster mode, this instance's role (`"leader"` or `"standby"`, SPEC §8.5); `None` without `[cluster]`.
+    role: Arc<RwLock<Option<&'static str>>>,
 }
 
 impl StatusBoard {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn set_role(&self, role: &'static str) {
+        *self.role.write().unwrap_or_else(|p| p.into_inner()) = Some(role);
+    }
+
+    pub fn role(&self) -> Option<&'static str> {
+        *self.role.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds a token's status unless the board already has one for it.

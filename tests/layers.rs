@@ -36,11 +36,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "schedule", "secret", "sink", "status",
         ],
     ),
+    // Several instances: the lease, the shared journal, the fence in front of issuers and shared sinks.
+    (
+        "cluster",
+        &[
+            "clock", "issuer", "journal", "metrics", "policy", "record", "secret", "sink", "status",
+        ],
+    ),
     (
         "daemon",
         &[
-            "clock", "http", "issuer", "journal", "metrics", "policy", "retry", "rotation",
-            "schedule", "secret", "sink", "status",
+            "clock", "cluster", "http", "issuer", "journal", "metrics", "policy", "retry",
+            "rotation", "schedule", "secret", "sink", "status",
         ],
     ),
     ("online", &["daemon", "journal", "policy", "sink"]),

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::cluster::fenced::{FencedIssuer, FencedSink};
+use crate::cluster::{vault::VaultCoord, Fence};
 use crate::issuer::{self, api::Exchange, api::HttpExchange, api::IssuerDeps};
-use crate::journal::{Journal, JournalError, JournalKey};
+use crate::journal::{DiskStore, Journal, JournalError, JournalKey};
 use crate::metrics::Metrics;
 use crate::policy::{IssuerConfig, Policy, SinkConfig};
 use crate::policy::{SecretError, SecretRef};
@@ -51,6 +53,8 @@ pub struct Shared {
     pub pacers: Arc<PacerRegistry>,
     pub backends: Arc<dyn Backends>,
     pub board: Option<StatusBoard>,
+    /// With `[cluster]`: whether this instance holds the lease. Issuers and shared sinks are built behind it.
+    pub fence: Option<Arc<Fence>>,
 }
 
 impl Shared {
@@ -62,6 +66,7 @@ impl Shared {
             pacers: Arc::new(PacerRegistry::default()),
             backends: Arc::new(Network),
             board: None,
+            fence: None,
         }
     }
 }
@@ -75,6 +80,8 @@ pub enum SetupError {
     StateKeyInvalid(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error("[cluster]: {0}")]
+    Cluster(String),
 }
 
 /// The `state_key` of `policy`, resolved and parsed.
@@ -90,15 +97,55 @@ fn journal_key(policy: &Policy) -> Result<Option<JournalKey>, SetupError> {
     }
 }
 
-/// Opens the journal of `policy` (read-only for `plan`), with its `state_key` when one is set.
+/// Opens the journal of `policy` (read-only for `plan`), with its `state_key` when one is set. With `[cluster]`
+/// the journal is the shared one, and only a read-only view opens here: writes need the lease
+/// ([`open_cluster`]).
 pub fn open_journal(policy: &Policy, read_only: bool) -> Result<Journal, SetupError> {
     let key = journal_key(policy)?;
-    let journal = if read_only {
-        Journal::open_read_only(&policy.daemon.state_dir)
-    } else {
-        Journal::open(&policy.daemon.state_dir)?
+    let journal = match (&policy.cluster, read_only) {
+        (None, true) => Journal::open_read_only(&policy.daemon.state_dir),
+        (None, false) => Journal::open(&policy.daemon.state_dir)?,
+        (Some(_), true) => Journal::new(Arc::new(
+            VaultCoord::new(policy, None).map_err(SetupError::Cluster)?,
+        )),
+        (Some(_), false) => {
+            return Err(SetupError::Cluster(
+                "only the lease holder writes the journal: run `rotate` against a running instance (no daemon answers on this host's control socket)"
+                    .into(),
+            ))
+        }
     };
     Ok(journal.with_key(key))
+}
+
+/// With `[cluster]`: the shared journal and the lease over the coordination store, behind this instance's fence.
+/// `state_dir` keeps the local lock (one daemon per `state_dir`); a local journal left with interrupted rotations
+/// (from before `[cluster]` was set) must be finished first, or its minted values would be forgotten.
+pub fn open_cluster(policy: &Policy) -> Result<(Journal, Arc<VaultCoord>, Arc<Fence>), SetupError> {
+    let settings = policy
+        .cluster
+        .as_ref()
+        .ok_or_else(|| SetupError::Cluster("the policy has no [cluster] table".into()))?;
+    let key = journal_key(policy)?;
+    let local = DiskStore::open(&policy.daemon.state_dir)?;
+    if local.has_entries() {
+        return Err(SetupError::Cluster(format!(
+            "{} holds journal entries written without [cluster]: run the daemon once without [cluster] (or `token-rotator run --once`) to finish those rotations, then enable it",
+            policy.daemon.state_dir.join("journal").display()
+        )));
+    }
+    let identity = settings
+        .identity
+        .clone()
+        .unwrap_or_else(crate::cluster::default_identity);
+    let fence = Fence::new(identity, settings.fence_after());
+    let coord = Arc::new(
+        VaultCoord::new(policy, Some(fence.clone()))
+            .map_err(SetupError::Cluster)?
+            .with_local_lock(local),
+    );
+    let journal = Journal::new(coord.clone()).with_key(key);
+    Ok((journal, coord, fence))
 }
 
 /// Builds every sink, then every issuer (whose credential may live in a sink).
@@ -116,6 +163,13 @@ pub async fn build_rotator(policy: &Policy, shared: &Shared) -> Rotator {
             }),
             Err(why) => Err(format!("credential {}: {why}", cfg.token)),
         };
+        let built = match (&shared.fence, built) {
+            (Some(fence), Ok(inner)) => Ok(Arc::new(FencedIssuer {
+                inner,
+                fence: fence.clone(),
+            }) as Arc<dyn issuer::Issuer>),
+            (_, built) => built,
+        };
         if let Err(why) = &built {
             tracing::error!(issuer = %name, error = %why, "issuer is unusable; its tokens will fail");
         }
@@ -130,6 +184,14 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
     for (name, cfg) in &policy.sinks {
         shared.metrics.init_sink(name);
         let built = shared.backends.sink(cfg).await.map_err(|e| e.message);
+        // Every instance keeps its own local sinks; the shared ones are written by the lease holder only.
+        let built = match (&shared.fence, built) {
+            (Some(fence), Ok(inner)) if !cfg.spec.is_local() => Ok(Arc::new(FencedSink {
+                inner,
+                fence: fence.clone(),
+            }) as Arc<dyn Sink>),
+            (_, built) => built,
+        };
         if let Err(why) = &built {
             tracing::error!(sink = %name, error = %why, "sink is unusable; tokens writing to it will fail");
         }
@@ -141,6 +203,12 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
             .issuers
             .iter()
             .map(|(name, cfg)| (name.clone(), cfg.token.clone()))
+            .collect(),
+        local_sinks: policy
+            .sinks
+            .values()
+            .filter(|cfg| cfg.spec.is_local())
+            .map(|cfg| cfg.name.clone())
             .collect(),
         sinks,
         journal: shared.journal.clone(),

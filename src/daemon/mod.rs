@@ -16,10 +16,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use build::{
-    build_rotator, build_sinks_only, open_journal, Backends, Network, SetupError, Shared,
+    build_rotator, build_sinks_only, open_cluster, open_journal, Backends, Network, SetupError,
+    Shared,
 };
 pub use scheduler::{Control, Daemon, Inputs};
 
+use crate::cluster::LeaseKeeper;
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::retry::PacerRegistry;
@@ -50,9 +52,25 @@ pub async fn run(
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> Result<bool, RunError> {
-    let journal = open_journal(&policy, false)?;
     let metrics = Arc::new(Metrics::new());
     let board = StatusBoard::new();
+    let (journal, cluster) = match &policy.cluster {
+        None => (open_journal(&policy, false)?, None),
+        Some(_) if opts.once => {
+            return Err(SetupError::Cluster(
+                "`run --once` mints without the lease; with [cluster] run the daemon (a standby waits for the lease)"
+                    .into(),
+            )
+            .into())
+        }
+        Some(settings) => {
+            let (journal, coord, fence) = open_cluster(&policy)?;
+            board.set_role(crate::cluster::Role::Standby.as_str());
+            metrics.cluster();
+            tracing::info!(identity = %fence.identity(), store = %settings.store, path = %settings.path, "cluster mode: only the lease holder mints");
+            (journal, Some((coord, fence, settings.clone())))
+        }
+    };
     // Every token is on the board before /readyz can answer: an empty board would read as ready while the
     // issuers and sinks are still being built.
     for t in policy.tokens.values() {
@@ -64,7 +82,22 @@ pub async fn run(
         pacers: Arc::new(PacerRegistry::default()),
         backends: Arc::new(Network),
         board: Some(board.clone()),
+        fence: cluster.as_ref().map(|(_, fence, _)| fence.clone()),
     };
+    // The lease is kept until the loop has let in-flight rotations reach a journaled state; then released.
+    let lease_stop = CancellationToken::new();
+    let lease = cluster.map(|(store, fence, settings)| {
+        let keeper = LeaseKeeper {
+            store,
+            fence,
+            settings,
+            journal: shared.journal.clone(),
+            metrics: metrics.clone(),
+            board: board.clone(),
+        };
+        let stop = lease_stop.clone();
+        tokio::spawn(async move { keeper.run(stop).await })
+    });
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
 
     // The control socket is up before /healthz answers, so `rotate` works as soon as the daemon looks healthy.
@@ -124,6 +157,10 @@ pub async fn run(
             opts.once,
         )
         .await;
+    if let Some(l) = lease {
+        lease_stop.cancel();
+        let _ = l.await;
+    }
     if let Some(s) = server {
         cancel.cancel();
         let _ = s.await;

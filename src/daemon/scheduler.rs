@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::build::{build_rotator, Shared};
 use super::control::{RotateRequest, RotateResult};
+use crate::cluster::Role;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, TokenPolicy};
 use crate::rotation::{AttemptError, Failure, Rotator, Tended};
@@ -210,11 +211,18 @@ impl Daemon {
             let rotator = self.rotator.clone();
             let policy = slot.policy.clone();
             let jitter = slot.jitter;
+            let lead = self.leading();
             self.tasks.spawn(async move {
                 // A panic must not leave the slot in flight for good (never visited again, `run --once` never
                 // ending): it becomes a failed attempt; the journal keeps whatever progress was made.
-                let visit =
-                    AssertUnwindSafe(rotator.tend(&policy, force, jitter, crate::clock::now()));
+                let now = crate::clock::now();
+                let visit = AssertUnwindSafe(async {
+                    if lead {
+                        rotator.tend(&policy, force, jitter, now).await
+                    } else {
+                        rotator.follow(&policy, now).await
+                    }
+                });
                 let result = match visit.catch_unwind().await {
                     Ok(result) => result,
                     Err(_) => Err(Failure::from(AttemptError::Unusable(
@@ -225,6 +233,28 @@ impl Daemon {
             });
         }
         waiting
+    }
+
+    /// Whether this instance mints: always without `[cluster]`, else while it holds the lease.
+    fn leading(&self) -> bool {
+        self.shared
+            .fence
+            .as_ref()
+            .is_none_or(|f| f.role() == Role::Leader)
+    }
+
+    /// The lease changed hands: every token is visited at once in the new role (a new holder resumes the shared
+    /// journal; a standby starts following), and no backoff of the old role carries over.
+    fn role_changed(&mut self, now: DateTime<Utc>) {
+        let lead = self.leading();
+        for slot in self.slots.values_mut() {
+            slot.next_at = now;
+            slot.backoff_until = None;
+        }
+        if !lead {
+            // `rotate` requests waiting here will be answered by their visits; new ones are refused.
+            tracing::info!("following the shared records: this instance mints nothing while a standby");
+        }
     }
 
     /// Rebuilds `order` after the set of tokens changed: the tokens of each issuer, issuers interleaved.
@@ -264,6 +294,18 @@ impl Daemon {
         } else {
             req.tokens
         };
+        if !self.leading() {
+            let results = names
+                .into_iter()
+                .map(|token| RotateResult {
+                    token,
+                    ok: false,
+                    message: "this instance is a cluster standby and mints nothing: run `rotate` on the instance whose /readyz says \"role\": \"leader\"".into(),
+                })
+                .collect();
+            let _ = req.reply.send(results);
+            return;
+        }
         let mut waiter = Waiter {
             remaining: Default::default(),
             results: Vec::new(),
@@ -372,14 +414,27 @@ impl Daemon {
                     Some(at) => at.min(drift_at(now, drift)),
                     None => drift_at(now, drift),
                 };
+                if t.followed {
+                    // A standby follows on its own cadence; the holder rotates.
+                    next = after(now, crate::rotation::FOLLOW_EVERY);
+                }
                 if let Some(wake) = t.wake_at {
                     next = next.min(wake.max(now));
+                }
+                let lead = self
+                    .shared
+                    .fence
+                    .as_ref()
+                    .is_none_or(|f| f.role() == Role::Leader);
+                if t.followed == lead {
+                    // The role changed while this visit ran: the next visit, in the new role, is now.
+                    next = now;
                 }
                 slot.next_at = next;
                 self.board.update(&name, |s| {
                     if t.rotated {
                         s.last_success = Some(now);
-                    } else if s.last_success.is_none() {
+                    } else if t.followed || s.last_success.is_none() {
                         s.last_success = t.current.as_ref().map(|c| c.created_at);
                     }
                     s.current = t.current.clone();
@@ -463,6 +518,7 @@ impl Daemon {
     /// `once`, until every token was visited once. Returns whether every visit succeeded.
     pub async fn run_loop(&mut self, mut inputs: Inputs, once: bool) -> bool {
         let cancel = inputs.cancel.clone();
+        let mut role = self.shared.fence.as_ref().map(|f| f.subscribe());
         loop {
             let now = crate::clock::now();
             let waiting = !cancel.is_cancelled() && self.spawn_due(now);
@@ -500,6 +556,12 @@ impl Daemon {
                     }
                 }
                 Some(req) = inputs.rotate.recv() => self.request_rotation(req, crate::clock::now()),
+                Ok(()) = async {
+                    match role.as_mut() {
+                        Some(r) => r.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.role_changed(crate::clock::now()),
                 _ = tokio::time::sleep(sleep_for) => {}
             }
         }

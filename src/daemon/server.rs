@@ -56,6 +56,9 @@ pub struct Unhealthy {
 pub struct Readiness {
     pub ready: bool,
     pub unhealthy: Vec<Unhealthy>,
+    /// `"leader"` or `"standby"` with `[cluster]` (SPEC §8.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
 }
 
 pub fn readiness(board: &StatusBoard) -> Readiness {
@@ -72,6 +75,7 @@ pub fn readiness(board: &StatusBoard) -> Readiness {
     Readiness {
         ready: unhealthy.is_empty(),
         unhealthy,
+        role: board.role(),
     }
 }
 

@@ -336,13 +336,18 @@ impl Journal {
     }
 
     /// The entry of `token`: the one held in memory after a failed write, else the stored one.
-    pub fn load(&self, token: &str) -> Result<Option<Entry>, JournalError> {
+    pub async fn load(&self, token: &str) -> Result<Option<Entry>, JournalError> {
         if let Some(e) = lock(&self.held).get(token) {
             return Ok(Some(e.clone()));
         }
-        let Some(bytes) = self.store.read(token).map_err(self.io(token))? else {
+        let Some(bytes) = self.store.read(token).await.map_err(self.io(token))? else {
             return Ok(None);
         };
+        self.decode(token, bytes)
+    }
+
+    /// An entry's bytes as read from the store: unsealed, parsed and checked.
+    fn decode(&self, token: &str, bytes: Vec<u8>) -> Result<Option<Entry>, JournalError> {
         let path = self.store.location(token);
         let corrupt = |why: String| JournalError::Corrupt {
             path: path.clone(),
@@ -371,11 +376,12 @@ impl Journal {
     }
 
     /// The durable write of one entry (an idle entry removes it).
-    fn write(&self, entry: &Entry) -> Result<(), JournalError> {
+    async fn write(&self, entry: &Entry) -> Result<(), JournalError> {
         if entry.is_idle() {
             return self
                 .store
                 .remove(&entry.token)
+                .await
                 .map_err(self.io(&entry.token));
         }
         let bytes = self.seal(
@@ -383,53 +389,37 @@ impl Journal {
             serde_json::to_vec_pretty(entry).expect("journal entries serialise"),
         );
         self.store
-            .write(&entry.token, &bytes)
+            .write(&entry.token, bytes)
+            .await
             .map_err(self.io(&entry.token))
     }
 
-    /// Replaces the token's entry durably. On failure the entry stays held in memory (`load` returns it) and the
-    /// error says why; nothing is lost while the process lives.
-    pub fn save(&self, entry: &Entry) -> Result<(), JournalError> {
+    /// Replaces the token's entry durably; the caller waits for it before its next step (the journal-first
+    /// invariant). On failure the entry stays held in memory (`load` returns it) and the error says why; nothing
+    /// is lost while the process lives.
+    pub async fn save(&self, entry: &Entry) -> Result<(), JournalError> {
         if self.store.read_only() {
             return Err(JournalError::ReadOnly);
         }
         lock(&self.held).insert(entry.token.clone(), entry.clone());
-        self.write(entry)?;
+        self.write(entry).await?;
         lock(&self.held).remove(&entry.token);
         Ok(())
     }
 
-    /// [`Journal::save`] off the runtime workers when the store waits for a disk: its `fdatasync` and directory
-    /// `fsync` take milliseconds, which on a worker would hold up the pacer's timers, `/metrics` and the watchdog.
-    /// The caller still waits for the write to be durable before it goes on (the journal-first invariant).
-    pub async fn save_async(self: &Arc<Self>, entry: &Entry) -> Result<(), JournalError> {
-        if !self.store.blocks() {
-            return self.save(entry);
-        }
-        let journal = Arc::clone(self);
-        let owned = entry.clone();
-        match tokio::task::spawn_blocking(move || journal.save(&owned)).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only when the runtime shuts down under the write; the write itself is atomic either way, and the
-            // entry was held in memory before it started.
-            Err(_) => Err(JournalError::Io {
-                path: self.store.location(&entry.token),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::Interrupted,
-                    "journal write cancelled: the runtime is shutting down",
-                ),
-            }),
-        }
+    /// Forgets every entry held after a failed write, returning their tokens. For an instance that lost the
+    /// cluster lease: the store's entries are the new holder's now, and writing a held one would roll them back.
+    pub fn drop_held(&self) -> Vec<String> {
+        lock(&self.held).drain().map(|(token, _)| token).collect()
     }
 
     /// Writes the entry held after a failed write, if any. `Ok` means the stored entry is the newest one.
-    pub async fn flush(self: &Arc<Self>, token: &str) -> Result<(), JournalError> {
+    pub async fn flush(&self, token: &str) -> Result<(), JournalError> {
         let held = lock(&self.held).get(token).cloned();
         match held {
             Some(entry) => {
                 tracing::info!(token = %token, "writing a journal entry whose earlier write failed");
-                self.save_async(&entry).await
+                self.save(&entry).await
             }
             None => Ok(()),
         }
@@ -437,7 +427,7 @@ impl Journal {
 
     /// Writes every held entry (a token a reload removed has no next visit to do it; an exit must not drop one).
     /// Returns the tokens whose entry is still only in memory, with why.
-    pub async fn flush_all(self: &Arc<Self>) -> Vec<(String, JournalError)> {
+    pub async fn flush_all(&self) -> Vec<(String, JournalError)> {
         let tokens: Vec<String> = lock(&self.held).keys().cloned().collect();
         let mut failed = Vec::new();
         for token in tokens {
@@ -451,7 +441,7 @@ impl Journal {
 
     /// Before the process exits: `flush_all`, a few times a second apart; what still fails is logged at `error`
     /// (its minted value, if any, is lost with the process). Returns whether everything is durable.
-    pub async fn flush_before_exit(self: &Arc<Self>) -> bool {
+    pub async fn flush_before_exit(&self) -> bool {
         for attempt in 1..=3 {
             let failed = self.flush_all().await;
             if failed.is_empty() {

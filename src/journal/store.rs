@@ -1,7 +1,7 @@
 //! Where journal entries are kept: the seam between the journal's logic (entries, sealing, held writes) and the
-//! medium. [`DiskStore`] is `state_dir` (one file per token, atomic and durable); [`MemoryStore`] keeps entries in
-//! memory with injectable write failures, for the deterministic simulation. A store in Vault/OpenBao (several
-//! instances, SPEC §8) is the next implementation of this trait.
+//! medium. [`DiskStore`] is `state_dir` (one file per token, atomic and durable, its I/O on tokio's blocking pool);
+//! [`MemoryStore`] keeps entries in memory with injectable write failures, for the deterministic simulation;
+//! `cluster::VaultCoord` keeps them in Vault/OpenBao KV v2 for several instances (SPEC §8).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -10,26 +10,42 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::JournalError;
 
 /// One token's entry, as bytes (already sealed when a `state_key` is set).
+#[async_trait]
 pub trait EntryStore: Send + Sync + std::fmt::Debug {
     /// The entry of `token`, if there is one.
-    fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>>;
+    async fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>>;
     /// Replaces the entry atomically and durably: after `Ok`, a crash keeps these bytes; after `Err`, the old
     /// entry or the new one is there, never a mix.
-    fn write(&self, token: &str, bytes: &[u8]) -> io::Result<()>;
+    async fn write(&self, token: &str, bytes: Vec<u8>) -> io::Result<()>;
     /// Removes the entry (nothing there is fine), durably.
-    fn remove(&self, token: &str) -> io::Result<()>;
+    async fn remove(&self, token: &str) -> io::Result<()>;
     /// Where the entry of `token` lives, for messages.
     fn location(&self, token: &str) -> String;
-    /// Whether a write waits for a disk (it then runs on tokio's blocking pool, not on a runtime worker).
-    fn blocks(&self) -> bool;
     /// Whether writes are refused (`plan`'s view).
     fn read_only(&self) -> bool {
         false
+    }
+}
+
+/// Runs blocking file I/O on tokio's blocking pool: an `fdatasync` and a directory `fsync` take milliseconds,
+/// which on a runtime worker would hold up the pacers' timers, `/metrics` and the watchdog.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down under the I/O; a write is atomic either way.
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "journal I/O cancelled: the runtime is shutting down",
+        )),
     }
 }
 
@@ -154,6 +170,16 @@ impl DiskStore {
         self.dir.join(format!("{}.json", file_stem(token)))
     }
 
+    /// Whether any entry is stored (an unreadable directory counts as having some: nothing is assumed away).
+    pub fn has_entries(&self) -> bool {
+        match fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "json")),
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        }
+    }
+
     fn refuse_if_read_only(&self) -> io::Result<()> {
         if self._lock.is_none() {
             return Err(io::Error::new(
@@ -165,18 +191,19 @@ impl DiskStore {
     }
 }
 
-impl EntryStore for DiskStore {
-    fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.path(token)) {
+/// The file operations of [`DiskStore`], on owned paths so that they can run on the blocking pool.
+mod files {
+    use super::*;
+
+    pub fn read(path: &Path) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    fn write(&self, token: &str, bytes: &[u8]) -> io::Result<()> {
-        self.refuse_if_read_only()?;
-        let path = self.path(token);
+    pub fn write(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let tmp = path.with_extension("json.tmp");
         {
             let mut f = OpenOptions::new()
@@ -189,25 +216,40 @@ impl EntryStore for DiskStore {
             // fdatasync: the data and the metadata needed to read it back (size, blocks), not the timestamps.
             f.sync_data()?;
         }
-        fs::rename(&tmp, &path)?;
-        fsync_dir(&self.dir)
+        fs::rename(&tmp, path)?;
+        fsync_dir(dir)
     }
 
-    fn remove(&self, token: &str) -> io::Result<()> {
-        self.refuse_if_read_only()?;
-        match fs::remove_file(self.path(token)) {
-            Ok(()) => fsync_dir(&self.dir),
+    pub fn remove(dir: &Path, path: &Path) -> io::Result<()> {
+        match fs::remove_file(path) {
+            Ok(()) => fsync_dir(dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
     }
+}
+
+#[async_trait]
+impl EntryStore for DiskStore {
+    async fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
+        let path = self.path(token);
+        off_runtime(move || files::read(&path)).await
+    }
+
+    async fn write(&self, token: &str, bytes: Vec<u8>) -> io::Result<()> {
+        self.refuse_if_read_only()?;
+        let (dir, path) = (self.dir.clone(), self.path(token));
+        off_runtime(move || files::write(&dir, &path, &bytes)).await
+    }
+
+    async fn remove(&self, token: &str) -> io::Result<()> {
+        self.refuse_if_read_only()?;
+        let (dir, path) = (self.dir.clone(), self.path(token));
+        off_runtime(move || files::remove(&dir, &path)).await
+    }
 
     fn location(&self, token: &str) -> String {
         self.path(token).display().to_string()
-    }
-
-    fn blocks(&self) -> bool {
-        true
     }
 
     fn read_only(&self) -> bool {
@@ -270,8 +312,9 @@ impl MemoryStore {
     }
 }
 
+#[async_trait]
 impl EntryStore for MemoryStore {
-    fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
+    async fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
         Ok(self
             .entries
             .lock()
@@ -280,19 +323,19 @@ impl EntryStore for MemoryStore {
             .cloned())
     }
 
-    fn write(&self, token: &str, bytes: &[u8]) -> io::Result<()> {
+    async fn write(&self, token: &str, bytes: Vec<u8>) -> io::Result<()> {
         self.check(token)?;
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(token.to_string(), bytes.to_vec());
+            .insert(token.to_string(), bytes.clone());
         if let Some(o) = &*self.observer.lock().unwrap_or_else(|p| p.into_inner()) {
-            o(token, bytes);
+            o(token, &bytes);
         }
         Ok(())
     }
 
-    fn remove(&self, token: &str) -> io::Result<()> {
+    async fn remove(&self, token: &str) -> io::Result<()> {
         self.check(token)?;
         self.entries
             .lock()
@@ -303,10 +346,6 @@ impl EntryStore for MemoryStore {
 
     fn location(&self, token: &str) -> String {
         format!("memory:{token}")
-    }
-
-    fn blocks(&self) -> bool {
-        false
     }
 }
 
@@ -324,14 +363,17 @@ mod tests {
         assert_ne!(file_stem(&other), stem, "names that share a start differ");
     }
 
-    #[test]
-    fn a_name_too_long_for_one_file_still_saves() {
+    #[tokio::test]
+    async fn a_name_too_long_for_one_file_still_saves() {
         let root = tempfile::tempdir().unwrap();
         let store = DiskStore::open(&root.path().join("state")).unwrap();
         let name = "x.".repeat(128);
-        store.write(&name, b"{}").unwrap();
-        assert_eq!(store.read(&name).unwrap().as_deref(), Some(&b"{}"[..]));
-        store.remove(&name).unwrap();
-        assert_eq!(store.read(&name).unwrap(), None);
+        store.write(&name, b"{}".to_vec()).await.unwrap();
+        assert_eq!(
+            store.read(&name).await.unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        store.remove(&name).await.unwrap();
+        assert_eq!(store.read(&name).await.unwrap(), None);
     }
 }

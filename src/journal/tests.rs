@@ -11,8 +11,8 @@ fn minted(value: &str, id: &str) -> MintedToken {
     }
 }
 
-#[test]
-fn save_load_remove_with_private_modes() {
+#[tokio::test]
+async fn save_load_remove_with_private_modes() {
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
     let j = Journal::open(&state).unwrap();
@@ -31,29 +31,29 @@ fn save_load_remove_with_private_modes() {
         probe_failures: 0,
         own_credential: false,
     });
-    j.save(&e).unwrap();
+    j.save(&e).await.unwrap();
     let file = state.join("journal").join("ci%2Forg%2Ex.json");
     assert_eq!(
         fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let back = j.load("ci/org.x").unwrap().unwrap();
+    let back = j.load("ci/org.x").await.unwrap().unwrap();
     assert_eq!(
         back.rotation.unwrap().minted.unwrap().value.expose_secret(),
         "VALUE-xyz"
     );
     assert!(!format!("{e:?}").contains("VALUE-xyz"));
     e.rotation = None;
-    j.save(&e).unwrap();
+    j.save(&e).await.unwrap();
     assert!(
-        j.load("ci/org.x").unwrap().is_none(),
+        j.load("ci/org.x").await.unwrap().is_none(),
         "an idle entry is compacted away"
     );
     assert!(!file.exists());
 }
 
-#[test]
-fn state_key_seals_entries_and_a_wrong_key_is_refused() {
+#[tokio::test]
+async fn state_key_seals_entries_and_a_wrong_key_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
     let key = JournalKey::parse(&SecretString::from("11".repeat(32))).unwrap();
@@ -67,23 +67,23 @@ fn state_key_seals_entries_and_a_wrong_key_is_refused() {
         attempts: 0,
         held: false,
     });
-    j.save(&e).unwrap();
+    j.save(&e).await.unwrap();
     let raw = fs::read_to_string(state.join("journal").join("tok.json")).unwrap();
     assert!(
         raw.contains("xchacha20poly1305") && !raw.contains("at-secretive"),
         "sealed on disk"
     );
     assert_eq!(
-        j.load("tok").unwrap().unwrap().revocations[0].token_id,
+        j.load("tok").await.unwrap().unwrap().revocations[0].token_id,
         "at-secretive"
     );
     drop(j);
     let wrong = JournalKey::parse(&SecretString::from("22".repeat(32))).unwrap();
     let j = Journal::open(&state).unwrap().with_key(Some(wrong));
-    assert!(matches!(j.load("tok"), Err(JournalError::Corrupt { .. })));
+    assert!(matches!(j.load("tok").await, Err(JournalError::Corrupt { .. })));
     drop(j);
     let j = Journal::open(&state).unwrap();
-    let err = j.load("tok").unwrap_err().to_string();
+    let err = j.load("tok").await.unwrap_err().to_string();
     assert!(err.contains("state_key"), "{err}");
     assert!(JournalKey::parse(&SecretString::from("short".to_string())).is_err());
     drop(j);
@@ -94,7 +94,7 @@ fn state_key_seals_entries_and_a_wrong_key_is_refused() {
     )
     .unwrap();
     let j = Journal::open(&state).unwrap().with_key(Some(key));
-    let err = j.load("planted").unwrap_err().to_string();
+    let err = j.load("planted").await.unwrap_err().to_string();
     assert!(err.contains("not encrypted"), "{err}");
     // An entry copied over another token's file is refused too.
     fs::copy(
@@ -102,7 +102,7 @@ fn state_key_seals_entries_and_a_wrong_key_is_refused() {
         state.join("journal").join("other.json"),
     )
     .unwrap();
-    assert!(j.load("other").is_err());
+    assert!(j.load("other").await.is_err());
 }
 
 #[test]
@@ -123,8 +123,8 @@ fn second_daemon_is_refused_and_open_dirs_rejected() {
     ));
 }
 
-#[test]
-fn a_failed_write_is_held_in_memory_and_written_by_the_next_flush() {
+#[tokio::test]
+async fn a_failed_write_is_held_in_memory_and_written_by_the_next_flush() {
     let store = Arc::new(MemoryStore::default());
     let j = Arc::new(Journal::new(store.clone()));
     let mut e = Entry::new("tok", "tfc", "organization");
@@ -141,27 +141,23 @@ fn a_failed_write_is_held_in_memory_and_written_by_the_next_flush() {
     store.set_fault(Some(Box::new(|_| {
         Some(std::io::Error::from_raw_os_error(libc::EMFILE))
     })));
-    let err = j.save(&e).unwrap_err();
+    let err = j.save(&e).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert_eq!(
-        store.read("tok").unwrap(),
+        store.read("tok").await.unwrap(),
         None,
         "nothing reached the store"
     );
     // Still there for the next visit, value included.
-    let held = j.load("tok").unwrap().unwrap();
+    let held = j.load("tok").await.unwrap().unwrap();
     assert_eq!(
         held.rotation.unwrap().minted.unwrap().value.expose_secret(),
         "VALUE-held"
     );
     store.set_fault(None);
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(j.flush("tok"))
-        .unwrap();
-    assert!(store.read("tok").unwrap().is_some(), "written durably");
+    j.flush("tok").await.unwrap();
+    assert!(store.read("tok").await.unwrap().is_some(), "written durably");
     // A fresh journal over the same store (a restart) sees it.
     let again = Journal::new(store);
-    assert!(again.load("tok").unwrap().unwrap().rotation.is_some());
+    assert!(again.load("tok").await.unwrap().unwrap().rotation.is_some());
 }

@@ -167,6 +167,19 @@ pub trait SinkSpec: Sync + 'static {
     fn check_target(&self, _target: &Target) -> Result<(), String> {
         Ok(())
     }
+    /// Whether a sink of this kind can hold the cluster lease and shared journal (`[cluster] store`, SPEC §8):
+    /// `Err` says why not.
+    fn coordination(&self, _settings: &dyn SinkSettings) -> Result<(), String> {
+        Err(format!(
+            "a `{}` sink cannot hold the cluster lease; use a `vault` sink on a KV v2 mount",
+            self.name()
+        ))
+    }
+    /// Whether each instance has its own copy of this sink (files): in cluster mode, standbys keep it equal to the
+    /// shared record, and a token needs at least one target that is not local.
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// The kinds a policy may use: the registries of `issuer` and `sink`, handed to [`super::load`].

@@ -2,6 +2,7 @@
 //!
 //! The same `load` is used by `check`, start-up and reload (SPEC §2–3).
 
+pub mod cluster;
 pub mod diag;
 pub mod duration;
 pub mod fields;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 use toml::de::DeTable;
 
+pub use cluster::ClusterSettings;
 pub use diag::Diagnostics;
 use fields::{no_nul, read_secret_ref};
 pub use kinds::{IssuerSpec, Kinds, SinkSettings, SinkSpec, TargetKey, TokenKind, TokenType};
@@ -53,6 +55,8 @@ pub struct Policy {
     pub daemon: DaemonSettings,
     pub issuers: BTreeMap<String, IssuerConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[cluster]`: several instances, one lease holder (SPEC §8).
+    pub cluster: Option<ClusterSettings>,
     /// Shared with the daemon's scheduler slots and in-flight visits: one copy of each token's policy.
     pub tokens: BTreeMap<String, Arc<TokenPolicy>>,
 }
@@ -237,7 +241,9 @@ pub fn parse(
     let sinks = read_named(&mut root, &mut d, "sinks", |t, d, name| {
         read_sink(t, d, name, kinds)
     });
-    let tokens = tokens::read_tokens(&mut root, &mut d, &issuers, &sinks, kinds);
+    let cluster_table = root.has("cluster");
+    let cluster = cluster::read_cluster(&mut root, &mut d, &sinks);
+    let tokens = tokens::read_tokens(&mut root, &mut d, &issuers, &sinks, kinds, cluster_table);
     root.finish(&mut d);
     if d.is_empty() && tokens.is_empty() {
         d.push(
@@ -260,6 +266,7 @@ pub fn parse(
             .into_iter()
             .filter_map(|(k, (_, v))| Some((k, v?)))
             .collect(),
+        cluster,
         tokens,
     })
 }

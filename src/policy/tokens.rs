@@ -20,6 +20,7 @@ pub(super) fn read_tokens(
     issuers: &Named<IssuerConfig>,
     sinks: &Named<SinkConfig>,
     kinds: &Kinds,
+    cluster: bool,
 ) -> BTreeMap<String, Arc<TokenPolicy>> {
     let mut out = BTreeMap::new();
     // Which token already writes to a sink target, for the duplicate check.
@@ -48,6 +49,21 @@ pub(super) fn read_tokens(
             kinds,
         );
         if let Some((token, spec)) = read {
+            let local = |st: &SinkTarget| {
+                sinks
+                    .get(&st.sink)
+                    .and_then(|(_, cfg)| cfg.as_ref())
+                    .is_some_and(|cfg| cfg.spec.is_local())
+            };
+            if cluster && token.sinks.iter().all(local) {
+                d.push(
+                    name.span(),
+                    format!(
+                        "[tokens.{}] writes only to `file` sinks, which every instance keeps on its own disk: with [cluster] a token needs a shared sink (vault or aws) that standbys copy from",
+                        name.get_ref()
+                    ),
+                );
+            }
             if let Some(scope) = label_scope(&token, issuers) {
                 let label = spec.sweep_label(&token.label);
                 let key = (spec.name(), scope.clone(), label.clone());

@@ -92,7 +92,7 @@ impl Rotator {
         // Nothing was due: the entry is unchanged (callers save their own changes before calling this), so no
         // fsync'd rewrite on every visit of a token whose old token is still in its grace period.
         if attempted {
-            self.journal.save_async(entry).await?;
+            self.journal.save(entry).await?;
         }
         Ok(())
     }
@@ -129,7 +129,7 @@ impl Rotator {
             }
         }
         entry.sweep = false;
-        self.journal.save_async(entry).await?;
+        self.journal.save(entry).await?;
         Ok(())
     }
 
@@ -166,7 +166,7 @@ impl Rotator {
                 }
             };
             ids.extend(seen.into_iter().flatten());
-            match self.journal.load(&t.name) {
+            match self.journal.load(&t.name).await {
                 Ok(Some(e)) => ids.extend(e.named_ids().map(str::to_string)),
                 Ok(None) => {}
                 Err(e) if own => return Err(e.into()),

@@ -123,7 +123,7 @@ impl Rotator {
         queue_revocations(token, &mut entry, &rotation, &minted, now);
         entry.rotation = None;
         entry.must_rotate = None;
-        self.journal.save_async(&entry).await.map_err(|e| {
+        self.journal.save(&entry).await.map_err(|e| {
             // Held in memory: the next visit writes it and closes the rotation from there.
             fail(e.into(), true)
         })?;
@@ -160,6 +160,7 @@ impl Rotator {
             due,
             rotated: true,
             wake_at: super::cleanup::wake_time(&entry, now),
+            followed: false,
         })
     }
 
@@ -223,7 +224,7 @@ impl Rotator {
     }
 
     /// Writes one record with check-and-set, then reads it back and compares.
-    async fn store(
+    pub(super) async fn store(
         &self,
         token: &TokenPolicy,
         sink: &dyn Sink,

@@ -8,7 +8,10 @@
 
 mod cleanup;
 mod finish;
+mod follow;
 mod observe;
+
+pub use follow::FOLLOW_EVERY;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +39,8 @@ pub struct Rotator {
     /// Where each issuer's credential comes from, to notice a token that is its own issuer's credential.
     pub credential_refs: HashMap<String, SecretRef>,
     pub sinks: HashMap<String, Result<Arc<dyn Sink>, String>>,
+    /// The sinks every instance keeps its own copy of (files): a standby keeps them equal to the shared record.
+    pub local_sinks: std::collections::HashSet<String>,
     /// Shared by every build of the rotator (reloads): entries, held writes, per-token visit locks, seen ids.
     pub journal: Arc<Journal>,
     pub metrics: Arc<Metrics>,
@@ -54,6 +59,8 @@ pub struct Tended {
     pub rotated: bool,
     /// When pending revocations need the token visited again (before its next due time).
     pub wake_at: Option<DateTime<Utc>>,
+    /// A standby's visit (`follow`): the next one is at `wake_at`, whatever `due` says (the holder rotates).
+    pub followed: bool,
 }
 
 /// What `plan` shows of one token.
@@ -217,7 +224,7 @@ impl Rotator {
     /// Saves an entry on the way out of a failed visit: the visit's own error is what the caller reports; a failed
     /// write leaves the entry held in memory and is logged.
     async fn save_on_failure(&self, entry: &Entry) {
-        if let Err(e) = self.journal.save_async(entry).await {
+        if let Err(e) = self.journal.save(entry).await {
             tracing::error!(token = %entry.token, error = %e, "journal write failed; the entry is held in memory and written at the next visit");
         }
     }
@@ -240,7 +247,8 @@ impl Rotator {
         let sinks = self.sinks_of(token)?;
         let mut entry = self
             .journal
-            .load(&token.name)?
+            .load(&token.name)
+            .await?
             .unwrap_or_else(|| Entry::new(&token.name, &token.issuer, token.kind.type_name()));
         if let Some(rotation) = &entry.rotation {
             if rotation.minted.is_some() {
@@ -268,7 +276,7 @@ impl Rotator {
             } else {
                 entry.sweep = true;
             }
-            self.journal.save_async(&entry).await?;
+            self.journal.save(&entry).await?;
         }
 
         let observed = self.observe(token, &sinks).await?;
@@ -302,6 +310,7 @@ impl Rotator {
                 due,
                 rotated: false,
                 wake_at: cleanup::wake_time(&entry, now),
+                followed: false,
             });
         }
         let why = forced.unwrap_or_else(|| {
@@ -364,7 +373,7 @@ impl Rotator {
             probe_failures: 0,
             own_credential: false,
         });
-        self.journal.save_async(&entry).await?;
+        self.journal.save(&entry).await?;
         failpoint("before-create");
         if token.kind.is_singleton() {
             // From the moment the create goes out, the stored token may be dead (SPEC §5.10).
@@ -401,7 +410,7 @@ impl Rotator {
             }
             // The label may be taken by an earlier create of ours whose answer was lost: look for it later.
             entry.sweep |= !token.kind.is_singleton();
-            self.journal.save_async(&entry).await?;
+            self.journal.save(&entry).await?;
             minted = issuer.mint(token, &label, expires_at).await;
         }
         let minted = match minted {
@@ -449,7 +458,7 @@ impl Rotator {
             r.own_credential = own_credential && !token.kind.is_singleton();
         }
         // If this write fails the value is held in memory (never dropped) and written before the next step.
-        self.journal.save_async(&entry).await.map_err(|e| Failure {
+        self.journal.save(&entry).await.map_err(|e| Failure {
             error: e.into(),
             learned: Some((Some(current), false)),
             attempted: true,
@@ -498,7 +507,7 @@ impl Rotator {
                         attempts: 0,
                         held: false,
                     });
-                    self.journal.save_async(entry).await?;
+                    self.journal.save(entry).await?;
                     let _ = self.revoke_due(token, issuer, entry, now).await;
                     let message = format!(
                         "the organization's token expiry policy capped the new token {} at {} ({} from now), not longer than `rotate_before` = \"{}\" of [tokens.{}], so it would be due again at once; it is revoked. Set `lifetime` and `rotate_before` of [tokens.{}] within the organization's maximum expiry",
@@ -529,7 +538,7 @@ impl Rotator {
             if let Some(r) = entry.rotation.as_mut() {
                 r.minted = Some(settled);
             }
-            self.journal.save_async(entry).await?;
+            self.journal.save(entry).await?;
         }
         Ok(())
     }

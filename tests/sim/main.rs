@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::FutureExt;
 use rand::seq::IndexedRandom;
 use rand::Rng;
 use token_rotator::daemon::{Control, Daemon, Inputs, Shared};
@@ -189,6 +190,7 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
             world: world.clone(),
         }),
         board: Some(board.clone()),
+        fence: None,
     };
     let policy = world.policy.clone();
     let task = tokio::spawn(async move {
@@ -502,7 +504,7 @@ fn settled(world: &World) -> bool {
             .policy
             .tokens
             .keys()
-            .all(|n| live.journal.load(n).ok().flatten().is_none())
+            .all(|n| live.journal.load(n).now_or_never().and_then(|r| r.ok()).flatten().is_none())
         && live.board.snapshot().iter().all(|s| s.is_ready(now))
 }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use token_rotator::issuer::pulumi::PulumiType;
 use token_rotator::journal::{Journal, MemoryStore};
 use token_rotator::policy::{Policy, TokenPolicy};
@@ -298,7 +299,7 @@ impl World {
         drop(inner);
         if let Some(live) = self.live() {
             for name in self.policy.tokens.keys() {
-                if let Ok(Some(e)) = live.journal.load(name) {
+                if let Some(Ok(Some(e))) = live.journal.load(name).now_or_never() {
                     if e.rotation
                         .as_ref()
                         .and_then(|r| r.minted.as_ref())

@@ -465,6 +465,10 @@ impl SinkSpec for FileSpec {
         "file"
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn target_key(&self) -> TargetKey {
         TargetKey::Path
     }

@@ -123,6 +123,15 @@ impl SinkSpec for VaultSpec {
         TargetKey::Path
     }
 
+    fn coordination(&self, settings: &dyn SinkSettings) -> Result<(), String> {
+        match settings.as_any().downcast_ref::<VaultSinkConfig>() {
+            Some(cfg) if cfg.kv_version == Some(1) => Err(
+                "the cluster lease needs check-and-set, which KV v1 lacks: use a sink on a KV v2 mount".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn keys(&self) -> &'static [&'static str] {
         &[
             "address",

@@ -353,16 +353,8 @@ impl Sink for VaultSink {
     }
 
     async fn read(&self, target: &Target) -> Result<Observed, SinkError> {
-        let seen = self.ensure_token().await?;
-        match self.read_once(target).await {
-            Err(e)
-                if e.kind == SinkErrorKind::Forbidden
-                    && self.refresh_after_denied(seen).await? =>
-            {
-                self.read_once(target).await
-            }
-            r => r,
-        }
+        let path = self.path(target)?;
+        self.logged_in(|| self.read_once(path)).await
     }
 
     async fn write(
@@ -371,29 +363,99 @@ impl Sink for VaultSink {
         record: &SinkRecord,
         expected: Version,
     ) -> Result<(), SinkError> {
-        let seen = self.ensure_token().await?;
+        let path = self.path(target)?;
         // A 403 means nothing was written: retrying with a new token is safe.
-        match self.write_once(target, record, expected).await {
-            Err(e)
-                if e.kind == SinkErrorKind::Forbidden
-                    && self.refresh_after_denied(seen).await? =>
-            {
-                self.write_once(target, record, expected).await
-            }
-            r => r,
-        }
+        self.logged_in(|| self.write_once(path, record, expected))
+            .await
     }
 }
 
 impl VaultSink {
-    async fn read_once(&self, target: &Target) -> Result<Observed, SinkError> {
-        let path = self.path(target)?;
-        // The version lookup takes the client lock itself: ask before holding it.
-        let kv = self.kv_version().await?;
+    /// Runs `op` logged in; a 403 (the token expired or was revoked under us) logs in again and runs it once more
+    /// (a refused request changed nothing).
+    async fn logged_in<T, F, Fut>(&self, op: F) -> Result<T, SinkError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SinkError>>,
+    {
+        let seen = self.ensure_token().await?;
+        match op().await {
+            Err(e)
+                if e.kind == SinkErrorKind::Forbidden
+                    && self.refresh_after_denied(seen).await? =>
+            {
+                op().await
+            }
+            r => r,
+        }
+    }
+
+    /// A KV v2 secret of this sink's mount as JSON, with its current version (`0`: never written; a deleted
+    /// latest version reads as `None` with its version). For the cluster lease and shared journal (SPEC §8).
+    pub async fn kv2_read(&self, path: &str) -> Result<(Option<Value>, u64), SinkError> {
+        self.logged_in(|| self.kv2_read_once(path)).await
+    }
+
+    /// Writes a KV v2 secret if its current version is still `cas` (`0`: it must not exist). Returns the new
+    /// version. A mismatch is a [`SinkErrorKind::Conflict`] and writes nothing.
+    pub async fn kv2_write(&self, path: &str, data: &Value, cas: u64) -> Result<u64, SinkError> {
+        self.logged_in(|| self.kv2_write_once(path, data, cas)).await
+    }
+
+    async fn kv2_read_once(&self, path: &str) -> Result<(Option<Value>, u64), SinkError> {
         let client = self.client.read().await;
         let client = &*client;
-        if kv == 1 {
-            return match vaultrs::kv1::get::<Value>(client, &self.mount, path).await {
+        let endpoint = ReadSecretRequest::builder()
+            .mount(self.mount.as_str())
+            .path(path)
+            .build()
+            .map_err(|e| self.error(SinkErrorKind::Permanent, format!("read {path}: {e}")))?;
+        match vaultrs::api::exec_with_result(client, endpoint).await {
+            Ok(resp) => Ok((Some(resp.data), resp.metadata.version)),
+            Err(e) if is_not_found(&e) => {
+                // Missing key, or latest version soft-deleted/destroyed: CAS must name the key's current version.
+                match vaultrs::kv2::read_metadata(client, &self.mount, path).await {
+                    Ok(meta) => Ok((None, meta.current_version)),
+                    Err(e) if is_not_found(&e) => Ok((None, 0)),
+                    Err(e) => Err(self.map_err("read metadata of", path, e)),
+                }
+            }
+            Err(e) => Err(self.map_err("read", path, e)),
+        }
+    }
+
+    async fn kv2_write_once(
+        &self,
+        path: &str,
+        data: &(impl serde::Serialize + Sync),
+        cas: u64,
+    ) -> Result<u64, SinkError> {
+        let cas = u32::try_from(cas).map_err(|_| {
+            self.error(
+                SinkErrorKind::Permanent,
+                format!("write {path}: version {cas} exceeds check-and-set range"),
+            )
+        })?;
+        let client = self.client.read().await;
+        vaultrs::kv2::set_with_options(
+            &*client,
+            &self.mount,
+            path,
+            data,
+            SetSecretRequestOptions { cas },
+        )
+        .await
+        .map(|meta| meta.version)
+        .map_err(|e| self.map_err("write", path, e))
+    }
+}
+
+impl VaultSink {
+    async fn read_once(&self, path: &str) -> Result<Observed, SinkError> {
+        // The version lookup takes the client lock itself: ask before holding it.
+        if self.kv_version().await? == 1 {
+            let client = self.client.read().await;
+            return match vaultrs::kv1::get::<Value>(&*client, &self.mount, path).await {
                 Ok(data) => Ok(Observed {
                     version: Version::Unversioned,
                     content: self.content_of(&data),
@@ -405,60 +467,37 @@ impl VaultSink {
                 Err(e) => Err(self.map_err("read", path, e)),
             };
         }
-        let endpoint = ReadSecretRequest::builder()
-            .mount(self.mount.as_str())
-            .path(path)
-            .build()
-            .map_err(|e| self.error(SinkErrorKind::Permanent, format!("read {path}: {e}")))?;
-        match vaultrs::api::exec_with_result(client, endpoint).await {
-            Ok(resp) => Ok(Observed {
-                version: Version::Kv2(resp.metadata.version),
-                content: self.content_of(&resp.data),
-            }),
-            Err(e) if is_not_found(&e) => {
-                // Missing key, or latest version soft-deleted/destroyed: CAS must name the key's current version.
-                match vaultrs::kv2::read_metadata(client, &self.mount, path).await {
-                    Ok(meta) => Ok(Observed {
-                        version: Version::Kv2(meta.current_version),
-                        content: Content::Absent,
-                    }),
-                    Err(e) if is_not_found(&e) => Ok(Observed {
-                        version: Version::Absent,
-                        content: Content::Absent,
-                    }),
-                    Err(e) => Err(self.map_err("read metadata of", path, e)),
-                }
-            }
-            Err(e) => Err(self.map_err("read", path, e)),
-        }
+        let (data, version) = self.kv2_read_once(path).await?;
+        Ok(Observed {
+            version: if version == 0 {
+                Version::Absent
+            } else {
+                Version::Kv2(version)
+            },
+            content: data
+                .map(|d| self.content_of(&d))
+                .unwrap_or(Content::Absent),
+        })
     }
 
     async fn write_once(
         &self,
-        target: &Target,
+        path: &str,
         record: &SinkRecord,
         expected: Version,
     ) -> Result<(), SinkError> {
-        let path = self.path(target)?;
         let data = record.to_json();
-        let kv = self.kv_version().await?;
-        let client = self.client.read().await;
-        let client = &*client;
-        if kv == 1 {
+        if self.kv_version().await? == 1 {
             // KV v1 has no versions: nothing to compare, the write replaces in place.
+            let client = self.client.read().await;
             let map: HashMap<&str, &Value> = data.iter().map(|(k, v)| (k.as_str(), v)).collect();
-            return vaultrs::kv1::set(client, &self.mount, path, &map)
+            return vaultrs::kv1::set(&*client, &self.mount, path, &map)
                 .await
                 .map_err(|e| self.map_err("write", path, e));
         }
         let cas = match expected {
             Version::Absent => 0,
-            Version::Kv2(v) => u32::try_from(v).map_err(|_| {
-                self.error(
-                    SinkErrorKind::Permanent,
-                    format!("write {path}: version {v} exceeds check-and-set range"),
-                )
-            })?,
+            Version::Kv2(v) => v,
             Version::Unversioned => {
                 return Err(self.error(
                     SinkErrorKind::Conflict,
@@ -472,15 +511,6 @@ impl VaultSink {
                 ))
             }
         };
-        vaultrs::kv2::set_with_options(
-            client,
-            &self.mount,
-            path,
-            &data,
-            SetSecretRequestOptions { cas },
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| self.map_err("write", path, e))
+        self.kv2_write_once(path, &data, cas).await.map(|_| ())
     }
 }

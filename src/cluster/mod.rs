@@ -1,0 +1,354 @@
+//! Several instances, one minter (SPEC §8, `[cluster]`).
+//!
+//! The instances share a lease: a record in the coordination store (Vault/OpenBao KV v2 today, [`LeaseStore`]),
+//! changed only by check-and-set, so that its version is a fencing token. The holder renews it every
+//! `lease_duration / 3`; a standby that sees the same version for a whole `lease_duration` takes it over (on its
+//! own monotonic clock: the hosts' wall clocks are never compared). The holder's [`Fence`] opens issuer calls and
+//! shared-sink writes only while its last renewal was sent less than `2/3 × lease_duration` ago, so a holder cut
+//! off from the store, or paused past its lease, has stopped acting a third of a lease before anyone else can take
+//! over. The shared journal lives in the same store, so a new holder resumes an interrupted rotation exactly where
+//! the old one stopped.
+//!
+//! - `vault.rs`: [`vault::VaultCoord`], the lease and the journal entries in KV v2;
+//! - `fenced.rs`: the issuer and sink wrappers that consult the fence before every call.
+
+pub mod fenced;
+pub mod vault;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::policy::ClusterSettings;
+use crate::sink::{SinkError, SinkErrorKind};
+use crate::status::StatusBoard;
+
+/// What the lease record holds (JSON in the store): for the instances, and for an operator reading it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The holder's identity; `None` once released (SIGTERM): a standby takes it at once.
+    pub holder: Option<String>,
+    /// Wall-clock times, for people: instances compare versions, never these.
+    pub renewed_at: DateTime<Utc>,
+    pub lease_duration_s: u64,
+}
+
+/// The lease as read: its record (`None`: never written or deleted) and its version (`0`: never written).
+#[derive(Clone, Debug)]
+pub struct LeaseView {
+    pub record: Option<LeaseRecord>,
+    pub version: u64,
+}
+
+/// The coordination store's lease (the seam a Kubernetes `Lease` backend would implement; see ARCHITECTURE.md).
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    async fn read_lease(&self) -> Result<LeaseView, SinkError>;
+    /// Writes `record` if the lease is still at version `cas`; returns the new version. A mismatch is a
+    /// [`SinkErrorKind::Conflict`] and writes nothing.
+    async fn write_lease(&self, record: &LeaseRecord, cas: u64) -> Result<u64, SinkError>;
+    /// Another instance wrote to the store: versions remembered for the journal entries may be stale.
+    fn forget_versions(&self) {}
+}
+
+/// This instance's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// Whether this instance may act now: the lease version it holds and when its last renewal was sent.
+pub struct Fence {
+    identity: String,
+    fence_after: Duration,
+    held: Mutex<Option<(u64, Instant)>>,
+    role: watch::Sender<Role>,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("identity", &self.identity)
+            .field("held", &self.held())
+            .finish()
+    }
+}
+
+/// Why the fence refused a call.
+pub const NOT_HOLDER: &str = "this instance does not hold the cluster lease (a standby never calls an issuer or writes a shared sink)";
+
+impl Fence {
+    pub fn new(identity: String, fence_after: Duration) -> Arc<Fence> {
+        Arc::new(Fence {
+            identity,
+            fence_after,
+            held: Mutex::new(None),
+            role: watch::channel(Role::Standby).0,
+        })
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The lease version this instance holds, while its last renewal was sent less than `2/3 × lease_duration`
+    /// ago. Checked before every issuer call, shared-sink write and journal write.
+    pub fn check(&self) -> Result<u64, &'static str> {
+        match self.held() {
+            Some((version, renewed)) if renewed.elapsed() < self.fence_after => Ok(version),
+            _ => Err(NOT_HOLDER),
+        }
+    }
+
+    /// Follows the role (the scheduler switches between minting and following).
+    pub fn subscribe(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.borrow()
+    }
+
+    fn held(&self) -> Option<(u64, Instant)> {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_held(&self, held: Option<(u64, Instant)>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+    }
+}
+
+/// The default identity: the host name and process id.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// The lease loop of one instance: acquire, renew, step down, release. Awaited by a task the daemon spawns.
+pub struct LeaseKeeper {
+    pub store: Arc<dyn LeaseStore>,
+    pub fence: Arc<Fence>,
+    pub settings: ClusterSettings,
+    pub journal: Arc<Journal>,
+    pub metrics: Arc<Metrics>,
+    pub board: StatusBoard,
+}
+
+/// How long a release at shutdown may take.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl LeaseKeeper {
+    fn lease_record(&self, holder: bool) -> LeaseRecord {
+        LeaseRecord {
+            holder: holder.then(|| self.fence.identity.clone()),
+            renewed_at: crate::clock::now(),
+            lease_duration_s: self.settings.lease_duration.as_secs(),
+        }
+    }
+
+    /// Shows and counts a change of role.
+    fn become_(&self, role: Role, why: &str) {
+        let before = self.fence.role();
+        if role == Role::Standby {
+            self.fence.set_held(None);
+        }
+        self.board.set_role(role.as_str());
+        let m = self.metrics.cluster();
+        m.leader.set(if role == Role::Leader { 1.0 } else { 0.0 });
+        if before != role {
+            m.transitions.inc();
+            match role {
+                Role::Leader => {
+                    tracing::info!(identity = %self.fence.identity, "this instance holds the cluster lease: it mints from now on ({why})")
+                }
+                Role::Standby => {
+                    tracing::warn!(identity = %self.fence.identity, "this instance is a standby: it mints nothing ({why})")
+                }
+            }
+            self.fence.role.send_replace(role);
+        }
+    }
+
+    /// Another instance wrote the lease: what this one remembers of the store may be stale, and journal writes
+    /// it still holds in memory would roll back the new holder's entries.
+    fn foreign_write(&self) {
+        self.store.forget_versions();
+        for token in self.journal.drop_held() {
+            tracing::warn!(token = %token, "dropping a journal write held in memory: another instance holds the lease and owns this token's journal now");
+        }
+    }
+
+    /// Runs until `stop`; then releases the lease if held (a standby takes over at once).
+    pub async fn run(&self, stop: CancellationToken) {
+        let d = self.settings.lease_duration;
+        let renew_every = self.settings.renew_every();
+        let fence_after = self.settings.fence_after();
+        // A standby looks at the lease this often: a released lease is taken within about a second.
+        let poll = renew_every.min(Duration::from_secs(1));
+        // The version this instance last wrote, and (standby) the version seen and since when.
+        let mut own: Option<u64> = None;
+        let mut watched: Option<(u64, Instant)> = None;
+        let mut unreachable_since: Option<Instant> = None;
+        self.become_(Role::Standby, "starting");
+        while !stop.is_cancelled() {
+            if let Some((version, renewed)) = self.fence.held() {
+                let due = renewed + renew_every;
+                if Instant::now() < due {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    continue;
+                }
+                let sent = Instant::now();
+                // A renewal answered after the fence closed is no use: it is not waited for beyond that.
+                let left = fence_after.saturating_sub(renewed.elapsed());
+                let answer = tokio::time::timeout(
+                    left.max(Duration::from_millis(100)),
+                    self.store.write_lease(&self.lease_record(true), version),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(v)) => {
+                        own = Some(v);
+                        self.fence.set_held(Some((v, sent)));
+                        unreachable_since = None;
+                    }
+                    Ok(Err(e)) if e.kind == SinkErrorKind::Conflict => {
+                        self.become_(Role::Standby, "another instance took the lease");
+                        self.foreign_write();
+                        own = None;
+                    }
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "the store did not answer in time".to_string(),
+                        };
+                        if renewed.elapsed() >= fence_after {
+                            tracing::error!(error = %why, "cannot renew the cluster lease; stepping down: no issuer call and no sink write until it is renewed");
+                            self.become_(Role::Standby, "the lease could not be renewed");
+                        } else {
+                            tracing::warn!(error = %why, "cannot renew the cluster lease; trying again");
+                            tokio::select! {
+                                _ = tokio::time::sleep(poll.min(left)) => {}
+                                _ = stop.cancelled() => break,
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            // A standby.
+            match tokio::time::timeout(d, self.store.read_lease()).await {
+                Ok(Ok(view)) => {
+                    unreachable_since = None;
+                    let holder = view.record.as_ref().and_then(|r| r.holder.clone());
+                    let mine = holder.as_deref() == Some(self.fence.identity.as_str())
+                        && own == Some(view.version);
+                    let free = holder.is_none();
+                    if !mine && own.is_some_and(|v| v != view.version) {
+                        // Someone wrote after us.
+                        own = None;
+                        self.foreign_write();
+                    }
+                    let expired = match watched {
+                        Some((v, since)) if v == view.version => since.elapsed() >= d,
+                        _ => {
+                            watched = Some((view.version, Instant::now()));
+                            false
+                        }
+                    };
+                    if free || mine || expired {
+                        let sent = Instant::now();
+                        match self
+                            .store
+                            .write_lease(&self.lease_record(true), view.version)
+                            .await
+                        {
+                            Ok(v) => {
+                                if !mine {
+                                    self.foreign_write();
+                                }
+                                own = Some(v);
+                                watched = None;
+                                self.fence.set_held(Some((v, sent)));
+                                let why = if mine {
+                                    "renewed its own lease"
+                                } else if free {
+                                    "the lease was free"
+                                } else {
+                                    "the holder stopped renewing"
+                                };
+                                self.become_(Role::Leader, why);
+                                continue;
+                            }
+                            Err(e) if e.kind == SinkErrorKind::Conflict => {
+                                tracing::debug!("another instance took the lease first");
+                                watched = None;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot take the cluster lease");
+                            }
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < poll * 2 {
+                        tracing::warn!(error = %e, "cannot read the cluster lease; still a standby");
+                    }
+                }
+                Err(_) => tracing::warn!("the store did not answer a lease read in time"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        self.release().await;
+    }
+
+    /// At shutdown: a holder writes a released record (a standby takes over within a second or so).
+    async fn release(&self) {
+        let Some((version, _)) = self.fence.held() else {
+            return;
+        };
+        self.become_(Role::Standby, "shutting down");
+        match tokio::time::timeout(
+            RELEASE_TIMEOUT,
+            self.store.write_lease(&self.lease_record(false), version),
+        )
+        .await
+        {
+            Ok(Ok(_)) => tracing::info!("released the cluster lease"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not release the cluster lease; a standby takes over when it expires")
+            }
+            Err(_) => tracing::warn!(
+                "could not release the cluster lease in time; a standby takes over when it expires"
+            ),
+        }
+    }
+}
