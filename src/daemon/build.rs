@@ -210,6 +210,7 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
             .filter(|cfg| cfg.spec.is_local())
             .map(|cfg| cfg.name.clone())
             .collect(),
+        level_locals: policy.cluster.is_some(),
         sinks,
         journal: shared.journal.clone(),
         metrics: shared.metrics.clone(),

@@ -253,7 +253,9 @@ impl Daemon {
         }
         if !lead {
             // `rotate` requests waiting here will be answered by their visits; new ones are refused.
-            tracing::info!("following the shared records: this instance mints nothing while a standby");
+            tracing::info!(
+                "following the shared records: this instance mints nothing while a standby"
+            );
         }
     }
 

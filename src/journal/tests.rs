@@ -80,7 +80,10 @@ async fn state_key_seals_entries_and_a_wrong_key_is_refused() {
     drop(j);
     let wrong = JournalKey::parse(&SecretString::from("22".repeat(32))).unwrap();
     let j = Journal::open(&state).unwrap().with_key(Some(wrong));
-    assert!(matches!(j.load("tok").await, Err(JournalError::Corrupt { .. })));
+    assert!(matches!(
+        j.load("tok").await,
+        Err(JournalError::Corrupt { .. })
+    ));
     drop(j);
     let j = Journal::open(&state).unwrap();
     let err = j.load("tok").await.unwrap_err().to_string();
@@ -156,7 +159,10 @@ async fn a_failed_write_is_held_in_memory_and_written_by_the_next_flush() {
     );
     store.set_fault(None);
     j.flush("tok").await.unwrap();
-    assert!(store.read("tok").await.unwrap().is_some(), "written durably");
+    assert!(
+        store.read("tok").await.unwrap().is_some(),
+        "written durably"
+    );
     // A fresh journal over the same store (a restart) sees it.
     let again = Journal::new(store);
     assert!(again.load("tok").await.unwrap().unwrap().rotation.is_some());

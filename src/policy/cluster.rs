@@ -103,7 +103,10 @@ pub(super) fn read_cluster(
         None => Some(None),
         Some(i) => {
             let text = i.get_ref();
-            if text.is_empty() || text.chars().count() > MAX_NAME_CHARS || text.chars().any(char::is_control) {
+            if text.is_empty()
+                || text.chars().count() > MAX_NAME_CHARS
+                || text.chars().any(char::is_control)
+            {
                 d.push(
                     i.span(),
                     format!("`identity` must be 1 to {MAX_NAME_CHARS} characters without control characters"),

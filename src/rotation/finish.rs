@@ -59,7 +59,12 @@ impl Rotator {
         };
         let pending: Vec<&(SinkTarget, Arc<dyn Sink>)> = sinks
             .iter()
-            .filter(|(st, _)| !rotation.stored.contains(&st.to_string()))
+            // A local target (a file) is this instance's own: another instance's journal saying it holds the
+            // value says nothing of this one's copy (a resumed write re-reads first and skips a copy in place).
+            .filter(|(st, _)| {
+                !rotation.stored.contains(&st.to_string())
+                    || (self.level_locals && self.local_sinks.contains(&st.sink))
+            })
             .collect();
         let results = join_all(pending.iter().map(|(st, sink)| {
             let version = versions

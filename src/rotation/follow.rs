@@ -1,55 +1,71 @@
-//! A standby's visit (SPEC §8.4): it reads the token's records, copies the newest shared record into its own local
-//! targets (files) where they differ, and reports what it saw. It never calls an issuer and never writes a shared
-//! sink: the lease holder does that.
+//! Cluster mode (SPEC §8.4): each instance keeps its own local targets (files) equal to the shared record. A
+//! standby's visit (`follow`) does only that: it reads the token's records, copies the newest shared record into
+//! its local targets where they differ, and reports what it saw. It never calls an issuer and never writes a shared
+//! sink. The holder levels its own local targets the same way before deciding to rotate, so that a local file
+//! that lags (a new holder's, or one deleted) is copied, never a reason to mint.
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{Failure, Rotator, Tended};
+use super::{to_current, AttemptError, BoundSinks, Failure, Rotator, SinkFailures, Tended};
 use crate::policy::TokenPolicy;
 use crate::schedule;
+use crate::sink::{Observed, SinkError};
+use crate::status::CurrentToken;
 
 /// A standby looks at each token this often: its files follow a change of the shared record within it.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(5);
 
+/// What leveling the local targets found and did.
+pub(super) struct Leveled {
+    /// The newest record of the shared targets.
+    pub current: Option<CurrentToken>,
+    /// Every target, shared and local, holds it now.
+    pub everywhere: bool,
+    /// Every shared target holds it (only local ones may lag): nothing for an issuer to do.
+    pub shared_agree: bool,
+    pub errors: Vec<SinkError>,
+}
+
 impl Rotator {
-    /// Follows the shared record of `token` into the local targets.
-    pub async fn follow(&self, token: &TokenPolicy, now: DateTime<Utc>) -> Result<Tended, Failure> {
-        let sinks = self.sinks_of(token)?;
-        let observed = self.observe(token, &sinks).await?;
+    /// Copies the newest shared record of `token` into the local targets that hold something else (older, absent
+    /// or not ours). A local record newer than the shared one is left alone.
+    pub(super) async fn level_local(
+        &self,
+        token: &TokenPolicy,
+        sinks: &BoundSinks,
+        observed: &[Observed],
+    ) -> Leveled {
         let is_local = |sink: &str| self.local_sinks.contains(sink);
         let shared = sinks
             .iter()
-            .zip(&observed)
+            .zip(observed)
             .filter(|((st, _), _)| !is_local(&st.sink))
             .filter_map(|(_, o)| o.record())
             .max_by_key(|r| r.created_at);
-        let wake_at = Some(now + TimeDelta::from_std(FOLLOW_EVERY).unwrap_or(TimeDelta::MAX));
         let Some(shared) = shared else {
-            return Ok(Tended {
+            return Leveled {
                 current: None,
-                stored_everywhere: false,
-                due: schedule::next_due(&token.schedule, None, Duration::ZERO, now),
-                rotated: false,
-                wake_at,
-                followed: true,
-            });
+                everywhere: false,
+                shared_agree: false,
+                errors: Vec::new(),
+            };
         };
-        let mut everywhere = true;
+        let mut shared_agree = true;
+        let mut local_newer = false;
         let mut errors = Vec::new();
-        for ((st, sink), o) in sinks.iter().zip(&observed) {
+        for ((st, sink), o) in sinks.iter().zip(observed) {
             if o.record().is_some_and(|r| r.same_as(shared)) {
                 continue;
             }
             if !is_local(&st.sink) {
-                // The holder is writing it (or will): not this instance's to fix.
-                everywhere = false;
+                // The holder writes it: not a copy's business.
+                shared_agree = false;
                 continue;
             }
             if o.record().is_some_and(|r| r.created_at > shared.created_at) {
-                // Newer than the shared record: left alone (the holder's next write brings the shared one level).
-                everywhere = false;
+                local_newer = true;
                 continue;
             }
             match self
@@ -59,30 +75,44 @@ impl Rotator {
                 Ok(()) => {
                     tracing::info!(token = %token.name, sink = %st.sink, target = %st.target, token_id = %shared.token_id, "copied the shared record into a local target");
                 }
-                Err(e) => {
-                    everywhere = false;
-                    errors.push(e);
-                }
+                Err(e) => errors.push(e),
             }
         }
-        let current = Some(super::to_current(
-            shared.expires_at,
-            shared.created_at,
-            &shared.token_id,
-        ));
-        if !errors.is_empty() {
+        Leveled {
+            current: Some(to_current(
+                shared.expires_at,
+                shared.created_at,
+                &shared.token_id,
+            )),
+            everywhere: shared_agree && !local_newer && errors.is_empty(),
+            shared_agree,
+            errors,
+        }
+    }
+
+    /// A standby's visit: follows the shared record of `token` into the local targets.
+    pub async fn follow(&self, token: &TokenPolicy, now: DateTime<Utc>) -> Result<Tended, Failure> {
+        let sinks = self.sinks_of(token)?;
+        let observed = self.observe(token, &sinks).await?;
+        let leveled = self.level_local(token, &sinks, &observed).await;
+        if !leveled.errors.is_empty() {
             return Err(Failure {
-                error: super::AttemptError::Sinks(super::SinkFailures(errors)),
-                learned: Some((current, false)),
+                error: AttemptError::Sinks(SinkFailures(leveled.errors)),
+                learned: Some((leveled.current, false)),
                 attempted: false,
             });
         }
         Ok(Tended {
-            due: schedule::next_due(&token.schedule, current.as_ref(), Duration::ZERO, now),
-            current,
-            stored_everywhere: everywhere,
+            due: schedule::next_due(
+                &token.schedule,
+                leveled.current.as_ref(),
+                Duration::ZERO,
+                now,
+            ),
+            current: leveled.current,
+            stored_everywhere: leveled.everywhere,
             rotated: false,
-            wake_at,
+            wake_at: Some(now + TimeDelta::from_std(FOLLOW_EVERY).unwrap_or(TimeDelta::MAX)),
             followed: true,
         })
     }

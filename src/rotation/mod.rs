@@ -41,6 +41,8 @@ pub struct Rotator {
     pub sinks: HashMap<String, Result<Arc<dyn Sink>, String>>,
     /// The sinks every instance keeps its own copy of (files): a standby keeps them equal to the shared record.
     pub local_sinks: std::collections::HashSet<String>,
+    /// Cluster mode: local targets are copies of the shared record, leveled before a visit decides to mint.
+    pub level_locals: bool,
     /// Shared by every build of the rotator (reloads): entries, held writes, per-token visit locks, seen ids.
     pub journal: Arc<Journal>,
     pub metrics: Arc<Metrics>,
@@ -280,7 +282,15 @@ impl Rotator {
         }
 
         let observed = self.observe(token, &sinks).await?;
-        let (current, stored_everywhere) = current_of(&observed);
+        let (mut current, mut stored_everywhere) = current_of(&observed);
+        if self.level_locals && !stored_everywhere {
+            // Cluster mode: a local file that lags the shared record is copied, never a reason to mint.
+            let leveled = self.level_local(token, &sinks, &observed).await;
+            if leveled.shared_agree && leveled.errors.is_empty() {
+                current = leveled.current;
+                stored_everywhere = leveled.everywhere;
+            }
+        }
         self.revoke_due(token, issuer.as_ref(), &mut entry, now)
             .await?;
         let due = if current.is_some() && !stored_everywhere {

@@ -137,6 +137,10 @@ impl Bao {
         true
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub async fn api(
         &self,
         method: reqwest::Method,
@@ -336,6 +340,11 @@ impl DaemonProc {
         Self::start_limited(policy, listen_port, envs, None).await
     }
 
+    /// Starts the daemon without waiting for it to be healthy (it may be meant to die at a failpoint first).
+    pub async fn spawned(policy: &Path, listen_port: u16, envs: &[(&str, &str)]) -> DaemonProc {
+        Self::start_limited(policy, listen_port, envs, Some(0)).await
+    }
+
     /// `start`, with the soft and hard limit of open file descriptors (`ulimit -n`) set to `nofile` when given.
     pub async fn start_limited(
         policy: &Path,
@@ -346,7 +355,7 @@ impl DaemonProc {
         let stderr_path = policy.with_file_name(format!("daemon-{listen_port}.log"));
         let log = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = match nofile {
-            None => Command::new(binary()),
+            None | Some(0) => Command::new(binary()),
             Some(n) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
@@ -372,6 +381,10 @@ impl DaemonProc {
             base: format!("http://127.0.0.1:{listen_port}"),
             stderr_path,
         };
+        if nofile == Some(0) {
+            // `spawned`: the caller expects it to die before it is healthy.
+            return d;
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(r) = reqwest::get(format!("{}/healthz", d.base)).await {
@@ -407,6 +420,29 @@ impl DaemonProc {
         self.child.id()
     }
 
+    /// Sends `signal` (`"KILL"`, `"STOP"`, `"CONT"`, `"TERM"`) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        signal_pid(self.child.id(), signal);
+    }
+
+    /// Waits (bounded, without blocking the runtime: in-process proxies and emulators keep serving) for the
+    /// process to exit, without signalling it; returns the exit code (`-1`: a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "daemon did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM and wait (bounded); returns the exit code.
     pub fn terminate(mut self) -> i32 {
         let _ = Command::new("kill")
@@ -432,6 +468,17 @@ impl Drop for DaemonProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `kill -SIGNAL PID`.
+pub fn signal_pid(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
 }
 
 /// The value of the first sample of `name` whose labels contain every `label="value"` pair.

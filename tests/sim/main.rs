@@ -500,11 +500,14 @@ fn settled(world: &World) -> bool {
     });
     !stale
         && world.store.tokens().is_empty()
-        && world
-            .policy
-            .tokens
-            .keys()
-            .all(|n| live.journal.load(n).now_or_never().and_then(|r| r.ok()).flatten().is_none())
+        && world.policy.tokens.keys().all(|n| {
+            live.journal
+                .load(n)
+                .now_or_never()
+                .and_then(|r| r.ok())
+                .flatten()
+                .is_none()
+        })
         && live.board.snapshot().iter().all(|s| s.is_ready(now))
 }
 

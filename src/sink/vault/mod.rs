@@ -399,7 +399,8 @@ impl VaultSink {
     /// Writes a KV v2 secret if its current version is still `cas` (`0`: it must not exist). Returns the new
     /// version. A mismatch is a [`SinkErrorKind::Conflict`] and writes nothing.
     pub async fn kv2_write(&self, path: &str, data: &Value, cas: u64) -> Result<u64, SinkError> {
-        self.logged_in(|| self.kv2_write_once(path, data, cas)).await
+        self.logged_in(|| self.kv2_write_once(path, data, cas))
+            .await
     }
 
     async fn kv2_read_once(&self, path: &str) -> Result<(Option<Value>, u64), SinkError> {
@@ -474,9 +475,7 @@ impl VaultSink {
             } else {
                 Version::Kv2(version)
             },
-            content: data
-                .map(|d| self.content_of(&d))
-                .unwrap_or(Content::Absent),
+            content: data.map(|d| self.content_of(&d)).unwrap_or(Content::Absent),
         })
     }
 

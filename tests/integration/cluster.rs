@@ -1,0 +1,441 @@
+//! Several instances, one minter (SPEC §8): real daemons sharing one OpenBao and the TFC emulator, each instance
+//! talking to the issuer through its own proxy, so that every issuer call is attributed to the instance that made
+//! it. Exactly one instance mints; a standby copies the shared record into its own files; the lease passes on
+//! SIGTERM, `kill -9`, SIGSTOP and a store outage without a second create.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::faults::FaultProxy;
+use crate::harness::{free_port, metric, signal_pid, wait_for, DaemonProc, Stack};
+
+/// Short leases keep the tests short: renewals every second, a dead holder replaced within 4 s.
+const LEASE_S: u64 = 3;
+const LEASE: Duration = Duration::from_secs(LEASE_S);
+
+struct Node {
+    name: String,
+    proxy: FaultProxy,
+    port: u16,
+    policy: PathBuf,
+    files: PathBuf,
+    proc: Option<DaemonProc>,
+}
+
+impl Node {
+    fn d(&self) -> &DaemonProc {
+        self.proc.as_ref().expect("node is running")
+    }
+
+    async fn role(&self) -> Option<String> {
+        let r = reqwest::get(format!("{}/readyz", self.d().base))
+            .await
+            .ok()?;
+        let v: Value = r.json().await.ok()?;
+        v["role"].as_str().map(str::to_string)
+    }
+
+    /// Issuer requests this node made.
+    fn issuer_calls(&self) -> usize {
+        self.proxy.hits().len()
+    }
+
+    fn file(&self, name: &str) -> Option<Value> {
+        let text = std::fs::read_to_string(self.files.join(name)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+struct Cluster {
+    stack: Stack,
+    with_team: bool,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// `n` instances of a policy with the org token and, when `with_team`, a team token.
+    async fn new(n: usize, with_team: bool) -> Cluster {
+        let stack = Stack::new(Default::default()).await;
+        let team = stack.tfc.add_team("acme", "platform");
+        let team_table = format!(
+            r#"
+[tokens.team]
+issuer = "tfc"
+type = "team"
+team_id = "{team}"
+lifetime = "30d"
+every = "1h"
+grace = "0s"
+sinks = [{{ sink = "vault", path = "ci/team" }}, {{ sink = "files", path = "team.json" }}]
+"#
+        );
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let proxy = FaultProxy::start(&stack.tfc.url()).await;
+            let port = free_port();
+            let files = stack.work.path().join(format!("files-{i}"));
+            let policy = stack.work.path().join(format!("policy-{i}.toml"));
+            std::fs::write(
+                &policy,
+                format!(
+                    r#"[daemon]
+state_dir = "{state}"
+listen = "127.0.0.1:{port}"
+
+[cluster]
+store = "vault"
+path = "token-rotator/test"
+lease_duration = "{LEASE_S}s"
+identity = "node-{i}"
+
+[issuers.tfc]
+kind = "tfe"
+address = "{proxy}"
+token = {{ env = "TFC_TOKEN" }}
+
+[sinks.vault]
+kind = "vault"
+address = "{bao}"
+auth = {{ method = "token", token = {{ env = "VAULT_TOKEN" }} }}
+
+[sinks.files]
+kind = "file"
+directory = "{files}"
+
+[tokens.org]
+issuer = "tfc"
+type = "organization"
+organization = "acme"
+lifetime = "30d"
+every = "1h"
+sinks = [{{ sink = "vault", path = "ci/org" }}, {{ sink = "files", path = "org.json" }}]
+{team_table}"#,
+                    state = stack.work.path().join(format!("state-{i}")).display(),
+                    proxy = proxy.url(),
+                    bao = stack.bao.addr,
+                    files = files.display(),
+                    team_table = if with_team { team_table.as_str() } else { "" },
+                ),
+            )
+            .unwrap();
+            nodes.push(Node {
+                name: format!("node-{i}"),
+                proxy,
+                port,
+                policy,
+                files,
+                proc: None,
+            });
+        }
+        Cluster {
+            stack,
+            with_team,
+            nodes,
+        }
+    }
+
+    async fn start(&mut self, i: usize, extra: &[(&str, &str)]) {
+        let (policy, port) = (self.nodes[i].policy.clone(), self.nodes[i].port);
+        self.nodes[i].proc = Some(self.stack.daemon(&policy, port, extra).await);
+    }
+
+    /// Creates the issuer accepted, across every instance.
+    fn creates(&self) -> usize {
+        self.stack
+            .tfc
+            .request_log()
+            .iter()
+            .filter(|r| {
+                r.method == "POST" && r.path.contains("authentication-token") && r.status < 300
+            })
+            .count()
+    }
+
+    /// Waits until exactly one running node says it leads; returns its index.
+    async fn leader(&self, within: Duration) -> usize {
+        wait_for(within, "exactly one leader", || async {
+            let mut leaders = Vec::new();
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.proc.is_some() && n.role().await.as_deref() == Some("leader") {
+                    leaders.push(i);
+                }
+            }
+            (leaders.len() == 1).then(|| leaders[0])
+        })
+        .await
+    }
+
+    /// Every token stored in Vault, valid at the issuer, and every running node's files equal to the records.
+    /// Returns the org record and the team record (`Null` without a team token).
+    async fn settled(&self, within: Duration) -> (Value, Value) {
+        wait_for(
+            within,
+            "records in Vault and in every node's files",
+            || async {
+                let org = self.stack.bao.kv2_get("secret", "ci/org").await?;
+                let team = if self.with_team {
+                    self.stack.bao.kv2_get("secret", "ci/team").await?
+                } else {
+                    Value::Null
+                };
+                for r in [&org, &team].into_iter().filter(|r| !r.is_null()) {
+                    if !self.stack.tfc.is_valid(r["token"].as_str()?) {
+                        return None;
+                    }
+                }
+                for n in self.nodes.iter().filter(|n| n.proc.is_some()) {
+                    if n.file("org.json")? != org {
+                        return None;
+                    }
+                    if self.with_team && n.file("team.json")? != team {
+                        return None;
+                    }
+                }
+                Some((org, team))
+            },
+        )
+        .await
+    }
+
+    fn assert_only_leader_called(&self, leader: usize) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i != leader {
+                assert_eq!(
+                    n.issuer_calls(),
+                    0,
+                    "{} is a standby and called the issuer",
+                    n.name
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_instances_one_minter_and_standbys_deliver_the_token_locally() {
+    let mut c = Cluster::new(3, true).await;
+    for i in 0..3 {
+        c.start(i, &[]).await;
+    }
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let (org, team) = c.settled(Duration::from_secs(30)).await;
+    assert_eq!(
+        c.creates(),
+        2,
+        "one create per token across three instances"
+    );
+    c.assert_only_leader_called(leader);
+    for (i, n) in c.nodes.iter().enumerate() {
+        let (code, body) = n.d().readyz().await;
+        assert_eq!(code, 200, "{}: {body}", n.name);
+        let role = if i == leader { "leader" } else { "standby" };
+        assert_eq!(body["role"], role, "{}", n.name);
+        let m = n.d().metrics().await;
+        assert_eq!(
+            metric(&m, "token_rotator_cluster_leader", &[]),
+            Some(if i == leader { 1.0 } else { 0.0 })
+        );
+        assert_eq!(
+            metric(&m, "token_rotator_token_ready", &[("token", "org")]),
+            Some(1.0),
+            "{}",
+            n.name
+        );
+    }
+    // A rotation asked of a standby is refused (it mints nothing); the leader's goes through and reaches every
+    // node's files.
+    let standby = (leader + 1) % 3;
+    let out = c
+        .stack
+        .cli(&["rotate", "org", "team"], &c.nodes[standby].policy, &[])
+        .await;
+    assert_ne!(out.code, 0, "a standby refuses to rotate");
+    assert!(out.stdout.contains("standby"), "{}", out.stdout);
+    let out = c
+        .stack
+        .cli(&["rotate", "org", "team"], &c.nodes[leader].policy, &[])
+        .await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let (org2, team2) = c.settled(Duration::from_secs(15)).await;
+    assert_ne!(org2["token_id"], org["token_id"]);
+    assert_ne!(team2["token_id"], team["token_id"]);
+    assert_eq!(c.creates(), 4);
+    c.assert_only_leader_called(leader);
+    // The old team token was revoked (grace 0s) by the leader alone; the old org token died with the create.
+    assert!(!c.stack.tfc.is_valid(team["token"].as_str().unwrap()));
+}
+
+/// The holder dies (`abort`, as `kill -9`) at each step of a rotation; a standby started next finishes it from
+/// the shared journal without a second create.
+#[tokio::test]
+async fn a_holder_killed_at_any_step_is_finished_by_a_standby_without_a_second_create() {
+    for step in [
+        "before-create",
+        "after-journal",
+        "after-sink-write",
+        "after-verify",
+    ] {
+        // One token: the failpoint stops the one rotation in flight, at exactly this step.
+        let mut c = Cluster::new(2, false).await;
+        let envs = c.stack.envs();
+        let mut envs: Vec<(&str, &str)> =
+            envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        envs.push(("TOKEN_ROTATOR_FAILPOINT", step));
+        c.nodes[0].proc =
+            Some(DaemonProc::spawned(&c.nodes[0].policy, c.nodes[0].port, &envs).await);
+        let code = c.nodes[0]
+            .proc
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(20))
+            .await;
+        assert_ne!(code, 0, "{step}: the holder died at its failpoint");
+        c.nodes[0].proc = None;
+        let dead_at = Instant::now();
+        let creates_before = c.creates();
+        assert_eq!(
+            creates_before,
+            usize::from(step != "before-create"),
+            "{step}"
+        );
+        c.start(1, &[]).await;
+        assert_eq!(c.leader(LEASE * 3).await, 1);
+        let took_over = dead_at.elapsed();
+        let (org, _) = c.settled(Duration::from_secs(20)).await;
+        assert_eq!(
+            c.creates(),
+            1,
+            "{step}: one create in all: the standby resumed the rotation, it did not mint again"
+        );
+        crate::harness::assert_valid_org_record(&c.stack.tfc, &org);
+        eprintln!("{step}: the standby took over {took_over:?} after the holder died");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_hands_the_lease_over_within_two_seconds_and_kill_9_within_a_lease_and_a_renewal() {
+    let mut c = Cluster::new(2, true).await;
+    c.start(0, &[]).await;
+    assert_eq!(c.leader(Duration::from_secs(10)).await, 0);
+    c.start(1, &[]).await;
+    c.settled(Duration::from_secs(30)).await;
+    assert_eq!(c.creates(), 2);
+
+    let sent = Instant::now();
+    c.nodes[0].d().signal("TERM");
+    let new = c.leader(Duration::from_secs(5)).await;
+    let handover = sent.elapsed();
+    assert_eq!(new, 1);
+    let code = c.nodes[0]
+        .proc
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(15))
+        .await;
+    assert_eq!(code, 0, "SIGTERM exits 0");
+    c.nodes[0].proc = None;
+    assert!(
+        handover < Duration::from_secs(2),
+        "SIGTERM hand-over took {handover:?}"
+    );
+    eprintln!("SIGTERM hand-over: {handover:?}");
+
+    c.start(0, &[]).await;
+    // The restarted node follows as a standby.
+    c.settled(Duration::from_secs(15)).await;
+    assert_eq!(c.nodes[0].role().await.as_deref(), Some("standby"));
+    let sent = Instant::now();
+    c.nodes[1].d().signal("KILL");
+    c.nodes[1].proc = None;
+    assert_eq!(c.leader(LEASE * 3).await, 0);
+    let takeover = sent.elapsed();
+    eprintln!("kill -9 take-over: {takeover:?}");
+    assert!(
+        takeover <= LEASE + LEASE / 3 + Duration::from_secs(1),
+        "kill -9 take-over took {takeover:?}"
+    );
+    assert_eq!(c.creates(), 2, "no token was minted for the hand-overs");
+    let transitions = metric(
+        &c.nodes[0].d().metrics().await,
+        "token_rotator_cluster_lease_transitions_total",
+        &[],
+    );
+    assert!(transitions >= Some(1.0), "{transitions:?}");
+}
+
+#[tokio::test]
+async fn a_holder_paused_past_its_lease_wakes_up_as_a_standby_and_calls_no_issuer() {
+    let mut c = Cluster::new(2, true).await;
+    c.start(0, &[]).await;
+    assert_eq!(c.leader(Duration::from_secs(10)).await, 0);
+    c.start(1, &[]).await;
+    c.settled(Duration::from_secs(30)).await;
+    c.nodes[0].d().signal("STOP");
+    // Node 0's /readyz does not answer while stopped: look at node 1 alone.
+    wait_for(LEASE * 3, "node 1 to take the lease", || async {
+        (c.nodes[1].role().await.as_deref() == Some("leader")).then_some(())
+    })
+    .await;
+    let out = c
+        .stack
+        .cli(&["rotate", "org", "team"], &c.nodes[1].policy, &[])
+        .await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let calls_before = c.nodes[0].issuer_calls();
+    c.nodes[0].d().signal("CONT");
+    // Whatever node 0 had due when it froze, it now finds its fence closed.
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(c.nodes[0].role().await.as_deref(), Some("standby"));
+    assert_eq!(
+        c.nodes[0].issuer_calls(),
+        calls_before,
+        "the woken holder called the issuer"
+    );
+    assert_eq!(
+        c.creates(),
+        4,
+        "two tokens, minted once each, then rotated once each by the new holder"
+    );
+    c.settled(Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn while_openbao_is_unreachable_the_holder_steps_down_and_mints_nothing() {
+    let mut c = Cluster::new(2, true).await;
+    c.start(0, &[]).await;
+    assert_eq!(c.leader(Duration::from_secs(10)).await, 0);
+    c.start(1, &[]).await;
+    c.settled(Duration::from_secs(30)).await;
+    let bao = c.stack.bao.pid();
+    signal_pid(bao, "STOP");
+    let stopped = Instant::now();
+    wait_for(LEASE * 2, "the holder to step down", || async {
+        (c.nodes[0].role().await.as_deref() == Some("standby")).then_some(())
+    })
+    .await;
+    let stepped_down = stopped.elapsed();
+    assert!(stepped_down <= LEASE, "stepped down after {stepped_down:?}");
+    let out = c
+        .stack
+        .cli(&["rotate", "org"], &c.nodes[0].policy, &[])
+        .await;
+    assert_ne!(out.code, 0, "no rotation without the lease");
+    tokio::time::sleep(LEASE).await;
+    assert_eq!(c.creates(), 2, "nothing minted while the store was away");
+    signal_pid(bao, "CONT");
+    let leader = c.leader(LEASE * 4).await;
+    let out = c
+        .stack
+        .cli(&["rotate", "org"], &c.nodes[leader].policy, &[])
+        .await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    c.settled(Duration::from_secs(20)).await;
+    assert_eq!(c.creates(), 3);
+    let m = c.nodes[leader].d().metrics().await;
+    assert_eq!(
+        metric(&m, "token_rotator_token_ready", &[("token", "org")]),
+        Some(1.0)
+    );
+}
