@@ -352,3 +352,6 @@ impl LeaseKeeper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
