@@ -232,3 +232,76 @@ fn keys_of_other_types_and_kinds_are_refused_where_they_would_do_nothing() {
     let e = errors(&GOOD.replace("type = \"organization\"", "type = \"org\""));
     assert_eq!(e.len(), 1, "{e:?}");
 }
+
+/// GOOD with a `[cluster]` table (`cluster` lines) and an extra sink table and token target.
+fn clustered(cluster: &str, extra: &str) -> String {
+    format!("{GOOD}\n{extra}\n[cluster]\n{cluster}\n")
+}
+
+#[test]
+fn cluster_table_reads_with_defaults_and_its_timings() {
+    let p = parse(
+        "p.toml",
+        Path::new("p.toml"),
+        &clustered("store = \"vault\"\npath = \"/token-rotator/prod/\"", ""),
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap();
+    let c = p.cluster.expect("cluster settings");
+    assert_eq!(c.path, "token-rotator/prod", "slashes trimmed");
+    assert_eq!(c.lease_duration, Duration::from_secs(15));
+    assert_eq!(c.renew_every(), Duration::from_secs(5));
+    assert_eq!(c.fence_after(), Duration::from_secs(10));
+    assert_eq!(c.identity, None);
+}
+
+#[test]
+fn cluster_problems_are_located() {
+    let files = "[sinks.files]\nkind = \"file\"\ndirectory = \"/tmp/f\"\n[sinks.old]\nkind = \"vault\"\naddress = \"http://127.0.0.1:8200\"\nkv_version = 1\nauth = { method = \"token\", token = { env = \"VAULT_TOKEN\" } }\n[tokens.local]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-1\"\nsinks = [{ sink = \"files\", path = \"t.json\" }]";
+    let cases: &[(&str, &str)] = &[
+        (
+            "store = \"files\"\npath = \"x\"",
+            "a `file` sink cannot hold the cluster lease",
+        ),
+        ("store = \"old\"\npath = \"x\"", "KV v1 lacks"),
+        ("store = \"nope\"\npath = \"x\"", "`store` names no sink"),
+        (
+            "store = \"vault\"\npath = \"a/../b\"",
+            "no empty, `.` or `..` segments",
+        ),
+        (
+            "store = \"vault\"\npath = \"x\"\nlease_duration = \"1s\"",
+            "between 3s and 10m",
+        ),
+        (
+            "store = \"vault\"\npath = \"x\"\nidentity = \"\"",
+            "`identity` must be 1 to 128",
+        ),
+        ("store = \"vault\"", "missing"),
+        ("store = \"vault\"\npath = \"x\"\nleader = true", "leader"),
+    ];
+    for (cluster, want) in cases {
+        let errs = errors(&clustered(cluster, files));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(want) && e.starts_with("p.toml:")),
+            "{cluster}: {errs:?}"
+        );
+    }
+    // A token that writes only to local files has no shared record for standbys to copy.
+    let errs = errors(&clustered("store = \"vault\"\npath = \"x\"", files));
+    let local: Vec<_> = errs
+        .iter()
+        .filter(|e| e.contains("[tokens.local] writes only to `file` sinks"))
+        .collect();
+    assert_eq!(local.len(), 1, "{errs:?}");
+    assert!(
+        local[0].starts_with("p.toml:30:"),
+        "at the token table: {}",
+        local[0]
+    );
+    // Without [cluster] the same token is fine.
+    let plain = format!("{GOOD}\n{files}\n");
+    assert!(errors(&plain).is_empty(), "{:?}", errors(&plain));
+}

@@ -398,6 +398,7 @@ fn exposition() -> String {
     ));
     metrics.init_token("ci-org");
     metrics.init_sink("vault");
+    metrics.cluster().leader.set(1.0);
     metrics
         .rotation_duration
         .with_label_values(&["tfc"])
