@@ -287,6 +287,17 @@ impl LeaseKeeper {
                             .write_lease(&self.lease_record(true), view.version)
                             .await
                         {
+                            Ok(v) if sent.elapsed() >= fence_after => {
+                                // Acknowledged too late to act on (a store failing over): not a leader yet; the
+                                // next look takes it again, as its own, with a fresh clock.
+                                tracing::warn!(after_ms = sent.elapsed().as_millis() as u64, "the store acknowledged the lease too late to act on it; taking it again");
+                                if !mine {
+                                    self.foreign_write();
+                                }
+                                own = Some(v);
+                                watched = None;
+                                continue;
+                            }
                             Ok(v) => {
                                 if !mine {
                                     self.foreign_write();

@@ -21,6 +21,11 @@ use crate::record::{MintedToken, SinkRecord};
 use crate::schedule;
 use crate::sink::{Sink, SinkError, SinkErrorKind, Version};
 
+/// The first wait before a read-back that lagged is read again, doubling up to [`READ_BACK_LAG_MAX`] (about 3.75 s
+/// of waiting in all).
+const READ_BACK_LAG: std::time::Duration = std::time::Duration::from_millis(250);
+const READ_BACK_LAG_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Rotator {
     /// Pushes the journaled token to every sink that lacks it, verifies it, schedules the old token's revocation,
     /// sweeps orphans, and closes the rotation.
@@ -268,14 +273,29 @@ impl Rotator {
                 }
                 return Err(e);
             }
-            let back = sink.read(&st.target).await?;
-            match back.record() {
-                Some(r) if r.same_as(record) => Ok(()),
-                _ => Err(SinkError {
-                    sink: st.sink.clone(),
-                    kind: SinkErrorKind::Mismatch,
-                    message: format!("read-back of {} does not match what was written", st.target),
-                }),
+            // A store may answer reads from a replica that lags the write it just acknowledged (OpenBao's standby
+            // nodes serve reads by default: https://openbao.org/docs/next/concepts/consistency/), so a read-back
+            // that shows the old value is read again a few times before the write counts as failed.
+            let mut lag = READ_BACK_LAG;
+            loop {
+                let back = sink.read(&st.target).await?;
+                match back.record() {
+                    Some(r) if r.same_as(record) => break Ok(()),
+                    _ if lag <= READ_BACK_LAG_MAX => {
+                        tokio::time::sleep(lag).await;
+                        lag *= 2;
+                    }
+                    _ => {
+                        break Err(SinkError {
+                            sink: st.sink.clone(),
+                            kind: SinkErrorKind::Mismatch,
+                            message: format!(
+                                "read-back of {} does not match what was written",
+                                st.target
+                            ),
+                        })
+                    }
+                }
             }
         }
         .await;
