@@ -305,10 +305,12 @@ const MUST_NOT: &[(&str, &[&str])] = &[
     ("issuer", &["sink", "rotation", "journal", "daemon"]),
     (
         "journal",
-        &["issuer", "sink", "rotation", "daemon", "status"],
+        &["issuer", "sink", "rotation", "daemon", "status", "cluster"],
     ),
     ("schedule", &["status", "rotation", "daemon"]),
-    ("rotation", &["daemon"]),
+    // The rotation never knows about the lease: the fence wraps the issuers and sinks it is handed.
+    ("rotation", &["daemon", "cluster"]),
+    ("cluster", &["rotation", "daemon"]),
     ("record", &["policy", "sink", "issuer"]),
 ];
 

@@ -19,7 +19,12 @@ const RUNBOOK_BASE: &str =
 
 /// SPEC §7, with each metric's type.
 /// Metrics the daemon exports beyond SPEC §7 (documented in the README too).
-const EXTRA_METRICS: &[(&str, &str)] = &[("token_rotator_window_missed_total", "counter")];
+const EXTRA_METRICS: &[(&str, &str)] = &[
+    ("token_rotator_window_missed_total", "counter"),
+    // SPEC §8.5, exported in cluster mode.
+    ("token_rotator_cluster_leader", "gauge"),
+    ("token_rotator_cluster_lease_transitions_total", "counter"),
+];
 
 const SPEC_METRICS: &[(&str, &str)] = &[
     ("token_rotator_token_expiry_timestamp_seconds", "gauge"),
