@@ -40,7 +40,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cluster",
         &[
-            "clock", "issuer", "journal", "metrics", "policy", "record", "secret", "sink", "status",
+            "clock", "http", "issuer", "journal", "metrics", "policy", "record", "secret", "sink",
+            "status",
         ],
     ),
     (

@@ -39,6 +39,10 @@ pub struct LeaseRecord {
     /// Wall-clock times, for people: instances compare versions, never these.
     pub renewed_at: DateTime<Utc>,
     pub lease_duration_s: u64,
+    /// Written at release: the holder's visits all finished (none aborted), so no request of it is still on its
+    /// way and the next holder need not wait out the quiet period.
+    #[serde(default)]
+    pub quiet: bool,
 }
 
 /// The lease as read: its record (`None`: never written or deleted) and its version (`0`: never written).
@@ -81,6 +85,9 @@ pub struct Fence {
     fence_after: Duration,
     held: Mutex<Option<(u64, Instant)>>,
     role: watch::Sender<Role>,
+    /// A new holder sends no issuer request before this: the previous holder's last requests may still be on
+    /// their way (each lives at most `http::REQUEST_TIMEOUT`).
+    quiet_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Fence {
@@ -102,7 +109,18 @@ impl Fence {
             fence_after,
             held: Mutex::new(None),
             role: watch::channel(Role::Standby).0,
+            quiet_until: Mutex::new(None),
         })
+    }
+
+    /// Until when a new holder holds its issuer requests back (`None`: not waiting).
+    pub fn quiet_until(&self) -> Option<Instant> {
+        let until = *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.filter(|u| *u > Instant::now())
+    }
+
+    fn set_quiet_until(&self, until: Option<Instant>) {
+        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
     }
 
     pub fn identity(&self) -> &str {
@@ -148,6 +166,9 @@ pub fn default_identity() -> String {
 
 /// The lease loop of one instance: acquire, renew, step down, release. Awaited by a task the daemon spawns.
 pub struct LeaseKeeper {
+    /// Set by the daemon before it stops the keeper: every visit finished (none aborted), so the release can say
+    /// the next holder need not wait ([`LeaseRecord::quiet`]).
+    pub drained: Arc<std::sync::atomic::AtomicBool>,
     pub store: Arc<dyn LeaseStore>,
     pub fence: Arc<Fence>,
     pub settings: ClusterSettings,
@@ -158,6 +179,9 @@ pub struct LeaseKeeper {
 
 /// How long a release at shutdown may take.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a holder that took the lease from another instance (which may have died with requests on their way)
+/// waits before its first issuer request: the longest an issuer request lives, and a second.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(crate::http::REQUEST_TIMEOUT.as_secs() + 1);
 
 impl LeaseKeeper {
     fn lease_record(&self, holder: bool) -> LeaseRecord {
@@ -165,6 +189,7 @@ impl LeaseKeeper {
             holder: holder.then(|| self.fence.identity.clone()),
             renewed_at: crate::clock::now(),
             lease_duration_s: self.settings.lease_duration.as_secs(),
+            quiet: !holder && self.drained.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 
@@ -173,6 +198,14 @@ impl LeaseKeeper {
         let before = self.fence.role();
         if role == Role::Standby {
             self.fence.set_held(None);
+            if before == Role::Leader {
+                // A standby holds no journal write: the next holder (maybe another instance) owns the entries, and
+                // one of these written later would roll them back. A value held only here was never stored
+                // anywhere; the durable `minting` entry makes the next holder sweep or mint again, as after a crash.
+                for token in self.journal.drop_held() {
+                    tracing::warn!(token = %token, "dropping a journal write held in memory: this instance no longer holds the lease");
+                }
+            }
         }
         self.board.set_role(role.as_str());
         let m = self.metrics.cluster();
@@ -268,6 +301,8 @@ impl LeaseKeeper {
                     let mine = holder.as_deref() == Some(self.fence.identity.as_str())
                         && own == Some(view.version);
                     let free = holder.is_none();
+                    // Released with every request of the old holder finished: no need to wait before acting.
+                    let quiet = free && view.record.as_ref().is_some_and(|r| r.quiet);
                     if !mine && own.is_some_and(|v| v != view.version) {
                         // Someone wrote after us.
                         own = None;
@@ -301,6 +336,14 @@ impl LeaseKeeper {
                             Ok(v) => {
                                 if !mine {
                                     self.foreign_write();
+                                }
+                                // Another instance held it and may have left requests on their way (SPEC §8.1: a
+                                // create in flight from the old holder must not meet one from the new).
+                                let wait = !(mine || quiet || view.record.is_none());
+                                self.fence
+                                    .set_quiet_until(wait.then(|| Instant::now() + QUIET_PERIOD));
+                                if wait {
+                                    tracing::info!(quiet_s = QUIET_PERIOD.as_secs(), "taking over from another instance: no issuer request before the previous holder's last ones have run out");
                                 }
                                 own = Some(v);
                                 watched = None;

@@ -103,6 +103,7 @@ fn instance(store: &Arc<Store>, i: usize, lease: Duration) -> Instance {
     let s = settings(lease);
     let fence = Fence::new(format!("node-{i}"), s.fence_after());
     let keeper = LeaseKeeper {
+        drained: Default::default(),
         store: client.clone(),
         fence: fence.clone(),
         settings: s,

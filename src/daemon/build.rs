@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::cluster::fenced::{FencedIssuer, FencedSink};
+use crate::cluster::fenced::{FencedExchange, FencedSink};
 use crate::cluster::{vault::VaultCoord, Fence};
 use crate::issuer::{self, api::Exchange, api::HttpExchange, api::IssuerDeps};
 use crate::journal::{DiskStore, Journal, JournalError, JournalKey};
@@ -154,6 +154,14 @@ pub async fn build_rotator(policy: &Policy, shared: &Shared) -> Rotator {
     for (name, cfg) in &policy.issuers {
         let built = match resolve_credential(&cfg.token, &rotator.sinks).await {
             Ok(cred) => shared.backends.exchange(cfg).and_then(|exchange| {
+                // Cluster mode: every request to the issuer asks the fence first.
+                let exchange: Arc<dyn Exchange> = match &shared.fence {
+                    Some(fence) => Arc::new(FencedExchange {
+                        inner: exchange,
+                        fence: fence.clone(),
+                    }),
+                    None => exchange,
+                };
                 let deps = IssuerDeps {
                     exchange,
                     pacers: shared.pacers.get(name, cfg.requests_per_second),
@@ -162,13 +170,6 @@ pub async fn build_rotator(policy: &Policy, shared: &Shared) -> Rotator {
                 issuer::build(cfg, cred, deps).map_err(|e| e.message)
             }),
             Err(why) => Err(format!("credential {}: {why}", cfg.token)),
-        };
-        let built = match (&shared.fence, built) {
-            (Some(fence), Ok(inner)) => Ok(Arc::new(FencedIssuer {
-                inner,
-                fence: fence.clone(),
-            }) as Arc<dyn issuer::Issuer>),
-            (_, built) => built,
         };
         if let Err(why) = &built {
             tracing::error!(issuer = %name, error = %why, "issuer is unusable; its tokens will fail");

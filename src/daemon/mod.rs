@@ -86,8 +86,10 @@ pub async fn run(
     };
     // The lease is kept until the loop has let in-flight rotations reach a journaled state; then released.
     let lease_stop = CancellationToken::new();
+    let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lease = cluster.map(|(store, fence, settings)| {
         let keeper = LeaseKeeper {
+            drained: drained.clone(),
             store,
             fence,
             settings,
@@ -158,6 +160,7 @@ pub async fn run(
         )
         .await;
     if let Some(l) = lease {
+        drained.store(d.drained(), std::sync::atomic::Ordering::SeqCst);
         lease_stop.cancel();
         let _ = l.await;
     }

@@ -132,6 +132,8 @@ pub struct Daemon {
     /// A reload's issuers and sinks being built (off the loop, so that completions, `rotate` and shutdown are
     /// served meanwhile); a newer reload replaces it.
     building: Option<tokio::task::JoinHandle<(Policy, Rotator)>>,
+    /// Shutdown had to abort visits still running after `SHUTDOWN_GRACE` (their requests may still be on their way).
+    aborted_visits: bool,
 }
 
 impl Drop for Daemon {
@@ -445,6 +447,7 @@ impl Daemon {
                     s.last_error = None;
                     s.next_due = due.at;
                     s.next_reason = due.reason.to_string();
+                    s.pending.clone_from(&t.unready);
                 });
             }
             Err(f) => {
@@ -504,6 +507,7 @@ impl Daemon {
             cursor: 0,
             failed: false,
             building: None,
+            aborted_visits: false,
         };
         for t in &tokens {
             d.register(t, now);
@@ -514,6 +518,11 @@ impl Daemon {
 
     pub fn token_count(&self) -> usize {
         self.slots.len()
+    }
+
+    /// After `run_loop`: every visit finished by itself (none was aborted at shutdown).
+    pub fn drained(&self) -> bool {
+        !self.aborted_visits
     }
 
     /// The loop, until `cancel` (then in-flight visits get `SHUTDOWN_GRACE` to reach a journaled state) or, with
@@ -582,6 +591,7 @@ impl Daemon {
             if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
                 tracing::warn!("in-flight rotations did not finish within 10s; the journal resumes them at the next start");
                 self.tasks.abort_all();
+                self.aborted_visits = true;
             }
         }
         // Journal writes that failed are held in memory: the last chance to make them durable.

@@ -410,7 +410,9 @@ impl Journal {
     /// Forgets every entry held after a failed write, returning their tokens. For an instance that lost the
     /// cluster lease: the store's entries are the new holder's now, and writing a held one would roll them back.
     pub fn drop_held(&self) -> Vec<String> {
-        lock(&self.held).drain().map(|(token, _)| token).collect()
+        let mut tokens: Vec<String> = lock(&self.held).drain().map(|(token, _)| token).collect();
+        tokens.sort();
+        tokens
     }
 
     /// Writes the entry held after a failed write, if any. `Ok` means the stored entry is the newest one.
@@ -428,7 +430,9 @@ impl Journal {
     /// Writes every held entry (a token a reload removed has no next visit to do it; an exit must not drop one).
     /// Returns the tokens whose entry is still only in memory, with why.
     pub async fn flush_all(&self) -> Vec<(String, JournalError)> {
-        let tokens: Vec<String> = lock(&self.held).keys().cloned().collect();
+        // In name order: the same run writes in the same order (the simulation replays a seed exactly).
+        let mut tokens: Vec<String> = lock(&self.held).keys().cloned().collect();
+        tokens.sort();
         let mut failed = Vec::new();
         for token in tokens {
             let _visit = self.visit(&token).await;

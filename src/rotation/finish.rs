@@ -171,6 +171,7 @@ impl Rotator {
             rotated: true,
             wake_at: super::cleanup::wake_time(&entry, now),
             followed: false,
+            unready: None,
         })
     }
 

@@ -95,6 +95,17 @@ impl Rotator {
         let sinks = self.sinks_of(token)?;
         let observed = self.observe(token, &sinks).await?;
         let leveled = self.level_local(token, &sinks, &observed).await;
+        // The shared journal says what the holder is doing: a singleton it is replacing may already be dead at the
+        // issuer (SPEC §5.10), and a token it no longer trusts is not ready here either.
+        let entry = self.journal.load(&token.name).await?;
+        let unready = entry.and_then(|e| match (&e.must_rotate, &e.rotation) {
+            (Some(why), _) => Some(format!("the lease holder will replace this token: {why}")),
+            (None, Some(_)) if token.kind.is_singleton() => Some(
+                "the lease holder is replacing this token at the issuer; the stored value may already be dead"
+                    .to_string(),
+            ),
+            _ => None,
+        });
         if !leveled.errors.is_empty() {
             return Err(Failure {
                 error: AttemptError::Sinks(SinkFailures(leveled.errors)),
@@ -114,6 +125,7 @@ impl Rotator {
             rotated: false,
             wake_at: Some(now + TimeDelta::from_std(FOLLOW_EVERY).unwrap_or(TimeDelta::MAX)),
             followed: true,
+            unready,
         })
     }
 }

@@ -63,6 +63,8 @@ pub struct Tended {
     pub wake_at: Option<DateTime<Utc>>,
     /// A standby's visit (`follow`): the next one is at `wake_at`, whatever `due` says (the holder rotates).
     pub followed: bool,
+    /// Why the token is not ready whatever its records say (a standby that sees the holder replacing a singleton).
+    pub unready: Option<String>,
 }
 
 /// What `plan` shows of one token.
@@ -321,6 +323,7 @@ impl Rotator {
                 rotated: false,
                 wake_at: cleanup::wake_time(&entry, now),
                 followed: false,
+                unready: None,
             });
         }
         let why = forced.unwrap_or_else(|| {

@@ -15,6 +15,7 @@
 //! `SIM_SEED=<n> SIM_LOG=1 cargo test --test sim replay -- --ignored --nocapture`.
 //! `SIM_SEEDS` (default 1000) and `SIM_FIRST` (default 0) choose the seeds of the main test.
 
+mod cluster;
 mod faults;
 mod rules;
 mod sinks;
@@ -165,10 +166,19 @@ struct Incarnation {
     task: JoinHandle<()>,
     control: mpsc::Sender<Control>,
     rotate: mpsc::Sender<token_rotator::daemon::control::RotateRequest>,
+    /// In cluster mode: this engine's fence, partition switch and lease keeper.
+    member: Option<cluster::Member>,
+    live: Live,
 }
 
 fn start_daemon(world: &Arc<World>) -> Incarnation {
-    let journal = Arc::new(Journal::new(world.store.clone()));
+    let inc = start_engine(world, None);
+    world.set_live(Some(inc.live.clone()));
+    inc
+}
+
+/// A daemon; in cluster mode (`Some((cell, index))`) one engine of two, over the shared lease and journal.
+fn start_engine(world: &Arc<World>, cluster: Option<(&Arc<cluster::LeaseCell>, usize)>) -> Incarnation {
     let board = StatusBoard::new();
     for t in world.policy.tokens.values() {
         board.add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
@@ -176,12 +186,22 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
     let (control, control_rx) = mpsc::channel(16);
     let (rotate, rotate_rx) = mpsc::channel(4);
     let metrics = Arc::new(Metrics::new());
-    world.set_live(Some(Live {
+    let mut member = cluster.map(|(cell, index)| {
+        cluster::Member::join(world, cell, index, metrics.clone(), board.clone())
+    });
+    let journal = match &member {
+        Some(m) => m.journal.clone(),
+        None => Arc::new(Journal::new(world.store.clone())),
+    };
+    let live = Live {
         journal: journal.clone(),
         board: board.clone(),
         control: control.clone(),
         metrics: metrics.clone(),
-    }));
+    };
+    if let Some(m) = member.as_mut() {
+        m.watch(world, live.clone());
+    }
     let shared = Shared {
         journal,
         metrics,
@@ -190,7 +210,7 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
             world: world.clone(),
         }),
         board: Some(board.clone()),
-        fence: None,
+        fence: member.as_ref().map(|m| m.fence.clone()),
     };
     let policy = world.policy.clone();
     let task = tokio::spawn(async move {
@@ -209,6 +229,8 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
         task,
         control,
         rotate,
+        member,
+        live,
     }
 }
 
@@ -217,8 +239,23 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
 async fn crash(world: &World, inc: Incarnation) {
     world.set_live(None);
     world.lock().facts.crashes.push(world::world_now());
+    if let Some(m) = &inc.member {
+        m.kill();
+    }
     inc.task.abort();
     let _ = inc.task.await;
+}
+
+/// The world's checks look at the daemon, or in cluster mode at the engine holding the lease: its journal's held
+/// writes are the ones that count, and its board is the authoritative one (a standby's view of the records lags by
+/// up to `FOLLOW_EVERY`; while nobody holds the lease nothing is checked against a board).
+fn show_live(world: &World, engines: &[Option<Incarnation>]) {
+    let live = engines.iter().flatten().find(|i| {
+        i.member
+            .as_ref()
+            .is_none_or(|m| m.fence.role() == token_rotator::cluster::Role::Leader)
+    });
+    world.set_live(live.map(|i| i.live.clone()));
 }
 
 enum Event {
@@ -240,6 +277,50 @@ enum Event {
     Jump {
         by: TimeDelta,
     },
+    /// Cluster mode: an engine loses the lease store and the shared journal for a while.
+    Partition {
+        engine: usize,
+        heal_after: Duration,
+    },
+}
+
+/// Cluster mode: partitions of either engine, merged into the events (drawn after them, so a seed's other events
+/// are those of the single-engine run).
+fn plan_partitions(world: &World, events: &mut Vec<(Duration, Event)>) {
+    let mut inner = world.lock();
+    let rng = inner.faults.rng();
+    let mut at = Duration::ZERO;
+    loop {
+        at += Duration::from_millis(rng.random_range(20_000..240_000));
+        if at >= FAULT_PHASE {
+            break;
+        }
+        events.push((
+            at,
+            Event::Partition {
+                engine: rng.random_range(0..2),
+                heal_after: Duration::from_millis(rng.random_range(1_000..60_000)),
+            },
+        ));
+    }
+    events.sort_by_key(|(at, _)| *at);
+}
+
+/// Cluster mode: never two fences open at once (SPEC §8.1).
+fn check_fences(world: &World, engines: &[Option<Incarnation>]) {
+    let open: Vec<usize> = engines
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            e.as_ref()
+                .and_then(|e| e.member.as_ref())
+                .is_some_and(|m| m.fence.check().is_ok())
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if open.len() > 1 {
+        world.violate(format!("the fences of engines {open:?} are open at once"));
+    }
 }
 
 fn plan_events(faults: &mut Faults, names: &[String]) -> Vec<(Duration, Event)> {
@@ -511,11 +592,21 @@ fn settled(world: &World) -> bool {
         && live.board.snapshot().iter().all(|s| s.is_ready(now))
 }
 
-async fn simulate(seed: u64, log: &Captured) -> Outcome {
+async fn simulate(seed: u64, log: &Captured, clustered: bool) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let (world, events) = build_world(seed, dir.path());
+    let (world, mut events) = build_world(seed, dir.path());
     let start = tokio::time::Instant::now();
-    let mut daemon = Some(start_daemon(&world));
+    let cell = Arc::new(cluster::LeaseCell::default());
+    let mut engines: Vec<Option<Incarnation>> = if clustered {
+        plan_partitions(&world, &mut events);
+        vec![
+            Some(start_engine(&world, Some((&cell, 0)))),
+            Some(start_engine(&world, Some((&cell, 1)))),
+        ]
+    } else {
+        vec![Some(start_engine(&world, None))]
+    };
+    show_live(&world, &engines);
     let mut events = events.into_iter().peekable();
     let mut next_tick = TICK;
     let mut settled_after = None;
@@ -538,11 +629,24 @@ async fn simulate(seed: u64, log: &Captured) -> Outcome {
             let (_, event) = events.next().unwrap();
             match event {
                 Event::Crash { down } => {
-                    if let Some(inc) = daemon.take() {
+                    let i = world.lock().faults.rng().random_range(0..engines.len());
+                    if let Some(inc) = engines[i].take() {
                         crash(&world, inc).await;
                     }
+                    show_live(&world, &engines);
                     tokio::time::sleep(down).await;
-                    daemon = Some(start_daemon(&world));
+                    engines[i] = Some(start_engine(&world, clustered.then_some((&cell, i))));
+                    show_live(&world, &engines);
+                }
+                Event::Partition { engine, heal_after } => {
+                    if let Some(m) = engines[engine].as_ref().and_then(|e| e.member.as_ref()) {
+                        let cut = m.cut.clone();
+                        cut.store(true, std::sync::atomic::Ordering::SeqCst);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(heal_after).await;
+                            cut.store(false, std::sync::atomic::Ordering::SeqCst);
+                        });
+                    }
                 }
                 Event::Reload { drop, back_after } => {
                     if let Some(name) = &drop {
@@ -552,14 +656,16 @@ async fn simulate(seed: u64, log: &Captured) -> Outcome {
                             .nudged_at
                             .insert(name.clone(), world::world_now());
                     }
-                    if let Some(inc) = &daemon {
-                        let first = match &drop {
-                            Some(name) => world.policy_without[name].clone(),
-                            None => world.policy.clone(),
-                        };
-                        let _ = inc.control.send(Control::Reload(Box::new(first))).await;
-                        if drop.is_some() {
-                            tokio::time::sleep(back_after).await;
+                    let first = match &drop {
+                        Some(name) => world.policy_without[name].clone(),
+                        None => world.policy.clone(),
+                    };
+                    for inc in engines.iter().flatten() {
+                        let _ = inc.control.send(Control::Reload(Box::new(first.clone()))).await;
+                    }
+                    if drop.is_some() {
+                        tokio::time::sleep(back_after).await;
+                        for inc in engines.iter().flatten() {
                             let full = world.policy.clone();
                             let _ = inc.control.send(Control::Reload(Box::new(full))).await;
                         }
@@ -573,12 +679,13 @@ async fn simulate(seed: u64, log: &Captured) -> Outcome {
                         .facts
                         .nudged_at
                         .insert(token.clone(), world::world_now());
-                    if let Some(inc) = &daemon {
+                    // Asked of every engine: a standby refuses, the holder rotates.
+                    for inc in engines.iter().flatten() {
                         let (reply, _answer) = tokio::sync::oneshot::channel();
                         let _ = inc
                             .rotate
                             .send(token_rotator::daemon::control::RotateRequest {
-                                tokens: vec![token],
+                                tokens: vec![token.clone()],
                                 all: false,
                                 reply,
                             })
@@ -586,10 +693,12 @@ async fn simulate(seed: u64, log: &Captured) -> Outcome {
                     }
                 }
             }
+            check_fences(&world, &engines);
             world.check_step();
             continue;
         }
         next_tick += TICK;
+        check_fences(&world, &engines);
         world.check_step();
         let picks_up = elapsed >= FAULT_PHASE || world.lock().faults.rng().random_bool(0.03);
         if picks_up {
@@ -627,7 +736,7 @@ async fn simulate(seed: u64, log: &Captured) -> Outcome {
         }
     }
     world.check_shown(&log.text());
-    if let Some(inc) = daemon.take() {
+    for inc in engines.iter_mut().filter_map(Option::take) {
         crash(&world, inc).await;
     }
     let inner = world.lock();
@@ -679,6 +788,11 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
 
 /// Runs one seed on its own single-threaded runtime with a paused clock; returns the outcome and the log.
 fn run_seed_logged(seed: u64) -> (Outcome, String) {
+    run_seed_logged_as(seed, false)
+}
+
+/// [`run_seed_logged`], with two engines in cluster mode when `clustered`.
+fn run_seed_logged_as(seed: u64, clustered: bool) -> (Outcome, String) {
     let log = Captured::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -703,7 +817,7 @@ fn run_seed_logged(seed: u64) -> (Outcome, String) {
             move || base + TimeDelta::from_std(start.elapsed()).unwrap(),
             seed ^ 0xe1u64,
         );
-        simulate(seed, &log).await
+        simulate(seed, &log, clustered).await
     });
     (outcome, log.text())
 }
@@ -712,8 +826,9 @@ fn run_seed(seed: u64) -> Outcome {
     run_seed_logged(seed).0
 }
 
-fn replay_command(seed: u64) -> String {
-    format!("SIM_SEED={seed} SIM_LOG=1 cargo test --test sim replay -- --ignored --nocapture")
+fn replay_command(seed: u64, clustered: bool) -> String {
+    let cluster = if clustered { "SIM_CLUSTER=1 " } else { "" };
+    format!("{cluster}SIM_SEED={seed} SIM_LOG=1 cargo test --test sim replay -- --ignored --nocapture")
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -725,8 +840,24 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[test]
 fn thousands_of_seeded_fault_schedules_keep_every_invariant() {
-    let first = env_u64("SIM_FIRST", 0);
-    let count = env_u64("SIM_SEEDS", 1000);
+    run_many(
+        env_u64("SIM_FIRST", 0),
+        env_u64("SIM_SEEDS", 1000),
+        false,
+    );
+}
+
+/// Cluster mode (SPEC §8): two engines, one lease store and shared journal, partitions and crashes of either.
+#[test]
+fn two_engines_over_one_store_keep_every_invariant_and_one_minter() {
+    run_many(
+        env_u64("SIM_FIRST", 0),
+        env_u64("SIM_CLUSTER_SEEDS", 100),
+        true,
+    );
+}
+
+fn run_many(first: u64, count: u64, clustered: bool) {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -738,7 +869,7 @@ fn thousands_of_seeded_fault_schedules_keep_every_invariant() {
                 s.spawn(move || {
                     (first..first + count)
                         .filter(|seed| seed % threads == t)
-                        .map(|seed| (seed, run_seed(seed)))
+                        .map(|seed| (seed, run_seed_logged_as(seed, clustered).0))
                         .collect::<Vec<_>>()
                 })
             })
@@ -758,8 +889,9 @@ fn thousands_of_seeded_fault_schedules_keep_every_invariant() {
         .filter_map(|(_, o)| o.settled_after)
         .max()
         .unwrap_or_default();
+    let mode = if clustered { " (two engines)" } else { "" };
     eprintln!(
-        "simulated {count} seeds ({first}..{}) in {:.1}s: {requests} issuer requests, settled within {} min after the faults",
+        "simulated {count} seeds{mode} ({first}..{}) in {:.1}s: {requests} issuer requests, settled within {} min after the faults",
         first + count,
         started.elapsed().as_secs_f64(),
         slowest.as_secs() / 60
@@ -768,15 +900,15 @@ fn thousands_of_seeded_fault_schedules_keep_every_invariant() {
         eprintln!(
             "seed {seed}: {}\n  replay: {}",
             o.violation.as_deref().unwrap_or(""),
-            replay_command(*seed)
+            replay_command(*seed, clustered)
         );
     }
     assert!(
         failures.is_empty(),
-        "{} of {count} seeds broke an invariant (first: seed {}); replay with: {}",
+        "{} of {count} seeds{mode} broke an invariant (first: seed {}); replay with: {}",
         failures.len(),
         failures[0].0,
-        replay_command(failures[0].0)
+        replay_command(failures[0].0, clustered)
     );
 }
 
@@ -795,7 +927,7 @@ fn a_seed_replays_exactly() {
 #[ignore = "replays the seed in SIM_SEED"]
 fn replay() {
     let seed = env_u64("SIM_SEED", 0);
-    let (outcome, log) = run_seed_logged(seed);
+    let (outcome, log) = run_seed_logged_as(seed, std::env::var_os("SIM_CLUSTER").is_some());
     if std::env::var_os("SIM_LOG").is_some() {
         eprintln!("{log}");
     }

@@ -1,0 +1,246 @@
+//! Cluster mode in the simulation (SPEC §8): two engines — each the real scheduler, rotator and journal behind its
+//! own fence and lease keeper — over one lease store, one shared journal (with check-and-set per entry, as
+//! `cluster::VaultCoord` keeps it in KV v2) and the same issuers and sinks. Partitions cut one engine off the lease
+//! store and the shared journal for a while; crashes kill one engine and start it again. Besides the world's
+//! invariants (one create per token in flight across both engines, nothing revoked that a sink holds, nothing
+//! minted lost unless its holder died or lost the lease before it was durable), the two fences are never open at
+//! once.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use token_rotator::cluster::{Fence, LeaseKeeper, LeaseRecord, LeaseStore, LeaseView, Role};
+use token_rotator::journal::{EntryStore, Journal, MemoryStore};
+use token_rotator::policy::ClusterSettings;
+use token_rotator::sink::{SinkError, SinkErrorKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::world::World;
+
+/// The lease record and its version: the coordination store both engines share.
+#[derive(Default)]
+pub struct LeaseCell {
+    lease: Mutex<(Option<LeaseRecord>, u64)>,
+    /// The version of each journal entry (check-and-set), kept next to the entries in `World::store`.
+    entry_versions: Mutex<HashMap<String, u64>>,
+}
+
+/// One engine's connection to the coordination store; `cut` is a partition.
+pub struct Link {
+    cell: Arc<LeaseCell>,
+    store: Arc<MemoryStore>,
+    cut: Arc<AtomicBool>,
+    fence: Arc<Fence>,
+    /// Entry versions as this engine last saw them.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Link")
+    }
+}
+
+fn unreachable() -> SinkError {
+    SinkError::new("store", SinkErrorKind::Unavailable, "partitioned")
+}
+
+impl Link {
+    fn cut(&self) -> io::Result<()> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "partitioned"));
+        }
+        Ok(())
+    }
+
+    fn version(&self, token: &str) -> u64 {
+        self.cell
+            .entry_versions
+            .lock()
+            .unwrap()
+            .get(token)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Check-and-set on the version this engine last saw, then `write` (which may fail: nothing changes).
+    async fn put(
+        &self,
+        token: &str,
+        write: impl std::future::Future<Output = io::Result<()>>,
+    ) -> io::Result<()> {
+        self.cut()?;
+        self.fence
+            .check()
+            .map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, why))?;
+        let current = self.version(token);
+        let expected = self.seen.lock().unwrap().get(token).copied();
+        if expected.is_some_and(|e| e != current) {
+            self.seen.lock().unwrap().remove(token);
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "check-and-set: written by another engine",
+            ));
+        }
+        write.await?;
+        let next = current + 1;
+        self.cell
+            .entry_versions
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), next);
+        self.seen.lock().unwrap().insert(token.to_string(), next);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EntryStore for Link {
+    async fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
+        self.cut()?;
+        let version = self.version(token);
+        self.seen.lock().unwrap().insert(token.to_string(), version);
+        self.store.read(token).await
+    }
+
+    async fn write(&self, token: &str, bytes: Vec<u8>) -> io::Result<()> {
+        self.put(token, self.store.write(token, bytes)).await
+    }
+
+    async fn remove(&self, token: &str) -> io::Result<()> {
+        self.put(token, self.store.remove(token)).await
+    }
+
+    fn location(&self, token: &str) -> String {
+        format!("shared:{token}")
+    }
+}
+
+#[async_trait]
+impl LeaseStore for Link {
+    async fn read_lease(&self) -> Result<LeaseView, SinkError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(unreachable());
+        }
+        let l = self.cell.lease.lock().unwrap();
+        Ok(LeaseView {
+            record: l.0.clone(),
+            version: l.1,
+        })
+    }
+
+    async fn write_lease(&self, record: &LeaseRecord, cas: u64) -> Result<u64, SinkError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(unreachable());
+        }
+        let mut l = self.cell.lease.lock().unwrap();
+        if l.1 != cas {
+            return Err(SinkError::new("store", SinkErrorKind::Conflict, "cas"));
+        }
+        *l = (Some(record.clone()), l.1 + 1);
+        Ok(l.1)
+    }
+
+    fn forget_versions(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+/// The cluster settings of the simulation: a short lease, so that hand-overs happen often.
+pub fn settings() -> ClusterSettings {
+    ClusterSettings {
+        store: "kv-a".into(),
+        path: "sim".into(),
+        lease_duration: std::time::Duration::from_secs(6),
+        identity: None,
+    }
+}
+
+/// What one engine adds to a single daemon: its fence, its link (with the partition switch) and its lease keeper.
+pub struct Member {
+    pub fence: Arc<Fence>,
+    pub cut: Arc<AtomicBool>,
+    pub journal: Arc<Journal>,
+    keeper: tokio::task::JoinHandle<()>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Member {
+    /// An engine's membership: a fence, a link to `cell`, the journal over it, and its lease keeper (started).
+    pub fn join(
+        world: &Arc<World>,
+        cell: &Arc<LeaseCell>,
+        index: usize,
+        metrics: Arc<token_rotator::metrics::Metrics>,
+        board: token_rotator::status::StatusBoard,
+    ) -> Member {
+        let s = settings();
+        let fence = Fence::new(format!("engine-{index}"), s.fence_after());
+        let cut = Arc::new(AtomicBool::new(false));
+        let link = Arc::new(Link {
+            cell: cell.clone(),
+            store: world.store.clone(),
+            cut: cut.clone(),
+            fence: fence.clone(),
+            seen: Mutex::new(HashMap::new()),
+        });
+        let journal = Arc::new(Journal::new(link.clone()));
+        let keeper = LeaseKeeper {
+            drained: Default::default(),
+            store: link,
+            fence: fence.clone(),
+            settings: s,
+            journal: journal.clone(),
+            metrics,
+            board,
+        };
+        let stop = CancellationToken::new();
+        let keeper = {
+            let stop = stop.clone();
+            tokio::spawn(async move { keeper.run(stop).await })
+        };
+        Member {
+            fence,
+            cut,
+            journal,
+            keeper,
+            watcher: None,
+            stop,
+        }
+    }
+
+    /// Follows this engine's role: a new holder is, for the rules about what a restart may do (mint again after
+    /// an ambiguous create, lose a value not yet durable), a new process; and the world's checks look at the
+    /// holder (`live`), the moment it takes over, and at no board while nobody holds the lease.
+    pub fn watch(&mut self, world: &Arc<World>, live: crate::world::Live) {
+        let mut role = self.fence.subscribe();
+        let world = Arc::downgrade(world);
+        let journal = live.journal.clone();
+        self.watcher = Some(tokio::spawn(async move {
+            while role.changed().await.is_ok() {
+                let Some(w) = world.upgrade() else {
+                    return;
+                };
+                if *role.borrow() == Role::Leader {
+                    w.lock().facts.crashes.push(crate::world::world_now());
+                    w.set_live(Some(live.clone()));
+                } else if w.live().is_some_and(|l| Arc::ptr_eq(&l.journal, &journal)) {
+                    w.set_live(None);
+                }
+            }
+        }));
+    }
+
+    /// `kill -9`: no release.
+    pub fn kill(&self) {
+        self.keeper.abort();
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        self.stop.cancel();
+    }
+}
