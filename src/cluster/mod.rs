@@ -25,7 +25,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::policy::ClusterSettings;
 use crate::sink::{SinkError, SinkErrorKind};
@@ -36,6 +35,9 @@ use crate::status::StatusBoard;
 pub struct LeaseRecord {
     /// The holder's identity; `None` once released (SIGTERM): a standby takes it at once.
     pub holder: Option<String>,
+    /// A random nonce of the writing process: a process restarted with the same identity is another instance.
+    #[serde(default)]
+    pub instance: Option<String>,
     /// Wall-clock times, for people: instances compare versions, never these.
     pub renewed_at: DateTime<Utc>,
     pub lease_duration_s: u64,
@@ -59,8 +61,6 @@ pub trait LeaseStore: Send + Sync {
     /// Writes `record` if the lease is still at version `cas`; returns the new version. A mismatch is a
     /// [`SinkErrorKind::Conflict`] and writes nothing.
     async fn write_lease(&self, record: &LeaseRecord, cas: u64) -> Result<u64, SinkError>;
-    /// Another instance wrote to the store: versions remembered for the journal entries may be stale.
-    fn forget_versions(&self) {}
 }
 
 /// This instance's role.
@@ -82,6 +82,8 @@ impl Role {
 /// Whether this instance may act now: the lease version it holds and when its last renewal was sent.
 pub struct Fence {
     identity: String,
+    /// This process's nonce in the lease record.
+    instance: String,
     fence_after: Duration,
     held: Mutex<Option<(u64, Instant)>>,
     role: watch::Sender<Role>,
@@ -106,6 +108,7 @@ impl Fence {
     pub fn new(identity: String, fence_after: Duration) -> Arc<Fence> {
         Arc::new(Fence {
             identity,
+            instance: format!("{:016x}", crate::clock::random_u64()),
             fence_after,
             held: Mutex::new(None),
             role: watch::channel(Role::Standby).0,
@@ -128,7 +131,7 @@ impl Fence {
     }
 
     /// The lease version this instance holds, while its last renewal was sent less than `2/3 × lease_duration`
-    /// ago. Checked before every issuer call, shared-sink write and journal write.
+    /// ago. Checked before every issuer request and every shared-sink write.
     pub fn check(&self) -> Result<u64, &'static str> {
         match self.held() {
             Some((version, renewed)) if renewed.elapsed() < self.fence_after => Ok(version),
@@ -172,9 +175,31 @@ pub struct LeaseKeeper {
     pub store: Arc<dyn LeaseStore>,
     pub fence: Arc<Fence>,
     pub settings: ClusterSettings,
-    pub journal: Arc<Journal>,
     pub metrics: Arc<Metrics>,
     pub board: StatusBoard,
+}
+
+/// A standby's warnings about the store: the first at once, then at most one a minute while it lasts (the runbook
+/// greps for them; one a second would drown everything else).
+#[derive(Default)]
+struct Complaints {
+    last: Option<Instant>,
+}
+
+impl Complaints {
+    fn note(&mut self, what: &str, error: &str) {
+        if self
+            .last
+            .is_none_or(|l| l.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(error = %error, "{what}");
+            self.last = Some(Instant::now());
+        }
+    }
+
+    fn clear(&mut self) {
+        self.last = None;
+    }
 }
 
 /// How long a release at shutdown may take.
@@ -187,25 +212,26 @@ impl LeaseKeeper {
     fn lease_record(&self, holder: bool) -> LeaseRecord {
         LeaseRecord {
             holder: holder.then(|| self.fence.identity.clone()),
+            instance: Some(self.fence.instance.clone()),
             renewed_at: crate::clock::now(),
             lease_duration_s: self.settings.lease_duration.as_secs(),
             quiet: !holder && self.drained.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 
-    /// Shows and counts a change of role.
+    /// Whether `record` was written by this process (its identity and its instance nonce: a restarted process with
+    /// the same identity is another instance).
+    fn is_mine(&self, record: &LeaseRecord) -> bool {
+        record.holder.as_deref() == Some(self.fence.identity.as_str())
+            && record.instance.as_deref() == Some(self.fence.instance.as_str())
+    }
+
+    /// Shows and counts a change of role. Journal writes held in memory stay: check-and-set on each entry decides
+    /// whether they may still be written (only if no other instance wrote the entry since).
     fn become_(&self, role: Role, why: &str) {
         let before = self.fence.role();
         if role == Role::Standby {
             self.fence.set_held(None);
-            if before == Role::Leader {
-                // A standby holds no journal write: the next holder (maybe another instance) owns the entries, and
-                // one of these written later would roll them back. A value held only here was never stored
-                // anywhere; the durable `minting` entry makes the next holder sweep or mint again, as after a crash.
-                for token in self.journal.drop_held() {
-                    tracing::warn!(token = %token, "dropping a journal write held in memory: this instance no longer holds the lease");
-                }
-            }
         }
         self.board.set_role(role.as_str());
         let m = self.metrics.cluster();
@@ -224,15 +250,6 @@ impl LeaseKeeper {
         }
     }
 
-    /// Another instance wrote the lease: what this one remembers of the store may be stale, and journal writes
-    /// it still holds in memory would roll back the new holder's entries.
-    fn foreign_write(&self) {
-        self.store.forget_versions();
-        for token in self.journal.drop_held() {
-            tracing::warn!(token = %token, "dropping a journal write held in memory: another instance holds the lease and owns this token's journal now");
-        }
-    }
-
     /// Runs until `stop`; then releases the lease if held (a standby takes over at once).
     pub async fn run(&self, stop: CancellationToken) {
         let d = self.settings.lease_duration;
@@ -240,10 +257,11 @@ impl LeaseKeeper {
         let fence_after = self.settings.fence_after();
         // A standby looks at the lease this often: a released lease is taken within about a second.
         let poll = renew_every.min(Duration::from_secs(1));
-        // The version this instance last wrote, and (standby) the version seen and since when.
-        let mut own: Option<u64> = None;
+        // The highest lease version seen: a replica that answers with an older one is lagging, not news.
+        let mut last_seen: u64 = 0;
+        // (standby) The version seen and since when.
         let mut watched: Option<(u64, Instant)> = None;
-        let mut unreachable_since: Option<Instant> = None;
+        let mut complaints = Complaints::default();
         self.become_(Role::Standby, "starting");
         while !stop.is_cancelled() {
             if let Some((version, renewed)) = self.fence.held() {
@@ -265,14 +283,14 @@ impl LeaseKeeper {
                 .await;
                 match answer {
                     Ok(Ok(v)) => {
-                        own = Some(v);
+                        last_seen = last_seen.max(v);
                         self.fence.set_held(Some((v, sent)));
-                        unreachable_since = None;
+                        complaints.clear();
                     }
                     Ok(Err(e)) if e.kind == SinkErrorKind::Conflict => {
-                        self.become_(Role::Standby, "another instance took the lease");
-                        self.foreign_write();
-                        own = None;
+                        // Another instance took it, or an earlier renewal of ours landed and lost its answer: the
+                        // standby branch reads the lease and, if the record is this process's, takes it again.
+                        self.become_(Role::Standby, "the lease moved under a renewal");
                     }
                     failed => {
                         let why = match failed {
@@ -295,19 +313,21 @@ impl LeaseKeeper {
             }
             // A standby.
             match tokio::time::timeout(d, self.store.read_lease()).await {
+                Ok(Ok(view)) if view.version < last_seen => {
+                    tracing::debug!(
+                        version = view.version,
+                        last_seen,
+                        "a lagging replica answered the lease read"
+                    );
+                }
                 Ok(Ok(view)) => {
-                    unreachable_since = None;
-                    let holder = view.record.as_ref().and_then(|r| r.holder.clone());
-                    let mine = holder.as_deref() == Some(self.fence.identity.as_str())
-                        && own == Some(view.version);
-                    let free = holder.is_none();
+                    complaints.clear();
+                    last_seen = view.version;
+                    let mine = view.record.as_ref().is_some_and(|r| self.is_mine(r));
+                    let free = view.record.as_ref().is_none_or(|r| r.holder.is_none());
                     // Released with every request of the old holder finished: no need to wait before acting.
-                    let quiet = free && view.record.as_ref().is_some_and(|r| r.quiet);
-                    if !mine && own.is_some_and(|v| v != view.version) {
-                        // Someone wrote after us.
-                        own = None;
-                        self.foreign_write();
-                    }
+                    let quiet = view.record.is_none()
+                        || (free && view.record.as_ref().is_some_and(|r| r.quiet));
                     let expired = match watched {
                         Some((v, since)) if v == view.version => since.elapsed() >= d,
                         _ => {
@@ -323,33 +343,27 @@ impl LeaseKeeper {
                             .await
                         {
                             Ok(v) if sent.elapsed() >= fence_after => {
-                                // Acknowledged too late to act on (a store failing over): not a leader yet; the
-                                // next look takes it again, as its own, with a fresh clock.
+                                // Acknowledged too late to act on (a store failing over): the next look finds
+                                // the record this process's and takes it again, with a fresh clock.
                                 tracing::warn!(after_ms = sent.elapsed().as_millis() as u64, "the store acknowledged the lease too late to act on it; taking it again");
-                                if !mine {
-                                    self.foreign_write();
-                                }
-                                own = Some(v);
+                                last_seen = v;
                                 watched = None;
                                 continue;
                             }
                             Ok(v) => {
-                                if !mine {
-                                    self.foreign_write();
-                                }
                                 // Another instance held it and may have left requests on their way (SPEC §8.1: a
                                 // create in flight from the old holder must not meet one from the new).
-                                let wait = !(mine || quiet || view.record.is_none());
+                                let wait = !(mine || quiet);
                                 self.fence
                                     .set_quiet_until(wait.then(|| Instant::now() + QUIET_PERIOD));
                                 if wait {
                                     tracing::info!(quiet_s = QUIET_PERIOD.as_secs(), "taking over from another instance: no issuer request before the previous holder's last ones have run out");
                                 }
-                                own = Some(v);
+                                last_seen = v;
                                 watched = None;
                                 self.fence.set_held(Some((v, sent)));
                                 let why = if mine {
-                                    "renewed its own lease"
+                                    "took its own lease again"
                                 } else if free {
                                     "the lease was free"
                                 } else {
@@ -363,18 +377,19 @@ impl LeaseKeeper {
                                 watched = None;
                             }
                             Err(e) => {
-                                tracing::warn!(error = %e, "cannot take the cluster lease");
+                                complaints.note("cannot take the cluster lease", &e.to_string())
                             }
                         }
                     }
                 }
-                Ok(Err(e)) => {
-                    let since = *unreachable_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < poll * 2 {
-                        tracing::warn!(error = %e, "cannot read the cluster lease; still a standby");
-                    }
-                }
-                Err(_) => tracing::warn!("the store did not answer a lease read in time"),
+                Ok(Err(e)) => complaints.note(
+                    "cannot read the cluster lease; still a standby",
+                    &e.to_string(),
+                ),
+                Err(_) => complaints.note(
+                    "cannot read the cluster lease; still a standby",
+                    "the store did not answer in time",
+                ),
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}

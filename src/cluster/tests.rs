@@ -11,7 +11,6 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::journal::{Journal, MemoryStore};
 use crate::sink::SinkErrorKind;
 
 /// The store: one lease record and its version.
@@ -107,7 +106,6 @@ fn instance(store: &Arc<Store>, i: usize, lease: Duration) -> Instance {
         store: client.clone(),
         fence: fence.clone(),
         settings: s,
-        journal: Arc::new(Journal::new(Arc::new(MemoryStore::default()))),
         metrics: Arc::new(Metrics::new()),
         board: StatusBoard::new(),
     };

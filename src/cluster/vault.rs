@@ -22,7 +22,9 @@ pub struct VaultCoord {
     path: String,
     /// The version of each journal entry as last read or written here: the next write's check-and-set.
     versions: Mutex<HashMap<String, u64>>,
-    /// Journal writes need the lease (`None`: a read-only view, `plan`).
+    /// `None`: a read-only view (`plan`). Journal writes are not fenced: check-and-set on each entry keeps an
+    /// instance that lost the lease from rolling back the new holder's entries, and lets it journal a value an
+    /// issuer answered just after its fence closed when nobody else touched the entry.
     fence: Option<Arc<Fence>>,
     /// `state_dir`'s lock, held for the process's lifetime (one daemon per `state_dir`).
     _local: Option<DiskStore>,
@@ -104,29 +106,22 @@ impl VaultCoord {
         };
     }
 
-    /// Writes `text` as the entry of `token` (check-and-set on the version last seen here).
+    /// Writes `text` as the entry of `token`, checked and set against the version this process last read or wrote:
+    /// an entry another instance wrote since is never overwritten. No version known (never read here) is refused
+    /// the same way: the caller reads the entry first.
     async fn put(&self, token: &str, text: &str) -> io::Result<()> {
-        let Some(fence) = &self.fence else {
+        if self.fence.is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the journal was opened read-only",
             ));
-        };
-        fence
-            .check()
-            .map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, why))?;
+        }
         let path = self.entry_path(token);
-        let cas = match self.version_of(token) {
-            Some(v) => v,
-            None => {
-                let (data, version) = self.sink.kv2_read(&path).await.map_err(io_err)?;
-                if text == TOMBSTONE && entry_text(data.as_ref()).is_none() {
-                    // Nothing to remove.
-                    self.remember(token, Some(version));
-                    return Ok(());
-                }
-                version
-            }
+        let Some(cas) = self.version_of(token) else {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the shared journal entry was not read by this instance before this write",
+            ));
         };
         let data = json!({ "token": token, "entry": text });
         match self.sink.kv2_write(&path, &data, cas).await {
@@ -134,14 +129,13 @@ impl VaultCoord {
                 self.remember(token, Some(v));
                 Ok(())
             }
-            Err(e) => {
-                // After a conflict the next attempt reads the version again; another holder may have written.
+            Err(e) if e.kind == SinkErrorKind::Conflict => {
                 self.remember(token, None);
-                if e.kind == SinkErrorKind::Conflict {
-                    tracing::warn!(token = %token, "the shared journal entry was written by another instance since this one read it; not overwritten");
-                }
                 Err(io_err(e))
             }
+            // Unknown whether it landed: the next write finds out (a conflict if it did, and this process's
+            // state is then re-read).
+            Err(e) => Err(io_err(e)),
         }
     }
 }
@@ -162,7 +156,18 @@ impl EntryStore for VaultCoord {
             .kv2_read(&self.entry_path(token))
             .await
             .map_err(io_err)?;
+        // The version and the content come from one read: the next write is checked against exactly what this
+        // process saw (a replica that lags makes that write conflict, never overwrite).
         self.remember(token, Some(version));
+        Ok(entry_text(data.as_ref()).map(|t| t.as_bytes().to_vec()))
+    }
+
+    async fn peek(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
+        let (data, _) = self
+            .sink
+            .kv2_read(&self.entry_path(token))
+            .await
+            .map_err(io_err)?;
         Ok(entry_text(data.as_ref()).map(|t| t.as_bytes().to_vec()))
     }
 
@@ -209,13 +214,6 @@ impl LeaseStore for VaultCoord {
     async fn write_lease(&self, record: &LeaseRecord, cas: u64) -> Result<u64, SinkError> {
         let data = serde_json::to_value(record).expect("lease records serialise");
         self.sink.kv2_write(&self.lease_path(), &data, cas).await
-    }
-
-    fn forget_versions(&self) {
-        self.versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
     }
 }
 

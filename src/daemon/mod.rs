@@ -93,7 +93,6 @@ pub async fn run(
             store,
             fence,
             settings,
-            journal: shared.journal.clone(),
             metrics: metrics.clone(),
             board: board.clone(),
         };

@@ -116,7 +116,8 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     board: StatusBoard,
     slots: BTreeMap<String, Slot>,
-    tasks: JoinSet<(String, bool, Result<Tended, Failure>)>,
+    /// Each visit's token, whether it was forced, whether it was a standby's `follow`, and its result.
+    tasks: JoinSet<(String, bool, bool, Result<Tended, Failure>)>,
     /// `rotate` requests waiting for their forced rotations to finish.
     waiters: Vec<Waiter>,
     /// The issuer of every token with a visit in flight, and the number of visits in flight per issuer.
@@ -231,7 +232,7 @@ impl Daemon {
                         "the rotation panicked (a bug; the panic message is in the log)".into(),
                     ))),
                 };
-                (name, force, result)
+                (name, force, !lead, result)
             });
         }
         waiting
@@ -362,9 +363,13 @@ impl Daemon {
         &mut self,
         name: String,
         forced: bool,
+        followed: bool,
         result: Result<Tended, Failure>,
         once: bool,
     ) {
+        // The role changed while this visit ran (cluster mode): its outcome says little, and the next visit, in
+        // the new role, is due now, with no backoff of the old role.
+        let role_changed = followed == self.leading();
         if let Some(issuer) = self.in_flight_issuer.remove(&name) {
             if let Some(count) = self.per_issuer.get_mut(&issuer) {
                 *count = count.saturating_sub(1);
@@ -381,6 +386,10 @@ impl Daemon {
                             .map(|c| c.token_id.as_str())
                             .unwrap_or("?")
                     ),
+                ),
+                _ if followed => (
+                    false,
+                    "not rotated: this instance lost the cluster lease before it could".to_string(),
                 ),
                 Ok(_) => (true, "visited; nothing to rotate".to_string()),
                 Err(f) => (false, f.error.to_string()),
@@ -425,13 +434,7 @@ impl Daemon {
                 if let Some(wake) = t.wake_at {
                     next = next.min(wake.max(now));
                 }
-                let lead = self
-                    .shared
-                    .fence
-                    .as_ref()
-                    .is_none_or(|f| f.role() == Role::Leader);
-                if t.followed == lead {
-                    // The role changed while this visit ran: the next visit, in the new role, is now.
+                if role_changed {
                     next = now;
                 }
                 slot.next_at = next;
@@ -450,6 +453,11 @@ impl Daemon {
                     s.pending.clone_from(&t.unready);
                 });
             }
+            Err(f) if role_changed => {
+                slot.next_at = now;
+                slot.backoff_until = None;
+                tracing::info!(token = %name, error = %f.error, "a visit failed as the cluster role changed; visiting again in the new role");
+            }
             Err(f) => {
                 self.failed = true;
                 if f.attempted {
@@ -465,7 +473,10 @@ impl Daemon {
                         s.stored_everywhere = *stored;
                     }
                 });
-                let wait = if f.error.is_permanent() {
+                let wait = if followed {
+                    // A standby keeps looking at its pace: its files must follow the shared record (SPEC §8.4).
+                    crate::rotation::FOLLOW_EVERY
+                } else if f.error.is_permanent() {
                     PERMANENT_RETRY
                 } else {
                     crate::retry::attempt_backoff(failures)
@@ -548,7 +559,7 @@ impl Daemon {
                 _ = cancel.cancelled() => break,
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match joined {
-                        Ok((name, forced, result)) => self.complete(name, forced, result, once),
+                        Ok((name, forced, followed, result)) => self.complete(name, forced, followed, result, once),
                         Err(e) => tracing::error!(error = %e, "a rotation task panicked"),
                     }
                 }
@@ -583,8 +594,8 @@ impl Daemon {
             );
             let drain = async {
                 while let Some(joined) = self.tasks.join_next().await {
-                    if let Ok((name, forced, result)) = joined {
-                        self.complete(name, forced, result, true);
+                    if let Ok((name, forced, followed, result)) = joined {
+                        self.complete(name, forced, followed, result, true);
                     }
                 }
             };
@@ -618,9 +629,10 @@ impl Daemon {
         if policy.daemon.listen != self.policy.daemon.listen
             || policy.daemon.state_dir != self.policy.daemon.state_dir
             || policy.daemon.state_key != self.policy.daemon.state_key
+            || policy.cluster != self.policy.cluster
         {
             tracing::warn!(
-                "`listen`, `state_dir` and `state_key` changes take effect at the next restart"
+                "`listen`, `state_dir`, `state_key` and `[cluster]` changes take effect at the next restart"
             );
         }
         self.rotator = Arc::new(rotator);

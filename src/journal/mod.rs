@@ -28,7 +28,7 @@ pub const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("state_dir {path}: {source}")]
+    #[error("journal {path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
@@ -50,6 +50,11 @@ impl JournalError {
     /// meanwhile. The others need an operator.
     pub fn is_transient(&self) -> bool {
         matches!(self, JournalError::Io { .. })
+    }
+
+    /// A shared store refused the write: the entry changed since this process read it (another instance).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, JournalError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
     }
 }
 
@@ -346,6 +351,18 @@ impl Journal {
         self.decode(token, bytes)
     }
 
+    /// The entry of `token` for a look only (another token's sweep, a standby, `plan`): the held one, else the
+    /// stored one, read without touching what the next write of it is checked against.
+    pub async fn peek(&self, token: &str) -> Result<Option<Entry>, JournalError> {
+        if let Some(e) = lock(&self.held).get(token) {
+            return Ok(Some(e.clone()));
+        }
+        let Some(bytes) = self.store.peek(token).await.map_err(self.io(token))? else {
+            return Ok(None);
+        };
+        self.decode(token, bytes)
+    }
+
     /// An entry's bytes as read from the store: unsealed, parsed and checked.
     fn decode(&self, token: &str, bytes: Vec<u8>) -> Result<Option<Entry>, JournalError> {
         let path = self.store.location(token);
@@ -402,17 +419,27 @@ impl Journal {
             return Err(JournalError::ReadOnly);
         }
         lock(&self.held).insert(entry.token.clone(), entry.clone());
-        self.write(entry).await?;
-        lock(&self.held).remove(&entry.token);
-        Ok(())
-    }
-
-    /// Forgets every entry held after a failed write, returning their tokens. For an instance that lost the
-    /// cluster lease: the store's entries are the new holder's now, and writing a held one would roll them back.
-    pub fn drop_held(&self) -> Vec<String> {
-        let mut tokens: Vec<String> = lock(&self.held).drain().map(|(token, _)| token).collect();
-        tokens.sort();
-        tokens
+        match self.write(entry).await {
+            Ok(()) => {
+                lock(&self.held).remove(&entry.token);
+                Ok(())
+            }
+            Err(e) if e.is_conflict() => {
+                // Another instance wrote this entry since this one read it (cluster mode): its state wins, and
+                // this one, written later, would roll it back. Dropped; the next visit reads the entry again. A
+                // value minted here and never stored is an orphan the next holder's sweep (or its re-mint of a
+                // singleton) deals with, as after a crash.
+                lock(&self.held).remove(&entry.token);
+                let minted = entry
+                    .rotation
+                    .as_ref()
+                    .and_then(|r| r.minted.as_ref())
+                    .map(|m| m.token_id.clone());
+                tracing::warn!(token = %entry.token, dropped_token_id = ?minted, "the journal entry was changed by another instance; this write is dropped and the entry read again");
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes the entry held after a failed write, if any. `Ok` means the stored entry is the newest one.

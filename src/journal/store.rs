@@ -18,10 +18,17 @@ use super::JournalError;
 /// One token's entry, as bytes (already sealed when a `state_key` is set).
 #[async_trait]
 pub trait EntryStore: Send + Sync + std::fmt::Debug {
-    /// The entry of `token`, if there is one.
+    /// The entry of `token`, if there is one, read by the visit that will write it next (a store with
+    /// check-and-set remembers the version it read).
     async fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>>;
+    /// The entry of `token` for a look only (the sweep reading a neighbour, a standby, `plan`): changes nothing the
+    /// next write of that entry depends on.
+    async fn peek(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
+        self.read(token).await
+    }
     /// Replaces the entry atomically and durably: after `Ok`, a crash keeps these bytes; after `Err`, the old
-    /// entry or the new one is there, never a mix.
+    /// entry or the new one is there, never a mix. A store shared by several instances refuses a write when the
+    /// entry changed since this process last read or wrote it, with [`io::ErrorKind::AlreadyExists`].
     async fn write(&self, token: &str, bytes: Vec<u8>) -> io::Result<()>;
     /// Removes the entry (nothing there is fine), durably.
     async fn remove(&self, token: &str) -> io::Result<()>;

@@ -243,7 +243,14 @@ pub fn parse(
     });
     let cluster_table = root.has("cluster");
     let cluster = cluster::read_cluster(&mut root, &mut d, &sinks);
-    let tokens = tokens::read_tokens(&mut root, &mut d, &issuers, &sinks, kinds, cluster_table);
+    let tokens = tokens::read_tokens(
+        &mut root,
+        &mut d,
+        &issuers,
+        &sinks,
+        kinds,
+        cluster_table.then_some(cluster.as_ref()),
+    );
     root.finish(&mut d);
     if d.is_empty() && tokens.is_empty() {
         d.push(

@@ -301,6 +301,14 @@ fn cluster_problems_are_located() {
         "at the token table: {}",
         local[0]
     );
+    // A record under the cluster path would clobber the lease or the shared journal.
+    let errs = errors(&clustered("store = \"vault\"\npath = \"ci\"", ""));
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .contains("[tokens.ci-org] writes to vault:ci/tfc-org, under the [cluster] path")),
+        "{errs:?}"
+    );
     // Without [cluster] the same token is fine.
     let plain = format!("{GOOD}\n{files}\n");
     assert!(errors(&plain).is_empty(), "{:?}", errors(&plain));

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use serde_spanned::Spanned;
 use toml::de::DeValue;
 
+use super::cluster::ClusterSettings;
 use super::diag::Diagnostics;
 use super::fields::read_target;
 use super::kinds::{self, IssuerSpec, Kinds, TokenKind};
 use super::reader::{wrong_type, TableReader};
 use super::timing::read_schedule;
-use super::{check_name, IssuerConfig, Named, SinkConfig, SinkTarget, TokenPolicy};
+use super::{check_name, IssuerConfig, Named, SinkConfig, SinkTarget, Target, TokenPolicy};
 
 pub(super) fn read_tokens(
     root: &mut TableReader,
@@ -20,7 +21,8 @@ pub(super) fn read_tokens(
     issuers: &Named<IssuerConfig>,
     sinks: &Named<SinkConfig>,
     kinds: &Kinds,
-    cluster: bool,
+    // `Some` with a `[cluster]` table (`Some(None)`: the table was invalid, already reported).
+    cluster: Option<Option<&ClusterSettings>>,
 ) -> BTreeMap<String, Arc<TokenPolicy>> {
     let mut out = BTreeMap::new();
     // Which token already writes to a sink target, for the duplicate check.
@@ -55,7 +57,26 @@ pub(super) fn read_tokens(
                     .and_then(|(_, cfg)| cfg.as_ref())
                     .is_some_and(|cfg| cfg.spec.is_local())
             };
-            if cluster && token.sinks.iter().all(local) {
+            if let Some(Some(c)) = cluster {
+                // The lease and the shared journal live under `path` in the store: a record there would clobber
+                // them, or they it.
+                let under = |st: &SinkTarget| {
+                    st.sink == c.store
+                        && matches!(&st.target, Target::Path(p)
+                            if p.trim_matches('/') == c.path || p.trim_matches('/').starts_with(&format!("{}/", c.path)))
+                };
+                if let Some(st) = token.sinks.iter().find(|st| under(st)) {
+                    d.push(
+                        name.span(),
+                        format!(
+                            "[tokens.{}] writes to {st}, under the [cluster] path \"{}\" where the lease and the shared journal live; choose another path",
+                            name.get_ref(),
+                            c.path
+                        ),
+                    );
+                }
+            }
+            if cluster.is_some() && token.sinks.iter().all(local) {
                 d.push(
                     name.span(),
                     format!(

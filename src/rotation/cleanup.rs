@@ -166,7 +166,7 @@ impl Rotator {
                 }
             };
             ids.extend(seen.into_iter().flatten());
-            match self.journal.load(&t.name).await {
+            match self.journal.peek(&t.name).await {
                 Ok(Some(e)) => ids.extend(e.named_ids().map(str::to_string)),
                 Ok(None) => {}
                 Err(e) if own => return Err(e.into()),

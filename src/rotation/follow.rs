@@ -26,6 +26,8 @@ pub(super) struct Leveled {
     /// Every shared target holds it (only local ones may lag): nothing for an issuer to do.
     pub shared_agree: bool,
     pub errors: Vec<SinkError>,
+    /// The newest shared record's value (a standby switches its issuer to it when it is that issuer's credential).
+    pub value: Option<crate::secret::SecretString>,
 }
 
 impl Rotator {
@@ -50,6 +52,7 @@ impl Rotator {
                 everywhere: false,
                 shared_agree: false,
                 errors: Vec::new(),
+                value: None,
             };
         };
         let mut shared_agree = true;
@@ -87,6 +90,7 @@ impl Rotator {
             everywhere: shared_agree && !local_newer && errors.is_empty(),
             shared_agree,
             errors,
+            value: Some(shared.token.clone()),
         }
     }
 
@@ -95,9 +99,18 @@ impl Rotator {
         let sinks = self.sinks_of(token)?;
         let observed = self.observe(token, &sinks).await?;
         let leveled = self.level_local(token, &sinks, &observed).await;
+        // A token that is its issuer's own credential (self-rotation): the holder switched to each new value; a
+        // standby does the same, or it would take over with a dead credential.
+        if let (Some(value), true) = (&leveled.value, self.credential_lives_in(token)) {
+            if let Ok(issuer) = self.issuer(token) {
+                if !issuer.credential_is(value) {
+                    self.switch_credential(token, issuer.as_ref(), value);
+                }
+            }
+        }
         // The shared journal says what the holder is doing: a singleton it is replacing may already be dead at the
         // issuer (SPEC §5.10), and a token it no longer trusts is not ready here either.
-        let entry = self.journal.load(&token.name).await?;
+        let entry = self.journal.peek(&token.name).await?;
         let unready = entry.and_then(|e| match (&e.must_rotate, &e.rotation) {
             (Some(why), _) => Some(format!("the lease holder will replace this token: {why}")),
             (None, Some(_)) if token.kind.is_singleton() => Some(

@@ -288,7 +288,15 @@ impl Rotator {
         if self.level_locals && !stored_everywhere {
             // Cluster mode: a local file that lags the shared record is copied, never a reason to mint.
             let leveled = self.level_local(token, &sinks, &observed).await;
-            if leveled.shared_agree && leveled.errors.is_empty() {
+            if leveled.shared_agree {
+                if !leveled.errors.is_empty() {
+                    // Only this instance's copy failed: report it, never mint for the whole cluster over it.
+                    return Err(Failure {
+                        error: AttemptError::Sinks(SinkFailures(leveled.errors)),
+                        learned: Some((leveled.current, false)),
+                        attempted: false,
+                    });
+                }
                 current = leveled.current;
                 stored_everywhere = leveled.everywhere;
             }

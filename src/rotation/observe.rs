@@ -24,7 +24,7 @@ impl Rotator {
         let sinks = self.sinks_of(token)?;
         let observed = self.observe(token, &sinks).await.map_err(|f| f.error)?;
         let (current, stored_everywhere) = current_of(&observed);
-        let entry = self.journal.load(&token.name).await?;
+        let entry = self.journal.peek(&token.name).await?;
         let mut due = if current.is_some() && !stored_everywhere {
             Due {
                 at: Some(now),

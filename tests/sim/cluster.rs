@@ -33,7 +33,6 @@ pub struct Link {
     cell: Arc<LeaseCell>,
     store: Arc<MemoryStore>,
     cut: Arc<AtomicBool>,
-    fence: Arc<Fence>,
     /// Entry versions as this engine last saw them.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -66,23 +65,21 @@ impl Link {
             .unwrap_or(0)
     }
 
-    /// Check-and-set on the version this engine last saw, then `write` (which may fail: nothing changes).
+    /// Check-and-set on the version this engine last read or wrote (none: refused, as `VaultCoord` does), then
+    /// `write` (which may fail: nothing changes).
     async fn put(
         &self,
         token: &str,
         write: impl std::future::Future<Output = io::Result<()>>,
     ) -> io::Result<()> {
         self.cut()?;
-        self.fence
-            .check()
-            .map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, why))?;
         let current = self.version(token);
         let expected = self.seen.lock().unwrap().get(token).copied();
-        if expected.is_some_and(|e| e != current) {
+        if expected != Some(current) {
             self.seen.lock().unwrap().remove(token);
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                "check-and-set: written by another engine",
+                "check-and-set: written by another engine, or never read here",
             ));
         }
         write.await?;
@@ -103,6 +100,11 @@ impl EntryStore for Link {
         self.cut()?;
         let version = self.version(token);
         self.seen.lock().unwrap().insert(token.to_string(), version);
+        self.store.read(token).await
+    }
+
+    async fn peek(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
+        self.cut()?;
         self.store.read(token).await
     }
 
@@ -143,10 +145,6 @@ impl LeaseStore for Link {
         *l = (Some(record.clone()), l.1 + 1);
         Ok(l.1)
     }
-
-    fn forget_versions(&self) {
-        self.seen.lock().unwrap().clear();
-    }
 }
 
 /// The cluster settings of the simulation: a short lease, so that hand-overs happen often.
@@ -185,7 +183,6 @@ impl Member {
             cell: cell.clone(),
             store: world.store.clone(),
             cut: cut.clone(),
-            fence: fence.clone(),
             seen: Mutex::new(HashMap::new()),
         });
         let journal = Arc::new(Journal::new(link.clone()));
@@ -194,7 +191,6 @@ impl Member {
             store: link,
             fence: fence.clone(),
             settings: s,
-            journal: journal.clone(),
             metrics,
             board,
         };

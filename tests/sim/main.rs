@@ -178,7 +178,10 @@ fn start_daemon(world: &Arc<World>) -> Incarnation {
 }
 
 /// A daemon; in cluster mode (`Some((cell, index))`) one engine of two, over the shared lease and journal.
-fn start_engine(world: &Arc<World>, cluster: Option<(&Arc<cluster::LeaseCell>, usize)>) -> Incarnation {
+fn start_engine(
+    world: &Arc<World>,
+    cluster: Option<(&Arc<cluster::LeaseCell>, usize)>,
+) -> Incarnation {
     let board = StatusBoard::new();
     for t in world.policy.tokens.values() {
         board.add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
@@ -661,7 +664,10 @@ async fn simulate(seed: u64, log: &Captured, clustered: bool) -> Outcome {
                         None => world.policy.clone(),
                     };
                     for inc in engines.iter().flatten() {
-                        let _ = inc.control.send(Control::Reload(Box::new(first.clone()))).await;
+                        let _ = inc
+                            .control
+                            .send(Control::Reload(Box::new(first.clone())))
+                            .await;
                     }
                     if drop.is_some() {
                         tokio::time::sleep(back_after).await;
@@ -828,7 +834,9 @@ fn run_seed(seed: u64) -> Outcome {
 
 fn replay_command(seed: u64, clustered: bool) -> String {
     let cluster = if clustered { "SIM_CLUSTER=1 " } else { "" };
-    format!("{cluster}SIM_SEED={seed} SIM_LOG=1 cargo test --test sim replay -- --ignored --nocapture")
+    format!(
+        "{cluster}SIM_SEED={seed} SIM_LOG=1 cargo test --test sim replay -- --ignored --nocapture"
+    )
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -840,11 +848,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[test]
 fn thousands_of_seeded_fault_schedules_keep_every_invariant() {
-    run_many(
-        env_u64("SIM_FIRST", 0),
-        env_u64("SIM_SEEDS", 1000),
-        false,
-    );
+    run_many(env_u64("SIM_FIRST", 0), env_u64("SIM_SEEDS", 1000), false);
 }
 
 /// Cluster mode (SPEC §8): two engines, one lease store and shared journal, partitions and crashes of either.
