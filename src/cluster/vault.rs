@@ -140,6 +140,21 @@ impl VaultCoord {
     }
 }
 
+impl VaultCoord {
+    /// The entry of `token` (`None`: a tombstone or no entry) and the version it was read at.
+    async fn fetch(&self, token: &str) -> io::Result<(Option<Vec<u8>>, u64)> {
+        let (data, version) = self
+            .sink
+            .kv2_read(&self.entry_path(token))
+            .await
+            .map_err(io_err)?;
+        Ok((
+            entry_text(data.as_ref()).map(|t| t.as_bytes().to_vec()),
+            version,
+        ))
+    }
+}
+
 /// The entry text in a journal secret (`None`: a tombstone or no entry).
 fn entry_text(data: Option<&Value>) -> Option<&str> {
     data?
@@ -151,24 +166,15 @@ fn entry_text(data: Option<&Value>) -> Option<&str> {
 #[async_trait]
 impl EntryStore for VaultCoord {
     async fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
-        let (data, version) = self
-            .sink
-            .kv2_read(&self.entry_path(token))
-            .await
-            .map_err(io_err)?;
+        let (entry, version) = self.fetch(token).await?;
         // The version and the content come from one read: the next write is checked against exactly what this
         // process saw (a replica that lags makes that write conflict, never overwrite).
         self.remember(token, Some(version));
-        Ok(entry_text(data.as_ref()).map(|t| t.as_bytes().to_vec()))
+        Ok(entry)
     }
 
     async fn peek(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
-        let (data, _) = self
-            .sink
-            .kv2_read(&self.entry_path(token))
-            .await
-            .map_err(io_err)?;
-        Ok(entry_text(data.as_ref()).map(|t| t.as_bytes().to_vec()))
+        Ok(self.fetch(token).await?.0)
     }
 
     async fn write(&self, token: &str, bytes: Vec<u8>) -> io::Result<()> {

@@ -473,7 +473,10 @@ impl Daemon {
                         s.stored_everywhere = *stored;
                     }
                 });
-                let wait = if followed {
+                let wait = if f.error.is_journal_conflict() && failures <= 3 {
+                    // Only this process's view was stale (cluster mode): read the entry again soon.
+                    Duration::from_secs(1)
+                } else if followed {
                     // A standby keeps looking at its pace: its files must follow the shared record (SPEC §8.4).
                     crate::rotation::FOLLOW_EVERY
                 } else if f.error.is_permanent() {

@@ -342,22 +342,25 @@ impl Journal {
 
     /// The entry of `token`: the one held in memory after a failed write, else the stored one.
     pub async fn load(&self, token: &str) -> Result<Option<Entry>, JournalError> {
-        if let Some(e) = lock(&self.held).get(token) {
-            return Ok(Some(e.clone()));
-        }
-        let Some(bytes) = self.store.read(token).await.map_err(self.io(token))? else {
-            return Ok(None);
-        };
-        self.decode(token, bytes)
+        self.fetch(token, false).await
     }
 
     /// The entry of `token` for a look only (another token's sweep, a standby, `plan`): the held one, else the
     /// stored one, read without touching what the next write of it is checked against.
     pub async fn peek(&self, token: &str) -> Result<Option<Entry>, JournalError> {
+        self.fetch(token, true).await
+    }
+
+    async fn fetch(&self, token: &str, look_only: bool) -> Result<Option<Entry>, JournalError> {
         if let Some(e) = lock(&self.held).get(token) {
             return Ok(Some(e.clone()));
         }
-        let Some(bytes) = self.store.peek(token).await.map_err(self.io(token))? else {
+        let read = if look_only {
+            self.store.peek(token).await
+        } else {
+            self.store.read(token).await
+        };
+        let Some(bytes) = read.map_err(self.io(token))? else {
             return Ok(None);
         };
         self.decode(token, bytes)

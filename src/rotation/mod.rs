@@ -114,6 +114,12 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// Another instance changed the token's shared journal entry (cluster mode): nothing failed but this process's
+    /// view; the next attempt reads the entry again and can come at once.
+    pub fn is_journal_conflict(&self) -> bool {
+        matches!(self, AttemptError::Journal(e) if e.is_conflict())
+    }
+
     /// Permanent failures wait for the next scheduled try instead of backing off quickly (SPEC §5.4).
     pub fn is_permanent(&self) -> bool {
         match self {
