@@ -122,8 +122,11 @@ impl Fence {
         until.filter(|u| *u > Instant::now())
     }
 
-    fn set_quiet_until(&self, until: Option<Instant>) {
-        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    /// Holds issuer requests back until `until` at least (never shortened: a wait already running for a
+    /// predecessor's requests is not cut by a later, shorter one).
+    fn extend_quiet_until(&self, until: Instant) {
+        let mut q = self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
+        *q = Some(q.map_or(until, |old| old.max(until)));
     }
 
     pub fn identity(&self) -> &str {
@@ -215,7 +218,10 @@ impl LeaseKeeper {
             instance: Some(self.fence.instance.clone()),
             renewed_at: crate::clock::now(),
             lease_duration_s: self.settings.lease_duration.as_secs(),
-            quiet: !holder && self.drained.load(std::sync::atomic::Ordering::SeqCst),
+            // Nothing of this process is on its way, nor of a predecessor it is still waiting out.
+            quiet: !holder
+                && self.drained.load(std::sync::atomic::Ordering::SeqCst)
+                && self.fence.quiet_until().is_none(),
         }
     }
 
@@ -261,6 +267,8 @@ impl LeaseKeeper {
         let mut last_seen: u64 = 0;
         // (standby) The version seen and since when.
         let mut watched: Option<(u64, Instant)> = None;
+        // Since when lease reads have been older than `last_seen`.
+        let mut lower_since: Option<Instant> = None;
         let mut complaints = Complaints::default();
         self.become_(Role::Standby, "starting");
         while !stop.is_cancelled() {
@@ -313,20 +321,32 @@ impl LeaseKeeper {
             }
             // A standby.
             match tokio::time::timeout(d, self.store.read_lease()).await {
-                Ok(Ok(view)) if view.version < last_seen => {
+                Ok(Ok(view))
+                    if view.version < last_seen
+                        && lower_since.get_or_insert_with(Instant::now).elapsed() < d =>
+                {
+                    // A lagging replica, or the key was deleted or restored from a snapshot: believed after a
+                    // whole lease of such answers.
                     tracing::debug!(
                         version = view.version,
                         last_seen,
-                        "a lagging replica answered the lease read"
+                        "a lease read older than one already seen"
                     );
                 }
                 Ok(Ok(view)) => {
+                    if lower_since.take().is_some() && view.version < last_seen {
+                        tracing::warn!(
+                            version = view.version,
+                            last_seen,
+                            "the lease's version went back (deleted, or restored from a snapshot); going on from it"
+                        );
+                    }
                     complaints.clear();
                     last_seen = view.version;
                     let mine = view.record.as_ref().is_some_and(|r| self.is_mine(r));
                     let free = view.record.as_ref().is_none_or(|r| r.holder.is_none());
                     // Released with every request of the old holder finished: no need to wait before acting.
-                    let quiet = view.record.is_none()
+                    let quiet = view.version == 0
                         || (free && view.record.as_ref().is_some_and(|r| r.quiet));
                     let expired = match watched {
                         Some((v, since)) if v == view.version => since.elapsed() >= d,
@@ -337,6 +357,13 @@ impl LeaseKeeper {
                     };
                     if free || mine || expired {
                         let sent = Instant::now();
+                        // Taking the lease from another instance, which may have left requests on their way (SPEC
+                        // §8.1: a create in flight from the old holder must not meet one from the new): whatever
+                        // becomes of this write, no issuer request before they have run out. Set before sending,
+                        // so that a write that lands without its answer (taken again as ours) is covered too.
+                        if !(mine || quiet) {
+                            self.fence.extend_quiet_until(sent + QUIET_PERIOD);
+                        }
                         match self
                             .store
                             .write_lease(&self.lease_record(true), view.version)
@@ -351,13 +378,8 @@ impl LeaseKeeper {
                                 continue;
                             }
                             Ok(v) => {
-                                // Another instance held it and may have left requests on their way (SPEC §8.1: a
-                                // create in flight from the old holder must not meet one from the new).
-                                let wait = !(mine || quiet);
-                                self.fence
-                                    .set_quiet_until(wait.then(|| Instant::now() + QUIET_PERIOD));
-                                if wait {
-                                    tracing::info!(quiet_s = QUIET_PERIOD.as_secs(), "taking over from another instance: no issuer request before the previous holder's last ones have run out");
+                                if let Some(until) = self.fence.quiet_until() {
+                                    tracing::info!(quiet_s = until.saturating_duration_since(Instant::now()).as_secs(), "taking over from another instance: no issuer request before the previous holder's last ones have run out");
                                 }
                                 last_seen = v;
                                 watched = None;

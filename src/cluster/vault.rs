@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{Fence, LeaseRecord, LeaseStore, LeaseView};
 use crate::journal::store::file_stem;
-use crate::journal::{DiskStore, EntryStore};
+use crate::journal::{DiskStore, EntryConflict, EntryStore};
 use crate::policy::{ClusterSettings, Policy};
 use crate::sink::vault::{VaultSink, VaultSinkConfig};
 use crate::sink::{SinkError, SinkErrorKind};
@@ -45,7 +45,6 @@ const TOMBSTONE: &str = "";
 
 fn io_err(e: SinkError) -> io::Error {
     let kind = match e.kind {
-        SinkErrorKind::Conflict => io::ErrorKind::AlreadyExists,
         SinkErrorKind::Unavailable => io::ErrorKind::TimedOut,
         SinkErrorKind::Forbidden => io::ErrorKind::PermissionDenied,
         _ => io::ErrorKind::Other,
@@ -118,8 +117,7 @@ impl VaultCoord {
         }
         let path = self.entry_path(token);
         let Some(cas) = self.version_of(token) else {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
+            return Err(EntryConflict::io(
                 "the shared journal entry was not read by this instance before this write",
             ));
         };
@@ -131,7 +129,7 @@ impl VaultCoord {
             }
             Err(e) if e.kind == SinkErrorKind::Conflict => {
                 self.remember(token, None);
-                Err(io_err(e))
+                Err(EntryConflict::io(e.message))
             }
             // Unknown whether it landed: the next write finds out (a conflict if it did, and this process's
             // state is then re-read).

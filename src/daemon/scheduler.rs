@@ -169,6 +169,9 @@ impl Daemon {
             (MAX_CONCURRENT / self.policy.issuers.len().max(1)).max(MIN_CONCURRENT_PER_ISSUER);
         let mut taken: HashMap<&str, usize> = HashMap::new();
         let mut waiting = false;
+        // A new holder's quiet period: its visits start when it ends (all at once they would wait in the pacer and
+        // leave together when it lifts).
+        let quiet = self.quiet_until().is_some();
         let mut picked = Vec::new();
         let len = self.order.len();
         let mut next_cursor = self.cursor;
@@ -185,6 +188,7 @@ impl Daemon {
                 || slot.done
                 || slot.due_at(now) > now
                 || self.in_flight_issuer.contains_key(&self.order[i])
+                || quiet
             {
                 continue;
             }
@@ -236,6 +240,15 @@ impl Daemon {
             });
         }
         waiting
+    }
+
+    /// While a new holder waits out its predecessor's requests: until when (its visits are held back till then).
+    fn quiet_until(&self) -> Option<tokio::time::Instant> {
+        self.shared
+            .fence
+            .as_ref()
+            .filter(|f| f.role() == Role::Leader)
+            .and_then(|f| f.quiet_until())
     }
 
     /// Whether this instance mints: always without `[cluster]`, else while it holds the lease.
@@ -458,6 +471,13 @@ impl Daemon {
                 slot.backoff_until = None;
                 tracing::info!(token = %name, error = %f.error, "a visit failed as the cluster role changed; visiting again in the new role");
             }
+            Err(f) if f.error.is_journal_conflict() => {
+                // Only this process's view of the shared journal was stale: read it again in a second, without
+                // counting a failure.
+                slot.next_at = after(now, Duration::from_secs(1));
+                slot.backoff_until = None;
+                tracing::info!(token = %name, error = %f.error, "the shared journal entry changed under this visit; visiting again");
+            }
             Err(f) => {
                 self.failed = true;
                 if f.attempted {
@@ -473,10 +493,7 @@ impl Daemon {
                         s.stored_everywhere = *stored;
                     }
                 });
-                let wait = if f.error.is_journal_conflict() && failures <= 3 {
-                    // Only this process's view was stale (cluster mode): read the entry again soon.
-                    Duration::from_secs(1)
-                } else if followed {
+                let wait = if followed {
                     // A standby keeps looking at its pace: its files must follow the shared record (SPEC §8.4).
                     crate::rotation::FOLLOW_EVERY
                 } else if f.error.is_permanent() {
@@ -551,7 +568,9 @@ impl Daemon {
                 break;
             }
             // A due token waiting for a place is spawned when a visit completes; until then no timer is needed.
-            let sleep_for = if waiting {
+            let sleep_for = if let Some(until) = self.quiet_until() {
+                until.saturating_duration_since(tokio::time::Instant::now())
+            } else if waiting {
                 Duration::from_secs(86_400)
             } else {
                 self.earliest(now)

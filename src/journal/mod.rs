@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::MintedToken;
 use crate::secret::{ExposeSecret, SecretString};
-pub use store::{DiskStore, EntryStore, MemoryStore};
+pub use store::{DiskStore, EntryConflict, EntryStore, MemoryStore};
 
 pub const FORMAT: u32 = 1;
 
@@ -54,7 +54,8 @@ impl JournalError {
 
     /// A shared store refused the write: the entry changed since this process read it (another instance).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, JournalError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
+        matches!(self, JournalError::Io { source, .. }
+            if source.get_ref().is_some_and(|e| e.is::<store::EntryConflict>()))
     }
 }
 
@@ -223,6 +224,17 @@ struct Sealed {
 
 const CIPHER: &str = "xchacha20poly1305";
 
+/// How an entry is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// By the visit that writes it next: held entry first, and the store remembers the version.
+    ForWrite,
+    /// A look: held entry first, nothing remembered.
+    Look,
+    /// A look at the store only.
+    StoredLook,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -342,23 +354,30 @@ impl Journal {
 
     /// The entry of `token`: the one held in memory after a failed write, else the stored one.
     pub async fn load(&self, token: &str) -> Result<Option<Entry>, JournalError> {
-        self.fetch(token, false).await
+        self.fetch(token, Read::ForWrite).await
     }
 
-    /// The entry of `token` for a look only (another token's sweep, a standby, `plan`): the held one, else the
-    /// stored one, read without touching what the next write of it is checked against.
+    /// The entry of `token` for a look only (another token's sweep, `plan`): the held one, else the stored one,
+    /// read without touching what the next write of it is checked against.
     pub async fn peek(&self, token: &str) -> Result<Option<Entry>, JournalError> {
-        self.fetch(token, true).await
+        self.fetch(token, Read::Look).await
     }
 
-    async fn fetch(&self, token: &str, look_only: bool) -> Result<Option<Entry>, JournalError> {
-        if let Some(e) = lock(&self.held).get(token) {
-            return Ok(Some(e.clone()));
+    /// The stored entry of `token`, ignoring one held here (a cluster standby: what the lease holder wrote, not what
+    /// this process failed to write when it held the lease), read without touching the next write's version.
+    pub async fn peek_stored(&self, token: &str) -> Result<Option<Entry>, JournalError> {
+        self.fetch(token, Read::StoredLook).await
+    }
+
+    async fn fetch(&self, token: &str, how: Read) -> Result<Option<Entry>, JournalError> {
+        if how != Read::StoredLook {
+            if let Some(e) = lock(&self.held).get(token) {
+                return Ok(Some(e.clone()));
+            }
         }
-        let read = if look_only {
-            self.store.peek(token).await
-        } else {
-            self.store.read(token).await
+        let read = match how {
+            Read::ForWrite => self.store.read(token).await,
+            Read::Look | Read::StoredLook => self.store.peek(token).await,
         };
         let Some(bytes) = read.map_err(self.io(token))? else {
             return Ok(None);

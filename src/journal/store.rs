@@ -28,7 +28,7 @@ pub trait EntryStore: Send + Sync + std::fmt::Debug {
     }
     /// Replaces the entry atomically and durably: after `Ok`, a crash keeps these bytes; after `Err`, the old
     /// entry or the new one is there, never a mix. A store shared by several instances refuses a write when the
-    /// entry changed since this process last read or wrote it, with [`io::ErrorKind::AlreadyExists`].
+    /// entry changed since this process last read or wrote it, with an [`EntryConflict`].
     async fn write(&self, token: &str, bytes: Vec<u8>) -> io::Result<()>;
     /// Removes the entry (nothing there is fine), durably.
     async fn remove(&self, token: &str) -> io::Result<()>;
@@ -37,6 +37,25 @@ pub trait EntryStore: Send + Sync + std::fmt::Debug {
     /// Whether writes are refused (`plan`'s view).
     fn read_only(&self) -> bool {
         false
+    }
+}
+
+/// What a shared store answers when the entry changed since this process read it (another instance wrote it):
+/// the `io::Error` payload [`super::JournalError::is_conflict`] looks for. Only shared stores produce it.
+#[derive(Debug)]
+pub struct EntryConflict(pub String);
+
+impl std::fmt::Display for EntryConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EntryConflict {}
+
+impl EntryConflict {
+    pub fn io(why: impl Into<String>) -> io::Error {
+        io::Error::other(EntryConflict(why.into()))
     }
 }
 

@@ -96,6 +96,11 @@ impl Rotator {
 
     /// A standby's visit: follows the shared record of `token` into the local targets.
     pub async fn follow(&self, token: &TokenPolicy, now: DateTime<Utc>) -> Result<Tended, Failure> {
+        // A journal write this instance failed while it held the lease: written now if no other instance touched
+        // the entry since (the next holder then resumes it instead of minting again), else dropped.
+        if let Err(e) = self.journal.flush(&token.name).await {
+            tracing::debug!(token = %token.name, error = %e, "a held journal write is still held");
+        }
         let sinks = self.sinks_of(token)?;
         let observed = self.observe(token, &sinks).await?;
         let leveled = self.level_local(token, &sinks, &observed).await;
@@ -110,7 +115,7 @@ impl Rotator {
         }
         // The shared journal says what the holder is doing: a singleton it is replacing may already be dead at the
         // issuer (SPEC §5.10), and a token it no longer trusts is not ready here either.
-        let entry = self.journal.peek(&token.name).await?;
+        let entry = self.journal.peek_stored(&token.name).await?;
         let unready = entry.and_then(|e| match (&e.must_rotate, &e.rotation) {
             (Some(why), _) => Some(format!("the lease holder will replace this token: {why}")),
             (None, Some(_)) if token.kind.is_singleton() => Some(

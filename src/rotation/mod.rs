@@ -291,17 +291,15 @@ impl Rotator {
 
         let observed = self.observe(token, &sinks).await?;
         let (mut current, mut stored_everywhere) = current_of(&observed);
+        // Cluster mode: a local file that lags the shared record is copied, never a reason to mint; one that cannot
+        // be written leaves the token not ready here, and the visit goes on with the shared state.
+        let mut shared_agree = false;
         if self.level_locals && !stored_everywhere {
-            // Cluster mode: a local file that lags the shared record is copied, never a reason to mint.
             let leveled = self.level_local(token, &sinks, &observed).await;
             if leveled.shared_agree {
-                if !leveled.errors.is_empty() {
-                    // Only this instance's copy failed: report it, never mint for the whole cluster over it.
-                    return Err(Failure {
-                        error: AttemptError::Sinks(SinkFailures(leveled.errors)),
-                        learned: Some((leveled.current, false)),
-                        attempted: false,
-                    });
+                shared_agree = true;
+                for e in &leveled.errors {
+                    tracing::warn!(token = %token.name, error = %e, "this instance's copy of the shared record could not be written");
                 }
                 current = leveled.current;
                 stored_everywhere = leveled.everywhere;
@@ -309,7 +307,7 @@ impl Rotator {
         }
         self.revoke_due(token, issuer.as_ref(), &mut entry, now)
             .await?;
-        let due = if current.is_some() && !stored_everywhere {
+        let due = if current.is_some() && !stored_everywhere && !shared_agree {
             Due {
                 at: Some(now),
                 reason: DueReason::SinksDisagree,

@@ -320,6 +320,23 @@ async fn three_instances_one_minter_and_standbys_deliver_the_token_locally() {
             n.name
         );
     }
+    // `check` and `plan` work in cluster mode (`plan` reads the shared journal, read-only).
+    let out = c.stack.cli(&["check"], &c.nodes[1].policy, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = c.stack.cli(&["plan"], &c.nodes[1].policy, &[]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("org") && out.stdout.contains("team"),
+        "{}",
+        out.stdout
+    );
+    // `run --once` would mint without the lease: refused.
+    let out = c
+        .stack
+        .cli(&["run", "--once"], &c.nodes[1].policy, &[])
+        .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("[cluster]"), "{}", out.stderr);
     // A rotation asked of a standby is refused (it mints nothing); the leader's goes through and reaches every
     // node's files.
     let standby = (leader + 1) % 3;

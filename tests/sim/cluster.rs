@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use token_rotator::cluster::{Fence, LeaseKeeper, LeaseRecord, LeaseStore, LeaseView, Role};
-use token_rotator::journal::{EntryStore, Journal, MemoryStore};
+use token_rotator::journal::{EntryConflict, EntryStore, Journal, MemoryStore};
 use token_rotator::policy::ClusterSettings;
 use token_rotator::sink::{SinkError, SinkErrorKind};
 use tokio_util::sync::CancellationToken;
@@ -77,8 +77,7 @@ impl Link {
         let expected = self.seen.lock().unwrap().get(token).copied();
         if expected != Some(current) {
             self.seen.lock().unwrap().remove(token);
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
+            return Err(EntryConflict::io(
                 "check-and-set: written by another engine, or never read here",
             ));
         }
