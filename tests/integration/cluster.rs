@@ -16,6 +16,8 @@ use crate::harness::{
 /// Short leases keep the tests short: renewals every second, a dead holder replaced within 4 s.
 const LEASE_S: u64 = 3;
 const LEASE: Duration = Duration::from_secs(LEASE_S);
+/// Every instance seals the shared journal with the same key.
+const STATE_KEY: &str = "4242424242424242424242424242424242424242424242424242424242424242";
 
 struct Node {
     name: String,
@@ -128,6 +130,7 @@ sinks = [{{ sink = "vault", path = "ci/team" }}, {{ sink = "files", path = "team
                     r#"[daemon]
 state_dir = "{state}"
 listen = "127.0.0.1:{port}"
+state_key = {{ env = "STATE_KEY" }}
 
 [cluster]
 store = "vault"
@@ -184,7 +187,10 @@ sinks = [{{ sink = "vault", path = "ci/org" }}, {{ sink = "files", path = "org.j
 
     async fn start(&mut self, i: usize, extra: &[(&str, &str)]) {
         let (policy, port) = (self.nodes[i].policy.clone(), self.nodes[i].port);
-        let mut envs = vec![("VAULT_TOKEN", self.vault.1.as_str())];
+        let mut envs = vec![
+            ("VAULT_TOKEN", self.vault.1.as_str()),
+            ("STATE_KEY", STATE_KEY),
+        ];
         envs.extend_from_slice(extra);
         self.nodes[i].proc = Some(self.stack.daemon(&policy, port, &envs).await);
     }
@@ -320,10 +326,34 @@ async fn three_instances_one_minter_and_standbys_deliver_the_token_locally() {
             n.name
         );
     }
+    // The shared journal is sealed with `state_key`: no version of an entry shows a token value.
+    let history = reqwest::Client::new();
+    for v in 1..=3 {
+        let r = history
+            .get(format!(
+                "{}/v1/secret/data/token-rotator/test/journal/org?version={v}",
+                c.vault.0
+            ))
+            .header("X-Vault-Token", &c.vault.1)
+            .send()
+            .await
+            .unwrap();
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains(org["token"].as_str().unwrap()),
+            "journal version {v} shows the token"
+        );
+        if v == 1 {
+            assert!(text.contains("xchacha20poly1305"), "sealed: {text}");
+        }
+    }
     // `check` and `plan` work in cluster mode (`plan` reads the shared journal, read-only).
     let out = c.stack.cli(&["check"], &c.nodes[1].policy, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let out = c.stack.cli(&["plan"], &c.nodes[1].policy, &[]).await;
+    let out = c
+        .stack
+        .cli(&["plan"], &c.nodes[1].policy, &[("STATE_KEY", STATE_KEY)])
+        .await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stdout.contains("org") && out.stdout.contains("team"),
@@ -376,6 +406,7 @@ async fn a_holder_killed_at_any_step_is_finished_by_a_standby_without_a_second_c
         let mut envs: Vec<(&str, &str)> =
             envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         envs.push(("TOKEN_ROTATOR_FAILPOINT", step));
+        envs.push(("STATE_KEY", STATE_KEY));
         c.nodes[0].proc =
             Some(DaemonProc::spawned(&c.nodes[0].policy, c.nodes[0].port, &envs).await);
         let code = c.nodes[0]
