@@ -195,6 +195,12 @@ sinks = [{{ sink = "vault", path = "ci/org" }}, {{ sink = "files", path = "org.j
         self.nodes[i].proc = Some(self.stack.daemon(&policy, port, &envs).await);
     }
 
+    /// Waits (bounded) for node `i` to exit by itself; it is gone from the cluster afterwards.
+    async fn wait_exit(&mut self, i: usize, timeout: Duration) -> i32 {
+        let mut d = self.nodes[i].proc.take().expect("node is running");
+        d.wait_exit(timeout).await
+    }
+
     fn dump_logs(&self) {
         for n in &self.nodes {
             let Some(d) = &n.proc else { continue };
@@ -409,14 +415,8 @@ async fn a_holder_killed_at_any_step_is_finished_by_a_standby_without_a_second_c
         envs.push(("STATE_KEY", STATE_KEY));
         c.nodes[0].proc =
             Some(DaemonProc::spawned(&c.nodes[0].policy, c.nodes[0].port, &envs).await);
-        let code = c.nodes[0]
-            .proc
-            .as_mut()
-            .unwrap()
-            .wait_exit(Duration::from_secs(20))
-            .await;
+        let code = c.wait_exit(0, Duration::from_secs(20)).await;
         assert_ne!(code, 0, "{step}: the holder died at its failpoint");
-        c.nodes[0].proc = None;
         let dead_at = Instant::now();
         let creates_before = c.creates();
         assert_eq!(
@@ -452,14 +452,8 @@ async fn sigterm_hands_the_lease_over_within_two_seconds_and_kill_9_within_a_lea
     let new = c.leader(Duration::from_secs(5)).await;
     let handover = sent.elapsed();
     assert_eq!(new, 1);
-    let code = c.nodes[0]
-        .proc
-        .as_mut()
-        .unwrap()
-        .wait_exit(Duration::from_secs(15))
-        .await;
+    let code = c.wait_exit(0, Duration::from_secs(15)).await;
     assert_eq!(code, 0, "SIGTERM exits 0");
-    c.nodes[0].proc = None;
     assert!(
         handover < Duration::from_secs(2),
         "SIGTERM hand-over took {handover:?}"
