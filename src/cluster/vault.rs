@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{Fence, LeaseRecord, LeaseStore, LeaseView};
+use super::{LeaseRecord, LeaseStore, LeaseView};
 use crate::journal::store::file_stem;
 use crate::journal::{DiskStore, EntryConflict, EntryStore};
 use crate::policy::{ClusterSettings, Policy};
@@ -22,10 +22,10 @@ pub struct VaultCoord {
     path: String,
     /// The version of each journal entry as last read or written here: the next write's check-and-set.
     versions: Mutex<HashMap<String, u64>>,
-    /// `None`: a read-only view (`plan`). Journal writes are not fenced: check-and-set on each entry keeps an
+    /// `false`: a read-only view (`plan`). Journal writes are not fenced: check-and-set on each entry keeps an
     /// instance that lost the lease from rolling back the new holder's entries, and lets it journal a value an
     /// issuer answered just after its fence closed when nobody else touched the entry.
-    fence: Option<Arc<Fence>>,
+    writable: bool,
     /// `state_dir`'s lock, held for the process's lifetime (one daemon per `state_dir`).
     _local: Option<DiskStore>,
 }
@@ -53,8 +53,8 @@ fn io_err(e: SinkError) -> io::Error {
 }
 
 impl VaultCoord {
-    /// The store `[cluster]` names; `fence` is `None` for a read-only view.
-    pub fn new(policy: &Policy, fence: Option<Arc<Fence>>) -> Result<Self, String> {
+    /// The store `[cluster]` names; read-only unless `writable`.
+    pub fn new(policy: &Policy, writable: bool) -> Result<Self, String> {
         let settings: &ClusterSettings = policy
             .cluster
             .as_ref()
@@ -70,7 +70,7 @@ impl VaultCoord {
             mount: cfg.mount.clone(),
             path: settings.path.clone(),
             versions: Mutex::new(HashMap::new()),
-            fence,
+            writable,
             _local: None,
         })
     }
@@ -109,7 +109,7 @@ impl VaultCoord {
     /// an entry another instance wrote since is never overwritten. No version known (never read here) is refused
     /// the same way: the caller reads the entry first.
     async fn put(&self, token: &str, text: &str) -> io::Result<()> {
-        if self.fence.is_none() {
+        if !self.writable {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the journal was opened read-only",
@@ -190,7 +190,7 @@ impl EntryStore for VaultCoord {
     }
 
     fn read_only(&self) -> bool {
-        self.fence.is_none()
+        !self.writable
     }
 }
 

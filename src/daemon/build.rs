@@ -106,7 +106,7 @@ pub fn open_journal(policy: &Policy, read_only: bool) -> Result<Journal, SetupEr
         (None, true) => Journal::open_read_only(&policy.daemon.state_dir),
         (None, false) => Journal::open(&policy.daemon.state_dir)?,
         (Some(_), true) => Journal::new(Arc::new(
-            VaultCoord::new(policy, None).map_err(SetupError::Cluster)?,
+            VaultCoord::new(policy, false).map_err(SetupError::Cluster)?,
         )),
         (Some(_), false) => {
             return Err(SetupError::Cluster(
@@ -140,7 +140,7 @@ pub fn open_cluster(policy: &Policy) -> Result<(Journal, Arc<VaultCoord>, Arc<Fe
         .unwrap_or_else(crate::cluster::default_identity);
     let fence = Fence::new(identity, settings.fence_after());
     let coord = Arc::new(
-        VaultCoord::new(policy, Some(fence.clone()))
+        VaultCoord::new(policy, true)
             .map_err(SetupError::Cluster)?
             .with_local_lock(local),
     );

@@ -440,7 +440,7 @@ impl Daemon {
                     Some(at) => at.min(drift_at(now, drift)),
                     None => drift_at(now, drift),
                 };
-                if t.followed {
+                if followed {
                     // A standby follows on its own cadence; the holder rotates.
                     next = after(now, crate::rotation::FOLLOW_EVERY);
                 }
@@ -454,7 +454,7 @@ impl Daemon {
                 self.board.update(&name, |s| {
                     if t.rotated {
                         s.last_success = Some(now);
-                    } else if t.followed || s.last_success.is_none() {
+                    } else if followed || s.last_success.is_none() {
                         s.last_success = t.current.as_ref().map(|c| c.created_at);
                     }
                     s.current = t.current.clone();

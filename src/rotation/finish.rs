@@ -170,7 +170,6 @@ impl Rotator {
             due,
             rotated: true,
             wake_at: super::cleanup::wake_time(&entry, now),
-            followed: false,
             unready: None,
         })
     }

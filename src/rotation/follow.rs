@@ -142,7 +142,6 @@ impl Rotator {
             stored_everywhere: leveled.everywhere,
             rotated: false,
             wake_at: Some(now + TimeDelta::from_std(FOLLOW_EVERY).unwrap_or(TimeDelta::MAX)),
-            followed: true,
             unready,
         })
     }

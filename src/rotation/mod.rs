@@ -61,8 +61,6 @@ pub struct Tended {
     pub rotated: bool,
     /// When pending revocations need the token visited again (before its next due time).
     pub wake_at: Option<DateTime<Utc>>,
-    /// A standby's visit (`follow`): the next one is at `wake_at`, whatever `due` says (the holder rotates).
-    pub followed: bool,
     /// Why the token is not ready whatever its records say (a standby that sees the holder replacing a singleton).
     pub unready: Option<String>,
 }
@@ -334,7 +332,6 @@ impl Rotator {
                 due,
                 rotated: false,
                 wake_at: cleanup::wake_time(&entry, now),
-                followed: false,
                 unready: None,
             });
         }

@@ -86,6 +86,17 @@ async fn kv2_get(vault: &(String, String), path: &str) -> Option<Value> {
 }
 
 impl Cluster {
+    /// Two instances with both tokens, node 0 the holder (started first), node 1 a standby, the tokens minted and
+    /// in every node's files.
+    async fn pair() -> Cluster {
+        let mut c = Cluster::new(2, true).await;
+        c.start(0, &[]).await;
+        assert_eq!(c.leader(Duration::from_secs(10)).await, 0);
+        c.start(1, &[]).await;
+        c.settled(Duration::from_secs(30)).await;
+        c
+    }
+
     /// `n` instances of a policy with the org token and, when `with_team`, a team token.
     async fn new(n: usize, with_team: bool) -> Cluster {
         let stack = Stack::new(Default::default()).await;
@@ -440,11 +451,7 @@ async fn a_holder_killed_at_any_step_is_finished_by_a_standby_without_a_second_c
 
 #[tokio::test]
 async fn sigterm_hands_the_lease_over_within_two_seconds_and_kill_9_within_a_lease_and_a_renewal() {
-    let mut c = Cluster::new(2, true).await;
-    c.start(0, &[]).await;
-    assert_eq!(c.leader(Duration::from_secs(10)).await, 0);
-    c.start(1, &[]).await;
-    c.settled(Duration::from_secs(30)).await;
+    let mut c = Cluster::pair().await;
     assert_eq!(c.creates(), 2);
 
     let sent = Instant::now();
@@ -485,11 +492,7 @@ async fn sigterm_hands_the_lease_over_within_two_seconds_and_kill_9_within_a_lea
 
 #[tokio::test]
 async fn a_holder_paused_past_its_lease_wakes_up_as_a_standby_and_calls_no_issuer() {
-    let mut c = Cluster::new(2, true).await;
-    c.start(0, &[]).await;
-    assert_eq!(c.leader(Duration::from_secs(10)).await, 0);
-    c.start(1, &[]).await;
-    c.settled(Duration::from_secs(30)).await;
+    let c = Cluster::pair().await;
     // The holder is frozen with a create of the org token on its way: the issuer acts on it while the holder
     // sleeps, and the holder reads the answer only when it wakes.
     c.stack.tfc.set_create_delay(Duration::from_secs(2));
@@ -559,11 +562,7 @@ async fn a_holder_paused_past_its_lease_wakes_up_as_a_standby_and_calls_no_issue
 
 #[tokio::test]
 async fn while_openbao_is_unreachable_the_holder_steps_down_and_mints_nothing() {
-    let mut c = Cluster::new(2, true).await;
-    c.start(0, &[]).await;
-    assert_eq!(c.leader(Duration::from_secs(10)).await, 0);
-    c.start(1, &[]).await;
-    c.settled(Duration::from_secs(30)).await;
+    let c = Cluster::pair().await;
     let bao = c.stack.bao.pid();
     signal_pid(bao, "STOP");
     let stopped = Instant::now();
