@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum, ValueHint};
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{self, RunOptions};
@@ -13,7 +13,8 @@ use crate::policy::{self, LogFormat, Policy, DEFAULT_CONFIG_PATH};
 #[command(
     name = "token-rotator",
     version,
-    about = "Keeps HCP Terraform / TFE tokens fresh in Vault/OpenBao"
+    about = "Keeps HCP Terraform / TFE and Pulumi Cloud tokens fresh in Vault/OpenBao, AWS Secrets Manager and files",
+    long_about = LONG_ABOUT
 )]
 pub struct Cli {
     /// Log format on stderr (overrides `[daemon] log_format`).
@@ -33,7 +34,7 @@ pub enum LogFormatArg {
 pub enum Command {
     /// Run the daemon (with --once: rotate what is due, then exit).
     Run {
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
         config: Option<PathBuf>,
         /// Rotate what is due, then exit.
         #[arg(long)]
@@ -41,14 +42,14 @@ pub enum Command {
     },
     /// Per token: current token, expiry, next rotation time and why. Changes nothing.
     Plan {
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// Rotate now (hands the request to a running daemon if there is one).
     Rotate {
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
         config: Option<PathBuf>,
         /// Every token of the policy.
         #[arg(long, conflicts_with = "names")]
@@ -59,25 +60,40 @@ pub enum Command {
     },
     /// Health of every token as the running daemon sees it.
     Status {
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// Exit 0 when the daemon answers /healthz on `listen` (for container HEALTHCHECKs; no curl needed).
     Healthcheck {
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
         config: Option<PathBuf>,
     },
     /// Validate the policy; with --online also probe issuers and sinks (read-only).
     Check {
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
         config: Option<PathBuf>,
         /// Also prove each issuer credential and read each sink target, changing nothing.
         #[arg(long)]
         online: bool,
     },
+    /// Print a shell completion script to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout; with --out-dir, write it and one page per command there.
+    Man {
+        #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+        out_dir: Option<PathBuf>,
+    },
 }
+
+const LONG_ABOUT: &str = "Keeps HCP Terraform / Terraform Enterprise organization, team and agent tokens and Pulumi Cloud \
+tokens fresh. It reads a TOML policy of tokens, mints each successor before the current token expires, writes it to \
+HashiCorp Vault / OpenBao KV, AWS Secrets Manager or a file, proves the new token works, revokes the old one only when \
+that is safe, and serves Prometheus metrics, /healthz and /readyz on the policy's `listen` address.";
 
 pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -114,6 +130,10 @@ pub fn main() -> ExitCode {
         LogFormatArg::Json => LogFormat::Json,
     });
     match cli.command {
+        Command::Completions { shell } => {
+            crate::manual::print(&crate::manual::completions(shell, &mut Cli::command()))
+        }
+        Command::Man { out_dir } => crate::manual::write(Cli::command(), out_dir.as_deref()),
         Command::Run { config, once } => {
             crate::http::warm_up();
             let path = config_path(config);

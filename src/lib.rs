@@ -12,6 +12,7 @@ pub mod http;
 pub mod issuer;
 pub mod journal;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod online;
 pub mod policy;

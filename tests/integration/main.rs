@@ -1,6 +1,7 @@
 //! The one integration-test binary: real OpenBao, the in-repo TFC emulator, and the daemon as a process.
 
 mod canary;
+mod cli_docs;
 mod cluster;
 mod crash;
 mod faults;
