@@ -59,7 +59,7 @@ compressed=$(podman save --format docker-archive "$IMAGE" | gzip -6 | wc -c)
 echo "image $IMAGE: $((size / 1024)) KiB unpacked, $((compressed / 1024)) KiB as a gzip'd archive; user $user; healthcheck $health"
 [ "$user" = "65532:65532" ] || fail "image user is '$user', not 65532:65532"
 [ "$health" = '["CMD","/usr/local/bin/token-rotator","healthcheck"]' ] || fail "HEALTHCHECK is $health"
-version=$(podman run --rm --read-only "$IMAGE" --version)
+version=$(podman --log-level=fatal run --rm --read-only "$IMAGE" --version)
 [ "$version" = "token-rotator $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] || fail "--version said '$version'"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
