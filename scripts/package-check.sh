@@ -9,10 +9,14 @@
 #   - /usr/bin/token-rotator --version; `check` accepts the shipped /etc/token-rotator/policy.toml;
 #   - `systemd-analyze verify` prints nothing for the installed unit; its hardening score stays <= 2.0;
 #   - man pages, bash completion (sourced and asked) present;
+#   - booted under systemd (systemd-nspawn) with the unit enabled and LoadCredential=: the daemon runs as the
+#     package's user with no capabilities and a seccomp filter, becomes ready, rotates into OpenBao, keeps its journal
+#     in StateDirectory=, stops cleanly at shutdown, and logs no secret;
 #   - a changed conffile survives a reinstall and a remove; purge removes it and the state directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEBOOTSTRAP_DEB_VERSION=1.0.128+nmu2+deb12u2
+SYSTEMD_CONTAINER_DEB_VERSION=252.39-1~deb12u2
 deb="$(realpath "${1:?usage: package-check.sh PACKAGE.deb}")"
 if ! command -v debootstrap >/dev/null 2>&1; then
   . scripts/apt-pinned.sh
@@ -21,7 +25,10 @@ fi
 
 WORK="$(mktemp -d)"
 ROOT="$WORK/root"
+PIDS=()
 cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   umount "$ROOT/proc" 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -66,6 +73,110 @@ completed=$(in_root bash --norc -c 'source /usr/share/bash-completion/completion
 COMP_WORDS=(token-rotator check --o); COMP_CWORD=2
 _token__rotator token-rotator --o check; echo "${COMPREPLY[*]}"')
 [ "$completed" = "--online" ] || fail "bash completion of 'check --o' gave '$completed'"
+
+# Under a real systemd: boot the root (systemd-nspawn, sharing the host's network) with the unit enabled, the policy
+# pointing at the TFC emulator and OpenBao on the host's loopback, and the issuer and Vault tokens handed over with
+# LoadCredential= as the unit's comments say. The daemon must run as the package's static user, inside the unit's
+# sandbox, reach READY, rotate, keep its journal in StateDirectory=, and stop cleanly at shutdown.
+if ! command -v systemd-nspawn >/dev/null 2>&1; then
+  . scripts/apt-pinned.sh
+  apt_pinned "systemd-container=${SYSTEMD_CONTAINER_DEB_VERSION}"
+fi
+bash scripts/install-test-deps.sh
+cargo build --quiet --locked -p token-rotator-emulators
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 "${2:-150}"); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+TFC_PORT=$(free_port); BAO_PORT=$(free_port); LISTEN_PORT=$(free_port)
+mkdir -m 0700 "$WORK/home"
+"${CARGO_TARGET_DIR:-$PWD/target}/debug/tfc-emulator" --listen "127.0.0.1:$TFC_PORT" --org acme \
+  --admin-token-file "$WORK/tfc-admin" 2>"$WORK/tfc.log" &
+PIDS+=($!)
+HOME="$WORK/home" .venv/bin/bao server -dev -dev-listen-address="127.0.0.1:$BAO_PORT" -dev-root-token-id=pkg-root \
+  -dev-no-store-token >"$WORK/bao.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$BAO_PORT/v1/sys/health" || fail "OpenBao did not start"
+for _ in $(seq 1 100); do [ -s "$WORK/tfc-admin" ] && break; sleep 0.1; done
+install -d -m 0700 "$ROOT/etc/token-rotator/credentials"
+install -m 0600 "$WORK/tfc-admin" "$ROOT/etc/token-rotator/credentials/tfc-token"
+printf 'pkg-root\n' >"$ROOT/etc/token-rotator/credentials/vault-token"
+chmod 0600 "$ROOT/etc/token-rotator/credentials/vault-token"
+install -d "$ROOT/etc/systemd/system/token-rotator.service.d"
+cat >"$ROOT/etc/systemd/system/token-rotator.service.d/credentials.conf" <<'DROPIN'
+[Service]
+LoadCredential=tfc-token:/etc/token-rotator/credentials/tfc-token
+LoadCredential=vault-token:/etc/token-rotator/credentials/vault-token
+DROPIN
+cp "$ROOT/etc/token-rotator/policy.toml" "$WORK/shipped-policy.toml"
+cat >"$ROOT/etc/token-rotator/policy.toml" <<POLICY
+[daemon]
+listen = "127.0.0.1:$LISTEN_PORT"
+
+[issuers.tfc]
+kind = "tfe"
+address = "http://127.0.0.1:$TFC_PORT"
+token = { file = "\$CREDENTIALS_DIRECTORY/tfc-token" }
+
+[sinks.vault]
+kind = "vault"
+address = "http://127.0.0.1:$BAO_PORT"
+mount = "secret"
+auth = { method = "token", token = { file = "\$CREDENTIALS_DIRECTORY/vault-token" } }
+
+[tokens.pkg-org]
+issuer = "tfc"
+type = "organization"
+organization = "acme"
+lifetime = "40s"
+rotate_before = "32s"
+sinks = [{ sink = "vault", path = "pkg/tfc-org" }]
+POLICY
+in_root systemctl enable token-rotator.service >/dev/null 2>&1
+[ -L "$ROOT/etc/systemd/system/multi-user.target.wants/token-rotator.service" ] || fail "systemctl enable"
+install -d "$ROOT/var/log/journal"   # persistent journal: read from the host after shutdown
+umount "$ROOT/proc"
+systemd-nspawn --quiet --register=no --keep-unit --boot --directory="$ROOT" --console=pipe >"$WORK/boot.log" 2>&1 </dev/null &
+NSPAWN=$!
+PIDS+=($NSPAWN)
+journal() { journalctl --directory="$ROOT/var/log/journal" --no-pager -o cat "$@" 2>/dev/null || true; }
+boot_fail() {
+  echo "--- console" >&2; tail -40 "$WORK/boot.log" >&2
+  echo "--- token-rotator.service" >&2; journal -u token-rotator.service | tail -40 >&2
+  fail "$*"
+}
+wait_http "http://127.0.0.1:$LISTEN_PORT/readyz" 300 || boot_fail "the packaged daemon did not become ready under systemd"
+export BAO_ADDR="http://127.0.0.1:$BAO_PORT" BAO_TOKEN=pkg-root HOME="$WORK/home"
+stored=""
+for _ in $(seq 1 30); do
+  stored=$(.venv/bin/bao kv get -field=token secret/pkg/tfc-org 2>/dev/null || true)
+  [ -n "$stored" ] && break
+  sleep 1
+done
+[ -n "$stored" ] || boot_fail "nothing stored in OpenBao"
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $stored" "http://127.0.0.1:$TFC_PORT/api/v2/account/details")
+[ "$code" = "200" ] || boot_fail "the stored token answers $code at the issuer"
+pid=$(ss -ltnpH "sport = :$LISTEN_PORT" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+[ -n "$pid" ] || boot_fail "no process listens on $LISTEN_PORT"
+uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+want_uid=$(in_root getent passwd token-rotator | cut -d: -f3)
+[ "$uid" = "$want_uid" ] || boot_fail "the daemon runs as uid $uid, not the package's user ($want_uid)"
+[ "$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status")" = "0000000000000000" ] || boot_fail "the daemon has capabilities"
+[ "$(awk '/^Seccomp:/ {print $2}' "/proc/$pid/status")" = "2" ] || boot_fail "no seccomp filter"
+state="$ROOT/var/lib/private/token-rotator"
+[ "$(stat -c '%u %a' "$state")" = "$want_uid 700" ] || boot_fail "state directory is $(stat -c '%u %a' "$state")"
+[ -n "$(find "$state" -mindepth 1 -user "$want_uid" | head -1)" ] || boot_fail "no journal in the state directory"
+echo "under systemd: ready, rotated (stored token works), uid $uid (the package's user), no capabilities, seccomp on"
+kill -TERM "$NSPAWN"   # nspawn shuts the container down: systemd stops the unit with SIGTERM
+for _ in $(seq 1 300); do kill -0 "$NSPAWN" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$NSPAWN" 2>/dev/null && boot_fail "the container did not shut down within 30 s"
+log=$(journal -u token-rotator.service)
+grep -q "token-rotator started" <<<"$log" || boot_fail "no start in the unit's journal"
+grep -qE "Deactivated successfully|Succeeded" <<<"$log" || boot_fail "the unit did not stop cleanly at shutdown"
+for secret in "$stored" "$(cat "$WORK/tfc-admin")" pkg-root; do
+  if grep -qF "$secret" <<<"$log"; then boot_fail "a secret appears in the unit's journal"; fi
+done
+mount -t proc proc "$ROOT/proc"
+cp "$WORK/shipped-policy.toml" "$ROOT/etc/token-rotator/policy.toml"
+echo "under systemd: stopped cleanly at shutdown; no secret in $(wc -l <<<"$log") journal lines"
 
 # Conffile handling: an operator's edit survives a reinstall and a remove; purge takes it and the state.
 echo '# edited by the operator' >>"$ROOT/etc/token-rotator/policy.toml"

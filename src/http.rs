@@ -20,10 +20,27 @@ pub enum ClientBuildError {
         path: String,
         source: reqwest::Error,
     },
+    /// With reqwest's causes: its own text is only "builder error" (the cause says, e.g., that the platform has
+    /// no CA certificates).
     #[error("cannot build HTTP client: {0}")]
-    Build(reqwest::Error),
-    #[error("cannot build HTTP client: {0}")]
-    Shared(String),
+    Build(String),
+}
+
+/// An error and each of its causes, on one line.
+fn with_causes(e: &reqwest::Error) -> String {
+    format!("{e}{}", causes(e))
+}
+
+/// `": cause: cause…"` for each cause of `e` (empty when it has none).
+fn causes(e: &reqwest::Error) -> String {
+    let mut out = String::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
 
 /// The client for issuers without `ca_file` (platform roots only), shared by all of them: loading the platform
@@ -41,9 +58,9 @@ pub fn warm_up() {
 fn platform() -> Result<reqwest::Client, ClientBuildError> {
     // A caller arriving while the warm-up thread builds it waits for that build instead of starting another.
     PLATFORM
-        .get_or_init(|| builder().build().map_err(|e| e.to_string()))
+        .get_or_init(|| builder().build().map_err(|e| with_causes(&e)))
         .clone()
-        .map_err(ClientBuildError::Shared)
+        .map_err(ClientBuildError::Build)
 }
 
 fn builder() -> reqwest::ClientBuilder {
@@ -75,7 +92,7 @@ pub fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, ClientBuildErro
     builder()
         .tls_certs_merge(certs)
         .build()
-        .map_err(ClientBuildError::Build)
+        .map_err(|e| ClientBuildError::Build(with_causes(&e)))
 }
 
 /// Reads at most `MAX_BODY_BYTES` of a response body.
@@ -143,18 +160,12 @@ pub fn certificate_refusal(e: &reqwest::Error) -> Option<CertificateRefusal> {
 
 /// A transport error as one line: what failed, then each cause.
 pub fn reason(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() {
-        "timed out".to_string()
+    let what = if e.is_timeout() {
+        "timed out"
     } else if e.is_connect() {
-        "connection failed".to_string()
+        "connection failed"
     } else {
-        "request failed".to_string()
+        "request failed"
     };
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
+    format!("{what}{}", causes(e))
 }
