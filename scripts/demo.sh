@@ -20,45 +20,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done; echo "timed out waiting for $1" >&2; return 1; }
-
-TFC_PORT=$(free_port); BAO_PORT=$(free_port); LISTEN_PORT=$(free_port)
-mkdir -m 0700 "$WORK/home" "$WORK/state"
-
-"$BIN/tfc-emulator" --listen "127.0.0.1:$TFC_PORT" --org acme --admin-token-file "$WORK/tfc-admin" 2>"$WORK/tfc.log" &
-PIDS+=($!)
-HOME="$WORK/home" "$BAO" server -dev -dev-listen-address="127.0.0.1:$BAO_PORT" -dev-root-token-id=demo-root \
-  -dev-no-store-token >"$WORK/bao.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$BAO_PORT/v1/sys/health"
-for _ in $(seq 1 100); do [ -s "$WORK/tfc-admin" ] && break; sleep 0.1; done
+. scripts/stack.sh
+LISTEN_PORT=$(free_port)
+mkdir -m 0700 "$WORK/state"
+start_stack "$BIN/tfc-emulator" "$BAO" demo-root
 printf 'demo-root\n' >"$WORK/vault-token"; chmod 0600 "$WORK/vault-token"
-
-cat >"$WORK/policy.toml" <<POLICY
-[daemon]
-state_dir = "$WORK/state"
-listen = "127.0.0.1:$LISTEN_PORT"
-
-[issuers.tfc]
-kind = "tfe"
-address = "http://127.0.0.1:$TFC_PORT"
-token = { file = "$WORK/tfc-admin" }
-
-[sinks.vault]
-kind = "vault"
-address = "http://127.0.0.1:$BAO_PORT"
-mount = "secret"
-auth = { method = "token", token = { file = "$WORK/vault-token" } }
-
-[tokens.demo-org]
-issuer = "tfc"
-type = "organization"
-organization = "acme"
-lifetime = "40s"          # short on purpose: a rotation every ~8 s
-rotate_before = "32s"
-sinks = [{ sink = "vault", path = "demo/tfc-org" }]
-POLICY
+stack_policy "$LISTEN_PORT" "$WORK/tfc-admin" "$WORK/vault-token" demo-org demo/tfc-org "$WORK/state" >"$WORK/policy.toml"
 
 "$BIN/token-rotator" check --config "$WORK/policy.toml"
 "$BIN/token-rotator" run --config "$WORK/policy.toml" 2>"$WORK/daemon.log" &

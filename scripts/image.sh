@@ -62,48 +62,16 @@ echo "image $IMAGE: $((size / 1024)) KiB unpacked, $((compressed / 1024)) KiB as
 version=$(podman --log-level=fatal run --rm --read-only "$IMAGE" --version)
 [ "$version" = "token-rotator $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] || fail "--version said '$version'"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 150); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done; fail "timed out waiting for $1"; }
-TFC_PORT=$(free_port); BAO_PORT=$(free_port); LISTEN_PORT=$(free_port)
-mkdir -m 0700 "$WORK/home"
-"${CARGO_TARGET_DIR:-$PWD/target}/debug/tfc-emulator" --listen "127.0.0.1:$TFC_PORT" --org acme --admin-token-file "$WORK/tfc-admin" \
-  2>"$WORK/tfc.log" &
-PIDS+=($!)
-HOME="$WORK/home" "$BAO" server -dev -dev-listen-address="127.0.0.1:$BAO_PORT" -dev-root-token-id=image-root \
-  -dev-no-store-token >"$WORK/bao.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$BAO_PORT/v1/sys/health"
-for _ in $(seq 1 100); do [ -s "$WORK/tfc-admin" ] && break; sleep 0.1; done
-[ -s "$WORK/tfc-admin" ] || fail "the emulator wrote no admin token"
+. scripts/stack.sh
+LISTEN_PORT=$(free_port)
+start_stack "${CARGO_TARGET_DIR:-$PWD/target}/debug/tfc-emulator" "$BAO" image-root || fail "the emulator and OpenBao"
 
 # Secrets as an operator mounts them: a read-only directory, files owned by the image's user, mode 0600.
 install -d -m 0755 "$WORK/secrets"
 install -m 0600 -o 65532 -g 65532 "$WORK/tfc-admin" "$WORK/secrets/tfc-token"
 printf 'image-root\n' >"$WORK/vault-token"
 install -m 0600 -o 65532 -g 65532 "$WORK/vault-token" "$WORK/secrets/vault-token"
-cat >"$WORK/policy.toml" <<POLICY
-[daemon]
-listen = "127.0.0.1:$LISTEN_PORT"
-
-[issuers.tfc]
-kind = "tfe"
-address = "http://127.0.0.1:$TFC_PORT"
-token = { file = "/run/secrets/tfc-token" }
-
-[sinks.vault]
-kind = "vault"
-address = "http://127.0.0.1:$BAO_PORT"
-mount = "secret"
-auth = { method = "token", token = { file = "/run/secrets/vault-token" } }
-
-[tokens.image-org]
-issuer = "tfc"
-type = "organization"
-organization = "acme"
-lifetime = "40s"
-rotate_before = "32s"
-sinks = [{ sink = "vault", path = "image/tfc-org" }]
-POLICY
+stack_policy "$LISTEN_PORT" /run/secrets/tfc-token /run/secrets/vault-token image-org image/tfc-org >"$WORK/policy.toml"
 chmod 0644 "$WORK/policy.toml"
 
 podman volume create "$VOLUME" >/dev/null
@@ -114,7 +82,7 @@ podman --log-level=fatal run -d --name "$NAME" --network host --read-only --cap-
   { cat "$WORK/podman-run.log" >&2; fail "podman run failed"; }
 # (Without systemd as PID 1 podman cannot schedule the periodic HEALTHCHECK and says so on stderr; the check itself
 # is run below with `podman healthcheck run`.)
-wait_http "http://127.0.0.1:$LISTEN_PORT/healthz"
+wait_http "http://127.0.0.1:$LISTEN_PORT/healthz" || fail "/healthz"
 
 pid=$(podman inspect --format '{{.State.Pid}}' "$NAME")
 uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")

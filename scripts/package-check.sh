@@ -84,18 +84,9 @@ if ! command -v systemd-nspawn >/dev/null 2>&1; then
 fi
 bash scripts/install-test-deps.sh
 cargo build --quiet --locked -p token-rotator-emulators
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 "${2:-150}"); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done; return 1; }
-TFC_PORT=$(free_port); BAO_PORT=$(free_port); LISTEN_PORT=$(free_port)
-mkdir -m 0700 "$WORK/home"
-"${CARGO_TARGET_DIR:-$PWD/target}/debug/tfc-emulator" --listen "127.0.0.1:$TFC_PORT" --org acme \
-  --admin-token-file "$WORK/tfc-admin" 2>"$WORK/tfc.log" &
-PIDS+=($!)
-HOME="$WORK/home" .venv/bin/bao server -dev -dev-listen-address="127.0.0.1:$BAO_PORT" -dev-root-token-id=pkg-root \
-  -dev-no-store-token >"$WORK/bao.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$BAO_PORT/v1/sys/health" || fail "OpenBao did not start"
-for _ in $(seq 1 100); do [ -s "$WORK/tfc-admin" ] && break; sleep 0.1; done
+. scripts/stack.sh
+LISTEN_PORT=$(free_port)
+start_stack "${CARGO_TARGET_DIR:-$PWD/target}/debug/tfc-emulator" .venv/bin/bao pkg-root || fail "the emulator and OpenBao"
 install -d -m 0700 "$ROOT/etc/token-rotator/credentials"
 install -m 0600 "$WORK/tfc-admin" "$ROOT/etc/token-rotator/credentials/tfc-token"
 printf 'pkg-root\n' >"$ROOT/etc/token-rotator/credentials/vault-token"
@@ -107,29 +98,9 @@ LoadCredential=tfc-token:/etc/token-rotator/credentials/tfc-token
 LoadCredential=vault-token:/etc/token-rotator/credentials/vault-token
 DROPIN
 cp "$ROOT/etc/token-rotator/policy.toml" "$WORK/shipped-policy.toml"
-cat >"$ROOT/etc/token-rotator/policy.toml" <<POLICY
-[daemon]
-listen = "127.0.0.1:$LISTEN_PORT"
-
-[issuers.tfc]
-kind = "tfe"
-address = "http://127.0.0.1:$TFC_PORT"
-token = { file = "\$CREDENTIALS_DIRECTORY/tfc-token" }
-
-[sinks.vault]
-kind = "vault"
-address = "http://127.0.0.1:$BAO_PORT"
-mount = "secret"
-auth = { method = "token", token = { file = "\$CREDENTIALS_DIRECTORY/vault-token" } }
-
-[tokens.pkg-org]
-issuer = "tfc"
-type = "organization"
-organization = "acme"
-lifetime = "40s"
-rotate_before = "32s"
-sinks = [{ sink = "vault", path = "pkg/tfc-org" }]
-POLICY
+# shellcheck disable=SC2016 # $CREDENTIALS_DIRECTORY is for the daemon to expand, not this shell
+stack_policy "$LISTEN_PORT" '$CREDENTIALS_DIRECTORY/tfc-token' '$CREDENTIALS_DIRECTORY/vault-token' pkg-org pkg/tfc-org \
+  >"$ROOT/etc/token-rotator/policy.toml"
 in_root systemctl enable token-rotator.service >/dev/null 2>&1
 [ -L "$ROOT/etc/systemd/system/multi-user.target.wants/token-rotator.service" ] || fail "systemctl enable"
 install -d "$ROOT/var/log/journal"   # persistent journal: read from the host after shutdown

@@ -97,6 +97,32 @@ that is safe, and serves Prometheus metrics, /healthz and /readyz on the policy'
 
 pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
+/// Each exit status and its meaning (SPEC §2), for the man page.
+const EXIT_STATUSES: &[(u8, &str)] = &[
+    (0, "Success."),
+    (
+        EXIT_RUNTIME,
+        "A runtime failure: a rotation, a sink or an issuer failed.",
+    ),
+    (
+        EXIT_USAGE,
+        "Usage error or invalid policy; check prints every problem as PATH:LINE:COL: message.",
+    ),
+];
+
+/// Generated text (a completion script, the man page) on stdout. A reader that stops early (`| head`) is not an
+/// error.
+fn print_generated(text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("token-rotator: writing to stdout: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
 
 /// `--config`, else `$TOKEN_ROTATOR_CONFIG`, else the default path.
 fn config_path(flag: Option<PathBuf>) -> PathBuf {
@@ -131,9 +157,26 @@ pub fn main() -> ExitCode {
     });
     match cli.command {
         Command::Completions { shell } => {
-            crate::manual::print(&crate::manual::completions(shell, &mut Cli::command()))
+            print_generated(&crate::manual::completions(shell, &mut Cli::command()))
         }
-        Command::Man { out_dir } => crate::manual::write(Cli::command(), out_dir.as_deref()),
+        Command::Man { out_dir: None } => {
+            match crate::manual::page(Cli::command(), EXIT_STATUSES) {
+                Ok(page) => print_generated(&page),
+                Err(e) => {
+                    eprintln!("token-rotator: rendering the man page: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            match crate::manual::write_pages(Cli::command(), EXIT_STATUSES, &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("token-rotator: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
         Command::Run { config, once } => {
             crate::http::warm_up();
             let path = config_path(config);

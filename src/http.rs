@@ -26,23 +26,6 @@ pub enum ClientBuildError {
     Build(String),
 }
 
-/// An error and each of its causes, on one line.
-fn with_causes(e: &reqwest::Error) -> String {
-    format!("{e}{}", causes(e))
-}
-
-/// `": cause: cause…"` for each cause of `e` (empty when it has none).
-fn causes(e: &reqwest::Error) -> String {
-    let mut out = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
-}
-
 /// The client for issuers without `ca_file` (platform roots only), shared by all of them: loading the platform
 /// trust store costs milliseconds per client, and one connection pool serves every issuer.
 static PLATFORM: std::sync::OnceLock<Result<reqwest::Client, String>> = std::sync::OnceLock::new();
@@ -58,7 +41,11 @@ pub fn warm_up() {
 fn platform() -> Result<reqwest::Client, ClientBuildError> {
     // A caller arriving while the warm-up thread builds it waits for that build instead of starting another.
     PLATFORM
-        .get_or_init(|| builder().build().map_err(|e| with_causes(&e)))
+        .get_or_init(|| {
+            builder()
+                .build()
+                .map_err(|e| crate::redact::error_chain(&e))
+        })
         .clone()
         .map_err(ClientBuildError::Build)
 }
@@ -92,7 +79,7 @@ pub fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, ClientBuildErro
     builder()
         .tls_certs_merge(certs)
         .build()
-        .map_err(|e| ClientBuildError::Build(with_causes(&e)))
+        .map_err(|e| ClientBuildError::Build(crate::redact::error_chain(&e)))
 }
 
 /// Reads at most `MAX_BODY_BYTES` of a response body.
@@ -167,5 +154,5 @@ pub fn reason(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    format!("{what}{}", causes(e))
+    format!("{what}{}", crate::redact::causes(e))
 }

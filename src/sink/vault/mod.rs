@@ -194,7 +194,7 @@ impl VaultSink {
                 format!(
                     "cannot reach Vault at {}: {}",
                     self.address,
-                    reqwest_reason(&e)
+                    crate::redact::error_chain(&e)
                 ),
             )
         })?;
@@ -322,17 +322,6 @@ fn describe(e: &ClientError) -> String {
         src = s.source();
     }
     crate::redact::outside_text(&out, &[])
-}
-
-fn reqwest_reason(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 fn is_not_found(e: &ClientError) -> bool {
