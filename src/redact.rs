@@ -109,6 +109,26 @@ fn mask_shapes(text: &str) -> String {
     out
 }
 
+/// An error and each of its causes on one line (`error: cause: cause…`). Transport errors say little at the top
+/// ("builder error", "error sending request"); the reason is in the chain. Text from a server is not in these
+/// (reqwest's and rustls' causes are our libraries' own words); a caller that adds a server's text still passes the
+/// whole through [`outside_text`].
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    format!("{e}{}", causes(e))
+}
+
+/// `": cause: cause…"` for each cause of `e` (empty when it has none).
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,24 +172,4 @@ mod tests {
     fn short_known_values_do_not_mask_words() {
         assert_eq!(outside_text("not found", &[&secret("no")]), "not found");
     }
-}
-
-/// An error and each of its causes on one line (`error: cause: cause…`). Transport errors say little at the top
-/// ("builder error", "error sending request"); the reason is in the chain. Text from a server is not in these
-/// (reqwest's and rustls' causes are our libraries' own words); a caller that adds a server's text still passes the
-/// whole through [`outside_text`].
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    format!("{e}{}", causes(e))
-}
-
-/// `": cause: cause…"` for each cause of `e` (empty when it has none).
-pub fn causes(e: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
