@@ -15,11 +15,12 @@ RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
        cargo build --profile dist --locked --target "$target" -p token-rotator \
     && install -D -m 0755 "target/$target/dist/token-rotator" /out/rootfs/usr/local/bin/token-rotator \
     && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt /out/rootfs/etc/ssl/certs/ca-certificates.crt \
+    && install -D -m 0644 THIRD-PARTY-LICENSES /out/rootfs/usr/share/doc/token-rotator/THIRD-PARTY-LICENSES \
     && install -d -m 0755 /out/rootfs/var/lib \
     && install -d -m 0700 /out/state/token-rotator
 
 FROM scratch
-# Root-owned: the binary, the CA bundle, /var/lib.
+# Root-owned: the binary, the CA bundle, the licences of the crates linked into the binary, /var/lib.
 COPY --from=build /out/rootfs/ /
 # The state directory, owned by the runtime user with the mode 0700 the daemon demands. Copying the *contents* of
 # /out/state/ keeps the directory's own mode; a COPY onto the directory's path would create it 0755 (refused).

@@ -1,6 +1,8 @@
 # Sourced by the install scripts: `apt_pinned PACKAGE=VERSION...` installs Debian packages at pinned versions.
 # Debian stable keeps only the newest revision of a package; if a point release replaced a pinned one, the same
-# upstream version (VERSION up to its last '-') is accepted with a warning, anything else is refused. Needs root or
+# upstream version is accepted with a warning, anything else is refused. The upstream version is VERSION up to its
+# last '-' (2.42.0+ds-5+deb12u1 → 2.42.0+ds); a Debian-native version has no '-', and its stable updates append
+# "+debNNuN" (2.116.3+deb12u1 → 2.116.3). Needs root or
 # passwordless sudo, and apt-get. Packages' services are not started (policy-rc.d exit 101 while installing).
 apt_pinned() {
   local as_root=()
@@ -22,14 +24,15 @@ apt_pinned() {
   fi
   local specs=() spec pkg want upstream available version
   for spec in "$@"; do
-    pkg="${spec%%=*}"; want="${spec#*=}"; upstream="${want%-*}"
+    pkg="${spec%%=*}"; want="${spec#*=}"
+    if [ "${want%-*}" != "$want" ]; then upstream="${want%-*}-"; else upstream="${want%%+deb*}+deb"; fi
     available=$(apt-cache madison "$pkg" | awk -F' *[|] *' '{print $2}')
     if printf '%s\n' "$available" | grep -qxF "$want"; then
       version="$want"
     else
-      version=$(printf '%s\n' "$available" | grep -F "${upstream}-" | head -n 1 || true)
+      version=$(printf '%s\n' "$available" | while read -r v; do [ "${v#"$upstream"}" != "$v" ] && echo "$v"; done | head -n 1 || true)
       if [ -z "$version" ]; then
-        echo "$pkg=$want (or any ${upstream}-*) is not in the apt sources; available:" >&2
+        echo "$pkg=$want (or any ${upstream}*) is not in the apt sources; available:" >&2
         printf '  %s\n' $available >&2
         return 1
       fi

@@ -3,8 +3,10 @@
 # Dockerfile's runtime stage unchanged, with the `build` stage replaced by a directory of the same layout
 # (`--build-context build=DIR`: base images cannot be pulled here). Then runs the image against the TFC emulator and
 # a real OpenBao on the host's loopback and checks, failing on any miss:
-#   - it runs as the non-root user 65532 with a read-only root file system, all capabilities dropped;
-#   - /healthz answers and the image's HEALTHCHECK (`token-rotator healthcheck`) passes;
+#   - it runs as the non-root user 65532 with a read-only root file system (even root cannot write /), all
+#     capabilities dropped;
+#   - /healthz answers and the image's HEALTHCHECK (`token-rotator healthcheck`) passes, and fails with no daemon;
+#   - it reaches OpenBao by name (`localhost`: name lookup works in a static binary on scratch);
 #   - the organization token rotates into OpenBao, the stored token works at the issuer and its predecessor does not;
 #   - the journal lands on the state volume, owned by the image's user, mode 0700;
 #   - no token value appears in the container's logs;
@@ -48,6 +50,7 @@ fail() { echo "image test FAILED: $*" >&2; echo "--- container log" >&2; podman 
 CTX="$WORK/build"
 install -D -m 0755 "$BIN" "$CTX/out/rootfs/usr/local/bin/token-rotator"
 install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$CTX/out/rootfs/etc/ssl/certs/ca-certificates.crt"
+install -D -m 0644 THIRD-PARTY-LICENSES "$CTX/out/rootfs/usr/share/doc/token-rotator/THIRD-PARTY-LICENSES"
 install -d -m 0755 "$CTX/out/rootfs/var/lib"
 install -d -m 0700 "$CTX/out/state/token-rotator"
 podman build --quiet --format docker --pull=never --build-context "build=$CTX" -t "$IMAGE" -f Dockerfile "$CTX" >/dev/null
@@ -71,7 +74,8 @@ install -d -m 0755 "$WORK/secrets"
 install -m 0600 -o 65532 -g 65532 "$WORK/tfc-admin" "$WORK/secrets/tfc-token"
 printf 'image-root\n' >"$WORK/vault-token"
 install -m 0600 -o 65532 -g 65532 "$WORK/vault-token" "$WORK/secrets/vault-token"
-stack_policy "$LISTEN_PORT" /run/secrets/tfc-token /run/secrets/vault-token image-org image/tfc-org >"$WORK/policy.toml"
+# OpenBao by name: the static binary resolves `localhost` on scratch (glibc's built-in files lookup, podman's hosts).
+STACK_VAULT_HOST=localhost stack_policy "$LISTEN_PORT" /run/secrets/tfc-token /run/secrets/vault-token image-org image/tfc-org >"$WORK/policy.toml"
 chmod 0644 "$WORK/policy.toml"
 
 podman volume create "$VOLUME" >/dev/null
@@ -87,12 +91,24 @@ wait_http "http://127.0.0.1:$LISTEN_PORT/healthz" || fail "/healthz"
 pid=$(podman inspect --format '{{.State.Pid}}' "$NAME")
 uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
 [ "$uid" = "65532" ] || fail "the daemon runs as uid $uid"
-[ "$(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$NAME")" = "true" ] || fail "root file system is writable"
+# The root file system is read-only even for root in the container: our own binary, run as uid 0, cannot write to /.
+if ro=$(podman exec --user 0 "$NAME" /usr/local/bin/token-rotator man --out-dir / 2>&1); then
+  fail "root could write to / in the container"
+fi
+grep -q "Read-only file system" <<<"$ro" || fail "writing to / failed, but not for a read-only root: $ro"
 caps=$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
 [ "$caps" = "0000000000000000" ] || fail "effective capabilities $caps"
 
 # `podman healthcheck run` runs the image's HEALTHCHECK command inside the container now (exit 0 = healthy).
 podman healthcheck run "$NAME" >/dev/null || fail "HEALTHCHECK reported unhealthy"
+# …and the same command fails when nothing answers on `listen` (a policy whose port nobody serves).
+sed "s/^listen = .*/listen = \"127.0.0.1:$(free_port)\"/" "$WORK/policy.toml" >"$WORK/idle-policy.toml"
+chmod 0644 "$WORK/idle-policy.toml"
+code=0
+podman --log-level=fatal run --rm --network host -v "$WORK/idle-policy.toml:/etc/token-rotator/policy.toml:ro" \
+  -v "$WORK/secrets:/run/secrets:ro" "$IMAGE" healthcheck >/dev/null 2>"$WORK/idle-health.log" || code=$?
+[ "$code" = "1" ] || fail "healthcheck with no daemon listening exited $code, not 1: $(cat "$WORK/idle-health.log")"
+grep -q "did not answer 200" "$WORK/idle-health.log" || fail "healthcheck failed for another reason: $(cat "$WORK/idle-health.log")"
 
 export BAO_ADDR="http://127.0.0.1:$BAO_PORT" BAO_TOKEN=image-root HOME="$WORK/home"
 record() { "$BAO" kv get -format=json secret/image/tfc-org 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]["data"]; print(d["token_id"], d["token"])' || true; }

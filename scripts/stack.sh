@@ -31,6 +31,7 @@ start_stack() {
 }
 
 # stack_policy LISTEN_PORT TFC_TOKEN_FILE VAULT_TOKEN_FILE TOKEN_NAME KV_PATH [STATE_DIR]: the policy on stdout.
+# STACK_VAULT_HOST: OpenBao's host name in the policy (default 127.0.0.1; `localhost` tests name lookup).
 # The organization token lives 40 s and is rotated 32 s before it expires: a rotation every ~8 s.
 stack_policy() {
   [ -z "${6:-}" ] || printf '[daemon]\nstate_dir = "%s"\n' "$6"
@@ -45,7 +46,7 @@ token = { file = "$2" }
 
 [sinks.vault]
 kind = "vault"
-address = "http://127.0.0.1:$BAO_PORT"
+address = "http://${STACK_VAULT_HOST:-127.0.0.1}:$BAO_PORT"
 mount = "secret"
 auth = { method = "token", token = { file = "$3" } }
 

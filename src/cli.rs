@@ -14,7 +14,9 @@ use crate::policy::{self, LogFormat, Policy, DEFAULT_CONFIG_PATH};
     name = "token-rotator",
     version,
     about = "Keeps HCP Terraform / TFE and Pulumi Cloud tokens fresh in Vault/OpenBao, AWS Secrets Manager and files",
-    long_about = LONG_ABOUT
+    long_about = LONG_ABOUT,
+    // `--help` on every command; no `help` subcommand, which would need its own man page.
+    disable_help_subcommand = true
 )]
 pub struct Cli {
     /// Log format on stderr (overrides `[daemon] log_format`).
