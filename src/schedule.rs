@@ -35,6 +35,8 @@ pub enum DueReason {
     WindowMissed { due: Box<DueReason>, window: String },
     /// The journal says the current token is not to be trusted (why): rotate at once.
     Forced(String),
+    /// `manual = true`: nothing is rotated automatically; what the schedule would say otherwise.
+    Manual(Box<DueReason>),
 }
 
 impl DueReason {
@@ -71,6 +73,10 @@ impl fmt::Display for DueReason {
             DueReason::Never => write!(f, "nothing schedules a rotation"),
             DueReason::Window { due, window } => write!(f, "{due}; waiting for the window `{window}`"),
             DueReason::Forced(why) => write!(f, "{why}: rotate at once"),
+            DueReason::Manual(would) => write!(
+                f,
+                "manual: rotated only by `token-rotator rotate` (the schedule would say: {would})"
+            ),
             DueReason::WindowMissed { due, window } => write!(
                 f,
                 "{due}; the next window `{window}` opens too late (less than min_validity would be left), rotating at once"
@@ -81,7 +87,7 @@ impl fmt::Display for DueReason {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Due {
-    /// `None` only for `DueReason::Never`.
+    /// `None` only for `DueReason::Never` and `DueReason::Manual`.
     pub at: Option<DateTime<Utc>>,
     pub reason: DueReason,
 }
@@ -96,11 +102,33 @@ fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
-/// When the token whose current state is `current` must next be rotated.
+/// When the token whose current state is `current` must next be rotated: never by itself for a `manual` token.
 ///
 /// `jitter_offset` is the random delay (≤ the policy's `jitter`) drawn for this token's current cycle. A due time
 /// in the past means "now" (after a suspend the rotation happens at once, once).
 pub fn next_due(
+    schedule: &Schedule,
+    current: Option<&CurrentToken>,
+    jitter_offset: Duration,
+    now: DateTime<Utc>,
+) -> Due {
+    let due = scheduled(schedule, current, jitter_offset, now);
+    if schedule.manual {
+        manual(due)
+    } else {
+        due
+    }
+}
+
+/// A due time for a `manual` token: none, with the reason it would have had.
+pub fn manual(due: Due) -> Due {
+    Due {
+        at: None,
+        reason: DueReason::Manual(Box::new(due.reason)),
+    }
+}
+
+fn scheduled(
     schedule: &Schedule,
     current: Option<&CurrentToken>,
     jitter_offset: Duration,
@@ -229,6 +257,7 @@ mod tests {
             grace: Duration::from_secs(3600),
             window: None,
             min_validity: Some(Duration::from_secs(rb_d * DAY / 2)),
+            manual: false,
         }
     }
 
@@ -253,6 +282,31 @@ mod tests {
             expires_at: Some(expires),
         };
         next_due(&s, Some(&c), Duration::ZERO, due_at - TimeDelta::days(1))
+    }
+
+    #[test]
+    fn a_manual_token_is_never_due_and_says_what_the_schedule_would() {
+        let mut s = sched(30, 10, None);
+        s.manual = true;
+        let now = t("2026-01-01T00:00:00Z");
+        let none = next_due(&s, None, Duration::ZERO, now);
+        assert_eq!(none.at, None);
+        assert_eq!(
+            none.reason,
+            DueReason::Manual(Box::new(DueReason::NoRecord))
+        );
+        assert!(!none.is_due(now + TimeDelta::days(365)));
+        let expired = CurrentToken {
+            token_id: "at-1".into(),
+            created_at: t("2025-11-01T00:00:00Z"),
+            expires_at: Some(t("2025-12-01T00:00:00Z")),
+        };
+        let due = next_due(&s, Some(&expired), Duration::ZERO, now);
+        assert_eq!(due.at, None);
+        assert_eq!(
+            due.reason.to_string(),
+            "manual: rotated only by `token-rotator rotate` (the schedule would say: expired at 2025-12-01T00:00:00Z)"
+        );
     }
 
     #[test]

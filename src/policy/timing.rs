@@ -26,6 +26,8 @@ pub struct Schedule {
     /// Boxed: a `Window` is ~360 bytes, and most tokens have none (10,000 tokens are held in memory).
     pub window: Option<Box<Window>>,
     pub min_validity: Option<Duration>,
+    /// `manual = true`: watched (records, metrics, readiness) but rotated only by `token-rotator rotate NAME`.
+    pub manual: bool,
 }
 
 /// A maintenance window: a 5-field cron for its starts, how long it stays open, and the zone it is read in.
@@ -70,6 +72,10 @@ pub(super) fn read_schedule(
     let window_duration = t.opt_duration(d, "window_duration");
     let timezone = t.opt_str(d, "timezone");
     let min_validity = t.opt_duration(d, "min_validity");
+    let manual = t
+        .opt_bool(d, "manual")
+        .map(Spanned::into_inner)
+        .unwrap_or(false);
     let cron = window_text
         .as_ref()
         .and_then(|w| match parse_cron(w.get_ref()) {
@@ -251,5 +257,6 @@ pub(super) fn read_schedule(
         grace: grace.map(Spanned::into_inner).unwrap_or(DEFAULT_GRACE),
         window,
         min_validity: min_validity_value,
+        manual,
     })
 }

@@ -306,19 +306,27 @@ impl Rotator {
         self.revoke_due(token, issuer.as_ref(), &mut entry, now)
             .await?;
         let due = if current.is_some() && !stored_everywhere && !shared_agree {
-            Due {
+            let due = Due {
                 at: Some(now),
                 reason: DueReason::SinksDisagree,
+            };
+            if token.schedule.manual {
+                schedule::manual(due)
+            } else {
+                due
             }
         } else {
             schedule::next_due(&token.schedule, current.as_ref(), jitter, now)
         };
         let forced = match (&entry.must_rotate, force) {
+            // A manual token is rotated only when asked; what would force it shows as its not-ready reason.
+            (Some(_), false) if token.schedule.manual => None,
             (Some(why), _) => Some(why.clone()),
             (None, true) => Some("requested".to_string()),
             (None, false) => None,
         };
         if forced.is_none() && !due.is_due(now) {
+            let unready = manual_unready(token, current.as_ref(), &entry);
             if entry.sweep {
                 // Housekeeping: a sweep that cannot run now (the issuer's list refused, a neighbour unreadable)
                 // stays pending and never makes a healthy token fail.
@@ -332,7 +340,7 @@ impl Rotator {
                 due,
                 rotated: false,
                 wake_at: cleanup::wake_time(&entry, now),
-                unready: None,
+                unready,
             });
         }
         let why = forced.unwrap_or_else(|| {
@@ -597,4 +605,23 @@ impl Rotator {
             ),
         }
     }
+}
+
+/// Why a `manual` token that is not rotated now is not ready: it has no record yet (nothing is minted for it until
+/// someone asks), or the journal says its current token cannot be trusted. `None` for other tokens.
+fn manual_unready(
+    token: &TokenPolicy,
+    current: Option<&CurrentToken>,
+    entry: &Entry,
+) -> Option<String> {
+    if !token.schedule.manual {
+        return None;
+    }
+    let ask = format!("rotate it with `token-rotator rotate {}`", token.name);
+    if let Some(why) = &entry.must_rotate {
+        return Some(format!("manual token: {why}; {ask}"));
+    }
+    current
+        .is_none()
+        .then(|| format!("manual token with no record yet: nothing is minted for it; {ask}"))
 }

@@ -365,3 +365,83 @@ async fn a_window_that_opens_too_late_is_not_waited_for_and_is_counted() {
     );
     crate::harness::assert_valid_org_record(&env.tfc, &env.record("ops/ci-org").await);
 }
+
+/// `manual = true` (SPEC §10): the daemon watches the token but mints nothing by itself; `rotate NAME` does;
+/// `plan` and `status` say why nothing is scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_token_is_watched_and_rotated_only_by_rotate() {
+    let env = Env::new().await;
+    let tokens = Env::token("ci-org", "acme").replace(
+        "organization = \"acme\"\n",
+        "organization = \"acme\"\nmanual = true\n",
+    );
+    let policy = env.policy(&tokens);
+    let org_tokens = || {
+        env.tfc
+            .all_tokens()
+            .into_iter()
+            .filter(|t| t.kind == token_rotator_emulators::tfc::TokenKind::Organization)
+            .count()
+    };
+    let before = org_tokens();
+    let daemon = env.daemon(&policy).await;
+
+    // Not ready, with the reason and the command to run; nothing minted, nothing stored.
+    let body = wait_for(
+        Duration::from_secs(20),
+        "the manual token reported",
+        || async {
+            let (code, body) = daemon.readyz().await;
+            (code == 503 && body.to_string().contains("manual token with no record yet"))
+                .then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        body.to_string().contains("token-rotator rotate ci-org"),
+        "{body}"
+    );
+    assert_eq!(org_tokens(), before, "minted by itself");
+    assert_eq!(env.token_id("ci-org").await, None);
+    let plan = env.cli(&["plan"], &policy).await;
+    assert!(
+        plan.stdout
+            .contains("manual: rotated only by `token-rotator rotate`"),
+        "{}",
+        plan.stdout
+    );
+    let status = env.cli(&["status", "--json"], &policy).await;
+    let rows: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(rows[0]["ready"], false, "{}", status.stdout);
+    assert!(rows[0]["next_due"].is_null(), "{}", status.stdout);
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "token_rotator_token_ready",
+            &[("token", "ci-org")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "token_rotator_token_next_rotation_timestamp_seconds",
+            &[("token", "ci-org")]
+        ),
+        None,
+        "a manual token has no next rotation time"
+    );
+
+    // Asked: rotated once, stored, valid, ready.
+    let out = env.cli(&["rotate", "ci-org"], &policy).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(org_tokens(), before + 1);
+    let record = env.record("ops/ci-org").await;
+    crate::harness::assert_valid_org_record(&env.tfc, &record);
+    let (code, body) = daemon.readyz().await;
+    assert_eq!(code, 200, "{body}");
+    let status = env.cli(&["status"], &policy).await;
+    assert!(status.stdout.contains("manual"), "{}", status.stdout);
+    assert_eq!(daemon.terminate(), 0);
+}

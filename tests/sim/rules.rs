@@ -574,3 +574,106 @@ fn drift_checks_of_many_tokens_share_whole_minute_wake_ups() {
         rig.stop().await;
     });
 }
+
+#[test]
+fn a_manual_token_is_minted_and_rotated_only_when_asked() {
+    paused(11, async {
+        let rig = Rig::new(
+            11,
+            spec(
+                &["org", "team-a"],
+                "lifetime = \"2h\"\nrotate_before = \"40m\"\ngrace = \"10m\"\nmanual = true",
+            ),
+        );
+        let status = |name: &str| {
+            let live = rig.world.live().expect("the daemon runs");
+            live.board
+                .snapshot()
+                .into_iter()
+                .find(|s| s.name == name)
+                .expect("on the board")
+        };
+        let (org0, team0) = (rig.org_tokens().len(), rig.team_tokens("ci team-a").len());
+
+        // No record yet: nothing is minted, and the token is not ready with a reason that says what to do.
+        rig.run_for(Duration::from_secs(3 * 3600)).await;
+        assert_eq!(
+            rig.org_tokens().len(),
+            org0,
+            "an org token minted by itself"
+        );
+        assert_eq!(
+            rig.team_tokens("ci team-a").len(),
+            team0,
+            "a team token minted by itself"
+        );
+        for name in ["org", "team-a"] {
+            let s = status(name);
+            assert!(
+                !s.is_ready(token_rotator::clock::now()),
+                "{name} ready without a record"
+            );
+            let why = s.pending.clone().unwrap_or_default();
+            assert!(
+                why.contains("manual token with no record yet")
+                    && why.contains(&format!("token-rotator rotate {name}")),
+                "{name}: {why}"
+            );
+        }
+
+        // Asked: one rotation each, and the tokens are ready.
+        rig.rotate("org").await;
+        rig.rotate("team-a").await;
+        rig.run_for(Duration::from_secs(120)).await;
+        assert_eq!(rig.org_tokens().len(), org0 + 1);
+        assert_eq!(rig.team_tokens("ci team-a").len(), team0 + 1);
+        for name in ["org", "team-a"] {
+            let s = status(name);
+            assert!(
+                s.is_ready(token_rotator::clock::now()),
+                "{name}: {:?}",
+                s.pending
+            );
+            assert!(
+                s.next_due.is_none(),
+                "{name} has a due time: {:?}",
+                s.next_due
+            );
+            assert!(
+                s.next_reason.starts_with("manual: "),
+                "{name}: {}",
+                s.next_reason
+            );
+        }
+
+        // Due after 80 min, expired after 2 h: still nothing by itself, and an expired token is not ready.
+        rig.run_for(Duration::from_secs(5 * 3600)).await;
+        assert_eq!(
+            rig.org_tokens().len(),
+            org0 + 1,
+            "rotated by itself when due"
+        );
+        assert_eq!(
+            rig.team_tokens("ci team-a").len(),
+            team0 + 1,
+            "rotated by itself when due"
+        );
+        let org = status("org");
+        assert!(
+            !org.is_ready(token_rotator::clock::now()),
+            "an expired token is ready"
+        );
+        assert!(
+            org.next_reason.contains("expired at"),
+            "{}",
+            org.next_reason
+        );
+
+        // Asked again: rotated again.
+        rig.rotate("org").await;
+        rig.run_for(Duration::from_secs(120)).await;
+        assert_eq!(rig.org_tokens().len(), org0 + 2);
+        assert!(status("org").is_ready(token_rotator::clock::now()));
+        rig.stop().await;
+    });
+}

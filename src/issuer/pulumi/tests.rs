@@ -14,6 +14,7 @@ fn policy(kind: PulumiType, label: &str) -> TokenPolicy {
             grace: Duration::ZERO,
             window: None,
             min_validity: None,
+            manual: false,
         },
         label: label.into(),
         sinks: Vec::new(),
