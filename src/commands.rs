@@ -307,7 +307,13 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
             let mut results = Vec::new();
             for t in selected {
                 let r = rotator
-                    .tend(t, true, std::time::Duration::ZERO, crate::clock::now())
+                    .tend(
+                        t,
+                        true,
+                        std::time::Duration::ZERO,
+                        false,
+                        crate::clock::now(),
+                    )
                     .await;
                 results.push(match r {
                     Ok(tended) => RotateResult {

@@ -59,12 +59,17 @@ struct Slot {
     /// After a failed attempt, no attempt before this (monotonic: a wall clock stepped forward must not cut a
     /// backoff short — after a create whose outcome is unknown, the next one comes only after it, SPEC §5.10).
     backoff_until: Option<tokio::time::Instant>,
+    /// The next liveness probe of the current token (SPEC §10): the first visit at or after it probes.
+    verify_at: DateTime<Utc>,
 }
 
 impl Slot {
-    fn new(policy: Arc<TokenPolicy>, now: DateTime<Utc>) -> Self {
+    fn new(policy: Arc<TokenPolicy>, now: DateTime<Utc>, verify_interval: Duration) -> Self {
         Slot {
             policy,
+            // Not at start-up: the first visit reads every sink anyway, and probing every token at once would be
+            // a burst of issuer requests; each token is first probed one interval after it was taken on.
+            verify_at: drift_at(now, verify_interval),
             next_at: now,
             in_flight: false,
             done: false,
@@ -150,7 +155,7 @@ impl Daemon {
         self.metrics.init_token(&t.name);
         self.board
             .add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
-        let mut slot = Slot::new(Arc::clone(t), now);
+        let mut slot = Slot::new(Arc::clone(t), now, self.policy.daemon.verify_interval);
         // Removed and added back while its visit was still running: that visit's completion frees the slot, and
         // no second visit of the token starts before it.
         slot.in_flight = self.in_flight_issuer.contains_key(&t.name);
@@ -203,6 +208,8 @@ impl Daemon {
             next_cursor = (i + 1) % len;
         }
         self.cursor = next_cursor;
+        let lead = self.leading();
+        let verify_interval = self.policy.daemon.verify_interval;
         for name in picked {
             let Some(slot) = self.slots.get_mut(&name) else {
                 continue;
@@ -218,14 +225,19 @@ impl Daemon {
             let rotator = self.rotator.clone();
             let policy = slot.policy.clone();
             let jitter = slot.jitter;
-            let lead = self.leading();
+            // Liveness rides on a visit that happens anyway (the schedule, a drift check) once it is due; the next
+            // one is an interval later, whatever this visit finds (an inconclusive probe is asked again then).
+            let verify = lead && slot.verify_at <= now;
+            if verify {
+                slot.verify_at = drift_at(now, verify_interval);
+            }
             self.tasks.spawn(async move {
                 // A panic must not leave the slot in flight for good (never visited again, `run --once` never
                 // ending): it becomes a failed attempt; the journal keeps whatever progress was made.
                 let now = crate::clock::now();
                 let visit = AssertUnwindSafe(async {
                     if lead {
-                        rotator.tend(&policy, force, jitter, now).await
+                        rotator.tend(&policy, force, jitter, verify, now).await
                     } else {
                         rotator.follow(&policy, now).await
                     }
@@ -446,6 +458,9 @@ impl Daemon {
                 }
                 if let Some(wake) = t.wake_at {
                     next = next.min(wake.max(now));
+                }
+                if !followed {
+                    next = next.min(slot.verify_at.max(now));
                 }
                 if role_changed {
                     next = now;

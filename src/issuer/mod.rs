@@ -117,6 +117,15 @@ pub trait Issuer: Send + Sync {
     async fn revoke(&self, token: &TokenPolicy, token_id: &str) -> Result<(), IssuerError>;
     /// The tokens at the issuer that carry this daemon's label for `token` (coexisting types only).
     async fn list_own(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError>;
+    /// For types whose tokens cannot prove themselves (agent tokens): whether the issuer still lists `token_id`
+    /// among `token`'s tokens, whatever their label (the liveness check, SPEC §10). `None`: no such list.
+    async fn still_listed(
+        &self,
+        _token: &TokenPolicy,
+        _token_id: &str,
+    ) -> Result<Option<bool>, IssuerError> {
+        Ok(None)
+    }
     /// Proves the issuer's own credential works, changing nothing (`check --online`).
     async fn probe(&self) -> Result<(), IssuerError>;
     /// Whether `value` is the credential this issuer calls the API with (self-rotation detection).

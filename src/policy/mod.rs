@@ -38,6 +38,7 @@ pub use timing::{parse_cron, Schedule, Window};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/token-rotator/policy.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9851";
 const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(3600);
+const DEFAULT_VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_REQUESTS_PER_SECOND: u32 = 25;
 /// Policy files larger than this are refused before parsing.
 const MAX_POLICY_BYTES: u64 = 16 * 1024 * 1024;
@@ -67,6 +68,8 @@ pub struct DaemonSettings {
     pub listen: SocketAddr,
     pub log_format: Option<LogFormat>,
     pub drift_check: Duration,
+    /// How often the current token of each token is proven to still work (SPEC §10 liveness).
+    pub verify_interval: Duration,
     /// Encrypts the journal at rest (`env` or `file` reference to a 32-byte key).
     pub state_key: Option<SecretRef>,
 }
@@ -298,6 +301,7 @@ fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option
             .expect("valid default listen address"),
         log_format: None,
         drift_check: DEFAULT_DRIFT_CHECK,
+        verify_interval: DEFAULT_VERIFY_INTERVAL,
         state_key: None,
     };
     let Some(mut t) = root.opt_table(d, "daemon") else {
@@ -349,6 +353,14 @@ fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option
             ok = false;
         } else {
             settings.drift_check = dc.into_inner();
+        }
+    }
+    if let Some(vi) = t.opt_duration(d, "verify_interval") {
+        if vi.get_ref().is_zero() {
+            d.push(vi.span(), "`verify_interval` must be longer than 0s");
+            ok = false;
+        } else {
+            settings.verify_interval = vi.into_inner();
         }
     }
     if t.has("state_key") {

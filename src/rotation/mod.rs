@@ -9,6 +9,7 @@
 mod cleanup;
 mod finish;
 mod follow;
+mod liveness;
 mod observe;
 
 pub use follow::FOLLOW_EVERY;
@@ -237,13 +238,15 @@ impl Rotator {
         }
     }
 
-    /// Visits one token: resumes a journaled rotation, revokes old tokens whose time has come, reads the sinks
-    /// and rotates when due (or `force`).
+    /// Visits one token: resumes a journaled rotation, revokes old tokens whose time has come, reads the sinks,
+    /// proves the current token still works (`verify`, SPEC §10 liveness) and rotates when due (or `force`, or when
+    /// the token turned out dead).
     pub async fn tend(
         &self,
         token: &TokenPolicy,
         force: bool,
         jitter: Duration,
+        verify: bool,
         now: DateTime<Utc>,
     ) -> Result<Tended, Failure> {
         // At most one visit of a token at a time, whatever asks (schedule, `rotate`, a reload re-adding it).
@@ -305,6 +308,15 @@ impl Rotator {
         }
         self.revoke_due(token, issuer.as_ref(), &mut entry, now)
             .await?;
+        if verify && !force && entry.must_rotate.is_none() && stored_everywhere {
+            if let Some(cur) = &current {
+                if let Some(dead) = self.liveness(token, issuer.as_ref(), cur, &observed).await {
+                    tracing::warn!(token = %token.name, token_id = %cur.token_id, reason = %dead, "the current token is dead");
+                    entry.must_rotate = Some(dead);
+                    self.journal.save(&entry).await?;
+                }
+            }
+        }
         let due = if current.is_some() && !stored_everywhere && !shared_agree {
             let due = Due {
                 at: Some(now),

@@ -66,6 +66,10 @@ impl Rotator {
                 });
             }
         }
+        if token.schedule.manual && due.at.is_some() {
+            // Disagreeing sinks or a distrusted token: reasons, not rotations, for a manual token.
+            due = schedule::manual(due);
+        }
         Ok(Inspection {
             current,
             stored_everywhere,

@@ -445,3 +445,81 @@ async fn a_manual_token_is_watched_and_rotated_only_by_rotate() {
     assert!(status.stdout.contains("manual"), "{}", status.stdout);
     assert_eq!(daemon.terminate(), 0);
 }
+
+/// Liveness (SPEC §10): a token revoked at the issuer behind the daemon's back is found by the probe every
+/// `verify_interval` (probes share whole-minute wake-ups) and replaced at once; a manual token found dead turns not
+/// ready with a reason that says what happened, and nothing is minted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_at_the_issuer_is_found_and_replaced_and_a_manual_one_turns_not_ready() {
+    let env = Env::new().await;
+    let tokens = format!(
+        "{}{}",
+        Env::token("ci-org", "acme"),
+        Env::token("ci-audit", "audit").replace(
+            "organization = \"acme\"\n",
+            "organization = \"acme\"\nmanual = true\n",
+        )
+    );
+    let policy = env.policy(&tokens);
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        text.replacen("[daemon]\n", "[daemon]\nverify_interval = \"5s\"\n", 1),
+    )
+    .unwrap();
+    let daemon = env.daemon(&policy).await;
+    let org = wait_for(Duration::from_secs(20), "the org token stored", || {
+        env.token_id("ci-org")
+    })
+    .await;
+    let out = env.cli(&["rotate", "ci-audit"], &policy).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let audit = env.token_id("ci-audit").await.unwrap();
+    let creates = || env.tfc.all_tokens().len();
+    let before = creates();
+
+    env.tfc.revoke(&org);
+    env.tfc.revoke(&audit);
+    // verify_interval (5 s) rounded up to a whole minute, plus a minute: the bound SPEC §10 sets.
+    let replaced = wait_for(
+        Duration::from_secs(70),
+        "the revoked org token replaced",
+        || async { env.token_id("ci-org").await.filter(|id| *id != org) },
+    )
+    .await;
+    crate::harness::assert_valid_org_record(&env.tfc, &env.record("ops/ci-org").await);
+    let body = wait_for(
+        Duration::from_secs(70),
+        "the manual token reported dead",
+        || async {
+            let (code, body) = daemon.readyz().await;
+            (code == 503
+                && body
+                    .to_string()
+                    .contains("refused by the issuer (401 at the liveness probe)"))
+            .then_some(body)
+        },
+    )
+    .await;
+    assert!(body.to_string().contains("ci-audit"), "{body}");
+    assert!(
+        body.to_string().contains("token-rotator rotate ci-audit"),
+        "{body}"
+    );
+    assert_eq!(
+        env.token_id("ci-audit").await.as_deref(),
+        Some(audit.as_str()),
+        "the manual token was rotated"
+    );
+    assert_eq!(
+        creates(),
+        before + 1,
+        "one create: the org token's successor ({replaced})"
+    );
+    assert!(
+        daemon.stderr().contains("the current token is dead"),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(daemon.terminate(), 0);
+}

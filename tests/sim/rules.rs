@@ -19,6 +19,7 @@ use token_rotator_emulators::tfc::{TokenInfo, TokenKind};
 use crate::faults::SinkFault;
 use crate::world::World;
 use crate::{build_world_with, crash, start_daemon, Incarnation, Spec, TICK};
+use token_rotator::secret::ExposeSecret;
 
 const BASE: &str = "2026-03-01T00:00:00Z";
 
@@ -674,6 +675,67 @@ fn a_manual_token_is_minted_and_rotated_only_when_asked() {
         rig.run_for(Duration::from_secs(120)).await;
         assert_eq!(rig.org_tokens().len(), org0 + 2);
         assert!(status("org").is_ready(token_rotator::clock::now()));
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn a_token_revoked_behind_the_daemons_back_is_replaced_within_the_verify_interval_and_a_minute() {
+    paused(12, async {
+        let rig = Rig::new(
+            12,
+            spec(
+                &["org", "team-a", "agent", "pulumi"],
+                "lifetime = \"30d\"\nrotate_before = \"10d\"\ngrace = \"10m\"",
+            ),
+        );
+        rig.run_for(Duration::from_secs(600)).await;
+        let verify_interval = rig.world.policy.daemon.verify_interval;
+        assert_eq!(verify_interval, Duration::from_secs(3600), "the default");
+        let id_of = |name: &str| {
+            rig.world
+                .records_of(rig.world.token(name))
+                .first()
+                .cloned()
+                .flatten()
+                .map(|r| r.token_id)
+        };
+        let names = ["org", "team-a", "agent", "pulumi"];
+        let revoked: Vec<String> = names.iter().map(|n| id_of(n).expect("a record")).collect();
+        let at = token_rotator::clock::now();
+        for name in names {
+            crate::revoke_outside(&rig.world, name, false);
+        }
+        // Minute by minute: when each record names another token.
+        let mut replaced: Vec<Option<TimeDelta>> = vec![None; names.len()];
+        for _ in 0..75 {
+            rig.run_for(Duration::from_secs(60)).await;
+            for (i, name) in names.iter().enumerate() {
+                if replaced[i].is_none() && id_of(name).as_ref() != Some(&revoked[i]) {
+                    replaced[i] = Some(token_rotator::clock::now() - at);
+                }
+            }
+        }
+        let bound = TimeDelta::from_std(verify_interval).unwrap() + TimeDelta::seconds(60);
+        for (i, name) in names.iter().enumerate() {
+            let after = replaced[i]
+                .unwrap_or_else(|| panic!("{name}: the dead token is still stored after 75 min"));
+            assert!(
+                after <= bound,
+                "{name}: replaced {} min after the revoke",
+                after.num_minutes()
+            );
+            let record = rig.world.records_of(rig.world.token(name))[0]
+                .clone()
+                .unwrap();
+            assert!(
+                rig.world.is_valid(
+                    rig.world.service_of(rig.world.token(name)),
+                    record.token.expose_secret()
+                ),
+                "{name}: the new record is not accepted by the issuer"
+            );
+        }
         rig.stop().await;
     });
 }

@@ -421,6 +421,57 @@ impl Issuer for TfeIssuer {
     }
 
     async fn list_own(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError> {
+        Ok(self
+            .list_all(token)
+            .await?
+            .into_iter()
+            .filter(|t| self.is_own_label(token, &t.label))
+            .collect())
+    }
+
+    async fn still_listed(
+        &self,
+        token: &TokenPolicy,
+        token_id: &str,
+    ) -> Result<Option<bool>, IssuerError> {
+        if !matches!(self.type_of(token)?, TfeType::Agent { .. }) {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.list_all(token)
+                .await?
+                .iter()
+                .any(|t| t.token_id == token_id),
+        ))
+    }
+
+    fn credential_is(&self, value: &SecretString) -> bool {
+        self.api.credential_is(value)
+    }
+
+    fn set_credential(&self, value: SecretString) {
+        self.api.set_credential(value)
+    }
+
+    async fn probe(&self) -> Result<(), IssuerError> {
+        let credential = self.api.credential();
+        self.api
+            .call_once(Call {
+                effect: Effect::Read,
+                url: self.url(&["account", "details"]),
+                bearer: &credential,
+                body: None,
+                what: "proving the issuer credential (GET account/details)",
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.explain(e))
+    }
+}
+
+impl TfeIssuer {
+    /// Every token the issuer lists for `token`'s team or agent pool, whoever labelled it (empty for singletons).
+    async fn list_all(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError> {
         let items = match self.type_of(token)? {
             TfeType::Team { team_id } => {
                 // There is no per-team list: read the team's name and organization, then filter the org-wide list.
@@ -467,34 +518,7 @@ impl Issuer for TfeIssuer {
             }
             _ => Vec::new(),
         };
-        Ok(items
-            .iter()
-            .filter_map(|i| self.issued(i))
-            .filter(|t| self.is_own_label(token, &t.label))
-            .collect())
-    }
-
-    fn credential_is(&self, value: &SecretString) -> bool {
-        self.api.credential_is(value)
-    }
-
-    fn set_credential(&self, value: SecretString) {
-        self.api.set_credential(value)
-    }
-
-    async fn probe(&self) -> Result<(), IssuerError> {
-        let credential = self.api.credential();
-        self.api
-            .call_once(Call {
-                effect: Effect::Read,
-                url: self.url(&["account", "details"]),
-                bearer: &credential,
-                body: None,
-                what: "proving the issuer credential (GET account/details)",
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| self.explain(e))
+        Ok(items.iter().filter_map(|i| self.issued(i)).collect())
     }
 }
 
