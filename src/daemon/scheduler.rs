@@ -67,8 +67,10 @@ impl Slot {
     fn new(policy: Arc<TokenPolicy>, now: DateTime<Utc>, verify_interval: Duration) -> Self {
         Slot {
             policy,
-            // Not at start-up: the first visit reads every sink anyway, and probing every token at once would be
-            // a burst of issuer requests; each token is first probed one interval after it was taken on.
+            // Not at start-up (the first visit reads every sink anyway): one interval after the token was taken
+            // on, on a whole minute, so that the tokens taken on together are probed at one shared wake-up with
+            // their drift check (a random spread would desynchronise their drift checks: more wake-ups). The
+            // issuer's pacer spreads the probes themselves.
             verify_at: drift_at(now, verify_interval),
             next_at: now,
             in_flight: false,
