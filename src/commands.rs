@@ -311,7 +311,7 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
                         t,
                         true,
                         std::time::Duration::ZERO,
-                        false,
+                        None,
                         crate::clock::now(),
                     )
                     .await;

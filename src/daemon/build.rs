@@ -217,6 +217,7 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
         metrics: shared.metrics.clone(),
         tokens: policy.tokens.values().cloned().collect(),
         board: shared.board.clone(),
+        liveness: Default::default(),
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Inputs {
     pub rotate: mpsc::Receiver<RotateRequest>,
 }
 
+/// A visit's token, whether it was a forced one, a standby's, and a liveness probe's, and its outcome.
+type Visited = (String, bool, bool, bool, Result<Tended, Failure>);
+
 struct Slot {
     policy: Arc<TokenPolicy>,
     next_at: DateTime<Utc>,
@@ -59,19 +62,19 @@ struct Slot {
     /// After a failed attempt, no attempt before this (monotonic: a wall clock stepped forward must not cut a
     /// backoff short — after a create whose outcome is unknown, the next one comes only after it, SPEC §5.10).
     backoff_until: Option<tokio::time::Instant>,
-    /// The next liveness probe of the current token (SPEC §10): the first visit at or after it probes.
+    /// The next liveness probe of the current token (SPEC §10): the first visit at or after it probes, and only a
+    /// visit that completed moves it on (a failed one leaves the probe due for the retry).
     verify_at: DateTime<Utc>,
 }
 
 impl Slot {
-    fn new(policy: Arc<TokenPolicy>, now: DateTime<Utc>, verify_interval: Duration) -> Self {
+    fn new(policy: Arc<TokenPolicy>, now: DateTime<Utc>) -> Self {
         Slot {
             policy,
-            // Not at start-up (the first visit reads every sink anyway): one interval after the token was taken
-            // on, on a whole minute, so that the tokens taken on together are probed at one shared wake-up with
-            // their drift check (a random spread would desynchronise their drift checks: more wake-ups). The
-            // issuer's pacer spreads the probes themselves.
-            verify_at: drift_at(now, verify_interval),
+            // At the first visit (a token revoked while the daemon was down is found at start-up), then on whole
+            // minutes one interval apart, so that the tokens taken on together share their wake-ups with their
+            // drift checks. The issuer's pacer spreads the probes themselves.
+            verify_at: now,
             next_at: now,
             in_flight: false,
             done: false,
@@ -106,6 +109,18 @@ fn drift_at(now: DateTime<Utc>, drift: Duration) -> DateTime<Utc> {
     }
 }
 
+/// The liveness probe after one due at `previous` and run by a visit that ended `now`: an interval after the
+/// *scheduled* time, on a whole minute (stepping from the visit's end would drift a minute later every time), or an
+/// interval after now when the daemon overslept.
+fn next_verify(previous: DateTime<Utc>, interval: Duration, now: DateTime<Utc>) -> DateTime<Utc> {
+    let stepped = drift_at(previous - TimeDelta::nanoseconds(1), interval);
+    if stepped > now {
+        stepped
+    } else {
+        drift_at(now, interval)
+    }
+}
+
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
@@ -124,7 +139,7 @@ pub struct Daemon {
     board: StatusBoard,
     slots: BTreeMap<String, Slot>,
     /// Each visit's token, whether it was forced, whether it was a standby's `follow`, and its result.
-    tasks: JoinSet<(String, bool, bool, Result<Tended, Failure>)>,
+    tasks: JoinSet<Visited>,
     /// `rotate` requests waiting for their forced rotations to finish.
     waiters: Vec<Waiter>,
     /// The issuer of every token with a visit in flight, and the number of visits in flight per issuer.
@@ -157,7 +172,7 @@ impl Daemon {
         self.metrics.init_token(&t.name);
         self.board
             .add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
-        let mut slot = Slot::new(Arc::clone(t), now, self.policy.daemon.verify_interval);
+        let mut slot = Slot::new(Arc::clone(t), now);
         // Removed and added back while its visit was still running: that visit's completion frees the slot, and
         // no second visit of the token starts before it.
         slot.in_flight = self.in_flight_issuer.contains_key(&t.name);
@@ -211,6 +226,7 @@ impl Daemon {
         }
         self.cursor = next_cursor;
         let lead = self.leading();
+        let clustered = self.shared.fence.is_some();
         let verify_interval = self.policy.daemon.verify_interval;
         for name in picked {
             let Some(slot) = self.slots.get_mut(&name) else {
@@ -227,12 +243,11 @@ impl Daemon {
             let rotator = self.rotator.clone();
             let policy = slot.policy.clone();
             let jitter = slot.jitter;
-            // Liveness rides on a visit that happens anyway (the schedule, a drift check) once it is due; the next
-            // one is an interval later, whatever this visit finds (an inconclusive probe is asked again then).
-            let verify = lead && slot.verify_at <= now;
-            if verify {
-                slot.verify_at = drift_at(now, verify_interval);
-            }
+            // Liveness rides on a visit that happens anyway (the schedule, a drift check) once it is due. Not in
+            // cluster mode yet: a holder that loses the lease during a probe's confirmation wait would write the
+            // shared journal late, and the two-engine simulation showed that racing the new holder's write (an
+            // orphaned token); see the closing note of issue 17.
+            let verify = (lead && !clustered && slot.verify_at <= now).then_some(verify_interval);
             self.tasks.spawn(async move {
                 // A panic must not leave the slot in flight for good (never visited again, `run --once` never
                 // ending): it becomes a failed attempt; the journal keeps whatever progress was made.
@@ -250,7 +265,7 @@ impl Daemon {
                         "the rotation panicked (a bug; the panic message is in the log)".into(),
                     ))),
                 };
-                (name, force, !lead, result)
+                (name, force, !lead, verify.is_some(), result)
             });
         }
         waiting
@@ -391,6 +406,7 @@ impl Daemon {
         name: String,
         forced: bool,
         followed: bool,
+        verified: bool,
         result: Result<Tended, Failure>,
         once: bool,
     ) {
@@ -437,6 +453,10 @@ impl Daemon {
         match result {
             Ok(t) => {
                 slot.backoff_until = None;
+                if verified {
+                    slot.verify_at =
+                        next_verify(slot.verify_at, self.policy.daemon.verify_interval, now);
+                }
                 if t.rotated {
                     self.metrics.count_rotation(&name, true);
                 }
@@ -598,7 +618,9 @@ impl Daemon {
                 _ = cancel.cancelled() => break,
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match joined {
-                        Ok((name, forced, followed, result)) => self.complete(name, forced, followed, result, once),
+                        Ok((name, forced, followed, verified, result)) => {
+                            self.complete(name, forced, followed, verified, result, once)
+                        }
                         Err(e) => tracing::error!(error = %e, "a rotation task panicked"),
                     }
                 }
@@ -633,8 +655,8 @@ impl Daemon {
             );
             let drain = async {
                 while let Some(joined) = self.tasks.join_next().await {
-                    if let Ok((name, forced, followed, result)) = joined {
-                        self.complete(name, forced, followed, result, true);
+                    if let Ok((name, forced, followed, verified, result)) = joined {
+                        self.complete(name, forced, followed, verified, result, true);
                     }
                 }
             };
@@ -752,6 +774,29 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn liveness_probes_step_from_their_schedule_not_from_the_visits_end() {
+        let m: DateTime<Utc> = "2026-03-01T10:00:00Z".parse().unwrap();
+        let h = Duration::from_secs(3600);
+        // The visit ended a little after the probe's minute: the next probe is an hour after that minute, not 61 min.
+        assert_eq!(
+            next_verify(m, h, m + TimeDelta::milliseconds(1500)),
+            m + TimeDelta::hours(1)
+        );
+        // Taken on mid-minute: the first step rounds up to a whole minute.
+        let t0 = m + TimeDelta::seconds(7);
+        assert_eq!(
+            next_verify(t0, h, t0 + TimeDelta::seconds(1)),
+            m + TimeDelta::minutes(61)
+        );
+        // Overslept past the next probe (a suspend): an interval after now, on a whole minute.
+        let late = m + TimeDelta::hours(3) + TimeDelta::seconds(5);
+        assert_eq!(
+            next_verify(m, h, late),
+            m + TimeDelta::hours(4) + TimeDelta::minutes(1)
+        );
+    }
 
     #[test]
     fn drift_checks_coalesce_on_minute_boundaries() {

@@ -551,8 +551,7 @@ impl ApiBase {
                 e.kind,
                 IssuerErrorKind::Unauthorized | IssuerErrorKind::Forbidden
             ) {
-                e.message
-                    .push_str(" (the new token was rejected right after it was created)");
+                e.message.push_str(" (the issuer refused the token itself)");
             }
             e
         })

@@ -51,6 +51,8 @@ pub struct Rotator {
     pub tokens: Vec<Arc<TokenPolicy>>,
     /// Where the daemon shows each token's health; `None` for one-shot commands.
     pub board: Option<StatusBoard>,
+    /// Tokens found dead and left alone, and when liveness last had each replaced (see `liveness.rs`).
+    pub liveness: std::sync::Mutex<liveness::LivenessState>,
 }
 
 /// What a successful visit to a token established.
@@ -246,7 +248,7 @@ impl Rotator {
         token: &TokenPolicy,
         force: bool,
         jitter: Duration,
-        verify: bool,
+        verify: Option<Duration>,
         now: DateTime<Utc>,
     ) -> Result<Tended, Failure> {
         // At most one visit of a token at a time, whatever asks (schedule, `rotate`, a reload re-adding it).
@@ -308,15 +310,6 @@ impl Rotator {
         }
         self.revoke_due(token, issuer.as_ref(), &mut entry, now)
             .await?;
-        if verify && !force && entry.must_rotate.is_none() && stored_everywhere {
-            if let Some(cur) = &current {
-                if let Some(dead) = self.liveness(token, issuer.as_ref(), cur, &observed).await {
-                    tracing::warn!(token = %token.name, token_id = %cur.token_id, reason = %dead, "the current token is dead");
-                    entry.must_rotate = Some(dead);
-                    self.journal.save(&entry).await?;
-                }
-            }
-        }
         let due = if current.is_some() && !stored_everywhere && !shared_agree {
             let due = Due {
                 at: Some(now),
@@ -330,6 +323,25 @@ impl Rotator {
         } else {
             schedule::next_due(&token.schedule, current.as_ref(), jitter, now)
         };
+        if let (Some(interval), false, None, true, Some(cur)) = (
+            verify,
+            force,
+            &entry.must_rotate,
+            stored_everywhere,
+            &current,
+        ) {
+            // A token due anyway (expired, expiring, sinks disagreeing) is rotated by its schedule: its probe would
+            // change nothing (a manual token's due time is none: it is probed).
+            if !due.is_due(now) && cur.expires_at.is_none_or(|e| e > now) {
+                if let Some(liveness::Verdict::Rotate(why)) = self
+                    .check_liveness(token, issuer.as_ref(), cur, &observed, interval, now)
+                    .await
+                {
+                    entry.must_rotate = Some(why);
+                    self.journal.save(&entry).await?;
+                }
+            }
+        }
         let forced = match (&entry.must_rotate, force) {
             // A manual token is rotated only when asked; what would force it shows as its not-ready reason.
             (Some(_), false) if token.schedule.manual => None,
@@ -338,7 +350,18 @@ impl Rotator {
             (None, false) => None,
         };
         if forced.is_none() && !due.is_due(now) {
-            let unready = manual_unready(token, current.as_ref(), &entry);
+            let unready = manual_unready(token, current.as_ref(), &entry).or_else(|| {
+                self.known_dead(token, current.as_ref()).map(|why| {
+                    if token.schedule.manual {
+                        format!(
+                            "manual token: {why}; rotate it with `token-rotator rotate {}`",
+                            token.name
+                        )
+                    } else {
+                        why
+                    }
+                })
+            });
             if entry.sweep {
                 // Housekeeping: a sweep that cannot run now (the issuer's list refused, a neighbour unreadable)
                 // stays pending and never makes a healthy token fail.

@@ -684,14 +684,21 @@ fn a_token_revoked_behind_the_daemons_back_is_replaced_within_the_verify_interva
     paused(12, async {
         let rig = Rig::new(
             12,
-            spec(
-                &["org", "team-a", "agent", "pulumi"],
-                "lifetime = \"30d\"\nrotate_before = \"10d\"\ngrace = \"10m\"",
-            ),
+            Spec {
+                // Nothing rotates by its schedule within the test: every create is liveness's.
+                agent_schedule: "every = \"30d\"\ngrace = \"10m\"".into(),
+                ..spec(
+                    &["org", "team-a", "team-b", "agent", "pulumi"],
+                    "lifetime = \"30d\"\nrotate_before = \"10d\"\ngrace = \"10m\"",
+                )
+            },
         );
-        rig.run_for(Duration::from_secs(600)).await;
         let verify_interval = rig.world.policy.daemon.verify_interval;
         assert_eq!(verify_interval, Duration::from_secs(3600), "the default");
+        let interval = TimeDelta::from_std(verify_interval).unwrap();
+        // Probes run at the first visit, then on whole minutes an interval apart: revoke one second after the
+        // probe at the end of the first hour, the worst moment (the next probe is a whole interval away).
+        rig.run_for(Duration::from_secs(3600 + 1)).await;
         let id_of = |name: &str| {
             rig.world
                 .records_of(rig.world.token(name))
@@ -700,30 +707,49 @@ fn a_token_revoked_behind_the_daemons_back_is_replaced_within_the_verify_interva
                 .flatten()
                 .map(|r| r.token_id)
         };
-        let names = ["org", "team-a", "agent", "pulumi"];
-        let revoked: Vec<String> = names.iter().map(|n| id_of(n).expect("a record")).collect();
+        let count = |name: &str| {
+            rig.world
+                .lock()
+                .facts
+                .created_order
+                .iter()
+                .filter(|(_, t)| t == name)
+                .count()
+        };
+        let revoked_names = ["org", "team-a", "agent", "pulumi"];
+        let revoked: Vec<String> = revoked_names
+            .iter()
+            .map(|n| id_of(n).expect("a record"))
+            .collect();
+        let created: Vec<usize> = revoked_names.iter().map(|n| count(n)).collect();
+        let healthy = (id_of("team-b").unwrap(), count("team-b"));
         let at = token_rotator::clock::now();
-        for name in names {
+        for name in revoked_names {
             crate::revoke_outside(&rig.world, name, false);
         }
         // Minute by minute: when each record names another token.
-        let mut replaced: Vec<Option<TimeDelta>> = vec![None; names.len()];
-        for _ in 0..75 {
+        let mut replaced: Vec<Option<TimeDelta>> = vec![None; revoked_names.len()];
+        for _ in 0..(3 * 60) {
             rig.run_for(Duration::from_secs(60)).await;
-            for (i, name) in names.iter().enumerate() {
+            for (i, name) in revoked_names.iter().enumerate() {
                 if replaced[i].is_none() && id_of(name).as_ref() != Some(&revoked[i]) {
                     replaced[i] = Some(token_rotator::clock::now() - at);
                 }
             }
         }
-        let bound = TimeDelta::from_std(verify_interval).unwrap() + TimeDelta::seconds(60);
-        for (i, name) in names.iter().enumerate() {
+        for (i, name) in revoked_names.iter().enumerate() {
             let after = replaced[i]
-                .unwrap_or_else(|| panic!("{name}: the dead token is still stored after 75 min"));
+                .unwrap_or_else(|| panic!("{name}: the dead token is still stored after 3 h"));
             assert!(
-                after <= bound,
-                "{name}: replaced {} min after the revoke",
-                after.num_minutes()
+                after <= interval + TimeDelta::seconds(60),
+                "{name}: replaced {} s after the revoke",
+                after.num_seconds()
+            );
+            // Once: the successor is alive, so the probes of the next intervals leave it alone.
+            assert_eq!(
+                count(name),
+                created[i] + 1,
+                "{name}: creates after the revoke"
             );
             let record = rig.world.records_of(rig.world.token(name))[0]
                 .clone()
@@ -736,6 +762,67 @@ fn a_token_revoked_behind_the_daemons_back_is_replaced_within_the_verify_interva
                 "{name}: the new record is not accepted by the issuer"
             );
         }
+        assert_eq!(
+            (id_of("team-b").unwrap(), count("team-b")),
+            healthy,
+            "a healthy token was rotated"
+        );
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn a_token_found_dead_again_soon_after_its_replacement_is_left_for_a_person() {
+    paused(13, async {
+        let rig = Rig::new(
+            13,
+            spec(&["org"], "lifetime = \"30d\"\nrotate_before = \"10d\""),
+        );
+        let count = || rig.org_tokens().len();
+        let status = || {
+            rig.world
+                .live()
+                .unwrap()
+                .board
+                .snapshot()
+                .into_iter()
+                .find(|s| s.name == "org")
+                .unwrap()
+        };
+        rig.run_for(Duration::from_secs(3600 + 1)).await;
+        crate::revoke_outside(&rig.world, "org", false);
+        // Found at the next probe (an hour after the last), confirmed 10 s later, replaced.
+        rig.run_for(Duration::from_secs(3600 + 120)).await;
+        let after_first = count();
+        assert!(
+            status().is_ready(token_rotator::clock::now()),
+            "{:?}",
+            status().pending
+        );
+        // Something else keeps regenerating it: the replacement dies too.
+        crate::revoke_outside(&rig.world, "org", false);
+        rig.run_for(Duration::from_secs(2 * 3600)).await;
+        assert_eq!(
+            count(),
+            after_first,
+            "replaced again: a rotation war with whatever else regenerates it"
+        );
+        let s = status();
+        assert!(!s.is_ready(token_rotator::clock::now()));
+        let why = s.pending.clone().unwrap_or_default();
+        assert!(
+            why.contains("found dead again") && why.contains("token-rotator rotate org"),
+            "{why}"
+        );
+        // A person looked, and asks: rotated, ready.
+        rig.rotate("org").await;
+        rig.run_for(Duration::from_secs(120)).await;
+        assert_eq!(count(), after_first + 1);
+        assert!(
+            status().is_ready(token_rotator::clock::now()),
+            "{:?}",
+            status().pending
+        );
         rig.stop().await;
     });
 }

@@ -542,7 +542,7 @@ impl Issuer for PulumiIssuer {
             .prove(
                 self.url(&["user"]),
                 value,
-                "proving the new token (GET /api/user)",
+                "proving the token (GET /api/user)",
             )
             .await
     }

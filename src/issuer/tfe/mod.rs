@@ -389,7 +389,7 @@ impl Issuer for TfeIssuer {
             .prove(
                 self.url(&["account", "details"]),
                 value,
-                "proving the new token (GET account/details)",
+                "proving the token (GET account/details)",
             )
             .await
     }
@@ -437,12 +437,9 @@ impl Issuer for TfeIssuer {
         if !matches!(self.type_of(token)?, TfeType::Agent { .. }) {
             return Ok(None);
         }
-        Ok(Some(
-            self.list_all(token)
-                .await?
-                .iter()
-                .any(|t| t.token_id == token_id),
-        ))
+        // An empty list is an answer too: a pool whose only token was revoked lists nothing.
+        let listed = self.list_all(token).await?;
+        Ok(Some(listed.iter().any(|t| t.token_id == token_id)))
     }
 
     fn credential_is(&self, value: &SecretString) -> bool {
