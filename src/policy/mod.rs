@@ -347,20 +347,17 @@ fn read_daemon(root: &mut TableReader, d: &mut Diagnostics, env: &Env) -> Option
             }
         }
     }
-    if let Some(dc) = t.opt_duration(d, "drift_check") {
-        if dc.get_ref().is_zero() {
-            d.push(dc.span(), "`drift_check` must be longer than 0s");
-            ok = false;
-        } else {
-            settings.drift_check = dc.into_inner();
-        }
-    }
-    if let Some(vi) = t.opt_duration(d, "verify_interval") {
-        if vi.get_ref().is_zero() {
-            d.push(vi.span(), "`verify_interval` must be longer than 0s");
-            ok = false;
-        } else {
-            settings.verify_interval = vi.into_inner();
+    for (key, slot) in [
+        ("drift_check", &mut settings.drift_check),
+        ("verify_interval", &mut settings.verify_interval),
+    ] {
+        if let Some(v) = t.opt_duration(d, key) {
+            if v.get_ref().is_zero() {
+                d.push(v.span(), format!("`{key}` must be longer than 0s"));
+                ok = false;
+            } else {
+                *slot = v.into_inner();
+            }
         }
     }
     if t.has("state_key") {

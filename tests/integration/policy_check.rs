@@ -126,6 +126,7 @@ fn corpus() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("TOML syntax error", r("lifetime = \"30d\"", "lifetime = \"30d"), "19:16", "TOML syntax error"),
         ("sink target key for the wrong sink kind", r("{ sink = \"vault\", path = \"ci/tfc-org\" }", "{ sink = \"vault\", secret_id = \"x\" }"), "21:10", "takes `path`"),
         ("manual that is not a boolean", r("lifetime = \"30d\"", "lifetime = \"30d\"\nmanual = \"yes\""), "20:10", "`manual` in [tokens.ci-org] must be a boolean"),
+        ("zero verify_interval", r("[daemon]\n", "[daemon]\nverify_interval = \"0s\"\n"), "2:19", "`verify_interval` must be longer than 0s"),
         ("bad log format", r("[daemon]\n", "[daemon]\nlog_format = \"xml\"\n"), "2:14", "`log_format` must be \"text\" or \"json\""),
         ("non-https scheme", r("address = \"http://127.0.0.1:8200\"", "address = \"ftp://vault\""), "11:11", "must be an https:// URL"),
         // The outside review of the invariants (SPEC §5.11, §5.13): each of these passed `check` before.

@@ -161,6 +161,16 @@ impl Rig {
         out
     }
 
+    /// The token's line on the daemon's status board.
+    fn status(&self, name: &str) -> token_rotator::status::TokenStatus {
+        let live = self.world.live().expect("the daemon runs");
+        live.board
+            .snapshot()
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("on the board")
+    }
+
     async fn stop(mut self) {
         if let Some(inc) = self.daemon.take() {
             crash(&self.world, inc).await;
@@ -586,14 +596,7 @@ fn a_manual_token_is_minted_and_rotated_only_when_asked() {
                 "lifetime = \"2h\"\nrotate_before = \"40m\"\ngrace = \"10m\"\nmanual = true",
             ),
         );
-        let status = |name: &str| {
-            let live = rig.world.live().expect("the daemon runs");
-            live.board
-                .snapshot()
-                .into_iter()
-                .find(|s| s.name == name)
-                .expect("on the board")
-        };
+        let status = |name: &str| rig.status(name);
         let (org0, team0) = (rig.org_tokens().len(), rig.team_tokens("ci team-a").len());
 
         // No record yet: nothing is minted, and the token is not ready with a reason that says what to do.
@@ -779,16 +782,7 @@ fn a_token_found_dead_again_soon_after_its_replacement_is_left_for_a_person() {
             spec(&["org"], "lifetime = \"30d\"\nrotate_before = \"10d\""),
         );
         let count = || rig.org_tokens().len();
-        let status = || {
-            rig.world
-                .live()
-                .unwrap()
-                .board
-                .snapshot()
-                .into_iter()
-                .find(|s| s.name == "org")
-                .unwrap()
-        };
+        let status = || rig.status("org");
         rig.run_for(Duration::from_secs(3600 + 1)).await;
         crate::revoke_outside(&rig.world, "org", false);
         // Found at the next probe (an hour after the last), confirmed 10 s later, replaced.
