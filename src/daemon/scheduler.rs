@@ -138,7 +138,7 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     board: StatusBoard,
     slots: BTreeMap<String, Slot>,
-    /// Each visit's token, whether it was forced, whether it was a standby's `follow`, and its result.
+    /// The visits in flight (see [`Visited`]).
     tasks: JoinSet<Visited>,
     /// `rotate` requests waiting for their forced rotations to finish.
     waiters: Vec<Waiter>,
