@@ -21,6 +21,13 @@ if [ ! -x .venv/bin/moto_server ] || [ "$(.venv/bin/python -c 'import moto; prin
   .venv/bin/pip install --quiet --disable-pip-version-check -c scripts/constraints.txt "moto[server]==${MOTO_VERSION}"
 fi
 
+# groff (Debian's groff-base, which man-db needs): the man-page test formats every page with warnings on. Usually
+# present; installed pinned when missing.
+if ! command -v groff >/dev/null 2>&1; then
+  . scripts/apt-pinned.sh
+  apt_pinned "groff-base=1.22.4-10"
+fi
+
 # promtool (and the prometheus server) for the alert-rule tests: Debian's `prometheus` package, pinned. This step
 # changes the system, so it runs only when promtool or prometheus is missing (PROMTOOL / PROMETHEUS point the tests
 # at binaries installed elsewhere).
