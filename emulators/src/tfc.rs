@@ -3,7 +3,9 @@
 //! A strict, in-process stand-in for the parts of `/api/v2` that token-rotator uses (SPEC §3 "Token types",
 //! token-apis.md Part A): organization and audit-trails tokens (singletons, replaced on create), legacy and
 //! described team tokens, agent tokens, `GET/DELETE /authentication-tokens/:id`, the org-wide team-token list,
-//! `GET /teams/:id`, `GET /account/details` and `GET /ping`. It listens on loopback only, over plain HTTP or
+//! `GET /teams/:id`, `GET /account/details`, `GET /ping`, and the organization maximum-TTL policies
+//! (`GET|PATCH /organizations/:org/token-ttl-policies`, enforced while the organization's `max-ttl-enabled` is on:
+//! see [`TfcHandle::set_max_ttl`] and [`TokenState::OverMaxTtl`]). It listens on loopback only, over plain HTTP or
 //! HTTPS with a throw-away CA.
 //!
 //! Strictness, as the real service: bearer auth everywhere (401 for a missing, unknown, revoked, replaced or
@@ -17,7 +19,7 @@
 //! do not count. A client-side token bucket that allows a full burst on top of its steady rate can trip it.
 //!
 //! Test knobs on [`TfcHandle`]: injected failures, throttling, a delay on token creation, out-of-band revocation
-//! and expiry, and a request log. The request pipeline is described in `tfc/http.rs`.
+//! and expiry, the maximum-TTL policy, and a request log. The request pipeline is described in `tfc/http.rs`.
 
 mod http;
 mod jsonapi;
@@ -279,8 +281,9 @@ impl TfcHandle {
     /// Mints a token out of band, with the API's semantics (singletons replace their predecessor, described team
     /// tokens need a unique description), and returns `(id, value)`. `target` is the organization name for
     /// `Organization`, `AuditTrails` and `User`, the team id for `Team`/`TeamLegacy`, the pool id for `Agent`.
-    /// `expired_at: None` means the API default (two years) for kinds that expire. Panics on a bad target or a
-    /// duplicate description.
+    /// `expired_at: None` means the API default (two years, or the organization's maximum TTL for the kind while
+    /// its policy is on) for kinds that expire; an explicit expiry is not checked against the policy. Panics on a
+    /// bad target or a duplicate description.
     pub fn mint(
         &self,
         kind: TokenKind,
@@ -292,9 +295,19 @@ impl TfcHandle {
         let mut st = self.shared.lock();
         let expired_at = match kind {
             TokenKind::Agent | TokenKind::User => expired_at,
-            _ => Some(
-                expired_at.unwrap_or(now + chrono::TimeDelta::milliseconds(model::DEFAULT_TTL_MS)),
-            ),
+            _ => {
+                // The default is the organization's maximum TTL while its policy is on (as over the API).
+                let org = match kind {
+                    TokenKind::Team | TokenKind::TeamLegacy => {
+                        st.teams.get(target).map(|t| t.org.clone())
+                    }
+                    _ => Some(target.to_owned()),
+                };
+                let ttl = org
+                    .and_then(|org| st.max_ttl_ms(&org, kind))
+                    .unwrap_or(model::DEFAULT_TTL_MS);
+                Some(expired_at.unwrap_or(now + chrono::TimeDelta::milliseconds(ttl)))
+            }
         };
         // Minted out of band: attributed to the organization's owner.
         let owner = st.owner_of(kind, target);
@@ -317,11 +330,12 @@ impl TfcHandle {
 
     // --- Inspection ---
 
-    /// The token exists, is neither revoked nor replaced, and has not expired.
+    /// The token authenticates now: it exists, is neither revoked nor replaced, has not expired, and its lifetime
+    /// is within its organization's maximum TTL (state [`TokenState::Active`]).
     pub fn is_valid(&self, token_value: &str) -> bool {
         let st = self.shared.lock();
         st.lookup_value(token_value)
-            .is_some_and(|i| st.tokens[i].is_valid_at(model::now()))
+            .is_some_and(|i| st.usable(i, model::now()))
     }
 
     /// The id of the token with this value, whatever its state.
@@ -334,31 +348,24 @@ impl TfcHandle {
     /// Metadata of one token by id, whatever its state.
     pub fn token_info(&self, token_id: &str) -> Option<TokenInfo> {
         let st = self.shared.lock();
-        st.any_by_id(token_id)
-            .map(|i| st.tokens[i].info(model::now()))
+        st.any_by_id(token_id).map(|i| st.info(i, model::now()))
     }
 
     /// Every token valid now (state `Active`), in creation order.
     pub fn valid_tokens(&self) -> Vec<TokenInfo> {
         let now = model::now();
-        self.shared
-            .lock()
-            .tokens
-            .iter()
-            .filter(|t| t.is_valid_at(now))
-            .map(|t| t.info(now))
+        let st = self.shared.lock();
+        (0..st.tokens.len())
+            .filter(|&i| st.usable(i, now))
+            .map(|i| st.info(i, now))
             .collect()
     }
 
     /// Every token ever created, in creation order, with its [`TokenState`].
     pub fn all_tokens(&self) -> Vec<TokenInfo> {
         let now = model::now();
-        self.shared
-            .lock()
-            .tokens
-            .iter()
-            .map(|t| t.info(now))
-            .collect()
+        let st = self.shared.lock();
+        (0..st.tokens.len()).map(|i| st.info(i, now)).collect()
     }
 
     /// Total requests received (every status, injected failures included).
@@ -466,6 +473,50 @@ impl TfcHandle {
         if let Some(i) = st.any_by_id(token_id) {
             st.tokens[i].expired_at = Some(at);
         }
+    }
+
+    /// Sets the organization's maximum TTL for one token type (`organization`, `team`, `user`, `audit_trails`,
+    /// `metrics`; the `token-type` values of `…/token-ttl-policies`) and switches the organization's
+    /// `max-ttl-enabled` on, as an owner would in the UI. `None` resets that type to the 2-year default
+    /// (63113904000 ms). Limits are kept in whole milliseconds. The emulator caps organization, audit-trails and
+    /// team tokens (see [`TokenState::OverMaxTtl`]); the `user` and `metrics` limits are reported only. Panics on
+    /// an unknown organization or token type, or a zero limit.
+    pub fn set_max_ttl(&self, org: &str, token_type: &str, max_ttl: Option<Duration>) {
+        let token_type = model::TtlTokenType::parse(token_type).unwrap_or_else(|| {
+            panic!("tfc emulator: unknown token-ttl-policies token type {token_type:?}")
+        });
+        let ms = max_ttl.map_or(model::DEFAULT_TTL_MS, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        });
+        assert!(ms > 0, "tfc emulator: a maximum TTL must be positive");
+        let now = model::now();
+        let mut st = self.shared.lock();
+        let o = st
+            .orgs
+            .get_mut(org)
+            .unwrap_or_else(|| panic!("tfc emulator: unknown organization {org:?}"));
+        o.max_ttl_enabled = true;
+        let policy = o.ttl_policy_mut(token_type);
+        policy.max_ttl_ms = ms;
+        policy.updated_at = now;
+    }
+
+    /// The organization attribute `max-ttl-enabled`: whether the maximum-TTL policies are enforced (the limits
+    /// are kept either way). Panics on an unknown organization.
+    pub fn set_max_ttl_enabled(&self, org: &str, enabled: bool) {
+        let mut st = self.shared.lock();
+        st.orgs
+            .get_mut(org)
+            .unwrap_or_else(|| panic!("tfc emulator: unknown organization {org:?}"))
+            .max_ttl_enabled = enabled;
+    }
+
+    /// The limit the organization enforces now for `kind`, if any (`max-ttl-enabled` on and a capped kind).
+    pub fn max_ttl(&self, org: &str, kind: TokenKind) -> Option<Duration> {
+        self.shared
+            .lock()
+            .max_ttl_ms(org, kind)
+            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
     }
 
     /// Revokes a token out of band, as if someone deleted it in the UI.

@@ -1410,3 +1410,369 @@ async fn binary_serves_writes_a_private_admin_token_and_logs_without_secrets() {
         .unwrap();
     assert_eq!(refused.code(), Some(2));
 }
+
+// --- Organization maximum-TTL policy ---
+
+const TWO_YEARS_MS: i64 = 63_113_904_000;
+const DAY_MS: i64 = 86_400_000;
+
+fn ttl_body(policies: Value) -> Value {
+    json!({"data": {"type": "organization-token-ttl-policies", "attributes": {"token-ttl-policies": policies}}})
+}
+
+fn policies_by_type(resp: &Resp) -> std::collections::BTreeMap<String, i64> {
+    resp.data()
+        .as_array()
+        .expect("data is an array")
+        .iter()
+        .map(|p| {
+            assert_eq!(p["type"], "organization-token-ttl-policies", "{p}");
+            assert!(p["id"].as_str().is_some_and(|id| !id.is_empty()), "{p}");
+            parse_time(&p["attributes"]["created-at"]);
+            parse_time(&p["attributes"]["updated-at"]);
+            (
+                p["attributes"]["token-type"].as_str().unwrap().to_owned(),
+                p["attributes"]["max-ttl-ms"]
+                    .as_i64()
+                    .expect("max-ttl-ms is an integer"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn token_ttl_policies_are_listed_and_partially_updated_by_owners() {
+    let tfc = TfcEmulator::start(unlimited()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    let other_admin = tfc.add_organization("globex");
+    let api = Api::new(&tfc);
+    let path = "organizations/acme/token-ttl-policies";
+
+    // One policy per token type, each at the 2-year default.
+    let list = api.get(path, &admin).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    assert_eq!(list.header("content-type"), Some(JSONAPI));
+    let defaults: std::collections::BTreeMap<String, i64> =
+        ["audit_trails", "metrics", "organization", "team", "user"]
+            .into_iter()
+            .map(|t| (t.to_owned(), TWO_YEARS_MS))
+            .collect();
+    assert_eq!(policies_by_type(&list), defaults);
+
+    // Same auth pipeline as every route.
+    let anonymous = api.call(Method::GET, path, None, None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.get("organizations/nope/token-ttl-policies", &admin)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get(path, &other_admin).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let put = api.call(Method::PUT, path, Some(&admin), None).await;
+    assert_eq!(put.status, StatusCode::NOT_FOUND);
+
+    // A non-owner team's token: the spec's 403.
+    let dev = tfc.add_team("acme", "dev");
+    let (_, dev_token) = tfc.mint(TokenKind::Team, &dev, Some("ci"), None);
+    let forbidden = api.get(path, &dev_token).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        forbidden.body["errors"][0]["detail"],
+        "User is not part of the owners team of the organization"
+    );
+    // The organization token reads but does not update; an owners-team token does both.
+    let (_, org_token) = tfc.mint(TokenKind::Organization, "acme", None, None);
+    assert_eq!(api.get(path, &org_token).await.status, StatusCode::OK);
+    let update = ttl_body(json!([{"token-type": "organization", "max-ttl-ms": 60 * DAY_MS}]));
+    assert_eq!(
+        api.call(Method::PATCH, path, Some(&org_token), Some(update.clone()))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let owners = tfc.owners_team_id("acme").unwrap();
+    let (_, owners_token) = tfc.mint(TokenKind::Team, &owners, Some("owners ci"), None);
+    assert_eq!(api.get(path, &owners_token).await.status, StatusCode::OK);
+
+    // PATCH without the JSON:API content type: 415, like every write.
+    let plain = send(
+        api.request(Method::PATCH, path, Some(&admin))
+            .header(CONTENT_TYPE, "application/json")
+            .body(update.to_string()),
+    )
+    .await;
+    assert_eq!(plain.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // A partial update answers every policy.
+    let updated = api
+        .call(Method::PATCH, path, Some(&owners_token), Some(update))
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    let mut expected = defaults.clone();
+    expected.insert("organization".into(), 60 * DAY_MS);
+    assert_eq!(policies_by_type(&updated), expected);
+    let two = ttl_body(json!([
+        {"token-type": "audit_trails", "max-ttl-ms": 7 * DAY_MS},
+        {"token-type": "team", "max-ttl-ms": 3_600_000},
+    ]));
+    let updated = api.call(Method::PATCH, path, Some(&admin), Some(two)).await;
+    expected.insert("audit_trails".into(), 7 * DAY_MS);
+    expected.insert("team".into(), 3_600_000);
+    assert_eq!(policies_by_type(&updated), expected);
+    assert_eq!(policies_by_type(&api.get(path, &admin).await), expected);
+
+    // Validation: 422, nothing applied.
+    for bad in [
+        ttl_body(json!([{"token-type": "audit-trails", "max-ttl-ms": DAY_MS}])),
+        ttl_body(json!([{"token-type": "agent", "max-ttl-ms": DAY_MS}])),
+        ttl_body(json!([{"token-type": "organization", "max-ttl-ms": 0}])),
+        ttl_body(json!([{"token-type": "organization", "max-ttl-ms": -5}])),
+        ttl_body(json!([{"token-type": "organization", "max-ttl-ms": 1.5}])),
+        ttl_body(json!([{"token-type": "organization", "max-ttl-ms": "86400000"}])),
+        ttl_body(json!([{"token-type": "organization"}])),
+        ttl_body(json!([
+            {"token-type": "user", "max-ttl-ms": DAY_MS},
+            {"token-type": "nope", "max-ttl-ms": DAY_MS},
+        ])),
+        ttl_body(json!([])),
+        json!({"data": {"type": "authentication-tokens", "attributes": {"token-ttl-policies": [{"token-type": "user", "max-ttl-ms": DAY_MS}]}}}),
+        json!({"token_ttl_policies": [{"token_type": "user", "max_ttl_ms": DAY_MS}]}),
+    ] {
+        let resp = api
+            .call(Method::PATCH, path, Some(&admin), Some(bad.clone()))
+            .await;
+        assert_eq!(resp.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(resp.body["errors"][0]["status"], "422");
+    }
+    assert_eq!(policies_by_type(&api.get(path, &admin).await), expected);
+}
+
+#[tokio::test]
+async fn tokens_over_a_new_max_ttl_answer_401_but_stay_listed() {
+    let tfc = TfcEmulator::start(unlimited()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    let api = Api::new(&tfc);
+    let dev = tfc.add_team("acme", "dev");
+
+    // Created before any policy: the org token with the 2-year default, a team token for 30 days.
+    let org = api
+        .post(
+            "organizations/acme/authentication-token",
+            &admin,
+            token_body(json!({})),
+        )
+        .await;
+    let org_id = org.data()["id"].as_str().unwrap().to_owned();
+    let org_token = org.data()["attributes"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let in_30_days = wall_clock() + TimeDelta::days(30);
+    let team = api
+        .post(
+            &format!("teams/{dev}/authentication-tokens"),
+            &admin,
+            token_body(json!({"description": "ci", "expired-at": in_30_days.to_rfc3339()})),
+        )
+        .await;
+    let team_token = team.data()["attributes"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let team_id = team.data()["id"].as_str().unwrap().to_owned();
+    for token in [&org_token, &team_token] {
+        assert_eq!(
+            api.get("account/details", token).await.status,
+            StatusCode::OK
+        );
+    }
+
+    // A 60-day limit on organization tokens: the 2-year org token stops working at once, like a revoked one.
+    tfc.set_max_ttl(
+        "acme",
+        "organization",
+        Some(Duration::from_secs(60 * 86_400)),
+    );
+    let refused = api.get("account/details", &org_token).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused.body,
+        json!({"errors": [{"status": "401", "title": "unauthorized"}]})
+    );
+    assert!(!tfc.is_valid(&org_token));
+    assert_eq!(
+        tfc.token_info(&org_id).unwrap().state,
+        TokenState::OverMaxTtl
+    );
+    // The compliant team token keeps working.
+    assert_eq!(
+        api.get("account/details", &team_token).await.status,
+        StatusCode::OK
+    );
+    // Other credentials still see the refused token, with its expired-at.
+    let shown = api
+        .get("organizations/acme/authentication-token", &admin)
+        .await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(shown.data()["id"], org_id.as_str());
+    assert_eq!(
+        shown.data()["attributes"]["expired-at"],
+        org.data()["attributes"]["expired-at"]
+    );
+    assert_eq!(
+        api.get(&format!("authentication-tokens/{org_id}"), &admin)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // A team limit below 30 days, set over the API, catches the team token too; it stays in the org-wide list.
+    let patch = api
+        .call(
+            Method::PATCH,
+            "organizations/acme/token-ttl-policies",
+            Some(&admin),
+            Some(ttl_body(
+                json!([{"token-type": "team", "max-ttl-ms": 7 * DAY_MS}]),
+            )),
+        )
+        .await;
+    assert_eq!(patch.status, StatusCode::OK);
+    assert_eq!(
+        api.get("account/details", &team_token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let list = api.get("organizations/acme/team-tokens", &admin).await;
+    let ids: Vec<&str> = list
+        .data()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [team_id.as_str()]);
+    assert_eq!(
+        tfc.max_ttl("acme", TokenKind::Team),
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(tfc.max_ttl("acme", TokenKind::Agent), None);
+
+    // The owners' user token is not capped; switching the feature off makes both tokens work again.
+    assert_eq!(
+        api.get("account/details", &admin).await.status,
+        StatusCode::OK
+    );
+    tfc.set_max_ttl_enabled("acme", false);
+    assert_eq!(tfc.max_ttl("acme", TokenKind::Team), None);
+    for token in [&org_token, &team_token] {
+        assert_eq!(
+            api.get("account/details", token).await.status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn creates_beyond_the_max_ttl_are_refused_and_the_default_is_the_limit() {
+    let tfc = TfcEmulator::start(unlimited()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    let api = Api::new(&tfc);
+    let dev = tfc.add_team("acme", "dev");
+    tfc.set_max_ttl(
+        "acme",
+        "organization",
+        Some(Duration::from_secs(60 * 86_400)),
+    );
+    tfc.set_max_ttl("acme", "team", Some(Duration::from_secs(7 * 86_400)));
+
+    let in_days = |d: i64| (wall_clock() + TimeDelta::days(d)).to_rfc3339();
+    let refused = api
+        .post(
+            "organizations/acme/authentication-token",
+            &admin,
+            token_body(json!({"expired-at": in_days(90)})),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        refused.body,
+        json!({"errors": [{
+            "status": "422",
+            "title": "invalid attributes",
+            "detail": "Validation failed: Expired at exceeds the organization's maximum token TTL of 60 days",
+        }]})
+    );
+    for (path, attrs) in [
+        (
+            format!("teams/{dev}/authentication-tokens"),
+            json!({"description": "ci", "expired-at": in_days(8)}),
+        ),
+        (
+            format!("teams/{dev}/authentication-token"),
+            json!({"expired-at": in_days(8)}),
+        ),
+    ] {
+        let resp = api.post(&path, &admin, token_body(attrs)).await;
+        assert_eq!(resp.status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+        assert_eq!(
+            resp.body["errors"][0]["detail"],
+            "Validation failed: Expired at exceeds the organization's maximum token TTL of 7 days"
+        );
+    }
+    // Nothing was minted (only the owners' seed token exists).
+    assert_eq!(tfc.all_tokens().len(), 1);
+
+    // Without `expired-at` the token lives exactly the limit, not two years, and works.
+    let created = api
+        .post(
+            "organizations/acme/authentication-token",
+            &admin,
+            token_body(json!({})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let attrs = &created.data()["attributes"];
+    assert_eq!(
+        parse_time(&attrs["expired-at"]) - parse_time(&attrs["created-at"]),
+        TimeDelta::days(60)
+    );
+    let value = attrs["token"].as_str().unwrap();
+    assert_eq!(
+        api.get("account/details", value).await.status,
+        StatusCode::OK
+    );
+    let team = api
+        .post(
+            &format!("teams/{dev}/authentication-tokens"),
+            &admin,
+            token_body(json!({"description": "ci", "expired-at": in_days(6)})),
+        )
+        .await;
+    assert_eq!(team.status, StatusCode::CREATED, "{}", team.body);
+    let team_value = team.data()["attributes"]["token"].as_str().unwrap();
+    assert_eq!(
+        api.get("account/details", team_value).await.status,
+        StatusCode::OK
+    );
+    // Out-of-band mints default to the limit too.
+    let (id, _) = tfc.mint(TokenKind::TeamLegacy, &dev, None, None);
+    let info = tfc.token_info(&id).unwrap();
+    assert_eq!(
+        info.expired_at.unwrap() - info.created_at,
+        TimeDelta::days(7)
+    );
+    // Agent tokens are not in the policy.
+    let pool = tfc.add_agent_pool("acme", "pool");
+    let agent = api
+        .post(
+            &format!("agent-pools/{pool}/authentication-tokens"),
+            &admin,
+            token_body(json!({"description": "agent"})),
+        )
+        .await;
+    assert_eq!(agent.status, StatusCode::CREATED);
+}

@@ -7,8 +7,11 @@
 //!    (go-tfe `v2/middleware/content_type.go`). Checked before authentication: a missing header is a client bug
 //!    whatever the credential, and the real API's media-type check sits in front of its controllers;
 //! 4. routing: an unknown path or method is 404 whatever the credential;
-//! 5. authentication: missing, unknown, revoked, replaced or expired token, or an agent token ("not valid for
-//!    direct usage in the HCP Terraform API", A.5) → 401; `GET /ping` needs none;
+//! 5. authentication: missing, unknown, revoked, replaced or expired token, an agent token ("not valid for
+//!    direct usage in the HCP Terraform API", A.5), or a token whose lifetime exceeds its organization's maximum
+//!    TTL while `max-ttl-enabled` is on ("Existing tokens that exceed newly configured limits will stop working and
+//!    return an unauthorized error", tfe provider `website/docs/r/org_max_token_ttl_policy.html.markdown`) → 401;
+//!    `GET /ping` needs none;
 //! 6. `last-used-at` of the caller's token is set, then the route runs. Forbidden answers 404 like "not found"
 //!    ("forbidden requests with a valid token result in a 404", A.0).
 
@@ -28,7 +31,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use super::jsonapi::{self, Page};
-use super::model::{self, RequestRecord, State, Token, TokenKind, TokenState, DEFAULT_TTL_MS};
+use super::model::{
+    self, RequestRecord, State, Token, TokenKind, TokenState, TtlTokenType, DEFAULT_TTL_MS,
+};
 use super::tls::TlsListener;
 
 const JSONAPI: &str = "application/vnd.api+json";
@@ -328,6 +333,8 @@ impl Query {
 enum Op {
     Read,
     Create,
+    /// PATCH; only `…/token-ttl-policies` takes it.
+    Update,
     Delete,
 }
 
@@ -364,6 +371,10 @@ enum Route {
         id: String,
         op: Op,
     },
+    TtlPolicies {
+        org: String,
+        op: Op,
+    },
 }
 
 fn route(method: &Method, path: &str, query: &Query) -> Option<Route> {
@@ -377,6 +388,7 @@ fn route(method: &Method, path: &str, query: &Query) -> Option<Route> {
         Method::GET => Op::Read,
         Method::POST => Op::Create,
         Method::DELETE => Op::Delete,
+        Method::PATCH => Op::Update,
         _ => return None,
     };
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -384,7 +396,10 @@ fn route(method: &Method, path: &str, query: &Query) -> Option<Route> {
         (Op::Read, ["ping"]) => Route::Ping,
         (Op::Read, ["account", "details"]) => Route::AccountDetails,
         (Op::Read, ["organization", "audit-trail"]) => Route::AuditTrail,
-        (op, ["organizations", org, "authentication-token"]) => {
+        (
+            op @ (Op::Read | Op::Create | Op::Delete),
+            ["organizations", org, "authentication-token"],
+        ) => {
             // `?token=audit-trails` selects the audit-trails token; the spec's enum has no other value (A.2).
             let kind = match query.get("token") {
                 None => TokenKind::Organization,
@@ -406,10 +421,12 @@ fn route(method: &Method, path: &str, query: &Query) -> Option<Route> {
         (Op::Read, ["teams", team_id]) => Route::Team {
             team_id: (*team_id).to_owned(),
         },
-        (op, ["teams", team_id, "authentication-token"]) => Route::LegacyTeamToken {
-            team_id: (*team_id).to_owned(),
-            op,
-        },
+        (op @ (Op::Read | Op::Create | Op::Delete), ["teams", team_id, "authentication-token"]) => {
+            Route::LegacyTeamToken {
+                team_id: (*team_id).to_owned(),
+                op,
+            }
+        }
         // There is no per-team list (`GET /teams/:id/authentication-tokens`, A.3), so only POST routes here.
         (Op::Create, ["teams", team_id, "authentication-tokens"]) => Route::CreateTeamToken {
             team_id: (*team_id).to_owned(),
@@ -424,6 +441,16 @@ fn route(method: &Method, path: &str, query: &Query) -> Option<Route> {
             id: (*id).to_owned(),
             op,
         },
+        // "List Token TTL Policies" / "Create or Update Token TTL Policies" (go-tfe HEAD `v2/openapi/spec.json`
+        // `listTokenTtlPolicies`, `upsertTokenTtlPolicies`). go-tfe v1 once sent the update as PUT with a plain
+        // `{"token_ttl_policies":[…]}` body (commit aa703cc9); the spec and the current go-tfe send PATCH, so PUT
+        // is 404 here like every other unknown method.
+        (Op::Read | Op::Update, ["organizations", org, "token-ttl-policies"]) => {
+            Route::TtlPolicies {
+                org: (*org).to_owned(),
+                op,
+            }
+        }
         _ => return None,
     };
     Some(route)
@@ -455,7 +482,7 @@ impl Shared {
         let mut st = self.lock();
         let caller = bearer(req.headers)
             .and_then(|value| st.lookup_value(value))
-            .filter(|&i| st.tokens[i].is_valid_at(now) && st.tokens[i].kind != TokenKind::Agent);
+            .filter(|&i| st.usable(i, now) && st.tokens[i].kind != TokenKind::Agent);
         // "Requests are per user, not per token … Unauthenticated requests are associated with the requesting
         // IP address." (A.0 Rate limits). Org and team tokens count against their synthetic service user.
         let principal = caller
@@ -609,6 +636,66 @@ fn parse_create(
     })
 }
 
+/// A limit for messages: whole days as `N days`, else whole hours, else milliseconds.
+fn describe_ttl(ms: i64) -> String {
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if ms % DAY == 0 {
+        plural(ms / DAY, "day")
+    } else if ms % HOUR == 0 {
+        plural(ms / HOUR, "hour")
+    } else {
+        plural(ms, "millisecond")
+    }
+}
+
+/// Parses the `upsertTokenTtlPolicies` body (spec `token-ttl-policies-envelope`):
+/// `{"data":{"type":"organization-token-ttl-policies","attributes":{"token-ttl-policies":[{"token-type","max-ttl-ms"}…]}}}`.
+/// The spec documents 422 "Unable to create token TTL policy due to validation errors"; the emulator answers it for
+/// a malformed document, a missing or empty list (go-tfe refuses an empty list client-side, `ErrRequiredPolicies`),
+/// a `token-type` outside the enum, and a `max-ttl-ms` that is not a positive integer. All or nothing.
+fn parse_ttl_policies(body: &[u8]) -> Result<Vec<(TtlTokenType, i64)>, Reply> {
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|_| Reply::unprocessable("request body must be a JSON:API document"))?;
+    let data = doc
+        .get("data")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Reply::unprocessable("data is required"))?;
+    if data.get("type").and_then(Value::as_str) != Some("organization-token-ttl-policies") {
+        return Err(Reply::unprocessable(
+            "data.type must be \"organization-token-ttl-policies\"",
+        ));
+    }
+    let items = data
+        .get("attributes")
+        .and_then(|a| a.get("token-ttl-policies"))
+        .and_then(Value::as_array)
+        .filter(|items| !items.is_empty())
+        .ok_or_else(|| Reply::unprocessable("token-ttl-policies must be a non-empty array"))?;
+    items
+        .iter()
+        .map(|item| {
+            let token_type = item
+                .get("token-type")
+                .and_then(Value::as_str)
+                .and_then(TtlTokenType::parse)
+                .ok_or_else(|| {
+                    Reply::unprocessable(
+                        "token-type must be one of organization, team, user, audit_trails, metrics",
+                    )
+                })?;
+            // `as_i64` is None for floats (`1.5`, `1e3`) and strings: only a JSON integer is an int64.
+            let ms = item
+                .get("max-ttl-ms")
+                .and_then(Value::as_i64)
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| Reply::unprocessable("max-ttl-ms must be a positive integer"))?;
+            Ok((token_type, ms))
+        })
+        .collect()
+}
+
 const TOKEN_TYPES: &[&str] = &["authentication-tokens", "authentication-token"];
 /// go-tfe v1 sends `agent-tokens` as the agent-token create type (A.0).
 const AGENT_TOKEN_TYPES: &[&str] = &[
@@ -638,6 +725,7 @@ impl Ctx<'_> {
             Route::CreateTeamToken { team_id } => self.create_team_token(&team_id, body),
             Route::AgentTokens { pool_id, op } => self.agent_tokens(&pool_id, op, body),
             Route::TokenById { id, op } => self.token_by_id(&id, op),
+            Route::TtlPolicies { org, op } => self.ttl_policies(&org, op, body),
         }
     }
 
@@ -668,9 +756,88 @@ impl Ctx<'_> {
         }))
     }
 
-    fn default_expiry(&self) -> DateTime<Utc> {
-        // Omitted or null `expired-at` means two years (730.5 days), not "never" (A.0 Expiry).
-        self.now + TimeDelta::milliseconds(DEFAULT_TTL_MS)
+    /// The `expired-at` a new token of `kind` in `org` gets, or the refusal.
+    ///
+    /// Omitted or null `expired-at` means two years (730.5 days), not "never" (A.0 Expiry) — while the
+    /// organization's maximum-TTL policy is off: "If disabled, the TTL defaults to 2 years"
+    /// (https://github.com/hashicorp/terraform-provider-tfe/pull/1996). While it is on, the default is the limit
+    /// for the kind ([inference] from that sentence; no source states the enabled default).
+    ///
+    /// An explicit `expired-at` beyond now + the limit: "Maximum TTL policies are enforced immediately upon
+    /// creation or update" (tfe provider `org_max_token_ttl_policy.html.markdown`) says no more. [inference] The
+    /// API refuses such a create with 422 and a JSON:API validation error naming the limit, in the shape of its
+    /// other create validations ("invalid attributes", "Validation failed: …", A.0 Errors), rather than minting a
+    /// token that could never authenticate.
+    fn expiry_within_policy(
+        &self,
+        org: &str,
+        kind: TokenKind,
+        requested: Option<DateTime<Utc>>,
+    ) -> Result<DateTime<Utc>, Reply> {
+        let Some(limit) = self.st.max_ttl_ms(org, kind) else {
+            return Ok(requested.unwrap_or(self.now + TimeDelta::milliseconds(DEFAULT_TTL_MS)));
+        };
+        match requested {
+            None => Ok(self.now + TimeDelta::milliseconds(limit)),
+            Some(at) if (at - self.now).num_milliseconds() <= limit => Ok(at),
+            Some(_) => Err(Reply::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid attributes",
+                Some(&format!(
+                    "Validation failed: Expired at exceeds the organization's maximum token TTL of {}",
+                    describe_ttl(limit)
+                )),
+            )),
+        }
+    }
+
+    /// `GET|PATCH /organizations/:organization_name/token-ttl-policies` (go-tfe HEAD `v2/openapi/spec.json`).
+    ///
+    /// Who: the spec documents 403 "User is not part of the owners team of the organization" and 404
+    /// "Organization does not exist or user does not belong to the organization" for both methods. So owners (the
+    /// owners-team user token, owners-team tokens) may read and update; a token of another organization gets 404.
+    /// [inference] The organization token may read — org tokens "allow access to the organization-level settings
+    /// and resources" (TFC docs `api-tokens.mdx`) — but not update: the same page's access table leaves "Modify
+    /// organizations" blank for organization tokens. Other tokens of the organization (non-owner teams, the
+    /// audit-trails token) get the documented 403.
+    fn ttl_policies(&mut self, org: &str, op: Op, body: &[u8]) -> Reply {
+        let caller = self.caller();
+        if !self.st.orgs.contains_key(org) || caller.org != org {
+            return Reply::not_found();
+        }
+        let owner = self.st.is_owner(caller, org);
+        let allowed = match op {
+            Op::Read => owner || caller.kind == TokenKind::Organization,
+            _ => owner,
+        };
+        if !allowed {
+            return Reply::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                Some("User is not part of the owners team of the organization"),
+            );
+        }
+        if op == Op::Update {
+            let updates = match parse_ttl_policies(body) {
+                Ok(updates) => updates,
+                Err(reply) => return reply,
+            };
+            let now = self.now;
+            let o = self.st.orgs.get_mut(org).expect("checked above");
+            for (token_type, ms) in updates {
+                let policy = o.ttl_policy_mut(token_type);
+                policy.max_ttl_ms = ms;
+                policy.updated_at = now;
+            }
+        }
+        // Every policy, updated or not: "API returns all 4 token type policies" after a partial update (go-tfe v1
+        // `organization_token_ttl_policy_integration_test.go`; five here, with `metrics`).
+        let data: Vec<Value> = self.st.orgs[org]
+            .ttl_policies
+            .iter()
+            .map(jsonapi::ttl_policy)
+            .collect();
+        Reply::ok(json!({ "data": data }))
     }
 
     /// Mints a singleton or described token and answers 201 with the value, the only time it is shown.
@@ -727,12 +894,16 @@ impl Ctx<'_> {
         match op {
             Op::Read => self.show(existing),
             Op::Delete => self.revoke(existing),
+            Op::Update => Reply::not_found(),
             Op::Create => {
                 let attrs = match parse_create(body, TOKEN_TYPES, true, self.now) {
                     Ok(attrs) => attrs,
                     Err(reply) => return reply,
                 };
-                let expired_at = attrs.expired_at.unwrap_or_else(|| self.default_expiry());
+                let expired_at = match self.expiry_within_policy(org, kind, attrs.expired_at) {
+                    Ok(at) => at,
+                    Err(reply) => return reply,
+                };
                 // Replaces the previous token of this kind at once, even when that is the caller (A.1).
                 self.mint(kind, org, None, Some(expired_at))
             }
@@ -771,12 +942,20 @@ impl Ctx<'_> {
         match op {
             Op::Read => self.show(existing),
             Op::Delete => self.revoke(existing),
+            Op::Update => Reply::not_found(),
             Op::Create => {
                 let attrs = match parse_create(body, TOKEN_TYPES, true, self.now) {
                     Ok(attrs) => attrs,
                     Err(reply) => return reply,
                 };
-                let expired_at = attrs.expired_at.unwrap_or_else(|| self.default_expiry());
+                let expired_at = match self.expiry_within_policy(
+                    &org,
+                    TokenKind::TeamLegacy,
+                    attrs.expired_at,
+                ) {
+                    Ok(at) => at,
+                    Err(reply) => return reply,
+                };
                 self.mint(TokenKind::TeamLegacy, team_id, None, Some(expired_at))
             }
         }
@@ -796,7 +975,11 @@ impl Ctx<'_> {
         let Some(Some(description)) = attrs.description else {
             return Reply::unprocessable("Validation failed: Description can't be blank");
         };
-        let expired_at = attrs.expired_at.unwrap_or_else(|| self.default_expiry());
+        let org = self.st.teams[team_id].org.clone();
+        let expired_at = match self.expiry_within_policy(&org, TokenKind::Team, attrs.expired_at) {
+            Ok(at) => at,
+            Err(reply) => return reply,
+        };
         self.mint(
             TokenKind::Team,
             team_id,

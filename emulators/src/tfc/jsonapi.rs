@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
-use super::model::{ResourceRef, Team, Token, TokenKind, User};
+use super::model::{ResourceRef, Team, Token, TokenKind, TtlPolicy, User};
 
 /// `2023-04-06T12:00:00.000Z`: ISO 8601 UTC with milliseconds, as in the TFC docs samples.
 pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
@@ -68,6 +68,21 @@ pub(crate) fn token_resource(token: &Token, reveal: bool) -> Value {
         "type": "authentication-tokens",
         "attributes": attributes,
         "relationships": relationships,
+    })
+}
+
+/// One `organization-token-ttl-policies` resource (go-tfe HEAD spec `components.schemas.token-ttl-policy`; go-tfe
+/// `OrganizationTokenTTLPolicy`): `max-ttl-ms` an integer, the timestamps ISO 8601.
+pub(crate) fn ttl_policy(policy: &TtlPolicy) -> Value {
+    json!({
+        "id": policy.id,
+        "type": "organization-token-ttl-policies",
+        "attributes": {
+            "token-type": policy.token_type.as_str(),
+            "max-ttl-ms": policy.max_ttl_ms,
+            "created-at": timestamp(policy.created_at),
+            "updated-at": timestamp(policy.updated_at),
+        },
     })
 }
 

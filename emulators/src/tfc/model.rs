@@ -45,6 +45,20 @@ impl TokenKind {
     pub(crate) fn is_team(self) -> bool {
         matches!(self, TokenKind::Team | TokenKind::TeamLegacy)
     }
+
+    /// The maximum-TTL policy that caps this kind, if the emulator enforces one. Agent tokens are not in the
+    /// policy's enum. User tokens are not capped by the emulator: its only user token is the never-expiring
+    /// owners-team seed token the tests administer with, and the real service's rule for user tokens (which span
+    /// organizations; "Maximum lifespan allowed for user tokens to access the organization's resources", tfe
+    /// provider docs) is not pinned down by any source; the `user` policy is stored and reported only.
+    pub(crate) fn ttl_type(self) -> Option<TtlTokenType> {
+        match self {
+            TokenKind::Organization => Some(TtlTokenType::Organization),
+            TokenKind::AuditTrails => Some(TtlTokenType::AuditTrails),
+            TokenKind::Team | TokenKind::TeamLegacy => Some(TtlTokenType::Team),
+            TokenKind::User | TokenKind::Agent => None,
+        }
+    }
 }
 
 /// Lifecycle state of a token as seen by [`crate::tfc::TfcHandle::all_tokens`].
@@ -58,6 +72,60 @@ pub enum TokenState {
     Revoked,
     /// Invalidated because a newer singleton token (org, audit-trails, legacy team) was created.
     Replaced,
+    /// Live and unexpired, but its lifetime (`expired-at` − `created-at`) exceeds its organization's maximum TTL
+    /// for its token type while the organization's `max-ttl-enabled` is on: rejected with 401 like a revoked
+    /// token, still listed by the API ("Existing tokens that exceed newly configured limits will stop working and
+    /// return an unauthorized error", tfe provider `website/docs/r/org_max_token_ttl_policy.html.markdown`).
+    /// Lowering the limit again (or switching the feature off) makes it work again: the emulator judges the
+    /// policy on every request and never revokes (an inference; the provider PR #1996 text says "revoked").
+    OverMaxTtl,
+}
+
+/// The token types of the organization maximum-TTL policy (`token-type` enum of the go-tfe HEAD OpenAPI spec
+/// `components.schemas.token-ttl-policy`; note `audit_trails` with an underscore, unlike the `?token=audit-trails`
+/// query value). The go-tfe v1 integration test sees four policies ("API returns all 4 token type policies",
+/// `organization_token_ttl_policy_integration_test.go`); the newer spec adds `metrics`, so the emulator answers
+/// five.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum TtlTokenType {
+    Organization,
+    Team,
+    User,
+    AuditTrails,
+    Metrics,
+}
+
+impl TtlTokenType {
+    pub const ALL: [TtlTokenType; 5] = [
+        TtlTokenType::Organization,
+        TtlTokenType::Team,
+        TtlTokenType::User,
+        TtlTokenType::AuditTrails,
+        TtlTokenType::Metrics,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TtlTokenType::Organization => "organization",
+            TtlTokenType::Team => "team",
+            TtlTokenType::User => "user",
+            TtlTokenType::AuditTrails => "audit_trails",
+            TtlTokenType::Metrics => "metrics",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TtlTokenType> {
+        TtlTokenType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// One `organization-token-ttl-policies` resource.
+pub(crate) struct TtlPolicy {
+    pub id: String,
+    pub token_type: TtlTokenType,
+    pub max_ttl_ms: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Metadata of one token, for test assertions. Never carries the token value.
@@ -194,6 +262,19 @@ pub(crate) struct Org {
     pub owners_team_id: String,
     pub owner_user_id: String,
     pub service_user_id: String,
+    /// The organization attribute `max-ttl-enabled` (go-tfe v1 `organization.go`), off by default.
+    pub max_ttl_enabled: bool,
+    /// One per [`TtlTokenType`], in [`TtlTokenType::ALL`] order, each at the 2-year default until changed.
+    pub ttl_policies: Vec<TtlPolicy>,
+}
+
+impl Org {
+    pub fn ttl_policy_mut(&mut self, token_type: TtlTokenType) -> &mut TtlPolicy {
+        self.ttl_policies
+            .iter_mut()
+            .find(|p| p.token_type == token_type)
+            .expect("every organization has a policy per token type")
+    }
 }
 
 pub(crate) struct Team {
@@ -345,6 +426,17 @@ impl State {
             }),
         );
         let owners_team_id = self.add_team_record(name, "owners");
+        let ttl_policies = TtlTokenType::ALL
+            .into_iter()
+            .map(|token_type| TtlPolicy {
+                // The id's shape is not documented (go-tfe only asserts it is not empty).
+                id: new_id("ttlp"),
+                token_type,
+                max_ttl_ms: DEFAULT_TTL_MS,
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
         self.orgs.insert(
             name.to_owned(),
             Org {
@@ -352,6 +444,8 @@ impl State {
                 owners_team_id,
                 owner_user_id: owner_user_id.clone(),
                 service_user_id,
+                max_ttl_enabled: false,
+                ttl_policies,
             },
         );
         let created_by = ResourceRef {
@@ -527,6 +621,44 @@ impl State {
             TokenKind::Agent => &self.pools.get(target)?.org,
         };
         self.orgs.get(org).map(|o| o.owner_user_id.clone())
+    }
+
+    /// The maximum lifetime in milliseconds the organization allows for tokens of `kind`, when its
+    /// `max-ttl-enabled` is on and the kind is capped (see [`TokenKind::ttl_type`]).
+    pub fn max_ttl_ms(&self, org: &str, kind: TokenKind) -> Option<i64> {
+        let org = self.orgs.get(org).filter(|o| o.max_ttl_enabled)?;
+        let token_type = kind.ttl_type()?;
+        org.ttl_policies
+            .iter()
+            .find(|p| p.token_type == token_type)
+            .map(|p| p.max_ttl_ms)
+    }
+
+    /// "Existing tokens that exceed newly configured limits will stop working and return an unauthorized error"
+    /// (tfe provider `org_max_token_ttl_policy.html.markdown`): the token's lifetime, `expired-at` − `created-at`,
+    /// is over its organization's limit for its type. A capped token without an expiry is always over.
+    pub fn over_max_ttl(&self, token: &Token) -> bool {
+        self.max_ttl_ms(&token.org, token.kind)
+            .is_some_and(|limit| match token.expired_at {
+                Some(at) => (at - token.created_at).num_milliseconds() > limit,
+                None => true,
+            })
+    }
+
+    /// The token authenticates now: live, unexpired, and within its organization's maximum TTL.
+    pub fn usable(&self, idx: usize, now: DateTime<Utc>) -> bool {
+        let token = &self.tokens[idx];
+        token.is_valid_at(now) && !self.over_max_ttl(token)
+    }
+
+    /// [`Token::info`], with [`TokenState::OverMaxTtl`] for a token the maximum-TTL policy rejects.
+    pub fn info(&self, idx: usize, now: DateTime<Utc>) -> TokenInfo {
+        let token = &self.tokens[idx];
+        let mut info = token.info(now);
+        if info.state == TokenState::Active && self.over_max_ttl(token) {
+            info.state = TokenState::OverMaxTtl;
+        }
+        info
     }
 
     pub fn lookup_value(&self, value: &str) -> Option<usize> {
