@@ -7,8 +7,15 @@
 //! `expires` in unix seconds no more than two years ahead (400), values only in the create response, list paging with
 //! `continuationToken`, and machine tokens cannot create or delete organization tokens (403).
 //!
+//! The organization access token expiry policy (a cap in days, [`PulumiHandle::set_expiry_policy`]): org and team
+//! token creation beyond the cap (or without expiry) is refused with 400; every request against the organization
+//! (`/api/orgs/{org}/…`) with a non-compliant personal, org or team token is refused with 403; the cap is read from
+//! `GET /api/orgs/{org}/metadata` (`maxAccessTokenExpiryDays`) and set by `PATCH /api/orgs/{org}`
+//! (`setMaxAccessTokenExpiryDays`). Details and sources in `pulumi/store.rs` (`Store::check_expiry_policy`).
+//!
 //! Endpoints: `POST|GET /api/orgs/{org}/tokens`, `DELETE /api/orgs/{org}/tokens/{id}`,
 //! `POST|GET /api/orgs/{org}/teams/{team}/tokens`, `DELETE /api/orgs/{org}/teams/{team}/tokens/{id}`,
+//! `GET /api/orgs/{org}/metadata`, `PATCH /api/orgs/{org}`,
 //! `POST|GET /api/user/tokens`, `DELETE /api/user/tokens/{id}`, `GET /api/user`.
 
 mod server;
@@ -21,7 +28,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use server::{ApiError, Shared};
-pub use store::{TokenInfo, TokenKind, TokenState, MAX_NAME_CHARS};
+pub use store::{ExpiryCompliance, TokenInfo, TokenKind, TokenState, MAX_NAME_CHARS};
 
 /// Emulator settings.
 #[derive(Debug, Clone, Default)]
@@ -241,13 +248,42 @@ impl PulumiHandle {
         self.shared().lock().log.clear();
     }
 
-    /// Org access-token expiry policy: new org and team tokens of `org` get at most `days` of validity (`expires`
-    /// 0 or later is capped, and the list reports the capped value). `None` lifts the policy.
+    /// The organization's access token expiry policy, as an admin sets it in the console (Settings > Access
+    /// Management): at most `days` for personal, organization and team tokens used against `org`. `None` (or
+    /// `Some(0)`) removes it. The real policy is one number for all three token kinds; what differs per kind is
+    /// the enforcement (org and team tokens are refused at creation, personal tokens when used against the org;
+    /// every kind is refused on the org's routes while non-compliant). Creates the organization if needed.
+    pub fn set_expiry_policy(&self, org: &str, days: Option<u32>) {
+        self.shared().lock().store.set_expiry_policy(org, days);
+    }
+
+    /// Former name of [`PulumiHandle::set_expiry_policy`]. The policy no longer caps new tokens silently: org and
+    /// team creates beyond the cap are refused with 400, and non-compliant tokens (the never-expiring
+    /// [`PulumiHandle::add_user`] tokens included) get 403 on the organization's routes.
     pub fn set_org_max_expiry_days(&self, org: &str, days: Option<u32>) {
+        self.set_expiry_policy(org, days);
+    }
+
+    /// Exempts a token (by id) from every organization's expiry policy, standing in for the credentials the
+    /// service exempts (OIDC-exchanged tokens, deployment runner and agent pool tokens, web sessions). `false`
+    /// removes the exemption.
+    pub fn set_expiry_policy_exempt(&self, token_id: &str, exempt: bool) {
         self.shared()
             .lock()
             .store
-            .set_org_max_expiry_days(org, days);
+            .set_policy_exempt(token_id, exempt);
+    }
+
+    /// Which rule judges compliance on each request; default [`ExpiryCompliance::TotalLifetime`], the service's
+    /// rule since September 2026.
+    pub fn set_expiry_compliance(&self, rule: ExpiryCompliance) {
+        self.shared().lock().store.set_expiry_compliance(rule);
+    }
+
+    /// True while the token is valid and may be used against `org`'s routes (compliant with its expiry policy,
+    /// exempt, or no policy).
+    pub fn is_usable_in(&self, token_value: &str, org: &str) -> bool {
+        self.shared().lock().store.is_usable_in(token_value, org)
     }
 
     /// Deletes a token out of band (as an admin in the web console would). Unknown ids are ignored.

@@ -940,52 +940,274 @@ async fn injected_failures_throttling_and_rate_limit() {
     );
 }
 
+const POLICY_403: &str = "The `acme` organization enforces a max access token expiry of `7` days that your current token does not meet. Please generate a new token with a TTL meeting your org's threshold to perform this request.";
+const POLICY_400: &str = "Bad Request: the token's expiry exceeds the `acme` organization's maximum access token expiry of `7` days; set `expires` to at most 7 days from now";
+
+impl Api {
+    /// A personal token of the calling user expiring in `days` (0 = never); returns (id, value).
+    async fn personal_token(&self, token: &str, days: i64) -> (String, String) {
+        let expires = if days == 0 { 0 } else { self.in_days(days) };
+        let r = self
+            .post(
+                "/api/user/tokens",
+                token,
+                json!({"description": "p", "expires": expires}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let v = r.json();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["tokenValue"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
 #[tokio::test]
-async fn org_expiry_policy_caps_new_tokens() {
+async fn expiry_policy_refuses_org_and_team_tokens_beyond_the_cap() {
     let api = setup().await;
-    api.emu.set_org_max_expiry_days("acme", Some(7));
-    let limit = api.in_days(7);
-    api.org_token("capped", false).await; // asks for 30 days
-    let r = api
+    api.emu.set_expiry_policy("acme", Some(7));
+    // The admin's bootstrap token never expires, so it no longer works against acme; a 5-day one does.
+    let (_, admin) = api.personal_token(&api.admin, 5).await;
+
+    for (path, expires) in [
+        ("/api/orgs/acme/tokens", api.in_days(30)),
+        ("/api/orgs/acme/tokens", 0),
+        ("/api/orgs/acme/teams/ops/tokens", api.in_days(8)),
+        ("/api/orgs/acme/teams/ops/tokens", 0),
+    ] {
+        let r = api
+            .post(
+                path,
+                &admin,
+                json!({"name": "ci", "description": "d", "admin": false, "expires": expires}),
+            )
+            .await;
+        assert_error(&r, 400, POLICY_400);
+    }
+    // Nothing was created, and the name is still free.
+    assert!(api.emu.all_tokens().iter().all(|t| t.name != "ci"));
+    let list = api.get("/api/orgs/acme/tokens?filter=all", &admin).await;
+    assert!(ids(&list.json()).is_empty(), "{}", list.text);
+    let ok = api
         .post(
             "/api/orgs/acme/tokens",
-            &api.admin,
-            json!({"name": "never", "admin": false, "expires": 0}),
+            &admin,
+            json!({"name": "ci", "admin": false, "expires": api.in_days(7)}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let r = api
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    let value = ok.json()["tokenValue"].as_str().unwrap().to_string();
+    assert!(api.emu.is_usable_in(&value, "acme"));
+    let team = api
         .post(
             "/api/orgs/acme/teams/ops/tokens",
-            &api.admin,
-            json!({"name": "t", "expires": api.in_days(3)}),
+            &admin,
+            json!({"name": "ci-team", "expires": api.in_days(3)}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let list = api.get("/api/orgs/acme/tokens", &api.admin).await.json();
-    for item in list["tokens"].as_array().unwrap() {
-        let expires = item["expires"].as_i64().unwrap();
-        assert!(expires > 0 && (expires - limit).abs() <= 2, "{item}");
+    assert_eq!(team.status, StatusCode::OK, "{}", team.text);
+    // Expiries are kept as asked: the policy refuses, it never caps.
+    let listed = api.get("/api/orgs/acme/tokens", &admin).await.json();
+    assert_eq!(listed["tokens"][0]["expires"], api.in_days(7));
+
+    // Personal tokens are created whatever their expiry (the policy applies where they are used).
+    api.personal_token(&api.admin, 0).await;
+    api.personal_token(&api.admin, 700).await;
+}
+
+#[tokio::test]
+async fn personal_tokens_out_of_policy_get_403_on_org_routes_only() {
+    let api = setup().await;
+    api.emu.set_expiry_policy("acme", Some(7));
+    let (_, long) = api.personal_token(&api.admin, 30).await;
+    for token in [&api.admin, &long] {
+        for path in [
+            "/api/orgs/acme/tokens",
+            "/api/orgs/acme/teams/ops/tokens",
+            "/api/orgs/acme/metadata",
+        ] {
+            assert_error(&api.get(path, token).await, 403, POLICY_403);
+        }
+        assert!(!api.emu.is_usable_in(token, "acme"));
+        assert!(api.emu.is_valid(token));
+        // Not an organization resource: the identity probe and the user's own tokens still answer.
+        let me = api.get("/api/user", token).await;
+        assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+        assert_eq!(me.json()["githubLogin"], "alice");
+        assert_eq!(
+            api.get("/api/user/tokens", token).await.status,
+            StatusCode::OK
+        );
     }
-    let team = api
-        .emu
-        .valid_tokens()
-        .into_iter()
-        .find(|t| t.name == "t")
-        .unwrap();
-    assert!(
-        (team.expires - api.in_days(3)).abs() <= 2,
-        "shorter requests are kept"
+    // Another organization without a policy is unaffected.
+    api.emu.add_organization("globex", "alice");
+    assert_eq!(
+        api.get("/api/orgs/globex/tokens", &api.admin).await.status,
+        StatusCode::OK
     );
-    api.emu.set_org_max_expiry_days("acme", None);
-    api.org_token("uncapped", false).await;
-    let t = api
-        .emu
-        .valid_tokens()
-        .into_iter()
-        .find(|t| t.name == "uncapped")
-        .unwrap();
-    assert!((t.expires - api.in_days(30)).abs() <= 2);
+    // Lifting the policy lets them back in.
+    api.emu.set_expiry_policy("acme", None);
+    assert_eq!(
+        api.get("/api/orgs/acme/tokens", &long).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn existing_tokens_are_judged_on_every_request() {
+    let api = setup().await;
+    // Created before the policy: an admin org token and a personal token for 30 days, a compliant one for 5.
+    let (_, org_token) = api.org_token("ci-admin", true).await;
+    let (_, thirty) = api.personal_token(&api.admin, 30).await;
+    let (_, five) = api.personal_token(&api.admin, 5).await;
+    api.emu.set_expiry_policy("acme", Some(7));
+
+    assert_error(
+        &api.get("/api/orgs/acme/teams/ops/tokens", &org_token).await,
+        403,
+        POLICY_403,
+    );
+    assert_error(
+        &api.get("/api/orgs/acme/tokens", &thirty).await,
+        403,
+        POLICY_403,
+    );
+    assert_eq!(
+        api.get("/api/orgs/acme/tokens", &five).await.status,
+        StatusCode::OK
+    );
+    // The machine token still identifies itself on /api/user.
+    assert_eq!(
+        api.get("/api/user", &org_token).await.status,
+        StatusCode::OK
+    );
+
+    // 25 days later they have 5 days left. The service's rule since September 2026 judges the total lifetime
+    // (created → expires, 30 days): still refused.
+    api.emu.advance_clock(Duration::from_secs(25 * DAY as u64));
+    assert_error(
+        &api.get("/api/orgs/acme/tokens", &thirty).await,
+        403,
+        POLICY_403,
+    );
+    assert_error(
+        &api.get("/api/orgs/acme/teams/ops/tokens", &org_token).await,
+        403,
+        POLICY_403,
+    );
+    // Under the rule as first shipped (remaining lifetime), old long-expiry tokens age into compliance.
+    api.emu.set_expiry_compliance(
+        token_rotator_emulators::pulumi::ExpiryCompliance::RemainingLifetime,
+    );
+    assert_eq!(
+        api.get("/api/orgs/acme/tokens", &thirty).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/api/orgs/acme/teams/ops/tokens", &org_token)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A never-expiring token violates any policy under either rule.
+    assert_error(
+        &api.get("/api/orgs/acme/tokens", &api.admin).await,
+        403,
+        POLICY_403,
+    );
+}
+
+#[tokio::test]
+async fn expiry_policy_is_read_and_set_through_org_settings_and_exemptions_apply() {
+    let api = setup().await;
+    let (_, admin) = api.personal_token(&api.admin, 5).await;
+    let meta = api.get("/api/orgs/acme/metadata", &admin).await;
+    assert_eq!(meta.status, StatusCode::OK, "{}", meta.text);
+    assert_eq!(meta.json()["maxAccessTokenExpiryDays"], Value::Null);
+    assert_eq!(meta.json()["userRole"], "admin");
+
+    let set = |days: Value| json!({"setMaxAccessTokenExpiryDays": days});
+    let r = api
+        .send(
+            Method::PATCH,
+            "/api/orgs/acme",
+            Some(&admin),
+            Some(set(json!(7))),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["maxAccessTokenExpiryDays"], 7);
+    assert_eq!(
+        api.get("/api/orgs/acme/metadata", &admin).await.json()["maxAccessTokenExpiryDays"],
+        7
+    );
+    for bad in [json!(3651), json!(-1), json!(1.5), json!("7")] {
+        let r = api
+            .send(
+                Method::PATCH,
+                "/api/orgs/acme",
+                Some(&admin),
+                Some(set(bad.clone())),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
+    }
+    // Bob, a member who is not an admin, has only a never-expiring token: refused; exempt, he may read the policy
+    // but not set it.
+    let bob = api.emu.add_user("bob");
+    api.emu.add_member("acme", "bob");
+    let bob_id = api.emu.token_id_of(&bob).unwrap();
+    assert_error(
+        &api.get("/api/orgs/acme/metadata", &bob).await,
+        403,
+        POLICY_403,
+    );
+
+    // Exempt tokens pass whatever their expiry.
+    api.emu.set_expiry_policy_exempt(&bob_id, true);
+    let meta = api.get("/api/orgs/acme/metadata", &bob).await;
+    assert_eq!(meta.status, StatusCode::OK, "{}", meta.text);
+    assert_eq!(meta.json()["userRole"], "member");
+    assert_eq!(
+        api.send(
+            Method::PATCH,
+            "/api/orgs/acme",
+            Some(&bob),
+            Some(set(json!(0)))
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    api.emu.set_expiry_policy_exempt(&bob_id, false);
+    assert_error(
+        &api.get("/api/orgs/acme/metadata", &bob).await,
+        403,
+        POLICY_403,
+    );
+
+    // 0 clears the policy; the never-expiring bootstrap token works again.
+    let r = api
+        .send(
+            Method::PATCH,
+            "/api/orgs/acme",
+            Some(&admin),
+            Some(set(json!(0))),
+        )
+        .await;
+    assert_eq!(r.json()["maxAccessTokenExpiryDays"], Value::Null);
+    assert_eq!(
+        api.get("/api/orgs/acme/tokens", &api.admin).await.status,
+        StatusCode::OK
+    );
+    // The old name still sets the same single policy.
+    api.emu.set_org_max_expiry_days("acme", Some(7));
+    assert_error(
+        &api.get("/api/orgs/acme/tokens", &api.admin).await,
+        403,
+        POLICY_403,
+    );
 }
 
 #[tokio::test]

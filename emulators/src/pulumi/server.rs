@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, patch};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -189,6 +189,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/user", get(get_user))
         .route("/api/user/tokens", get(list_personal).post(create_personal))
         .route("/api/user/tokens/{id}", delete(delete_personal))
+        .route("/api/orgs/{org}", patch(update_org))
+        .route("/api/orgs/{org}/metadata", get(org_metadata))
         .route("/api/orgs/{org}/tokens", get(list_org).post(create_org))
         .route("/api/orgs/{org}/tokens/{id}", delete(delete_org))
         .route(
@@ -304,6 +306,20 @@ fn authed(
     resp
 }
 
+/// [`authed`] for a route of organization `org`: the org's access token expiry policy is checked first, for every
+/// caller ([`Store::check_expiry_policy`]).
+fn authed_org(
+    shared: &Shared,
+    headers: &HeaderMap,
+    org: &str,
+    f: impl FnOnce(&mut Store, &Caller) -> Result<Response, ApiError>,
+) -> Response {
+    authed(shared, headers, |st, caller| {
+        st.check_expiry_policy(caller, org)?;
+        f(st, caller)
+    })
+}
+
 /// POST bodies must be `application/json` (reference B.0, required headers).
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let ok = header_str(headers, header::CONTENT_TYPE).is_some_and(|v| {
@@ -371,13 +387,31 @@ async fn delete_personal(State(s): App, Path(id): Path<String>, headers: HeaderM
     })
 }
 
+async fn org_metadata(State(s): App, Path(org): Path<String>, headers: HeaderMap) -> Response {
+    authed_org(&s, &headers, &org, |st, caller| {
+        Ok(Json(st.org_metadata(caller, &org)?).into_response())
+    })
+}
+
+async fn update_org(
+    State(s): App,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    authed_org(&s, &headers, &org, |st, caller| {
+        require_json(&headers)?;
+        Ok(Json(st.update_org_settings(caller, &org, &body)?).into_response())
+    })
+}
+
 async fn list_org(
     State(s): App,
     Path(org): Path<String>,
     Query(q): Pairs,
     headers: HeaderMap,
 ) -> Response {
-    authed(&s, &headers, |st, caller| {
+    authed_org(&s, &headers, &org, |st, caller| {
         st.check_list_org_tokens(caller, &org)?;
         let q = st.parse_list_query(&q)?;
         Ok(Json(st.list_org(&org, &q)).into_response())
@@ -390,7 +424,7 @@ async fn create_org(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = authed(&s, &headers, |st, caller| {
+    let resp = authed_org(&s, &headers, &org, |st, caller| {
         st.check_manage_org_tokens(caller, &org)?;
         require_json(&headers)?;
         let body = parse_create_body(&body)?;
@@ -404,7 +438,7 @@ async fn delete_org(
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    authed(&s, &headers, |st, caller| {
+    authed_org(&s, &headers, &org, |st, caller| {
         st.check_manage_org_tokens(caller, &org)?;
         st.delete_org_token(&org, &id)?;
         Ok(no_content())
@@ -417,7 +451,7 @@ async fn list_team(
     Query(q): Pairs,
     headers: HeaderMap,
 ) -> Response {
-    authed(&s, &headers, |st, caller| {
+    authed_org(&s, &headers, &org, |st, caller| {
         st.check_manage_team_tokens(caller, &org, &team)?;
         let q = st.parse_list_query(&q)?;
         Ok(Json(st.list_team(&org, &team, &q)).into_response())
@@ -430,7 +464,7 @@ async fn create_team(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = authed(&s, &headers, |st, caller| {
+    let resp = authed_org(&s, &headers, &org, |st, caller| {
         st.check_manage_team_tokens(caller, &org, &team)?;
         require_json(&headers)?;
         let body = parse_create_body(&body)?;
@@ -444,7 +478,7 @@ async fn delete_team(
     Path((org, team, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    authed(&s, &headers, |st, caller| {
+    authed_org(&s, &headers, &org, |st, caller| {
         st.check_manage_team_tokens(caller, &org, &team)?;
         st.delete_team_token(&org, &team, &id)?;
         Ok(no_content())

@@ -61,7 +61,7 @@ pub struct TokenInfo {
     /// `createdBy`: the login of the creator (the org name when an org token created it).
     pub created_by: String,
     pub created: DateTime<Utc>,
-    /// Unix seconds; 0 = never expires (after any org expiry-policy cap).
+    /// Unix seconds; 0 = never expires. As requested: the expiry policy refuses, it never caps.
     pub expires: i64,
     /// Unix seconds of the last authenticated call; 0 = never used.
     pub last_used: i64,
@@ -79,6 +79,8 @@ pub enum Principal {
 
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// Index of the authenticating token in the store.
+    token_idx: usize,
     pub token_id: String,
     pub token_name: String,
     pub principal: Principal,
@@ -195,14 +197,34 @@ struct User {
     id: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Org {
+    id: String,
+    created: DateTime<Utc>,
     admins: BTreeSet<String>,
     members: BTreeSet<String>,
     teams: BTreeSet<String>,
     /// Names of every org and team token ever created here, deleted ones included (reference B.1).
     reserved_names: HashSet<String>,
+    /// The access token expiry policy: `maxAccessTokenExpiryDays` of `GET /api/orgs/{org}/metadata`.
     max_expiry_days: Option<u32>,
+}
+
+/// How the access token expiry policy judges a token (see [`Store::check_expiry_policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpiryCompliance {
+    /// The token's total lifetime, `expires` − `created`, is within the cap: a token created with a longer
+    /// lifetime stays blocked until it is recreated. What the service does since pulumi/pulumi-service#48924, per
+    /// https://github.com/pulumi/docs/pull/21382 (2026-09-03): "a token now complies when its total lifetime, from
+    /// creation to expiration, is within the policy maximum, rather than its remaining lifetime".
+    #[default]
+    TotalLifetime,
+    /// The rule as first shipped (https://github.com/pulumi/docs/pull/20344; Pulumi docs
+    /// `administration/access-identity/access-tokens.md` "How compliance is evaluated"; the OpenAPI spec's
+    /// `maxAccessTokenExpiryDays`): "its remaining lifetime — the time between now and its expiration — is within
+    /// the policy maximum", so "A token created with a long expiry becomes compliant once its remaining lifetime
+    /// falls within the cap."
+    RemainingLifetime,
 }
 
 /// The whole account database of one emulator.
@@ -216,6 +238,9 @@ pub struct Store {
     clock_offset: chrono::Duration,
     /// Makes continuation tokens opaque and specific to this emulator instance.
     page_salt: String,
+    /// Ids of tokens the expiry policy ignores, standing in for the documented exemptions.
+    policy_exempt: HashSet<String>,
+    compliance: ExpiryCompliance,
 }
 
 impl Default for Store {
@@ -227,6 +252,8 @@ impl Default for Store {
             by_value: HashMap::new(),
             clock_offset: chrono::Duration::zero(),
             page_salt: format!("{:08x}", crate::clock::with_rng(|r| r.next_u32())),
+            policy_exempt: HashSet::new(),
+            compliance: ExpiryCompliance::default(),
         }
     }
 }
@@ -288,7 +315,16 @@ impl Store {
     }
 
     fn ensure_org(&mut self, org: &str) -> &mut Org {
-        self.orgs.entry(org.to_string()).or_default()
+        let created = self.now();
+        self.orgs.entry(org.to_string()).or_insert_with(|| Org {
+            id: new_uuid(),
+            created,
+            admins: BTreeSet::new(),
+            members: BTreeSet::new(),
+            teams: BTreeSet::new(),
+            reserved_names: HashSet::new(),
+            max_expiry_days: None,
+        })
     }
 
     pub fn add_user(&mut self, login: &str) -> String {
@@ -330,8 +366,195 @@ impl Store {
         self.ensure_org(org).teams.insert(team.to_string());
     }
 
-    pub fn set_org_max_expiry_days(&mut self, org: &str, days: Option<u32>) {
-        self.ensure_org(org).max_expiry_days = days;
+    pub fn set_expiry_policy(&mut self, org: &str, days: Option<u32>) {
+        self.ensure_org(org).max_expiry_days = days.filter(|d| *d > 0);
+    }
+
+    pub fn set_policy_exempt(&mut self, token_id: &str, exempt: bool) {
+        if exempt {
+            self.policy_exempt.insert(token_id.to_string());
+        } else {
+            self.policy_exempt.remove(token_id);
+        }
+    }
+
+    pub fn set_expiry_compliance(&mut self, rule: ExpiryCompliance) {
+        self.compliance = rule;
+    }
+
+    /// Whether the token with this value may be used against `org` now: valid, and compliant with the org's
+    /// expiry policy (or exempt, or no policy).
+    pub fn is_usable_in(&self, value: &str, org: &str) -> bool {
+        let now = self.now();
+        self.by_value.get(value).is_some_and(|&i| {
+            self.tokens[i].state(now) == TokenState::Active && self.complies(i, org, now)
+        })
+    }
+
+    fn complies(&self, idx: usize, org: &str, now: DateTime<Utc>) -> bool {
+        let Some(days) = self.orgs.get(org).and_then(|o| o.max_expiry_days) else {
+            return true;
+        };
+        let token = &self.tokens[idx];
+        if self.policy_exempt.contains(&token.id) {
+            return true;
+        }
+        // "A token that never expires violates any policy."
+        if token.expires == 0 {
+            return false;
+        }
+        let from = match self.compliance {
+            ExpiryCompliance::TotalLifetime => token.created.timestamp(),
+            ExpiryCompliance::RemainingLifetime => now.timestamp(),
+        };
+        token.expires - from <= i64::from(days) * 86_400
+    }
+
+    /// The access token expiry policy, checked on every request against `org` (any `/api/orgs/{org}/…` route),
+    /// for personal, organization and team tokens alike: "Compliance is evaluated on every request, not just when
+    /// the token is created" (Pulumi docs `administration/access-identity/access-tokens.md`, "Access token expiry
+    /// policy", https://github.com/pulumi/docs/pull/20344). A non-compliant token is refused with 403 and the
+    /// documented message ("Requests rejected by the policy receive a `403 Forbidden` response whose message names
+    /// the organization and its policy maximum", with the CLI example "[403] The `acme-corp` organization enforces
+    /// a max access token expiry of `14` days that your current token does not meet. Please generate a new token
+    /// with a TTL meeting your org's threshold to perform this request.").
+    ///
+    /// Not checked on `/api/user` and `/api/user/tokens`: the policy covers tokens "used against their
+    /// organization", and "Personal tokens are user-scoped and span all of a user's organizations … requests made
+    /// with a non-compliant personal token against an organization that enforces a policy are rejected" (same
+    /// page); the user endpoints are no organization's resource ([inference] for machine tokens calling
+    /// `/api/user`, treated the same way).
+    ///
+    /// Exemptions: the docs exempt web console sessions, OIDC-exchanged tokens and "internally issued credentials
+    /// such as deployment agent pool tokens"; the spec adds "system-managed tokens (deployment runners, agent pools,
+    /// stack tokens)". The emulator has none of those, so tests mark tokens exempt by id instead.
+    pub fn check_expiry_policy(&self, caller: &Caller, org: &str) -> Result<(), ApiError> {
+        if self.complies(caller.token_idx, org, self.now()) {
+            return Ok(());
+        }
+        let days = self
+            .orgs
+            .get(org)
+            .and_then(|o| o.max_expiry_days)
+            .unwrap_or(0);
+        Err(ApiError::new(
+            403,
+            format!(
+                "The `{org}` organization enforces a max access token expiry of `{days}` days that your current \
+                 token does not meet. Please generate a new token with a TTL meeting your org's threshold to \
+                 perform this request."
+            ),
+        ))
+    }
+
+    /// Creation of org and team tokens under a policy: "the API rejects creation requests that exceed it or omit an
+    /// expiry" (Pulumi docs, "What the policy affects"). [inference] The status and message are not documented: 400
+    /// like the other `expires` refusals of these endpoints (spec `CreateOrgToken`, `CreateTeamToken`), naming the
+    /// organization and its maximum. Checked against the time left from now, which at creation is the token's
+    /// whole lifetime under either compliance rule.
+    fn check_creation_policy(&self, org: &str, expires: i64) -> Result<(), ApiError> {
+        let Some(days) = self.orgs.get(org).and_then(|o| o.max_expiry_days) else {
+            return Ok(());
+        };
+        if expires != 0 && expires - self.now().timestamp() <= i64::from(days) * 86_400 {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            400,
+            format!(
+                "Bad Request: the token's expiry exceeds the `{org}` organization's maximum access token expiry of \
+                 `{days}` days; set `expires` to at most {days} days from now"
+            ),
+        ))
+    }
+
+    /// `GET /api/orgs/{org}/metadata` (spec `GetOrganizationMetadata`, schema `OrganizationMetadata`), the
+    /// documented read of the policy: `maxAccessTokenExpiryDays`, "Null means no policy". Only the schema's
+    /// required fields plus that one are answered, with placeholder values; `features` carries only
+    /// `accessTokenExpiryPolicyEnabled`. [inference] Any member of the organization may read it (personal tokens
+    /// of members, org and team tokens of the org); others get 403.
+    pub fn org_metadata(&self, caller: &Caller, org: &str) -> Result<Value, ApiError> {
+        let o = self.org(org)?;
+        let role = match &caller.principal {
+            Principal::User { login } if o.admins.contains(login) => "admin",
+            Principal::User { login } if o.members.contains(login) => "member",
+            Principal::Org { org: of, admin } if of == org => {
+                if *admin {
+                    "admin"
+                } else {
+                    "member"
+                }
+            }
+            Principal::Team { org: of, .. } if of == org => "member",
+            _ => return Err(forbidden()),
+        };
+        Ok(json!({
+            "id": o.id,
+            "created": o.created.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "kind": "pulumi",
+            "userRole": role,
+            "memberCount": o.members.len(),
+            "stackCount": 0,
+            "environmentCount": 0,
+            "accountCount": 0,
+            "aiEnablement": "disabled",
+            "auditLogsEnabled": true,
+            "webhooksEnabled": true,
+            "defaultAccountPermission": 0,
+            "defaultEnvironmentPermission": "none",
+            "defaultStackPermission": 0,
+            "insightsTrialUsingPolicy": false,
+            "membersCanCreateAccounts": false,
+            "membersCanCreateStacks": true,
+            "membersCanCreateTeams": false,
+            "membersCanDeleteStacks": false,
+            "membersCanTransferStacks": false,
+            "naturalLanguageSearchDisabled": true,
+            "neoAgentDisabled": true,
+            "neoApprovalMode": "manual",
+            "neoCLIExplanationsDisabled": true,
+            "neoEnabled": false,
+            "neoTaskSharingMode": "none",
+            "preferredVCS": "none",
+            "features": {"accessTokenExpiryPolicyEnabled": true},
+            "maxAccessTokenExpiryDays": o.max_expiry_days,
+        }))
+    }
+
+    /// `PATCH /api/orgs/{org}` (spec `UpdateOrganizationSettings`) with `setMaxAccessTokenExpiryDays`: "A value of 0
+    /// clears the policy … Leave the field unset to make no change"; the docs' UI takes "between 1 and 3650". Other
+    /// settings are ignored. Answers the metadata. Admins only: an org admin's personal token or an admin org
+    /// token ("any operation an organization administrator can perform, except creating or deleting other
+    /// organization tokens", reference B.4). An out-of-range or non-integer value is the spec's 400 "Invalid
+    /// organization settings" (message [inference]).
+    pub fn update_org_settings(
+        &mut self,
+        caller: &Caller,
+        org: &str,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        self.org(org)?;
+        if !(self.is_org_admin(caller, org) || Self::is_admin_org_token(caller, org)) {
+            return Err(forbidden());
+        }
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::new(400, format!("Bad Request: invalid JSON body: {e}")))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| ApiError::new(400, "Bad Request: the body must be a JSON object"))?;
+        match obj.get("setMaxAccessTokenExpiryDays") {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let days = v.as_u64().filter(|d| *d <= 3650).ok_or_else(|| {
+                    ApiError::new(
+                        400,
+                        "Bad Request: setMaxAccessTokenExpiryDays must be an integer between 0 and 3650",
+                    )
+                })?;
+                self.set_expiry_policy(org, Some(days as u32));
+            }
+        }
+        self.org_metadata(caller, org)
     }
 
     /// Marks a token deleted, as if its owner had deleted it. Unknown ids are ignored.
@@ -403,6 +626,7 @@ impl Store {
             },
         };
         Ok(Caller {
+            token_idx: idx,
             token_id: token.id.clone(),
             token_name: token.name.clone(),
             principal,
@@ -477,9 +701,8 @@ impl Store {
         }
     }
 
-    /// Checks `expires` (reference B.4: unix seconds, up to two years ahead, 0 = never) and applies the org's
-    /// expiry policy cap, which the list then reports.
-    fn effective_expiry(&self, requested: i64, policy_days: Option<u32>) -> Result<i64, ApiError> {
+    /// Checks `expires` (reference B.4: unix seconds, up to two years ahead, 0 = never).
+    fn check_expires(&self, requested: i64) -> Result<i64, ApiError> {
         let now = self.now();
         if requested < 0 {
             return Err(ApiError::new(
@@ -503,17 +726,7 @@ impl Store {
                 "Bad Request: expires cannot be more than two years in the future",
             ));
         }
-        Ok(match policy_days {
-            Some(days) => {
-                let cap = now.timestamp() + i64::from(days) * 86_400;
-                if requested == 0 {
-                    cap
-                } else {
-                    requested.min(cap)
-                }
-            }
-            None => requested,
-        })
+        Ok(requested)
     }
 
     fn check_name(&self, org: &str, name: Option<&str>) -> Result<String, ApiError> {
@@ -544,8 +757,9 @@ impl Store {
         body: CreateBody,
     ) -> Result<Value, ApiError> {
         let name = self.check_name(org, body.name.as_deref())?;
-        let policy = self.org(org)?.max_expiry_days;
-        let expires = self.effective_expiry(body.expires, policy)?;
+        let expires = self.check_expires(body.expires)?;
+        // Refused, never capped: no token is created and the name stays free.
+        self.check_creation_policy(org, expires)?;
         let now = self.now();
         self.ensure_org(org).reserved_names.insert(name.clone());
         let (kind, admin, role_id) = match team {
@@ -578,7 +792,8 @@ impl Store {
         login: &str,
         body: CreateBody,
     ) -> Result<Value, ApiError> {
-        let expires = self.effective_expiry(body.expires, None)?;
+        // Personal tokens "can't be blocked at creation" (Pulumi docs): the policy applies when they are used.
+        let expires = self.check_expires(body.expires)?;
         let now = self.now();
         let (id, value) = self.insert_token(Token {
             value: String::new(),
