@@ -14,6 +14,7 @@ pub mod journal;
 pub mod logging;
 pub mod manual;
 pub mod metrics;
+pub mod notify;
 pub mod online;
 pub mod policy;
 pub mod record;

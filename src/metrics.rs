@@ -19,11 +19,12 @@ use chrono::{DateTime, Utc};
 
 use crate::status::{StatusBoard, TokenStatus};
 
-/// A token's counters (`rotations_total`, `revocations_total`, `window_missed_total`).
+/// A token's counters (`rotations_total`, `revocations_total`, `notifications_total`, `window_missed_total`).
 #[derive(Clone, Copy, Debug, Default)]
 struct TokenCounters {
     rotations: [u64; 2],
     revocations: [u64; 2],
+    notifications: [u64; 2],
     window_missed: u64,
 }
 
@@ -203,6 +204,11 @@ impl Metrics {
         self.count(token, |c| c.revocations[usize::from(!ok)] += 1);
     }
 
+    /// Counts one run of a notify action in `token_rotator_notifications_total` (SPEC §9).
+    pub fn count_notification(&self, token: &str, ok: bool) {
+        self.count(token, |c| c.notifications[usize::from(!ok)] += 1);
+    }
+
     /// Counts a rotation done outside the maintenance window (`token_rotator_window_missed_total`).
     pub fn count_window_missed(&self, token: &str) {
         self.count(token, |c| c.window_missed += 1);
@@ -251,6 +257,12 @@ impl Metrics {
                 "token_rotator_revocations_total",
                 "Old tokens revoked, by result.",
                 |c| &c.revocations,
+            );
+            w.counter_family(
+                &counters,
+                "token_rotator_notifications_total",
+                "Notify actions run (exec, webhook), by result.",
+                |c| &c.notifications,
             );
             w.counter_family(
                 &counters,

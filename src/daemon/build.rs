@@ -13,11 +13,10 @@ use crate::issuer::{self, api::Exchange, api::HttpExchange, api::IssuerDeps};
 use crate::journal::{DiskStore, Journal, JournalError, JournalKey};
 use crate::metrics::Metrics;
 use crate::policy::{IssuerConfig, Policy, SinkConfig};
-use crate::policy::{SecretError, SecretRef};
+use crate::policy::SecretError;
 use crate::retry::PacerRegistry;
 use crate::rotation::Rotator;
-use crate::secret::SecretString;
-use crate::sink::{self, Content, Sink, SinkError};
+use crate::sink::{self, Sink, SinkError};
 use crate::status::StatusBoard;
 
 /// What issuers and sinks are built on: the network (the daemon), or in-memory models (the simulation).
@@ -27,6 +26,8 @@ pub trait Backends: Send + Sync {
     fn exchange(&self, cfg: &IssuerConfig) -> Result<Arc<dyn Exchange>, String>;
     /// The sink of one `[sinks.NAME]` table.
     async fn sink(&self, cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError>;
+    /// How `notify` actions run.
+    fn deliverer(&self) -> Arc<dyn crate::notify::Deliver>;
 }
 
 /// The real thing: HTTPS through the one client builder, the sink kinds of `sink::build`.
@@ -41,6 +42,11 @@ impl Backends for Network {
 
     async fn sink(&self, cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
         sink::build(cfg).await
+    }
+
+    fn deliverer(&self) -> Arc<dyn crate::notify::Deliver> {
+        static NETWORK: std::sync::OnceLock<Arc<crate::notify::Network>> = std::sync::OnceLock::new();
+        NETWORK.get_or_init(crate::notify::Network::new).clone()
     }
 }
 
@@ -152,7 +158,7 @@ pub fn open_cluster(policy: &Policy) -> Result<(Journal, Arc<VaultCoord>, Arc<Fe
 pub async fn build_rotator(policy: &Policy, shared: &Shared) -> Rotator {
     let mut rotator = build_sinks_only(policy, shared).await;
     for (name, cfg) in &policy.issuers {
-        let built = match resolve_credential(&cfg.token, &rotator.sinks).await {
+        let built = match rotator.resolve_secret(&cfg.token).await {
             Ok(cred) => shared.backends.exchange(cfg).and_then(|exchange| {
                 // Cluster mode: every request to the issuer asks the fence first.
                 let exchange: Arc<dyn Exchange> = match &shared.fence {
@@ -218,28 +224,7 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
         tokens: policy.tokens.values().cloned().collect(),
         board: shared.board.clone(),
         liveness: Default::default(),
+        deliverer: shared.backends.deliverer(),
     }
 }
 
-/// Resolves an issuer credential: env, file, or the `token` of a record this daemon keeps in a sink.
-async fn resolve_credential(
-    r: &SecretRef,
-    sinks: &HashMap<String, Result<Arc<dyn Sink>, String>>,
-) -> Result<SecretString, String> {
-    match r {
-        SecretRef::Sink { sink, target } => {
-            let s = match sinks.get(sink) {
-                Some(Ok(s)) => s,
-                Some(Err(why)) => return Err(format!("sink {sink} is unusable: {why}")),
-                None => return Err(format!("no sink named {sink}")),
-            };
-            let observed = s.read(target).await.map_err(|e| e.to_string())?;
-            match observed.content {
-                Content::Record(rec) => Ok(rec.token),
-                Content::Absent => Err(format!("sink {sink} holds no record at {target}")),
-                Content::Garbage(why) => Err(format!("sink {sink} at {target}: {why}")),
-            }
-        }
-        other => other.resolve_local().map_err(|e| e.to_string()),
-    }
-}

@@ -441,6 +441,7 @@ impl Daemon {
         }
         let now = crate::clock::now();
         let drift = self.policy.daemon.drift_check;
+        let was_ready = self.board.get(&name).map(|s| s.is_ready(now));
         // Whatever this visit showed while it ran (a singleton being replaced) is over.
         self.board.update(&name, |s| s.pending = None);
         let Some(slot) = self.slots.get_mut(&name) else {
@@ -552,6 +553,34 @@ impl Daemon {
                 slot.next_at = now;
             }
         }
+        self.tell_if_failed(&name, was_ready, followed, now);
+    }
+
+    /// A token that was ready and is not any more runs its `failed` actions (SPEC §9), journaled and retried by
+    /// the rotation. Only the minting instance tells (a standby's view lags the holder's).
+    fn tell_if_failed(&self, name: &str, was_ready: Option<bool>, followed: bool, now: DateTime<Utc>) {
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
+        if followed
+            || was_ready != Some(true)
+            || !slot
+                .policy
+                .notify
+                .wants(crate::policy::notify::NotifyEvent::Failed)
+        {
+            return;
+        }
+        let Some(status) = self.board.get(name) else {
+            return;
+        };
+        if status.is_ready(now) {
+            return;
+        }
+        tracing::warn!(token = %name, reason = status.unready_reason(now).unwrap_or_default(), "the token turned not ready; running its `failed` actions");
+        let rotator = self.rotator.clone();
+        let policy = slot.policy.clone();
+        tokio::spawn(async move { rotator.notify_failed(&policy, status.current).await });
     }
 
     /// A scheduler for `policy`, every token due at once (its first visit reads its records).

@@ -88,6 +88,29 @@ pub struct Entry {
     /// The next visit rotates whatever the schedule says, and why (the current token is not trusted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub must_rotate: Option<String>,
+    /// Events whose `notify` actions have not all run yet (SPEC §9), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<PendingNotice>,
+}
+
+/// One event to tell consumers about, journaled before any of its actions runs so that a crash still runs them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingNotice {
+    /// The same for every try (receivers can drop a repeated delivery).
+    pub delivery: String,
+    /// `rotated` or `failed`.
+    pub event: String,
+    pub token_id: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// How many of the token's actions, in order, have succeeded.
+    #[serde(default)]
+    pub done: usize,
+    /// Failed tries of the action at `done`.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not tried again before this time (the backoff after a failure).
+    pub not_before: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,6 +158,7 @@ impl Entry {
             revocations: Vec::new(),
             sweep: false,
             must_rotate: None,
+            notices: Vec::new(),
         }
     }
 
@@ -144,6 +168,7 @@ impl Entry {
             && self.revocations.is_empty()
             && !self.sweep
             && self.must_rotate.is_none()
+            && self.notices.is_empty()
     }
 
     /// Every token id this entry names: the one being rotated in, the one it replaces, those awaiting revocation.

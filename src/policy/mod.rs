@@ -7,6 +7,7 @@ pub mod diag;
 pub mod duration;
 pub mod fields;
 pub mod kinds;
+pub mod notify;
 #[cfg(test)]
 mod proptests;
 pub mod reader;
@@ -127,6 +128,8 @@ pub struct TokenPolicy {
     /// UTC timestamp so each one is unique and recognisable as ours.
     pub label: String,
     pub sinks: Vec<SinkTarget>,
+    /// Actions that tell consumers the token changed (SPEC §9); empty without `notify`.
+    pub notify: notify::Notify,
 }
 
 /// Why a policy could not be loaded.

@@ -173,6 +173,7 @@ fn read_token(
     let schedule = read_schedule(t, d, kind.as_ref(), spec);
     let label = read_label(t, d, name, spec, kinds);
     let sink_targets = read_token_sinks(t, d, name, sinks, targets);
+    let notify = super::notify::read_notify(t, d);
     let token = TokenPolicy {
         name: name.to_string(),
         issuer: issuer_key?.into_inner(),
@@ -180,6 +181,7 @@ fn read_token(
         schedule: schedule?,
         label: label?,
         sinks: sink_targets?,
+        notify: notify?,
     };
     Some((token, spec?))
 }

@@ -17,7 +17,12 @@ const AFTER_USE_POLL: Duration = Duration::from_secs(60);
 
 /// The earliest time a pending revocation needs attention (`None`: nothing pending that a visit could do).
 pub(super) fn wake_time(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    entry
+    let notice = super::notify::wake_time(entry);
+    // Nothing is revoked before the consumers are told of the rotation.
+    if super::notify::rotated_pending(entry) {
+        return notice;
+    }
+    let revocation = entry
         .revocations
         .iter()
         .filter(|r| !r.held)
@@ -25,7 +30,11 @@ pub(super) fn wake_time(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Ut
             Some(_) => now + delta(AFTER_USE_POLL),
             None => r.not_before,
         })
-        .min()
+        .min();
+    match (notice, revocation) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Rotator {
@@ -38,6 +47,10 @@ impl Rotator {
         now: DateTime<Utc>,
     ) -> Result<(), Failure> {
         if entry.revocations.iter().all(|r| r.held) {
+            return Ok(());
+        }
+        if super::notify::rotated_pending(entry) {
+            tracing::debug!(token = %token.name, "old tokens wait until the consumers are told of the rotation");
             return Ok(());
         }
         let needs_list = entry

@@ -131,6 +131,8 @@ impl Rotator {
         let now = crate::clock::now().max(now);
         // The old token goes only now: the new one is stored, read back everywhere and proven (SPEC §5.2).
         queue_revocations(token, &mut entry, &rotation, &minted, now);
+        // Consumers are told before the old token goes: the event is journaled with the closing write.
+        super::notify::queue_rotated(token, &mut entry, &minted, now);
         entry.rotation = None;
         entry.must_rotate = None;
         self.journal.save(&entry).await.map_err(|e| {
@@ -149,7 +151,11 @@ impl Rotator {
             duration_ms = started.elapsed().as_millis() as u64,
             "rotation complete"
         );
+        failpoint("before-notify");
         // Housekeeping after the rotation counts: its failures are logged and retried, never undo the rotation.
+        if let Err(e) = self.deliver_notices(token, &mut entry, now).await {
+            tracing::warn!(token = %token.name, error = %e.error, "notify bookkeeping failed");
+        }
         if let Err(e) = self.revoke_due(token, issuer, &mut entry, now).await {
             tracing::warn!(token = %token.name, error = %e.error, "revocation bookkeeping failed");
         }

@@ -10,6 +10,7 @@ mod cleanup;
 mod finish;
 mod follow;
 mod liveness;
+mod notify;
 mod observe;
 
 pub use follow::FOLLOW_EVERY;
@@ -53,6 +54,8 @@ pub struct Rotator {
     pub board: Option<StatusBoard>,
     /// Tokens found dead and left alone, and when liveness last had each replaced (see `liveness.rs`).
     pub liveness: std::sync::Mutex<liveness::LivenessState>,
+    /// How `notify` actions are run (processes and HTTPS, or the simulation's model).
+    pub deliverer: Arc<dyn crate::notify::Deliver>,
 }
 
 /// What a successful visit to a token established.
@@ -225,6 +228,28 @@ impl Rotator {
         }
     }
 
+    /// Resolves a secret reference: env, file, or the `token` of a record this daemon keeps in one of its sinks.
+    pub async fn resolve_secret(&self, r: &SecretRef) -> Result<crate::secret::SecretString, String> {
+        match r {
+            SecretRef::Sink { sink, target } => {
+                let s = match self.sinks.get(sink) {
+                    Some(Ok(s)) => s,
+                    Some(Err(why)) => return Err(format!("sink {sink} is unusable: {why}")),
+                    None => return Err(format!("no sink named {sink}")),
+                };
+                let observed = s.read(target).await.map_err(|e| e.to_string())?;
+                match observed.content {
+                    crate::sink::Content::Record(rec) => Ok(rec.token),
+                    crate::sink::Content::Absent => {
+                        Err(format!("sink {sink} holds no record at {target}"))
+                    }
+                    crate::sink::Content::Garbage(why) => Err(format!("sink {sink} at {target}: {why}")),
+                }
+            }
+            other => other.resolve_local().map_err(|e| e.to_string()),
+        }
+    }
+
     /// Shows (or clears) why a token is not ready while this visit runs.
     fn show_pending(&self, token: &TokenPolicy, why: Option<String>) {
         if let Some(board) = &self.board {
@@ -256,13 +281,18 @@ impl Rotator {
         // An entry whose last write failed is made durable before anything else happens (journal first), even
         // when this token's issuer or sinks cannot be built now.
         self.journal.flush(&token.name).await?;
-        let issuer = self.issuer(token)?;
-        let sinks = self.sinks_of(token)?;
         let mut entry = self
             .journal
             .load(&token.name)
             .await?
             .unwrap_or_else(|| Entry::new(&token.name, &token.issuer, token.kind.type_name()));
+        // Consumers are told of what happened before anything else is tried (a broken issuer must not keep a
+        // `failed` event from its receivers).
+        if !entry.notices.is_empty() {
+            self.deliver_notices(token, &mut entry, now).await?;
+        }
+        let issuer = self.issuer(token)?;
+        let sinks = self.sinks_of(token)?;
         if let Some(rotation) = &entry.rotation {
             if rotation.minted.is_some() {
                 tracing::info!(token = %token.name, phase = ?rotation.phase, "resuming an interrupted rotation from the journal");

@@ -74,6 +74,8 @@ pub struct Profile {
     pub reload_every: Duration,
     pub revoke_every: Duration,
     pub jump_every: Duration,
+    /// Chance that a notify action fails (the receiver is down, the program exits non-zero).
+    pub notify: f64,
 }
 
 pub struct Faults {
@@ -110,6 +112,7 @@ impl Faults {
             reload_every: minutes(&mut rng, 30, 240),
             revoke_every: minutes(&mut rng, 60, 300),
             jump_every: minutes(&mut rng, 60, 400),
+            notify: rng.random_range(0.0..0.5),
         };
         Faults {
             rng,
@@ -179,6 +182,11 @@ impl Faults {
             (60..80, true) => SinkFault::ConcurrentWriter,
             _ => SinkFault::Slow,
         }
+    }
+
+    /// Whether this run of a notify action fails.
+    pub fn notify_fails(&mut self) -> bool {
+        self.active && self.rng.random_bool(self.profile.notify)
     }
 
     pub fn journal(&mut self) -> JournalFault {

@@ -80,11 +80,16 @@ impl Default for Spec {
 }
 
 fn policy_text(dir: &std::path::Path, team1: &str, team2: &str, pool: &str, spec: &Spec) -> String {
+    let notify = format!(
+        "notify = [{{ exec = [\"/usr/bin/true\"] }}, {{ webhook = \"https://hooks.example/rotated\", secret = {{ file = \"{}\" }} }}]",
+        dir.join("hook-secret").display()
+    );
     let token = |name: &str, body: &str, sinks: &str| {
         if spec.only.as_ref().is_some_and(|o| !o.contains(&name)) {
             return String::new();
         }
-        format!("\n[tokens.{name}]\n{body}\nsinks = [{sinks}]\n")
+        // Every token tells its consumers, through a program and a webhook (run by the simulation's model).
+        format!("\n[tokens.{name}]\n{body}\nsinks = [{sinks}]\n{notify}\n")
     };
     let kv = |sink: &str, path: &str| format!("{{ sink = \"{sink}\", path = \"{path}\" }}");
     let schedule = spec.schedule.as_str();
@@ -400,6 +405,7 @@ fn build_world_with(
     pulumi.add_team("pacme", "devs");
     std::fs::write(dir.join("tfc-admin"), &tfc_admin).unwrap();
     std::fs::write(dir.join("pulumi-admin"), &pulumi_admin).unwrap();
+    std::fs::write(dir.join("hook-secret"), "sim-hook-secret").unwrap();
     let text = policy_text(dir, &team1, &team2, &pool, spec);
     let path = dir.join("policy.toml");
     let policy: Policy = policy::parse(

@@ -168,4 +168,66 @@ impl Backends for SimBackends {
             world: self.world.clone(),
         }))
     }
+
+    fn deliverer(&self) -> Arc<dyn token_rotator::notify::Deliver> {
+        Arc::new(SimDeliver {
+            world: self.world.clone(),
+        })
+    }
+}
+
+/// Notify actions in the simulation: they fail by the seed's schedule, and a `rotated` one checks what its
+/// receiver would see (SPEC §9): the new token already in every sink target of its token.
+pub struct SimDeliver {
+    pub world: Arc<World>,
+}
+
+#[async_trait]
+impl token_rotator::notify::Deliver for SimDeliver {
+    async fn deliver(
+        &self,
+        action: &token_rotator::policy::notify::NotifyAction,
+        message: &token_rotator::notify::Message,
+        secret: Option<&token_rotator::secret::SecretString>,
+    ) -> Result<(), String> {
+        use token_rotator::policy::notify::ActionTarget;
+        use token_rotator::secret::ExposeSecret;
+        if matches!(action.target, ActionTarget::Webhook { .. })
+            && secret.map(|s| s.expose_secret().to_string()) != Some("sim-hook-secret".into())
+        {
+            self.world
+                .violate(format!("the webhook of {} got the wrong secret", message.token));
+        }
+        let latency = self.world.lock().faults.latency(1, 200);
+        tokio::time::sleep(latency).await;
+        if self.world.lock().faults.notify_fails() {
+            return Err("receiver down".into());
+        }
+        if message.event == "rotated" {
+            let token = self.world.token(&message.token);
+            let id = message.token_id.clone().unwrap_or_default();
+            for (st, r) in token.sinks.iter().zip(self.world.records_of(token)) {
+                if r.as_ref().map(|r| r.token_id.as_str()) != Some(id.as_str()) {
+                    self.world.violate(format!(
+                        "{} is told of {id} while {st} holds {}",
+                        message.token,
+                        r.map(|r| r.token_id).unwrap_or_else(|| "nothing".into())
+                    ));
+                }
+            }
+            // Told once the last action ran (actions run in order).
+            if token.notify.actions.last() != Some(action) {
+                return Ok(());
+            }
+            let mut inner = self.world.lock();
+            hash_in(&mut inner.facts.trace, &format!("notified {} {id}", message.token));
+            inner
+                .facts
+                .notified
+                .entry(message.token.clone())
+                .or_default()
+                .insert(id);
+        }
+        Ok(())
+    }
 }

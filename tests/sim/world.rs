@@ -70,6 +70,8 @@ pub struct Facts {
     pub requests: u64,
     /// Every sink read and write of a policy token's targets, in order (the time-rule tests read them).
     pub sink_ops: Vec<SinkOp>,
+    /// Per policy token, the token ids its `rotated` notify actions were run for (all of them, successfully).
+    pub notified: HashMap<String, HashSet<String>>,
 }
 
 /// One sink operation on a policy token's target.
@@ -296,6 +298,18 @@ impl World {
                 .get(o)
                 .is_some_and(|done| done.iter().any(|y| y != id && position(y) > position(id)))
         });
+        // SPEC §9: the consumers were told of a successor before the old token goes.
+        let told = owner.as_ref().is_some_and(|o| {
+            inner
+                .facts
+                .notified
+                .get(o)
+                .is_some_and(|done| done.iter().any(|y| y != id && position(y) > position(id)))
+        });
+        let notifies = owner
+            .as_ref()
+            .and_then(|o| self.policy.tokens.get(o))
+            .is_some_and(|t| !t.notify.actions.is_empty());
         drop(inner);
         if let Some(live) = self.live() {
             for name in self.policy.tokens.keys() {
@@ -311,6 +325,11 @@ impl World {
                     }
                 }
             }
+        }
+        if let (Some(owner), true, false, true) = (&owner, stored_before, told, notifies) {
+            self.violate(format!(
+                "old token {id} of {owner} is revoked before the consumers were told of a successor"
+            ));
         }
         if let (Some(owner), true, false) = (owner, stored_before, successor) {
             self.violate(format!(

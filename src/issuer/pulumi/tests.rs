@@ -18,6 +18,7 @@ fn policy(kind: PulumiType, label: &str) -> TokenPolicy {
         },
         label: label.into(),
         sinks: Vec::new(),
+        notify: Default::default(),
     }
 }
 

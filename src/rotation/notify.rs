@@ -1,0 +1,217 @@
+//! Telling consumers (SPEC §9): the events a token's `notify` actions run for, journaled before any action runs
+//! (a crash between the store and the action still runs it after the restart), run in order, each tried again
+//! with backoff until it works or a newer event of the token supersedes it. While a `rotated` event is pending the
+//! token's old tokens are not revoked: consumers are told before the token they hold goes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{delta, failpoint, Failure, Rotator};
+use crate::journal::{Entry, PendingNotice};
+use crate::notify::Message;
+use crate::policy::notify::{ActionTarget, NotifyEvent};
+use crate::policy::TokenPolicy;
+use crate::record::MintedToken;
+use crate::status::CurrentToken;
+
+/// The first wait after a failed action, doubled per failure up to [`RETRY_MAX`] (SPEC §9: first retries within
+/// seconds, capped at a few minutes).
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+fn retry_after(attempts: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
+        .min(RETRY_MAX)
+}
+
+fn delivery_id() -> String {
+    format!(
+        "{:016x}{:016x}",
+        crate::clock::random_u64(),
+        crate::clock::random_u64()
+    )
+}
+
+/// Whether a `rotated` event is still to be told: the token's old tokens wait for it.
+pub(super) fn rotated_pending(entry: &Entry) -> bool {
+    entry
+        .notices
+        .iter()
+        .any(|n| n.event == NotifyEvent::Rotated.as_str())
+}
+
+/// When the first pending event may be tried again (events run in order: only the first one's time matters).
+pub(super) fn wake_time(entry: &Entry) -> Option<DateTime<Utc>> {
+    entry.notices.first().map(|n| n.not_before)
+}
+
+/// Queues `rotated` for a rotation that just completed (into the entry of its closing write). It supersedes every
+/// event still pending: the consumers are about to hear of the newest token.
+pub(super) fn queue_rotated(
+    token: &TokenPolicy,
+    entry: &mut Entry,
+    minted: &MintedToken,
+    now: DateTime<Utc>,
+) {
+    if !token.notify.wants(NotifyEvent::Rotated) {
+        entry.notices.clear();
+        return;
+    }
+    entry.notices.clear();
+    entry.notices.push(PendingNotice {
+        delivery: delivery_id(),
+        event: NotifyEvent::Rotated.as_str().into(),
+        token_id: Some(minted.token_id.clone()),
+        created_at: Some(minted.created_at),
+        expires_at: minted.expires_at,
+        done: 0,
+        attempts: 0,
+        not_before: now,
+    });
+}
+
+impl Rotator {
+    /// Runs the pending events whose time has come, oldest first, each action in order; stops at the first
+    /// failure (the rest keep their order and wait). Saves the entry when anything changed.
+    pub(super) async fn deliver_notices(
+        &self,
+        token: &TokenPolicy,
+        entry: &mut Entry,
+        now: DateTime<Utc>,
+    ) -> Result<(), Failure> {
+        let before = entry.notices.len();
+        // A reload may have removed the actions or the event: nothing left to run for those.
+        entry.notices.retain(|n| {
+            [NotifyEvent::Rotated, NotifyEvent::Failed]
+                .iter()
+                .any(|e| e.as_str() == n.event && token.notify.wants(*e))
+        });
+        let mut changed = entry.notices.len() != before;
+        let rotating = entry.rotation.is_some();
+        while let Some(notice) = entry.notices.first_mut() {
+            // A rotation in progress will supersede a `rotated` event when it closes; meanwhile the sinks may hold
+            // a newer token than the one it names.
+            if notice.not_before > now || (rotating && notice.event == NotifyEvent::Rotated.as_str()) {
+                break;
+            }
+            let message = Message {
+                event: notice.event.clone(),
+                token: token.name.clone(),
+                token_id: notice.token_id.clone(),
+                issuer: token.issuer.clone(),
+                token_type: token.kind.type_name().to_string(),
+                created_at: notice.created_at,
+                expires_at: notice.expires_at,
+                delivery: notice.delivery.clone(),
+            };
+            let mut failed = false;
+            while let Some(action) = token.notify.actions.get(notice.done) {
+                let secret = match &action.target {
+                    ActionTarget::Webhook { secret, .. } => match self.resolve_secret(secret).await {
+                        Ok(s) => Some(s),
+                        Err(why) => {
+                            failed = true;
+                            self.notice_failed(token, notice, action, &format!("its secret ({secret}): {why}"), now);
+                            break;
+                        }
+                    },
+                    ActionTarget::Exec { .. } => None,
+                };
+                let result = self
+                    .deliverer
+                    .deliver(action, &message, secret.as_ref())
+                    .await;
+                changed = true;
+                match result {
+                    Ok(()) => {
+                        failpoint("after-notify");
+                        self.metrics.count_notification(&token.name, true);
+                        tracing::info!(token = %token.name, event = %message.event, token_id = message.token_id.as_deref().unwrap_or(""), action = %action, outcome = "notified", "a notify action succeeded");
+                        notice.done += 1;
+                        notice.attempts = 0;
+                    }
+                    Err(why) => {
+                        failed = true;
+                        self.notice_failed(token, notice, action, &why, now);
+                        break;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
+            entry.notices.remove(0);
+        }
+        if changed {
+            self.journal.save(entry).await?;
+        }
+        Ok(())
+    }
+
+    fn notice_failed(
+        &self,
+        token: &TokenPolicy,
+        notice: &mut PendingNotice,
+        action: &crate::policy::notify::NotifyAction,
+        why: &str,
+        now: DateTime<Utc>,
+    ) {
+        notice.attempts += 1;
+        let wait = retry_after(notice.attempts);
+        notice.not_before = now + delta(wait);
+        self.metrics.count_notification(&token.name, false);
+        tracing::warn!(token = %token.name, event = %notice.event, token_id = notice.token_id.as_deref().unwrap_or(""), action = %action, attempts = notice.attempts, retry_in_s = wait.as_secs(), error = %why, "a notify action failed; will retry");
+    }
+
+    /// The token turned not ready (the scheduler saw it): journal a `failed` event and run its actions. A `failed`
+    /// event still pending is replaced; a pending `rotated` one keeps its place before it.
+    pub async fn notify_failed(&self, token: &TokenPolicy, current: Option<CurrentToken>) {
+        if !token.notify.wants(NotifyEvent::Failed) {
+            return;
+        }
+        let _visit = self.journal.visit(&token.name).await;
+        let now = crate::clock::now();
+        let run = async {
+            self.journal.flush(&token.name).await?;
+            let mut entry = self
+                .journal
+                .load(&token.name)
+                .await?
+                .unwrap_or_else(|| Entry::new(&token.name, &token.issuer, token.kind.type_name()));
+            entry
+                .notices
+                .retain(|n| n.event != NotifyEvent::Failed.as_str());
+            entry.notices.push(PendingNotice {
+                delivery: delivery_id(),
+                event: NotifyEvent::Failed.as_str().into(),
+                token_id: current.as_ref().map(|c| c.token_id.clone()),
+                created_at: current.as_ref().map(|c| c.created_at),
+                expires_at: current.as_ref().and_then(|c| c.expires_at),
+                done: 0,
+                attempts: 0,
+                not_before: now,
+            });
+            self.journal.save(&entry).await?;
+            self.deliver_notices(token, &mut entry, now).await
+        };
+        if let Err(e) = run.await {
+            tracing::warn!(token = %token.name, error = %e.error, "the `failed` event could not be journaled or told; the next visit tries again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_start_within_seconds_and_cap_at_five_minutes() {
+        assert_eq!(retry_after(1), Duration::from_secs(5));
+        assert_eq!(retry_after(2), Duration::from_secs(10));
+        assert_eq!(retry_after(6), Duration::from_secs(160));
+        assert_eq!(retry_after(7), RETRY_MAX);
+        assert_eq!(retry_after(u32::MAX), RETRY_MAX);
+    }
+}
