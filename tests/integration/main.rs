@@ -7,6 +7,7 @@ mod crash;
 mod faults;
 mod harness;
 mod invariants;
+mod notify;
 mod operations;
 mod ops;
 mod policy_check;
