@@ -22,6 +22,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("status", &["record"]),
     ("metrics", &["clock", "status"]),
     ("journal", &["record", "secret"]),
+    // Telling consumers: runs one action; never the token value (it gets none).
+    ("notify", &["http", "policy", "record", "redact", "secret"]),
     // The plug-ins: a sink never reaches an issuer and the other way round.
     ("sink", &["clock", "policy", "record", "redact", "secret"]),
     (
@@ -33,7 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "rotation",
         &[
-            "clock", "issuer", "journal", "metrics", "policy", "record", "redact", "retry",
+            "clock", "issuer", "journal", "metrics", "notify", "policy", "record", "redact", "retry",
             "schedule", "secret", "sink", "status",
         ],
     ),
@@ -48,8 +50,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "daemon",
         &[
-            "clock", "cluster", "http", "issuer", "journal", "metrics", "policy", "retry",
-            "rotation", "schedule", "secret", "sink", "status",
+            "clock", "cluster", "http", "issuer", "journal", "metrics", "notify", "policy",
+            "retry", "rotation", "schedule", "secret", "sink", "status",
         ],
     ),
     ("online", &["daemon", "journal", "policy", "sink"]),

@@ -313,3 +313,79 @@ fn cluster_problems_are_located() {
     let plain = format!("{GOOD}\n{files}\n");
     assert!(errors(&plain).is_empty(), "{:?}", errors(&plain));
 }
+
+#[test]
+fn notify_actions_are_read_with_their_defaults() {
+    let src = GOOD.replace(
+        "lifetime = \"30d\"\n",
+        "lifetime = \"30d\"\nnotify = [\n  { exec = [\"/usr/bin/systemctl\", \"reload\", \"app.service\"] },\n  { webhook = \"https://hooks.example.com/rotated?key=abc\", secret = { env = \"HOOK_SECRET\" }, timeout = \"10s\" },\n]\nnotify_events = [\"rotated\", \"failed\"]\n",
+    );
+    let p = parse(
+        "p.toml",
+        Path::new("p.toml"),
+        &src,
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap();
+    let n = &p.tokens["ci-org"].notify;
+    assert_eq!(n.actions.len(), 2);
+    assert_eq!(n.actions[0].timeout, notify::DEFAULT_TIMEOUT);
+    assert_eq!(
+        n.actions[0].target,
+        notify::ActionTarget::Exec {
+            program: PathBuf::from("/usr/bin/systemctl"),
+            args: vec!["reload".into(), "app.service".into()],
+        }
+    );
+    assert_eq!(n.actions[1].timeout, Duration::from_secs(10));
+    // How logs name the webhook: never its query (it may carry a key).
+    assert_eq!(
+        n.actions[1].to_string(),
+        "webhook https://hooks.example.com/rotated"
+    );
+    assert!(n.wants(notify::NotifyEvent::Failed));
+    // Without `notify_events`: `rotated` only; without `notify`: nothing.
+    let p = parse(
+        "p.toml",
+        Path::new("p.toml"),
+        &src.replace("notify_events = [\"rotated\", \"failed\"]\n", ""),
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap();
+    assert!(p.tokens["ci-org"].notify.wants(notify::NotifyEvent::Rotated));
+    assert!(!p.tokens["ci-org"].notify.wants(notify::NotifyEvent::Failed));
+}
+
+#[test]
+fn bad_notify_actions_are_located() {
+    let with = |lines: &str| {
+        errors(&GOOD.replace(
+            "lifetime = \"30d\"\n",
+            &format!("lifetime = \"30d\"\n{lines}\n"),
+        ))
+    };
+    let e = with("notify = [{ exec = [\"systemctl\", \"reload\"] }]");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("p.toml:20:21: `exec` in `notify[0]` in [tokens.ci-org] must start with the program's absolute path"),
+        "{e:?}"
+    );
+    let e = with("notify = [{ webhook = \"http://hooks.example.com/x\", secret = { env = \"S\" } }]");
+    assert!(e[0].starts_with("p.toml:20:23:") && e[0].contains("plain http://"), "{e:?}");
+    let e = with("notify = [{ webhook = \"https://hooks.example.com/x\" }]");
+    assert!(e[0].contains("missing") || e[0].contains("secret"), "{e:?}");
+    let e = with("notify = [{ webhook = \"https://h.example/x\", secret = \"inline\" }]");
+    assert!(e[0].contains("must not be written inline"), "{e:?}");
+    let e = with("notify = [{ exec = [\"/bin/true\"], webhook = \"https://h.example/x\" }]");
+    assert!(e[0].contains("both `exec` and `webhook`"), "{e:?}");
+    let e = with("notify = [{ exec = [\"/bin/true\"], timeout = \"0s\" }]");
+    assert!(e[0].contains("between 1s and 10m"), "{e:?}");
+    let e = with("notify = [{ exec = [\"/bin/true\"], shell = true }]");
+    assert!(e[0].contains("unknown key `shell`"), "{e:?}");
+    let e = with("notify = [{ exec = [\"/bin/true\"] }]\nnotify_events = [\"rotated\", \"expired\"]");
+    assert!(e[0].starts_with("p.toml:21:29:") && e[0].contains("unknown event \"expired\""), "{e:?}");
+    let e = with("notify_events = [\"failed\"]");
+    assert!(e[0].contains("has no `notify` actions"), "{e:?}");
+}

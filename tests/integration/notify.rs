@@ -371,3 +371,69 @@ notify_events = ["rotated", "failed"]
     assert!(failed.signature_ok);
     assert_eq!(daemon.terminate(), 0);
 }
+
+/// A crash between the closing journal write and the actions (SPEC §9): the next start runs them, for the token the
+/// sink holds, and only then revokes the old token, which lived through the crash.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_actions_run_them_after_the_restart() {
+    let stack = Stack::new(Config::default()).await;
+    let team = stack.tfc.add_team("acme", "platform");
+    let out = stack.work.path().join("exec-out");
+    std::fs::create_dir(&out).unwrap();
+    let script = hook_script(stack.work.path());
+    let tokens = format!(
+        r#"[tokens.ci-team]
+issuer = "tfc"
+type = "team"
+team_id = "{team}"
+lifetime = "1h"
+grace = "0s"
+sinks = [{{ sink = "vault", path = "hooks/ci-team" }}]
+notify = [{{ exec = ["{script}", "{out}"] }}]
+"#,
+        script = script.display(),
+        out = out.display(),
+    );
+    let policy = stack.write_policy(free_port(), "", "", &tokens);
+    let first = stack.once(&policy, &[]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(runs(&out).len(), 1);
+    let first_id = record_id(&stack.bao, "hooks/ci-team").await.unwrap();
+
+    let crashed = stack
+        .cli(
+            &["rotate", "ci-team"],
+            &policy,
+            &[("TOKEN_ROTATOR_FAILPOINT", "before-notify")],
+        )
+        .await;
+    assert!(
+        crashed.stderr.contains("failpoint before-notify: aborting"),
+        "{}",
+        crashed.stderr
+    );
+    let second_id = record_id(&stack.bao, "hooks/ci-team").await.unwrap();
+    assert_ne!(second_id, first_id, "the crash came after the store");
+    assert_eq!(runs(&out).len(), 1, "nothing was told before the crash");
+    assert_eq!(
+        stack.tfc.token_info(&first_id).unwrap().state,
+        TokenState::Active,
+        "the old token waits for the consumers"
+    );
+
+    let resumed = stack.once(&policy, &[]).await;
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let ran = runs(&out);
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert!(
+        ran[1].contains(&format!("TOKEN_ROTATOR_TOKEN_ID={second_id}")),
+        "{}",
+        ran[1]
+    );
+    assert_eq!(
+        stack.tfc.token_info(&first_id).unwrap().state,
+        TokenState::Revoked
+    );
+    assert_eq!(record_id(&stack.bao, "hooks/ci-team").await, Some(second_id));
+}
