@@ -32,7 +32,7 @@ struct TokenCounters {
 const RESULTS: [&str; 2] = ["success", "failure"];
 
 /// The per-token gauges (SPEC §7): name, help, and whether the series carry `issuer` and `type` besides `token`.
-const GAUGES: [(&str, &str, bool); 5] = [
+const GAUGES: [(&str, &str, bool); 6] = [
     (
         "token_rotator_token_expiry_timestamp_seconds",
         "Expiry of the current token (absent when it never expires).",
@@ -58,10 +58,15 @@ const GAUGES: [(&str, &str, bool); 5] = [
         "Failed attempts since the last success.",
         false,
     ),
+    (
+        "token_rotator_previous_token_last_used_timestamp_seconds",
+        "Last use of the replaced token while it is in grace (absent when none is, or it was not used).",
+        false,
+    ),
 ];
 
 /// A token's `GAUGES` values, in that order (`None`: no series).
-type GaugeRow = [Option<i64>; 5];
+type GaugeRow = [Option<i64>; 6];
 
 pub struct Metrics {
     registry: Registry,
@@ -343,6 +348,7 @@ impl<'a> Writer<'a> {
                 s.last_success.map(|t| t.timestamp()),
                 Some(i64::from(s.is_ready(now))),
                 Some(i64::from(s.consecutive_failures)),
+                s.previous_last_used.map(|t| t.timestamp()),
             ]);
         }
         w

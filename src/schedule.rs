@@ -258,6 +258,7 @@ mod tests {
             window: None,
             min_validity: Some(Duration::from_secs(rb_d * DAY / 2)),
             manual: false,
+            revoke_after_use: false,
         }
     }
 

@@ -26,6 +26,9 @@ pub struct TokenStatus {
     /// replaced at the issuer): why the token is not ready meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// The last use of a replaced token still in its grace (SPEC §10): a consumer that has not cut over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_last_used: Option<DateTime<Utc>>,
 }
 
 impl TokenStatus {
@@ -42,6 +45,7 @@ impl TokenStatus {
             next_due: None,
             next_reason: "not yet examined".into(),
             pending: None,
+            previous_last_used: None,
         }
     }
 

@@ -35,8 +35,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "rotation",
         &[
-            "clock", "issuer", "journal", "metrics", "notify", "policy", "record", "redact", "retry",
-            "schedule", "secret", "sink", "status",
+            "clock", "issuer", "journal", "metrics", "notify", "policy", "record", "redact",
+            "retry", "schedule", "secret", "sink", "status",
         ],
     ),
     // Several instances: the lease, the shared journal, the fence in front of issuers and shared sinks.

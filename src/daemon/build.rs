@@ -12,8 +12,8 @@ use crate::cluster::{vault::VaultCoord, Fence};
 use crate::issuer::{self, api::Exchange, api::HttpExchange, api::IssuerDeps};
 use crate::journal::{DiskStore, Journal, JournalError, JournalKey};
 use crate::metrics::Metrics;
-use crate::policy::{IssuerConfig, Policy, SinkConfig};
 use crate::policy::SecretError;
+use crate::policy::{IssuerConfig, Policy, SinkConfig};
 use crate::retry::PacerRegistry;
 use crate::rotation::Rotator;
 use crate::sink::{self, Sink, SinkError};
@@ -45,7 +45,8 @@ impl Backends for Network {
     }
 
     fn deliverer(&self) -> Arc<dyn crate::notify::Deliver> {
-        static NETWORK: std::sync::OnceLock<Arc<crate::notify::Network>> = std::sync::OnceLock::new();
+        static NETWORK: std::sync::OnceLock<Arc<crate::notify::Network>> =
+            std::sync::OnceLock::new();
         NETWORK.get_or_init(crate::notify::Network::new).clone()
     }
 }
@@ -227,4 +228,3 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
         deliverer: shared.backends.deliverer(),
     }
 }
-

@@ -558,7 +558,13 @@ impl Daemon {
 
     /// A token that was ready and is not any more runs its `failed` actions (SPEC §9), journaled and retried by
     /// the rotation. Only the minting instance tells (a standby's view lags the holder's).
-    fn tell_if_failed(&self, name: &str, was_ready: Option<bool>, followed: bool, now: DateTime<Utc>) {
+    fn tell_if_failed(
+        &self,
+        name: &str,
+        was_ready: Option<bool>,
+        followed: bool,
+        now: DateTime<Utc>,
+    ) {
         let Some(slot) = self.slots.get(name) else {
             return;
         };

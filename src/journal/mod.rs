@@ -132,13 +132,27 @@ pub struct Rotation {
     pub own_credential: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingRevocation {
     pub token_id: String,
     /// Not before this time (`grace` after the successor was stored and verified).
     pub not_before: DateTime<Utc>,
-    /// Revoke as soon as this successor shows a `last-used-at` (agent tokens with `revoke_after_use`).
+    /// Revoke as soon as this successor is used (`revoke_after_use`), or when `not_before` comes.
     pub after_use_of: Option<String>,
+    /// When the successor was stored and proven (the start of `grace`): a later use of this token means a
+    /// consumer had not cut over yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
+    /// For a successor the daemon's own identity probe touches (team, Pulumi tokens): the issuer stamps that
+    /// probe as a use, so only a use later than this counts (the probe's end plus a margin for the issuer's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_after: Option<DateTime<Utc>>,
+    /// The successor's last use as first read after `use_after` was set, which may be the daemon's own probe:
+    /// only a later one counts. Meaningful once `baseline_taken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_baseline: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub baseline_taken: bool,
     #[serde(default)]
     pub attempts: u32,
     /// Waits for a successor that is stored and verified: set for the tokens of a rotation that was given up

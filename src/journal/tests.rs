@@ -66,6 +66,7 @@ async fn state_key_seals_entries_and_a_wrong_key_is_refused() {
         after_use_of: None,
         attempts: 0,
         held: false,
+        ..Default::default()
     });
     j.save(&e).await.unwrap();
     let raw = fs::read_to_string(state.join("journal").join("tok.json")).unwrap();

@@ -30,8 +30,9 @@ pub trait TokenType: fmt::Debug + Send + Sync + 'static {
     fn can_prove_itself(&self) -> bool {
         true
     }
-    /// The old token is revoked as soon as its successor is used (`revoke_after_use`).
-    fn revoke_after_use(&self) -> bool {
+    /// The issuer shows when a token of this type was last used (TFC `last-used-at`, Pulumi `lastUsed`), so
+    /// `revoke_after_use` can work.
+    fn shows_last_use(&self) -> bool {
         false
     }
     /// Where this type's labels must be unique for the orphan sweep (SPEC §5.11) at the issuer's normalised

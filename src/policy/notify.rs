@@ -157,7 +157,9 @@ fn read_events(
             Some(other) => {
                 d.push(
                     item.span(),
-                    format!("{what}: unknown event \"{other}\"; expected \"rotated\" or \"failed\""),
+                    format!(
+                        "{what}: unknown event \"{other}\"; expected \"rotated\" or \"failed\""
+                    ),
                 );
                 ok = false;
             }
@@ -170,7 +172,9 @@ fn read_events(
     if ok && out.is_empty() {
         d.push(
             v.span(),
-            format!("{what} is empty; leave it out for the default [\"rotated\"], or remove `notify`"),
+            format!(
+                "{what} is empty; leave it out for the default [\"rotated\"], or remove `notify`"
+            ),
         );
         ok = false;
     }
@@ -215,7 +219,9 @@ fn read_action(
         (false, false) => {
             d.push(
                 item.span(),
-                format!("{what} needs `exec = [\"/path/to/program\", …]` or `webhook = \"https://…\"`"),
+                format!(
+                    "{what} needs `exec = [\"/path/to/program\", …]` or `webhook = \"https://…\"`"
+                ),
             );
             r.allow(&["secret"]);
             None
@@ -244,7 +250,12 @@ fn read_exec(r: &mut TableReader, d: &mut Diagnostics, what: &str) -> Option<Act
     let mut argv = Vec::new();
     for item in items {
         let Some(s) = item.get_ref().as_str() else {
-            wrong_type(d, item, &format!("an entry of `exec` in {what}"), "a string");
+            wrong_type(
+                d,
+                item,
+                &format!("an entry of `exec` in {what}"),
+                "a string",
+            );
             return None;
         };
         let s = serde_spanned::Spanned::new(item.span(), s.to_string());

@@ -354,7 +354,9 @@ fn notify_actions_are_read_with_their_defaults() {
         &crate::kinds(),
     )
     .unwrap();
-    assert!(p.tokens["ci-org"].notify.wants(notify::NotifyEvent::Rotated));
+    assert!(p.tokens["ci-org"]
+        .notify
+        .wants(notify::NotifyEvent::Rotated));
     assert!(!p.tokens["ci-org"].notify.wants(notify::NotifyEvent::Failed));
 }
 
@@ -372,8 +374,12 @@ fn bad_notify_actions_are_located() {
         e[0].starts_with("p.toml:20:21: `exec` in `notify[0]` in [tokens.ci-org] must start with the program's absolute path"),
         "{e:?}"
     );
-    let e = with("notify = [{ webhook = \"http://hooks.example.com/x\", secret = { env = \"S\" } }]");
-    assert!(e[0].starts_with("p.toml:20:23:") && e[0].contains("plain http://"), "{e:?}");
+    let e =
+        with("notify = [{ webhook = \"http://hooks.example.com/x\", secret = { env = \"S\" } }]");
+    assert!(
+        e[0].starts_with("p.toml:20:23:") && e[0].contains("plain http://"),
+        "{e:?}"
+    );
     let e = with("notify = [{ webhook = \"https://hooks.example.com/x\" }]");
     assert!(e[0].contains("missing") || e[0].contains("secret"), "{e:?}");
     let e = with("notify = [{ webhook = \"https://h.example/x\", secret = \"inline\" }]");
@@ -384,8 +390,12 @@ fn bad_notify_actions_are_located() {
     assert!(e[0].contains("between 1s and 10m"), "{e:?}");
     let e = with("notify = [{ exec = [\"/bin/true\"], shell = true }]");
     assert!(e[0].contains("unknown key `shell`"), "{e:?}");
-    let e = with("notify = [{ exec = [\"/bin/true\"] }]\nnotify_events = [\"rotated\", \"expired\"]");
-    assert!(e[0].starts_with("p.toml:21:29:") && e[0].contains("unknown event \"expired\""), "{e:?}");
+    let e =
+        with("notify = [{ exec = [\"/bin/true\"] }]\nnotify_events = [\"rotated\", \"expired\"]");
+    assert!(
+        e[0].starts_with("p.toml:21:29:") && e[0].contains("unknown event \"expired\""),
+        "{e:?}"
+    );
     let e = with("notify_events = [\"failed\"]");
     assert!(e[0].contains("has no `notify` actions"), "{e:?}");
 }

@@ -28,6 +28,8 @@ pub struct Schedule {
     pub min_validity: Option<Duration>,
     /// `manual = true`: watched (records, metrics, readiness) but rotated only by `token-rotator rotate NAME`.
     pub manual: bool,
+    /// `revoke_after_use = true`: the old token goes as soon as its successor is used (or when `grace` ends).
+    pub revoke_after_use: bool,
 }
 
 /// A maintenance window: a 5-field cron for its starts, how long it stays open, and the zone it is read in.
@@ -76,6 +78,7 @@ pub(super) fn read_schedule(
         .opt_bool(d, "manual")
         .map(Spanned::into_inner)
         .unwrap_or(false);
+    let revoke_after_use = t.opt_bool(d, "revoke_after_use");
     let cron = window_text
         .as_ref()
         .and_then(|w| match parse_cron(w.get_ref()) {
@@ -246,6 +249,24 @@ pub(super) fn read_schedule(
         (Some(mv), _) => Some(*mv.get_ref()),
         (None, _) => rotate_before_value.map(|rb| rb / 2),
     };
+    if let (Some(k), Some(r)) = (kind, &revoke_after_use) {
+        if !k.shows_last_use() {
+            d.push(
+                r.span(),
+                format!(
+                    "`revoke_after_use` in {} does not apply to tokens of `type = \"{}\"`{}",
+                    t.name,
+                    k.type_name(),
+                    if k.is_singleton() {
+                        " (the issuer replaces the old token when the new one is created)"
+                    } else {
+                        " (the issuer does not show when its tokens were last used)"
+                    }
+                ),
+            );
+            ok = false;
+        }
+    }
     if !ok || kind.is_none() {
         return None;
     }
@@ -258,5 +279,6 @@ pub(super) fn read_schedule(
         window,
         min_validity: min_validity_value,
         manual,
+        revoke_after_use: revoke_after_use.is_some_and(|r| *r.get_ref()),
     })
 }

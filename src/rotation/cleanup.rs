@@ -8,27 +8,40 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{delta, failpoint, AttemptError, Failure, Rotator};
-use crate::issuer::Issuer;
-use crate::journal::Entry;
+use crate::issuer::{IssuedToken, Issuer};
+use crate::journal::{Entry, PendingRevocation};
 use crate::policy::TokenPolicy;
 
 /// How often an old token waiting for its successor's first use is looked at again.
 const AFTER_USE_POLL: Duration = Duration::from_secs(60);
+/// How often the last use of an old token in its grace is read (SPEC §10's previous-token metric), for types whose
+/// issuer shows it.
+const PREVIOUS_USE_POLL: Duration = Duration::from_secs(300);
+/// The issuer stamps the daemon's own identity probe of a new token as a use, by its own clock: a use counts only
+/// when later than the probe's end plus this margin (clock difference, a stamp recorded late).
+pub(super) const PROBE_STAMP_MARGIN: Duration = Duration::from_secs(30);
 
 /// The earliest time a pending revocation needs attention (`None`: nothing pending that a visit could do).
-pub(super) fn wake_time(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(super) fn wake_time(
+    token: &TokenPolicy,
+    entry: &Entry,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     let notice = super::notify::wake_time(entry);
     // Nothing is revoked before the consumers are told of the rotation.
     if super::notify::rotated_pending(entry) {
         return notice;
     }
+    let watch = token.kind.shows_last_use();
     let revocation = entry
         .revocations
         .iter()
         .filter(|r| !r.held)
-        .map(|r| match r.after_use_of {
-            Some(_) => now + delta(AFTER_USE_POLL),
-            None => r.not_before,
+        .map(|r| match (&r.after_use_of, watch) {
+            (Some(_), _) if r.use_after.is_none() => now + delta(AFTER_USE_POLL),
+            (Some(_), _) => r.not_before.min(now + delta(AFTER_USE_POLL)),
+            (None, true) => r.not_before.min(now + delta(PREVIOUS_USE_POLL)),
+            (None, false) => r.not_before,
         })
         .min();
     match (notice, revocation) {
@@ -37,8 +50,34 @@ pub(super) fn wake_time(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Ut
     }
 }
 
+/// Whether the successor `rev` waits for has been used by a consumer (its own probe not counted), as `listed`
+/// shows; takes the baseline the first time it is read.
+fn successor_used(rev: &mut PendingRevocation, listed: Option<&[IssuedToken]>) -> (bool, bool) {
+    let Some(successor) = &rev.after_use_of else {
+        return (false, false);
+    };
+    let Some(t) = listed.and_then(|l| l.iter().find(|t| &t.token_id == successor)) else {
+        return (false, false);
+    };
+    let Some(after) = rev.use_after else {
+        // A successor the daemon never touches (an agent token): any use is a consumer's.
+        return (t.last_used_at.is_some(), false);
+    };
+    if !rev.baseline_taken {
+        rev.baseline_taken = true;
+        rev.use_baseline = t.last_used_at;
+        return (false, true);
+    }
+    let used = t
+        .last_used_at
+        .is_some_and(|u| u > after && rev.use_baseline.is_none_or(|b| u > b));
+    (used, false)
+}
+
 impl Rotator {
-    /// Revokes the pending old tokens whose time has come; failures stay pending and are retried with backoff.
+    /// Revokes the pending old tokens whose time has come (their `grace` is over, or the successor they wait for
+    /// was used); failures stay pending and are retried with backoff. Reads the issuer's list of the token's
+    /// tokens where it shows their last use, for `revoke_after_use` and the previous-token metric.
     pub(super) async fn revoke_due(
         &self,
         token: &TokenPolicy,
@@ -47,49 +86,67 @@ impl Rotator {
         now: DateTime<Utc>,
     ) -> Result<(), Failure> {
         if entry.revocations.iter().all(|r| r.held) {
+            self.show_previous_use(token, None);
             return Ok(());
         }
         if super::notify::rotated_pending(entry) {
             tracing::debug!(token = %token.name, "old tokens wait until the consumers are told of the rotation");
             return Ok(());
         }
-        let needs_list = entry
-            .revocations
-            .iter()
-            .any(|r| !r.held && r.after_use_of.is_some());
-        let listed = if needs_list {
+        let listed = if token.kind.shows_last_use() {
             match issuer.list_own(token).await {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    tracing::warn!(token = %token.name, error = %e, "cannot read last-used-at of the new token; will look again");
+                    tracing::warn!(token = %token.name, error = %e, "cannot read when the old and new tokens were last used; will look again");
                     None
                 }
             }
         } else {
             None
         };
+        let last_use = |id: &str| {
+            listed
+                .as_ref()
+                .and_then(|l| l.iter().find(|t| t.token_id == id))
+                .and_then(|t| t.last_used_at)
+        };
         let mut kept = Vec::new();
-        let mut attempted = false;
+        let mut changed = false;
         for mut rev in std::mem::take(&mut entry.revocations) {
-            let due = !rev.held
-                && match &rev.after_use_of {
-                    None => rev.not_before <= now,
-                    Some(successor) => listed
-                        .as_ref()
-                        .and_then(|l| l.iter().find(|t| &t.token_id == successor))
-                        .is_some_and(|t| t.last_used_at.is_some()),
-                };
+            let (used, baseline) = if rev.held {
+                (false, false)
+            } else {
+                successor_used(&mut rev, listed.as_deref())
+            };
+            changed |= baseline;
+            // An agent token's successor is proven only by its use: with `revoke_after_use` the old one waits for
+            // it whatever `grace` says (SPEC §3). Team and Pulumi tokens: the use or `grace`, whichever comes first
+            // (SPEC §10).
+            let grace_over =
+                rev.not_before <= now && !(rev.after_use_of.is_some() && rev.use_after.is_none());
+            let due = !rev.held && (grace_over || used);
             if !due {
                 kept.push(rev);
                 continue;
             }
+            // SPEC §10: say so when a consumer was still on the old token after the new one was stored.
+            if let (Some(used_at), Some(queued)) = (last_use(&rev.token_id), rev.queued_at) {
+                if used_at > queued {
+                    tracing::warn!(token = %token.name, token_id = %rev.token_id, last_used_at = %crate::record::rfc3339(used_at), successor_stored_at = %crate::record::rfc3339(queued), "revoking an old token that was used after its successor was stored: a consumer has not cut over and will now fail");
+                }
+            }
             failpoint("before-revoke");
-            attempted = true;
+            changed = true;
             match issuer.revoke(token, &rev.token_id).await {
                 Ok(()) => {
                     failpoint("after-revoke");
                     self.metrics.count_revocation(&token.name, true);
-                    tracing::info!(token = %token.name, token_id = %rev.token_id, outcome = "revoked", "revoked the old token");
+                    let why = if used {
+                        "its successor was used"
+                    } else {
+                        "grace is over"
+                    };
+                    tracing::info!(token = %token.name, token_id = %rev.token_id, outcome = "revoked", reason = why, "revoked the old token");
                 }
                 Err(e) => {
                     self.metrics.count_revocation(&token.name, false);
@@ -102,12 +159,45 @@ impl Rotator {
             }
         }
         entry.revocations = kept;
-        // Nothing was due: the entry is unchanged (callers save their own changes before calling this), so no
-        // fsync'd rewrite on every visit of a token whose old token is still in its grace period.
-        if attempted {
+        let previous = entry
+            .revocations
+            .iter()
+            .filter(|r| !r.held)
+            .filter_map(|r| last_use(&r.token_id))
+            .max();
+        if listed.is_some() || entry.revocations.is_empty() {
+            self.show_previous_use(token, previous);
+        }
+        // Nothing changed: no fsync'd rewrite on every visit of a token whose old token is still in its grace
+        // period (callers save their own changes before calling this).
+        if changed {
             self.journal.save(entry).await?;
         }
         Ok(())
+    }
+
+    /// `token_rotator_previous_token_last_used_timestamp_seconds`: the last use of an old token still in grace.
+    fn show_previous_use(&self, token: &TokenPolicy, at: Option<DateTime<Utc>>) {
+        if let Some(board) = &self.board {
+            board.update(&token.name, |s| s.previous_last_used = at);
+        }
+    }
+
+    /// The daemon's own probe of `current` was just stamped as a use by the issuer: a revocation waiting for that
+    /// token's first use takes a fresh baseline (SPEC §10: the daemon's probe is not a use).
+    pub(super) fn probed_successor(entry: &mut Entry, current: &str, now: DateTime<Utc>) -> bool {
+        let mut changed = false;
+        for r in entry
+            .revocations
+            .iter_mut()
+            .filter(|r| r.after_use_of.as_deref() == Some(current) && r.use_after.is_some())
+        {
+            r.use_after = Some(now + delta(PROBE_STAMP_MARGIN));
+            r.baseline_taken = false;
+            r.use_baseline = None;
+            changed = true;
+        }
+        changed
     }
 
     /// Revokes tokens that carry our label for this policy token but that no record and no journal entry names

@@ -153,7 +153,10 @@ impl Rotator {
         );
         failpoint("before-notify");
         // Housekeeping after the rotation counts: its failures are logged and retried, never undo the rotation.
-        if let Err(e) = self.deliver_notices(token, &mut entry, now).await {
+        if let Err(e) = self
+            .deliver_notices(token, &mut entry, Some(&minted.token_id), now)
+            .await
+        {
             tracing::warn!(token = %token.name, error = %e.error, "notify bookkeeping failed");
         }
         if let Err(e) = self.revoke_due(token, issuer, &mut entry, now).await {
@@ -175,7 +178,7 @@ impl Rotator {
             stored_everywhere: true,
             due,
             rotated: true,
-            wake_at: super::cleanup::wake_time(&entry, now),
+            wake_at: super::cleanup::wake_time(token, &entry, now),
             unready: None,
         })
     }
@@ -218,6 +221,7 @@ impl Rotator {
                             after_use_of: None,
                             attempts: 0,
                             held: true,
+                            ..Default::default()
                         });
                     }
                 }
@@ -342,6 +346,7 @@ fn queue_revocations(
     for r in entry.revocations.iter_mut().filter(|r| r.held) {
         r.held = false;
         r.not_before = not_before;
+        r.queued_at = Some(now);
     }
     let Some(old) = rotation
         .replaces
@@ -353,20 +358,32 @@ fn queue_revocations(
     for r in &mut entry.revocations {
         if r.after_use_of.as_ref() == Some(old) {
             r.after_use_of = Some(minted.token_id.clone());
+            // The new successor was just probed: its uses are counted from now on.
+            if r.use_after.is_some() {
+                r.use_after = Some(now + delta(super::cleanup::PROBE_STAMP_MARGIN));
+                r.baseline_taken = false;
+                r.use_baseline = None;
+            }
         }
     }
     if entry.revocations.iter().any(|r| &r.token_id == old) {
         return;
     }
     let after_use_of = token
-        .kind
-        .revoke_after_use()
+        .schedule
+        .revoke_after_use
         .then(|| minted.token_id.clone());
+    // The identity probe just stamped the successor's last use: only a later one is a consumer's.
+    let use_after = (after_use_of.is_some() && token.kind.can_prove_itself())
+        .then(|| now + delta(super::cleanup::PROBE_STAMP_MARGIN));
     entry.revocations.push(PendingRevocation {
         token_id: old.clone(),
         not_before,
         after_use_of,
         attempts: 0,
         held: false,
+        queued_at: Some(now),
+        use_after,
+        ..Default::default()
     });
 }

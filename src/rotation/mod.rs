@@ -229,7 +229,10 @@ impl Rotator {
     }
 
     /// Resolves a secret reference: env, file, or the `token` of a record this daemon keeps in one of its sinks.
-    pub async fn resolve_secret(&self, r: &SecretRef) -> Result<crate::secret::SecretString, String> {
+    pub async fn resolve_secret(
+        &self,
+        r: &SecretRef,
+    ) -> Result<crate::secret::SecretString, String> {
         match r {
             SecretRef::Sink { sink, target } => {
                 let s = match self.sinks.get(sink) {
@@ -243,7 +246,9 @@ impl Rotator {
                     crate::sink::Content::Absent => {
                         Err(format!("sink {sink} holds no record at {target}"))
                     }
-                    crate::sink::Content::Garbage(why) => Err(format!("sink {sink} at {target}: {why}")),
+                    crate::sink::Content::Garbage(why) => {
+                        Err(format!("sink {sink} at {target}: {why}"))
+                    }
                 }
             }
             other => other.resolve_local().map_err(|e| e.to_string()),
@@ -286,10 +291,10 @@ impl Rotator {
             .load(&token.name)
             .await?
             .unwrap_or_else(|| Entry::new(&token.name, &token.issuer, token.kind.type_name()));
-        // Consumers are told of what happened before anything else is tried (a broken issuer must not keep a
-        // `failed` event from its receivers).
+        // A `failed` event is told before anything else is tried (a broken issuer must not keep it from its
+        // receivers); a `rotated` one once the sinks are read.
         if !entry.notices.is_empty() {
-            self.deliver_notices(token, &mut entry, now).await?;
+            self.deliver_notices(token, &mut entry, None, now).await?;
         }
         let issuer = self.issuer(token)?;
         let sinks = self.sinks_of(token)?;
@@ -338,6 +343,14 @@ impl Rotator {
                 stored_everywhere = leveled.everywhere;
             }
         }
+        if !entry.notices.is_empty() && entry.rotation.is_none() {
+            let holding = current
+                .as_ref()
+                .filter(|_| stored_everywhere)
+                .map(|c| c.token_id.as_str());
+            self.deliver_notices(token, &mut entry, holding, now)
+                .await?;
+        }
         self.revoke_due(token, issuer.as_ref(), &mut entry, now)
             .await?;
         let due = if current.is_some() && !stored_everywhere && !shared_agree {
@@ -363,11 +376,17 @@ impl Rotator {
             // A token due anyway (expired, expiring, sinks disagreeing) is rotated by its schedule: its probe would
             // change nothing (a manual token's due time is none: it is probed).
             if !due.is_due(now) && cur.expires_at.is_none_or(|e| e > now) {
-                if let Some(liveness::Verdict::Rotate(why)) = self
+                let verdict = self
                     .check_liveness(token, issuer.as_ref(), cur, &observed, interval, now)
-                    .await
-                {
+                    .await;
+                // The probe stamped the current token's last use: an old token waiting for its first use by a
+                // consumer must not take it for one.
+                let probed = token.kind.can_prove_itself()
+                    && Self::probed_successor(&mut entry, &cur.token_id, crate::clock::now());
+                if let Some(liveness::Verdict::Rotate(why)) = verdict {
                     entry.must_rotate = Some(why);
+                    self.journal.save(&entry).await?;
+                } else if probed {
                     self.journal.save(&entry).await?;
                 }
             }
@@ -404,7 +423,7 @@ impl Rotator {
                 stored_everywhere,
                 due,
                 rotated: false,
-                wake_at: cleanup::wake_time(&entry, now),
+                wake_at: cleanup::wake_time(token, &entry, now),
                 unready,
             });
         }
@@ -601,6 +620,7 @@ impl Rotator {
                         after_use_of: None,
                         attempts: 0,
                         held: false,
+                        ..Default::default()
                     });
                     self.journal.save(entry).await?;
                     let _ = self.revoke_due(token, issuer, entry, now).await;

@@ -75,10 +75,15 @@ pub(super) fn queue_rotated(
 impl Rotator {
     /// Runs the pending events whose time has come, oldest first, each action in order; stops at the first
     /// failure (the rest keep their order and wait). Saves the entry when anything changed.
+    ///
+    /// `holding`: the token id every sink target of the token was just seen to hold. A `rotated` event runs only
+    /// for that token: its receivers must find it in the sinks (a rotation given up since may have stored another;
+    /// the next completed one supersedes the event).
     pub(super) async fn deliver_notices(
         &self,
         token: &TokenPolicy,
         entry: &mut Entry,
+        holding: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), Failure> {
         let before = entry.notices.len();
@@ -91,9 +96,11 @@ impl Rotator {
         let mut changed = entry.notices.len() != before;
         let rotating = entry.rotation.is_some();
         while let Some(notice) = entry.notices.first_mut() {
-            // A rotation in progress will supersede a `rotated` event when it closes; meanwhile the sinks may hold
-            // a newer token than the one it names.
-            if notice.not_before > now || (rotating && notice.event == NotifyEvent::Rotated.as_str()) {
+            // A rotation in progress will supersede a `rotated` event when it closes; meanwhile (or after a
+            // rotation given up) the sinks may hold another token than the one it names.
+            let stale = notice.event == NotifyEvent::Rotated.as_str()
+                && (rotating || holding.is_none() || notice.token_id.as_deref() != holding);
+            if notice.not_before > now || stale {
                 break;
             }
             let message = Message {
@@ -109,11 +116,18 @@ impl Rotator {
             let mut failed = false;
             while let Some(action) = token.notify.actions.get(notice.done) {
                 let secret = match &action.target {
-                    ActionTarget::Webhook { secret, .. } => match self.resolve_secret(secret).await {
+                    ActionTarget::Webhook { secret, .. } => match self.resolve_secret(secret).await
+                    {
                         Ok(s) => Some(s),
                         Err(why) => {
                             failed = true;
-                            self.notice_failed(token, notice, action, &format!("its secret ({secret}): {why}"), now);
+                            self.notice_failed(
+                                token,
+                                notice,
+                                action,
+                                &format!("its secret ({secret}): {why}"),
+                                now,
+                            );
                             break;
                         }
                     },
@@ -175,11 +189,10 @@ impl Rotator {
         let now = crate::clock::now();
         let run = async {
             self.journal.flush(&token.name).await?;
-            let mut entry = self
-                .journal
-                .load(&token.name)
-                .await?
-                .unwrap_or_else(|| Entry::new(&token.name, &token.issuer, token.kind.type_name()));
+            let mut entry =
+                self.journal.load(&token.name).await?.unwrap_or_else(|| {
+                    Entry::new(&token.name, &token.issuer, token.kind.type_name())
+                });
             entry
                 .notices
                 .retain(|n| n.event != NotifyEvent::Failed.as_str());
@@ -194,7 +207,7 @@ impl Rotator {
                 not_before: now,
             });
             self.journal.save(&entry).await?;
-            self.deliver_notices(token, &mut entry, now).await
+            self.deliver_notices(token, &mut entry, None, now).await
         };
         if let Err(e) = run.await {
             tracing::warn!(token = %token.name, error = %e.error, "the `failed` event could not be journaled or told; the next visit tries again");

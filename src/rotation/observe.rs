@@ -65,6 +65,22 @@ impl Rotator {
                     ),
                 });
             }
+            for n in &e.notices {
+                let about = n.token_id.as_deref().unwrap_or("the token");
+                notes.push(if n.attempts == 0 {
+                    format!("`{}` actions for {about} not run yet", n.event)
+                } else {
+                    format!(
+                        "`{}` actions for {about} failed {} time(s); next try at {}",
+                        n.event,
+                        n.attempts,
+                        crate::record::rfc3339(n.not_before)
+                    )
+                });
+            }
+            if super::notify::rotated_pending(e) && !e.revocations.is_empty() {
+                notes.push("old tokens wait until the consumers are told".into());
+            }
         }
         if token.schedule.manual && due.at.is_some() {
             // Disagreeing sinks or a distrusted token: reasons, not rotations, for a manual token.

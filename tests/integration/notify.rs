@@ -202,14 +202,23 @@ notify = [
     })
     .await;
     let first_id = record_id(&stack.bao, "hooks/ci-team").await.unwrap();
-    assert_eq!(first.body["token_id"], first_id.as_str(), "{:?}", first.body);
+    assert_eq!(
+        first.body["token_id"],
+        first_id.as_str(),
+        "{:?}",
+        first.body
+    );
     assert_eq!(first.sink_token_id.as_deref(), Some(first_id.as_str()));
 
     // The second rotation: its predecessor must still work while the consumers are told.
     *watch.lock().unwrap() = vec![first_id.clone()];
     let seen_before = seen.lock().unwrap().len();
     let out_rotate = stack.cli(&["rotate", "ci-team"], &policy, &[]).await;
-    assert_eq!(out_rotate.code, 0, "{}\n{}", out_rotate.stdout, out_rotate.stderr);
+    assert_eq!(
+        out_rotate.code, 0,
+        "{}\n{}",
+        out_rotate.stdout, out_rotate.stderr
+    );
     let second = wait_for(Duration::from_secs(30), "the second delivery", || async {
         let s = seen.lock().unwrap().clone();
         s.get(seen_before).cloned()
@@ -227,7 +236,15 @@ notify = [
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["created_at", "event", "expires_at", "issuer", "token", "token_id", "type"]
+        [
+            "created_at",
+            "event",
+            "expires_at",
+            "issuer",
+            "token",
+            "token_id",
+            "type"
+        ]
     );
     assert_eq!(body["token"], "ci-team");
     assert_eq!(body["issuer"], "tfc");
@@ -258,11 +275,27 @@ notify = [
         assert!(last.contains(&line), "missing {line:?} in {last}");
     }
     assert!(last.contains("TOKEN_ROTATOR_EXPIRES_AT=20"), "{last}");
-    for secret in [&new_value, &stack.admin, &ROOT_TOKEN.to_string(), &HOOK_SECRET.to_string()] {
-        assert!(!last.contains(secret.as_str()), "the program was given a secret: {last}");
+    for secret in [
+        &new_value,
+        &stack.admin,
+        &ROOT_TOKEN.to_string(),
+        &HOOK_SECRET.to_string(),
+    ] {
+        assert!(
+            !last.contains(secret.as_str()),
+            "the program was given a secret: {last}"
+        );
     }
-    for var in ["TFC_TOKEN=", "VAULT_TOKEN=", "HOOK_SECRET=", "PULUMI_TOKEN="] {
-        assert!(!last.contains(var), "{var} leaked into the program's environment");
+    for var in [
+        "TFC_TOKEN=",
+        "VAULT_TOKEN=",
+        "HOOK_SECRET=",
+        "PULUMI_TOKEN=",
+    ] {
+        assert!(
+            !last.contains(var),
+            "{var} leaked into the program's environment"
+        );
     }
     let metrics = daemon.metrics().await;
     assert_eq!(
@@ -332,9 +365,13 @@ notify_events = ["rotated", "failed"]
     })
     .await;
     let tries = &deliveries[1..4];
-    assert!(tries.iter().all(|s| s.body["token_id"] == second_id.as_str()));
+    assert!(tries
+        .iter()
+        .all(|s| s.body["token_id"] == second_id.as_str()));
     assert!(
-        tries.iter().all(|s| s.delivery == tries[0].delivery && !s.delivery.is_empty()),
+        tries
+            .iter()
+            .all(|s| s.delivery == tries[0].delivery && !s.delivery.is_empty()),
         "one delivery id for every try: {tries:?}"
     );
     assert_ne!(tries[0].delivery, deliveries[0].delivery);
@@ -435,5 +472,8 @@ notify = [{{ exec = ["{script}", "{out}"] }}]
         stack.tfc.token_info(&first_id).unwrap().state,
         TokenState::Revoked
     );
-    assert_eq!(record_id(&stack.bao, "hooks/ci-team").await, Some(second_id));
+    assert_eq!(
+        record_id(&stack.bao, "hooks/ci-team").await,
+        Some(second_id)
+    );
 }

@@ -129,10 +129,14 @@ directory = "/nonexistent/kv-b"
         &format!("{}, {}", kv("kv-a", "org"), kv("kv-b", "org")),
     );
     // Two policy tokens on one team: the orphan sweep of one must never touch the other's.
-    for (name, sink) in [("team-a", "kv-a"), ("team-b", "kv-b")] {
+    // team-a's old token goes once a consumer uses the new one (the daemon's own probe is not a use).
+    for (name, sink, extra) in [
+        ("team-a", "kv-a", "\nrevoke_after_use = true"),
+        ("team-b", "kv-b", ""),
+    ] {
         p += &token(
             name,
-            &format!("issuer = \"tfc\"\ntype = \"team\"\nteam_id = \"{team1}\"\ndescription = \"ci {name}\"\n{schedule}"),
+            &format!("issuer = \"tfc\"\ntype = \"team\"\nteam_id = \"{team1}\"\ndescription = \"ci {name}\"\n{schedule}{extra}"),
             &kv(sink, name),
         );
     }
@@ -513,9 +517,15 @@ struct Outcome {
 /// A consumer of the agent token uses whatever its sink holds (so `revoke_after_use` can revoke the old one).
 /// While faults last it picks the new token up late (sometimes only after the next rotation).
 fn use_agent_token(world: &World) {
-    let records = world.records_of(world.token("agent"));
-    if let Some(Some(r)) = records.first() {
-        world.tfc.mark_used(&r.token_id);
+    for name in ["agent", "team-a"] {
+        if !world.policy.tokens.contains_key(name) {
+            continue;
+        }
+        let records = world.records_of(world.token(name));
+        if let Some(Some(r)) = records.first() {
+            world.tfc.mark_used(&r.token_id);
+            world.lock().facts.consumer_used.insert(r.token_id.clone());
+        }
     }
 }
 

@@ -195,8 +195,10 @@ impl token_rotator::notify::Deliver for SimDeliver {
         if matches!(action.target, ActionTarget::Webhook { .. })
             && secret.map(|s| s.expose_secret().to_string()) != Some("sim-hook-secret".into())
         {
-            self.world
-                .violate(format!("the webhook of {} got the wrong secret", message.token));
+            self.world.violate(format!(
+                "the webhook of {} got the wrong secret",
+                message.token
+            ));
         }
         let latency = self.world.lock().faults.latency(1, 200);
         tokio::time::sleep(latency).await;
@@ -220,7 +222,10 @@ impl token_rotator::notify::Deliver for SimDeliver {
                 return Ok(());
             }
             let mut inner = self.world.lock();
-            hash_in(&mut inner.facts.trace, &format!("notified {} {id}", message.token));
+            hash_in(
+                &mut inner.facts.trace,
+                &format!("notified {} {id}", message.token),
+            );
             inner
                 .facts
                 .notified

@@ -72,6 +72,10 @@ pub struct Facts {
     pub sink_ops: Vec<SinkOp>,
     /// Per policy token, the token ids its `rotated` notify actions were run for (all of them, successfully).
     pub notified: HashMap<String, HashSet<String>>,
+    /// Token ids a consumer used (the simulation's consumers of `revoke_after_use` tokens).
+    pub consumer_used: HashSet<String>,
+    /// When each id was first seen complete (stored in every target and proven).
+    pub complete_at: HashMap<String, DateTime<Utc>>,
 }
 
 /// One sink operation on a policy token's target.
@@ -223,6 +227,12 @@ impl World {
                 .entry(token.to_string())
                 .or_default()
                 .insert(first.token_id.clone());
+            inner
+                .facts
+                .complete_at
+                .entry(first.token_id.clone())
+                // The daemon's clock (it jumps with the simulated wall clock): `grace` is counted on it.
+                .or_insert_with(token_rotator::clock::now);
         }
     }
 
@@ -306,6 +316,27 @@ impl World {
                 .get(o)
                 .is_some_and(|done| done.iter().any(|y| y != id && position(y) > position(id)))
         });
+        // SPEC §10: a `revoke_after_use` token that proves itself (team, Pulumi) loses its old token before
+        // `grace` is over only once a consumer used a successor (the daemon's own probe does not count).
+        let early_after_use = owner
+            .as_ref()
+            .and_then(|o| self.policy.tokens.get(o))
+            .is_some_and(|t| {
+                t.schedule.revoke_after_use
+                    && t.kind.can_prove_itself()
+                    && !inner.facts.complete.get(&t.name).is_some_and(|done| {
+                        done.iter().any(|y| {
+                            y != id
+                                && position(y) > position(id)
+                                && (inner.facts.consumer_used.contains(y)
+                                    || inner.facts.complete_at.get(y).is_some_and(|at| {
+                                        token_rotator::clock::now() - *at
+                                            >= chrono::TimeDelta::from_std(t.schedule.grace)
+                                                .unwrap()
+                                    }))
+                        })
+                    })
+            });
         let notifies = owner
             .as_ref()
             .and_then(|o| self.policy.tokens.get(o))
@@ -325,6 +356,11 @@ impl World {
                     }
                 }
             }
+        }
+        if let (Some(owner), true, true) = (&owner, stored_before, early_after_use) {
+            self.violate(format!(
+                "old token {id} of {owner} is revoked before its grace is over though no consumer used a successor"
+            ));
         }
         if let (Some(owner), true, false, true) = (&owner, stored_before, told, notifies) {
             self.violate(format!(

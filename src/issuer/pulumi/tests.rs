@@ -15,6 +15,7 @@ fn policy(kind: PulumiType, label: &str) -> TokenPolicy {
             window: None,
             min_validity: None,
             manual: false,
+            revoke_after_use: false,
         },
         label: label.into(),
         sinks: Vec::new(),

@@ -32,6 +32,11 @@ pub enum PulumiType {
 }
 
 impl TokenType for PulumiType {
+    /// Every Pulumi token's list entry carries `lastUsed`.
+    fn shows_last_use(&self) -> bool {
+        true
+    }
+
     fn type_name(&self) -> &'static str {
         match self {
             PulumiType::Organization { .. } => "organization",

@@ -3,8 +3,6 @@
 
 use std::any::Any;
 
-use serde_spanned::Spanned;
-
 use crate::policy::diag::Diagnostics;
 use crate::policy::fields::required;
 use crate::policy::kinds::{same_as, IssuerSpec, KeyType, TokenKind, TokenType};
@@ -22,10 +20,7 @@ pub enum TfeType {
     /// The legacy (description-less) team token: a singleton per team.
     TeamLegacy { team_id: String },
     /// An agent-pool token: several coexist; never expires; cannot call the API.
-    Agent {
-        agent_pool_id: String,
-        revoke_after_use: bool,
-    },
+    Agent { agent_pool_id: String },
 }
 
 impl TokenType for TfeType {
@@ -54,14 +49,9 @@ impl TokenType for TfeType {
         !matches!(self, TfeType::Agent { .. })
     }
 
-    fn revoke_after_use(&self) -> bool {
-        matches!(
-            self,
-            TfeType::Agent {
-                revoke_after_use: true,
-                ..
-            }
-        )
+    /// Team and agent tokens carry `last-used-at`; singletons are replaced at create time.
+    fn shows_last_use(&self) -> bool {
+        matches!(self, TfeType::Team { .. } | TfeType::Agent { .. })
     }
 
     /// The sweep reads one team's or one pool's tokens; singletons are replaced in place and never swept.
@@ -118,7 +108,6 @@ impl IssuerSpec for TfeSpec {
             ("organization", KeyType::Str),
             ("team_id", KeyType::Str),
             ("agent_pool_id", KeyType::Str),
-            ("revoke_after_use", KeyType::Bool),
         ]
     }
 
@@ -137,17 +126,9 @@ impl IssuerSpec for TfeSpec {
             "team-legacy" => TfeType::TeamLegacy {
                 team_id: req(t, d, "team_id")?,
             },
-            "agent" => {
-                let pool = req(t, d, "agent_pool_id");
-                let revoke_after_use = t
-                    .opt_bool(d, "revoke_after_use")
-                    .map(Spanned::into_inner)
-                    .unwrap_or(false);
-                TfeType::Agent {
-                    agent_pool_id: pool?,
-                    revoke_after_use,
-                }
-            }
+            "agent" => TfeType::Agent {
+                agent_pool_id: req(t, d, "agent_pool_id")?,
+            },
             _ => return None,
         };
         Some(TokenKind::new(kind))
