@@ -461,9 +461,14 @@ impl TfcHandle {
 
     /// Sets `last-used-at` to now (agent tokens cannot call the API; tests stand in for the agent).
     pub fn mark_used(&self, token_id: &str) {
+        self.mark_used_at(token_id, model::now());
+    }
+
+    /// Sets a token's `last-used-at` to `at` (a consumer's use as the service recorded it).
+    pub fn mark_used_at(&self, token_id: &str, at: DateTime<Utc>) {
         let mut st = self.shared.lock();
         if let Some(i) = st.any_by_id(token_id) {
-            st.tokens[i].last_used_at = Some(model::now());
+            st.tokens[i].last_used_at = Some(at);
         }
     }
 

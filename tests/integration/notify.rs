@@ -477,3 +477,90 @@ notify = [{{ exec = ["{script}", "{out}"] }}]
         Some(second_id)
     );
 }
+
+/// `revoke_after_use` on a team token (SPEC §10): the daemon's own identity probe of the new token is not a use;
+/// while the old token is in grace its last use is on `/metrics`; once a consumer uses the new token the old one is
+/// revoked (long before `grace` ends), with a warning that a consumer was still on it after the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_token_with_revoke_after_use_goes_once_its_successor_is_used() {
+    let stack = Stack::new(Config::default()).await;
+    let team = stack.tfc.add_team("acme", "platform");
+    let listen = free_port();
+    let tokens = format!(
+        r#"[tokens.ci-team]
+issuer = "tfc"
+type = "team"
+team_id = "{team}"
+lifetime = "1h"
+grace = "1h"
+revoke_after_use = true
+sinks = [{{ sink = "vault", path = "hooks/ci-team" }}]
+"#
+    );
+    let policy = stack.write_policy(listen, "", "", &tokens);
+    let daemon = stack.daemon(&policy, listen, &[]).await;
+    let first_id = wait_for(Duration::from_secs(30), "the first token", || {
+        record_id(&stack.bao, "hooks/ci-team")
+    })
+    .await;
+    let out = stack.cli(&["rotate", "ci-team"], &policy, &[]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let second_id = record_id(&stack.bao, "hooks/ci-team").await.unwrap();
+    assert_ne!(first_id, second_id);
+    assert!(
+        stack
+            .tfc
+            .token_info(&second_id)
+            .unwrap()
+            .last_used_at
+            .is_some(),
+        "the identity probe stamps the new token, as the service does"
+    );
+    // A consumer still on the old token: its use shows while the old token is in grace.
+    let old_use = chrono::Utc::now();
+    stack.tfc.mark_used_at(&first_id, old_use);
+    let shown = wait_for(Duration::from_secs(90), "the old token's last use", || async {
+        metric(
+            &daemon.metrics().await,
+            "token_rotator_previous_token_last_used_timestamp_seconds",
+            &[("token", "ci-team")],
+        )
+    })
+    .await;
+    // The service keeps milliseconds; the metric is whole seconds.
+    assert!((shown as i64 - old_use.timestamp()).abs() <= 1, "{shown} vs {old_use}");
+    assert_eq!(
+        stack.tfc.token_info(&first_id).unwrap().state,
+        TokenState::Active,
+        "the probe of the new token is not a consumer's use"
+    );
+    // The consumer cuts over (as the service records it, a little later than the daemon's probe).
+    stack
+        .tfc
+        .mark_used_at(&second_id, chrono::Utc::now() + chrono::Duration::minutes(2));
+    wait_for(Duration::from_secs(90), "the old token revoked after the use", || async {
+        (stack.tfc.token_info(&first_id).unwrap().state == TokenState::Revoked).then_some(())
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "the metric gone with the old token", || async {
+        metric(
+            &daemon.metrics().await,
+            "token_rotator_previous_token_last_used_timestamp_seconds",
+            &[("token", "ci-team")],
+        )
+        .is_none()
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        stack.tfc.token_info(&second_id).unwrap().state,
+        TokenState::Active
+    );
+    let log = daemon.stderr();
+    assert!(
+        log.contains("was used after its successor was stored"),
+        "{log}"
+    );
+    assert!(log.contains("its successor was used"), "{log}");
+    assert_eq!(daemon.terminate(), 0);
+}
