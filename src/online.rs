@@ -31,6 +31,37 @@ pub async fn check(policy: &Policy) -> bool {
         }
     }
     for t in policy.tokens.values() {
+        // SPEC §10: an organization policy that caps token lifetimes is read and compared with `lifetime`.
+        if let Some(Ok(issuer)) = rotator.issuers.get(&t.issuer) {
+            let render = crate::policy::duration::render;
+            match issuer.lifetime_cap(t).await {
+                Ok(Some(cap)) => match t.schedule.lifetime {
+                    Some(l) if l > cap.max => {
+                        ok = false;
+                        println!(
+                            "token {}: FAILED: `lifetime` ({}) is above {} ({}); lower `lifetime` in [tokens.{}] to {} or less",
+                            t.name,
+                            render(l),
+                            cap.what,
+                            render(cap.max),
+                            t.name,
+                            render(cap.max)
+                        );
+                    }
+                    _ => println!(
+                        "token {}: ok (lifetime within {}, {})",
+                        t.name,
+                        cap.what,
+                        render(cap.max)
+                    ),
+                },
+                Ok(None) => {}
+                Err(e) => println!(
+                    "token {}: cannot read the organization's token-lifetime policy ({}); not checked",
+                    t.name, e.message
+                ),
+            }
+        }
         for st in &t.sinks {
             let Some(Ok(s)) = rotator.sinks.get(&st.sink) else {
                 continue;

@@ -24,6 +24,15 @@ pub struct IssuedToken {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// A cap an organization's policy puts on the lifetime of a type of token (TFC maximum TTL, Pulumi's access token
+/// expiry policy), as the issuer reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LifetimeCap {
+    pub max: Duration,
+    /// Whose policy, for which tokens: "the maximum TTL of team tokens in organization \"acme\"".
+    pub what: String,
+}
+
 /// Bounded error kinds: decide retries and explain failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IssuerErrorKind {
@@ -124,6 +133,11 @@ pub trait Issuer: Send + Sync {
         _token: &TokenPolicy,
         _token_id: &str,
     ) -> Result<Option<bool>, IssuerError> {
+        Ok(None)
+    }
+    /// The cap an organization policy puts on the lifetime of `token`'s tokens, read from the issuer (SPEC §10:
+    /// read, not guessed). `None`: no such policy, or the type is not capped.
+    async fn lifetime_cap(&self, _token: &TokenPolicy) -> Result<Option<LifetimeCap>, IssuerError> {
         Ok(None)
     }
     /// Proves the issuer's own credential works, changing nothing (`check --online`).

@@ -76,6 +76,32 @@ impl Rotator {
             Probe::Unknown => return None,
             Probe::Dead(reason) => reason,
         };
+        drop(state);
+        // A lifetime policy is read, not guessed: when the token outlived what the organization now allows, say so
+        // and which key to change (the replacement would otherwise die the same way, or be refused).
+        // Whole minutes, rounded up: the expiry was asked for from the visit's start, the creation time is the
+        // issuer's, a moment later.
+        let lifetime = current
+            .expires_at
+            .map(|e| (e - current.created_at).num_milliseconds())
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_secs((ms as u64).div_ceil(60_000) * 60));
+        let reason = match lifetime {
+            Some(lived) => match issuer.lifetime_cap(token).await {
+                Ok(Some(cap)) if lived > cap.max => format!(
+                    "the current token {} is refused by the issuer: its lifetime ({}) is above {} ({}); lower `lifetime` in [tokens.{}] to {} or less",
+                    current.token_id,
+                    crate::policy::duration::render(lived),
+                    cap.what,
+                    crate::policy::duration::render(cap.max),
+                    token.name,
+                    crate::policy::duration::render(cap.max)
+                ),
+                _ => reason,
+            },
+            None => reason,
+        };
+        let mut state = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
         let window = TimeDelta::from_std(interval * FLAP_INTERVALS).unwrap_or(TimeDelta::MAX);
         let flapping = state
             .replaced

@@ -192,6 +192,23 @@ fn to_current(expires: Option<DateTime<Utc>>, created: DateTime<Utc>, id: &str) 
     }
 }
 
+/// When an organization policy caps lifetimes below the token's `lifetime`: what it allows and the key to change.
+async fn lifetime_hint(token: &TokenPolicy, issuer: &dyn Issuer) -> Option<String> {
+    let lifetime = token.schedule.lifetime?;
+    let cap = issuer.lifetime_cap(token).await.ok()??;
+    let render = crate::policy::duration::render;
+    (lifetime > cap.max).then(|| {
+        format!(
+            "; {} is {}: lower `lifetime` in [tokens.{}] (now {}) to {} or less",
+            cap.what,
+            render(cap.max),
+            token.name,
+            render(lifetime),
+            render(cap.max)
+        )
+    })
+}
+
 fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
@@ -529,7 +546,12 @@ impl Rotator {
         }
         let minted = match minted {
             Ok(m) => m,
-            Err(e) => {
+            Err(mut e) => {
+                if e.kind == IssuerErrorKind::Rejected && !e.outcome_unknown {
+                    if let Some(hint) = lifetime_hint(token, issuer).await {
+                        e.message.push_str(&hint);
+                    }
+                }
                 if e.outcome_unknown {
                     if token.kind.is_singleton() {
                         // The issuer may have replaced the stored token: not ready until a new one is minted,

@@ -517,40 +517,56 @@ sinks = [{{ sink = "vault", path = "hooks/ci-team" }}]
         "the identity probe stamps the new token, as the service does"
     );
     // A consumer still on the old token: its use shows while the old token is in grace.
-    let old_use = chrono::Utc::now();
+    let old_use = token_rotator::clock::now();
     stack.tfc.mark_used_at(&first_id, old_use);
-    let shown = wait_for(Duration::from_secs(90), "the old token's last use", || async {
-        metric(
-            &daemon.metrics().await,
-            "token_rotator_previous_token_last_used_timestamp_seconds",
-            &[("token", "ci-team")],
-        )
-    })
+    let shown = wait_for(
+        Duration::from_secs(90),
+        "the old token's last use",
+        || async {
+            metric(
+                &daemon.metrics().await,
+                "token_rotator_previous_token_last_used_timestamp_seconds",
+                &[("token", "ci-team")],
+            )
+        },
+    )
     .await;
     // The service keeps milliseconds; the metric is whole seconds.
-    assert!((shown as i64 - old_use.timestamp()).abs() <= 1, "{shown} vs {old_use}");
+    assert!(
+        (shown as i64 - old_use.timestamp()).abs() <= 1,
+        "{shown} vs {old_use}"
+    );
     assert_eq!(
         stack.tfc.token_info(&first_id).unwrap().state,
         TokenState::Active,
         "the probe of the new token is not a consumer's use"
     );
     // The consumer cuts over (as the service records it, a little later than the daemon's probe).
-    stack
-        .tfc
-        .mark_used_at(&second_id, chrono::Utc::now() + chrono::Duration::minutes(2));
-    wait_for(Duration::from_secs(90), "the old token revoked after the use", || async {
-        (stack.tfc.token_info(&first_id).unwrap().state == TokenState::Revoked).then_some(())
-    })
+    stack.tfc.mark_used_at(
+        &second_id,
+        token_rotator::clock::now() + chrono::Duration::minutes(2),
+    );
+    wait_for(
+        Duration::from_secs(90),
+        "the old token revoked after the use",
+        || async {
+            (stack.tfc.token_info(&first_id).unwrap().state == TokenState::Revoked).then_some(())
+        },
+    )
     .await;
-    wait_for(Duration::from_secs(10), "the metric gone with the old token", || async {
-        metric(
-            &daemon.metrics().await,
-            "token_rotator_previous_token_last_used_timestamp_seconds",
-            &[("token", "ci-team")],
-        )
-        .is_none()
-        .then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the metric gone with the old token",
+        || async {
+            metric(
+                &daemon.metrics().await,
+                "token_rotator_previous_token_last_used_timestamp_seconds",
+                &[("token", "ci-team")],
+            )
+            .is_none()
+            .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         stack.tfc.token_info(&second_id).unwrap().state,

@@ -529,91 +529,98 @@ sinks = [{ sink = "vault", path = "pulumi/org" }]
     );
 }
 
+/// Pulumi's access token expiry policy (SPEC §10, pulumi/docs PR 20344) refuses organization and team tokens whose
+/// expiry is beyond its cap: `check --online` reads the cap and names the key to change, a rotation that asks for more
+/// fails with the same advice and stores nothing, and one within the cap works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_org_expiry_policy_caps_the_recorded_expiry() {
+async fn an_org_expiry_policy_refuses_longer_tokens_and_the_error_names_the_key() {
     let env = Env::new().await;
-    env.pulumi.set_org_max_expiry_days("acme", Some(7));
-    let policy = env.policy(
-        free_port(),
-        r#"[tokens.ci-org]
+    // The admin's own personal token never expires, so the policy would bar it from the organization's routes
+    // (403) as the service does; an exemption stands in for an admin token that complies.
+    let admin_id = env.pulumi.token_id_of(&env.pulumi_admin).unwrap();
+    env.pulumi.set_expiry_policy_exempt(&admin_id, true);
+    env.pulumi.set_expiry_policy("acme", Some(7));
+    let tokens = |lifetime: &str| {
+        format!(
+            r#"[tokens.ci-org]
 issuer = "pulumi"
 type = "organization"
 organization = "acme"
-lifetime = "30d"
-rotate_before = "6d"
-sinks = [{ sink = "vault", path = "pulumi/org" }]
+lifetime = "{lifetime}"
+sinks = [{{ sink = "vault", path = "pulumi/org" }}]
 
 [tokens.ci-team]
 issuer = "pulumi"
 type = "team"
 organization = "acme"
 team = "platform"
-lifetime = "30d"
-rotate_before = "6d"
-sinks = [{ sink = "vault", path = "pulumi/team" }]
-
-[tokens.ci-capped]
-issuer = "pulumi"
-type = "organization"
-organization = "acme"
-lifetime = "30d"
-sinks = [{ sink = "vault", path = "pulumi/capped" }]
-"#,
-    );
-    let asked = now() + chrono::TimeDelta::days(30);
+lifetime = "{lifetime}"
+sinks = [{{ sink = "vault", path = "pulumi/team" }}]
+"#
+        )
+    };
+    let policy = env.policy(free_port(), &tokens("30d"));
+    let check = env
+        .cli(
+            &["check", "--online", "--config", policy.to_str().unwrap()],
+            &[],
+        )
+        .await;
+    assert_eq!(check.code, 1, "{}\n{}", check.stdout, check.stderr);
+    for name in ["ci-org", "ci-team"] {
+        assert!(
+            check.stdout.contains(&format!(
+                "token {name}: FAILED: `lifetime` (30d) is above the access token expiry policy of organization \"acme\""
+            )) && check
+                .stdout
+                .contains(&format!("lower `lifetime` in [tokens.{name}] to 7d or less")),
+            "{}",
+            check.stdout
+        );
+    }
     let out = env.once(&policy, &[]).await;
-    // `ci-capped` keeps the default rotate_before (10d), longer than the capped 7 days: refused, not stored.
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("the organization's token expiry policy capped the new token")
-            && out
-                .stderr
-                .contains("not longer than `rotate_before` = \"10d\" of [tokens.ci-capped]"),
+            .contains("lower `lifetime` in [tokens.ci-org] (now 30d) to 7d or less"),
         "{}",
         out.stderr
     );
-    assert!(env.bao.kv2_get("secret", "pulumi/capped").await.is_none());
-    let capped: Vec<TokenInfo> = env.labelled(TokenKind::Organization, "ci-capped");
-    assert_eq!(capped.len(), 1);
-    assert!(!env.valid(&capped[0].id), "the refused token was revoked");
+    assert!(env.bao.kv2_get("secret", "pulumi/org").await.is_none());
+    assert!(env.bao.kv2_get("secret", "pulumi/team").await.is_none());
+    assert!(
+        env.labelled(TokenKind::Organization, "ci-org").is_empty(),
+        "nothing was created"
+    );
+
+    // Within the cap: minted with the requested expiry, stored, and `check --online` agrees.
+    let policy = env.policy(free_port(), &tokens("5d"));
+    let out = env.once(&policy, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
     for (path, kind, prefix) in [
         ("pulumi/org", TokenKind::Organization, "ci-org"),
         ("pulumi/team", TokenKind::Team, "ci-team"),
     ] {
         let record = env.record(path).await;
         let info = env.assert_record_is_the_one_valid(&record, kind, prefix);
-        let capped = time(&record["expires_at"]);
-        let days = (capped - now()).num_hours();
-        assert!(
-            (7 * 24 - 1..=7 * 24).contains(&days),
-            "capped to 7 days, got {days}h"
-        );
-        assert!(
-            capped < asked - chrono::TimeDelta::days(20),
-            "not the requested 30 days"
-        );
-        assert_eq!(capped.timestamp(), info.expires);
+        let hours = (time(&record["expires_at"]) - now()).num_hours();
+        assert!((5 * 24 - 1..=5 * 24).contains(&hours), "{hours}h");
+        assert_eq!(time(&record["expires_at"]).timestamp(), info.expires);
     }
-    // The schedule follows the real expiry: due 6 days before the capped expiry, not 24 days from now.
-    let out = env
+    let check = env
         .cli(
-            &["plan", "--json", "--config", policy.to_str().unwrap()],
+            &["check", "--online", "--config", policy.to_str().unwrap()],
             &[],
         )
         .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let rows: Value = serde_json::from_str(&out.stdout).unwrap();
-    for row in rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["token"] != "ci-capped")
-    {
-        let next = time(&row["next_rotation"]);
-        let expires = time(&row["expires_at"]);
-        assert_eq!(expires - next, chrono::TimeDelta::days(6), "{row}");
-    }
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check
+            .stdout
+            .contains("token ci-org: ok (lifetime within the access token expiry policy"),
+        "{}",
+        check.stdout
+    );
 }
 
 #[cfg(feature = "failpoints")]

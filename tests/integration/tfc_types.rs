@@ -524,3 +524,88 @@ async fn many_team_tokens_due_at_once_stay_under_the_rate_limit() {
         "one new token per team, nothing minted twice"
     );
 }
+
+/// An organization's maximum-TTL policy (SPEC §10; token-apis.md "Organization maximum-TTL policy"): read by
+/// `check --online`, which names the key to change; a rotation asking for more is refused by the service and its
+/// error says the same; an existing token above a newly lowered limit stops working (401) and the liveness probe
+/// reports why and which key to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maximum_ttl_policy_is_read_and_the_errors_name_the_key() {
+    let env = Env::new(Config::default()).await;
+    let team = env.tfc.add_team("acme", "platform");
+    env.tfc
+        .set_max_ttl("acme", "team", Some(Duration::from_secs(7 * 86_400)));
+    let tokens = |lifetime: &str| {
+        format!(
+            "[tokens.ci-team]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"{team}\"\nlifetime = \"{lifetime}\"\nsinks = [{{ sink = \"vault\", path = \"ttl/team\" }}]\n\n[tokens.ci-org]\nissuer = \"tfc\"\ntype = \"organization\"\norganization = \"acme\"\nlifetime = \"30d\"\nsinks = [{{ sink = \"vault\", path = \"ttl/org\" }}]\n"
+        )
+    };
+    let policy = env.policy(free_port(), &tokens("30d"));
+    let check = env.cli(&["check", "--online"], &policy, &[]).await;
+    assert_eq!(check.code, 1, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains(
+            "token ci-team: FAILED: `lifetime` (30d) is above the maximum TTL of team tokens in organization \"acme\" (7d); lower `lifetime` in [tokens.ci-team] to 7d or less"
+        ),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("token ci-org: ok (lifetime within the maximum TTL of organization tokens"),
+        "{}",
+        check.stdout
+    );
+    let out = env.once(&policy, &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("lower `lifetime` in [tokens.ci-team] (now 30d) to 7d or less"),
+        "{}",
+        out.stderr
+    );
+    assert!(env.bao.kv2_get("secret", "ttl/team").await.is_none());
+    assert!(env.valid_of(TokenKind::Team).is_empty());
+
+    // The organization lowers the limit for organization tokens below the stored one's lifetime: it stops working
+    // at once, and the liveness probe says why.
+    let listen = free_port();
+    let policy = env.policy(listen, &tokens("5d"));
+    let policy_text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("[daemon]\n", "[daemon]\nverify_interval = \"1m\"\n");
+    std::fs::write(&policy, policy_text).unwrap();
+    let daemon = env.daemon(&policy, listen, &[]).await;
+    let org_id = wait_for(
+        Duration::from_secs(30),
+        "the organization token",
+        || async {
+            env.bao
+                .kv2_get("secret", "ttl/org")
+                .await
+                .map(|r| id_of(&r))
+        },
+    )
+    .await;
+    env.tfc.set_max_ttl(
+        "acme",
+        "organization",
+        Some(Duration::from_secs(10 * 86_400)),
+    );
+    assert!(!env
+        .tfc
+        .is_valid(env.record("ttl/org").await["token"].as_str().unwrap()));
+    let log = wait_for(Duration::from_secs(100), "the liveness verdict", || async {
+        let log = daemon.stderr();
+        log.contains("the current token is dead").then_some(log)
+    })
+    .await;
+    assert!(
+        log.contains(&format!(
+            "the current token {org_id} is refused by the issuer: its lifetime (30d) is above the maximum TTL of organization tokens in organization \"acme\" (10d); lower `lifetime` in [tokens.ci-org] to 10d or less"
+        )),
+        "{log}"
+    );
+    assert_eq!(daemon.terminate(), 0);
+}

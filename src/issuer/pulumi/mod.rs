@@ -33,7 +33,7 @@ use reqwest::Url;
 use serde_json::{json, Map, Value};
 
 use super::api::{ApiBase, Call, Dialect, Effect, IssuerDeps, Reply};
-use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
+use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, LifetimeCap, MintedToken};
 use crate::policy::{IssuerConfig, TokenPolicy};
 use crate::secret::SecretString;
 pub use types::{PulumiSpec, PulumiType};
@@ -596,6 +596,37 @@ impl Issuer for PulumiIssuer {
                 last_used_at: t.last_used,
             })
             .collect())
+    }
+
+    /// The access token expiry policy: `maxAccessTokenExpiryDays` of `GET /api/orgs/{org}/metadata` (pulumi/docs
+    /// PR 20344; the service API spec). Organization and team tokens beyond it are refused at creation; a personal
+    /// token's policy is the one of each organization it is used against, which the policy does not name.
+    async fn lifetime_cap(&self, token: &TokenPolicy) -> Result<Option<LifetimeCap>, IssuerError> {
+        let (org, label) = match token.kind.downcast::<PulumiType>() {
+            Some(PulumiType::Organization { organization, .. }) => (organization, "organization"),
+            Some(PulumiType::Team { organization, .. }) => (organization, "team"),
+            _ => return Ok(None),
+        };
+        let reply = self
+            .call(
+                token,
+                Effect::Read,
+                self.url(&["orgs", org, "metadata"]),
+                None,
+                &format!("reading the token expiry policy of \"{org}\""),
+            )
+            .await?;
+        let days = reply
+            .body
+            .get("maxAccessTokenExpiryDays")
+            .and_then(Value::as_u64)
+            .filter(|d| *d > 0);
+        Ok(days.map(|d| LifetimeCap {
+            max: Duration::from_secs(d * 86_400),
+            what: format!(
+                "the access token expiry policy of organization \"{org}\" (for its {label} tokens)"
+            ),
+        }))
     }
 
     async fn probe(&self) -> Result<(), IssuerError> {

@@ -17,7 +17,7 @@ use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
 use super::api::{ApiBase, Call, Dialect, Effect, IssuerDeps, Reply};
-use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, MintedToken};
+use super::{IssuedToken, Issuer, IssuerError, IssuerErrorKind, LifetimeCap, MintedToken};
 use crate::policy::{IssuerConfig, TokenPolicy};
 use crate::secret::SecretString;
 pub use types::{TfeSpec, TfeType};
@@ -448,6 +448,62 @@ impl Issuer for TfeIssuer {
 
     fn set_credential(&self, value: SecretString) {
         self.api.set_credential(value)
+    }
+
+    /// `GET /organizations/:org/token-ttl-policies` (go-tfe `organization_token_ttl_policy.go`; token-apis.md
+    /// "Organization maximum-TTL policy"): `max-ttl-ms` per `token-type`. Tokens above it stop working with 401,
+    /// and creating one is refused. A team token's organization is read from the team.
+    async fn lifetime_cap(&self, token: &TokenPolicy) -> Result<Option<LifetimeCap>, IssuerError> {
+        let (org, policy_type, label) = match self.type_of(token)? {
+            TfeType::Organization { organization } => {
+                (organization.clone(), "organization", "organization")
+            }
+            TfeType::AuditTrails { organization } => {
+                (organization.clone(), "audit_trails", "audit-trails")
+            }
+            TfeType::Team { team_id } | TfeType::TeamLegacy { team_id } => {
+                let what = format!("reading team {team_id}");
+                let reply = self
+                    .call(Effect::Read, self.url(&["teams", team_id]), None, &what)
+                    .await?;
+                let org = reply
+                    .body
+                    .pointer("/data/relationships/organization/data/id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        self.api.error(
+                            IssuerErrorKind::Protocol,
+                            Some(reply.status),
+                            format!("{what}: no organization"),
+                        )
+                    })?;
+                (org.to_string(), "team", "team")
+            }
+            TfeType::Agent { .. } => return Ok(None),
+        };
+        let what = format!("reading the token TTL policies of \"{org}\"");
+        let reply = self
+            .call(
+                Effect::Read,
+                self.url(&["organizations", &org, "token-ttl-policies"]),
+                None,
+                &what,
+            )
+            .await?;
+        let max_ms = reply
+            .body
+            .get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("attributes"))
+            .find(|a| a.get("token-type").and_then(Value::as_str) == Some(policy_type))
+            .and_then(|a| a.get("max-ttl-ms"))
+            .and_then(Value::as_u64);
+        Ok(max_ms.map(|ms| LifetimeCap {
+            max: Duration::from_millis(ms),
+            what: format!("the maximum TTL of {label} tokens in organization \"{org}\""),
+        }))
     }
 
     async fn probe(&self) -> Result<(), IssuerError> {
