@@ -45,6 +45,12 @@ const SPEC_METRICS: &[(&str, &str)] = &[
     ("token_rotator_sink_writes_total", "counter"),
     ("token_rotator_config_last_reload_success", "gauge"),
     ("token_rotator_build_info", "gauge"),
+    // SPEC §9 and §10.
+    ("token_rotator_notifications_total", "counter"),
+    (
+        "token_rotator_previous_token_last_used_timestamp_seconds",
+        "gauge",
+    ),
 ];
 
 /// The alerts SPEC §7 and issue 8 require.
@@ -55,6 +61,9 @@ const REQUIRED_ALERTS: &[&str] = &[
     "TokenRotatorTokenNotReady",
     "TokenRotatorDown",
     "TokenRotatorReloadFailed",
+    // Issue 17: consumers are told, and cut over.
+    "TokenRotatorNotifyFailing",
+    "TokenRotatorConsumerOnOldToken",
 ];
 
 fn repo(rel: &str) -> PathBuf {
