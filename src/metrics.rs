@@ -387,14 +387,15 @@ impl<'a> Writer<'a> {
 
     /// One gauge family from column `column` of the rows; a token without a value has no series.
     fn gauge_family(&mut self, column: usize, name: &str, help: &str, full: bool) {
-        let mut first = true;
+        // The family is announced even when no token has a series in it now (no old token in grace, no token that
+        // expires): scrapers and `promtool check metrics` see every family the daemon can export.
+        if !self.rows.is_empty() {
+            self.header(name, help, "gauge");
+        }
         for i in 0..self.rows.len() {
             let Some(v) = self.rows[i][column] else {
                 continue;
             };
-            if std::mem::take(&mut first) {
-                self.header(name, help, "gauge");
-            }
             self.open(name, i, full);
             self.value(v);
         }

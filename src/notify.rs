@@ -111,6 +111,8 @@ const KEPT_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How much of a failing program's stderr reaches the log.
 const STDERR_KEPT: usize = 2048;
+/// How long stderr is still read after the program exited (a process it started may keep the pipe open).
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
 
 /// The real thing: child processes and HTTPS.
 #[derive(Default)]
@@ -163,21 +165,36 @@ impl Network {
         let pid = child.id();
         let mut stderr = child.stderr.take();
         let run = async {
-            // Read (and keep the start of) stderr while waiting, so a chatty program never blocks on a full pipe.
+            // Keep the start of stderr while waiting, so a chatty program never blocks on a full pipe; but the exit
+            // decides, not the pipe: something the program started may hold stderr open long after it exited.
             let mut kept = Vec::new();
-            if let Some(err) = stderr.as_mut() {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match err.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let room = STDERR_KEPT.saturating_sub(kept.len());
-                            kept.extend_from_slice(&buf[..n.min(room)]);
-                        }
-                    }
+            let mut buf = [0u8; 4096];
+            let keep = |kept: &mut Vec<u8>, n: usize, buf: &[u8]| {
+                let room = STDERR_KEPT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            };
+            let status = loop {
+                let Some(err) = stderr.as_mut() else {
+                    break child.wait().await;
+                };
+                tokio::select! {
+                    status = child.wait() => break status,
+                    read = err.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => stderr = None,
+                        Ok(n) => keep(&mut kept, n, &buf),
+                    },
                 }
+            };
+            // What the program wrote just before it exited, briefly.
+            if let Some(err) = stderr.as_mut() {
+                let _ = tokio::time::timeout(STDERR_DRAIN, async {
+                    while let Ok(n @ 1..) = err.read(&mut buf).await {
+                        keep(&mut kept, n, &buf);
+                    }
+                })
+                .await;
             }
-            (child.wait().await, kept)
+            (status, kept)
         };
         match tokio::time::timeout(timeout, run).await {
             Ok((Ok(status), _)) if status.success() => Ok(()),
@@ -265,6 +282,65 @@ impl Deliver for Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message() -> Message {
+        Message {
+            event: "rotated".into(),
+            token: "ci".into(),
+            token_id: Some("at-1".into()),
+            issuer: "tfc".into(),
+            token_type: "team".into(),
+            created_at: None,
+            expires_at: None,
+            delivery: "d1".into(),
+        }
+    }
+
+    fn sh(script: &str, timeout: Duration) -> NotifyAction {
+        NotifyAction {
+            target: ActionTarget::Exec {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+            },
+            timeout,
+        }
+    }
+
+    /// A program that exits while something it started keeps stderr open has finished: its exit decides.
+    #[tokio::test]
+    async fn an_exec_action_ends_with_its_program_not_with_its_stderr() {
+        // (Were the pipe to decide, this would run into its timeout and fail.)
+        let action = sh(
+            "sleep 20 & echo started >&2; exit 0",
+            Duration::from_secs(5),
+        );
+        let r = Network::default().deliver(&action, &message(), None).await;
+        assert_eq!(r, Ok(()));
+        let action = sh("echo 'no luck' >&2; exit 3", Duration::from_secs(60));
+        let r = Network::default().deliver(&action, &message(), None).await;
+        assert_eq!(r, Err("/bin/sh exited with status 3: no luck".to_string()));
+    }
+
+    /// A program past its timeout is killed with everything it started (its process group).
+    #[tokio::test]
+    async fn an_exec_action_past_its_timeout_is_killed_with_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let action = sh(
+            &format!("(sleep 3; touch {}) & sleep 30", marker.display()),
+            Duration::from_secs(1),
+        );
+        let r = Network::default().deliver(&action, &message(), None).await;
+        assert_eq!(
+            r,
+            Err("/bin/sh did not finish within 1s; it was killed".to_string())
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            !marker.exists(),
+            "a process the action started outlived its timeout"
+        );
+    }
 
     #[test]
     fn the_signature_is_hmac_sha256_of_the_exact_body() {

@@ -65,6 +65,11 @@ struct Slot {
     /// The next liveness probe of the current token (SPEC §10): the first visit at or after it probes, and only a
     /// visit that completed moves it on (a failed one leaves the probe due for the retry).
     verify_at: DateTime<Utc>,
+    /// Whether the token was ready when its visit in flight started (`None`: its first visit in this process), so
+    /// that a visit that leaves it not ready runs its `failed` actions (SPEC §9).
+    ready_before: Option<bool>,
+    /// A visit of this token completed in this process.
+    visited: bool,
 }
 
 impl Slot {
@@ -82,6 +87,8 @@ impl Slot {
             jitter: Duration::ZERO,
             jitter_for: None,
             backoff_until: None,
+            ready_before: None,
+            visited: false,
         }
     }
 
@@ -157,6 +164,8 @@ pub struct Daemon {
     building: Option<tokio::task::JoinHandle<(Policy, Rotator)>>,
     /// Shutdown had to abort visits still running after `SHUTDOWN_GRACE` (their requests may still be on their way).
     aborted_visits: bool,
+    /// `failed` events being journaled and told (SPEC §9): waited for by `run --once` and at shutdown.
+    telling: JoinSet<()>,
 }
 
 impl Drop for Daemon {
@@ -239,6 +248,9 @@ impl Daemon {
             self.in_flight_issuer
                 .insert(name.clone(), slot.policy.issuer.clone());
             slot.in_flight = true;
+            slot.ready_before = slot
+                .visited
+                .then(|| self.board.get(&name).is_some_and(|s| s.is_ready(now)));
             let force = std::mem::take(&mut slot.force);
             let rotator = self.rotator.clone();
             let policy = slot.policy.clone();
@@ -441,7 +453,6 @@ impl Daemon {
         }
         let now = crate::clock::now();
         let drift = self.policy.daemon.drift_check;
-        let was_ready = self.board.get(&name).map(|s| s.is_ready(now));
         // Whatever this visit showed while it ran (a singleton being replaced) is over.
         self.board.update(&name, |s| s.pending = None);
         let Some(slot) = self.slots.get_mut(&name) else {
@@ -449,6 +460,11 @@ impl Daemon {
         };
         slot.in_flight = false;
         slot.done = once;
+        let ready_before = slot.ready_before.take();
+        // The first visit in this process: a failure turns a token of unknown health not ready (a start after the
+        // issuer credential was revoked); a token simply not ready yet (a manual one without a record) is not news.
+        let first_failed = !slot.visited && result.is_err();
+        slot.visited = true;
         // A `rotate` that arrived while this visit was in flight runs right after it.
         let forced_next = slot.force;
         match result {
@@ -480,7 +496,8 @@ impl Daemon {
                     next = after(now, crate::rotation::FOLLOW_EVERY);
                 }
                 if let Some(wake) = t.wake_at {
-                    next = next.min(wake.max(now));
+                    // Never at once again: a visit that left work pending must not spin.
+                    next = next.min(wake.max(after(now, Duration::from_secs(1))));
                 }
                 if !followed {
                     next = next.min(slot.verify_at.max(now));
@@ -553,23 +570,18 @@ impl Daemon {
                 slot.next_at = now;
             }
         }
-        self.tell_if_failed(&name, was_ready, followed, now);
+        if ready_before == Some(true) || first_failed {
+            self.tell_if_failed(&name, followed, now);
+        }
     }
 
     /// A token that was ready and is not any more runs its `failed` actions (SPEC §9), journaled and retried by
     /// the rotation. Only the minting instance tells (a standby's view lags the holder's).
-    fn tell_if_failed(
-        &self,
-        name: &str,
-        was_ready: Option<bool>,
-        followed: bool,
-        now: DateTime<Utc>,
-    ) {
+    fn tell_if_failed(&mut self, name: &str, followed: bool, now: DateTime<Utc>) {
         let Some(slot) = self.slots.get(name) else {
             return;
         };
         if followed
-            || was_ready != Some(true)
             || !slot
                 .policy
                 .notify
@@ -586,7 +598,8 @@ impl Daemon {
         tracing::warn!(token = %name, reason = status.unready_reason(now).unwrap_or_default(), "the token turned not ready; running its `failed` actions");
         let rotator = self.rotator.clone();
         let policy = slot.policy.clone();
-        tokio::spawn(async move { rotator.notify_failed(&policy, status.current).await });
+        self.telling
+            .spawn(async move { rotator.notify_failed(&policy, status.current).await });
     }
 
     /// A scheduler for `policy`, every token due at once (its first visit reads its records).
@@ -611,6 +624,7 @@ impl Daemon {
             failed: false,
             building: None,
             aborted_visits: false,
+            telling: JoinSet::new(),
         };
         for t in &tokens {
             d.register(t, now);
@@ -636,7 +650,11 @@ impl Daemon {
         loop {
             let now = crate::clock::now();
             let waiting = !cancel.is_cancelled() && self.spawn_due(now);
-            if once && self.tasks.is_empty() && self.slots.values().all(|s| s.done) {
+            if once
+                && self.tasks.is_empty()
+                && self.telling.is_empty()
+                && self.slots.values().all(|s| s.done)
+            {
                 break;
             }
             // A due token waiting for a place is spawned when a visit completes; until then no timer is needed.
@@ -659,6 +677,7 @@ impl Daemon {
                         Err(e) => tracing::error!(error = %e, "a rotation task panicked"),
                     }
                 }
+                Some(_) = self.telling.join_next(), if !self.telling.is_empty() => {}
                 Some(msg) = inputs.control.recv() => match msg {
                     Control::Reload(p) => self.start_reload(*p),
                 },
@@ -683,7 +702,7 @@ impl Daemon {
                 _ = tokio::time::sleep(sleep_for) => {}
             }
         }
-        if cancel.is_cancelled() && !self.tasks.is_empty() {
+        if cancel.is_cancelled() && !(self.tasks.is_empty() && self.telling.is_empty()) {
             tracing::info!(
                 in_flight = self.tasks.len(),
                 "shutting down; letting in-flight rotations reach a journaled state"
@@ -694,6 +713,7 @@ impl Daemon {
                         self.complete(name, forced, followed, verified, result, true);
                     }
                 }
+                while self.telling.join_next().await.is_some() {}
             };
             if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
                 tracing::warn!("in-flight rotations did not finish within 10s; the journal resumes them at the next start");

@@ -27,7 +27,7 @@ pub(super) fn wake_time(
     entry: &Entry,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    let notice = super::notify::wake_time(entry);
+    let notice = super::notify::wake_time(entry, now);
     // Nothing is revoked before the consumers are told of the rotation.
     if super::notify::rotated_pending(entry) {
         return notice;

@@ -130,7 +130,10 @@ impl Rotator {
         // (sink retries and probes can take minutes).
         let now = crate::clock::now().max(now);
         // The old token goes only now: the new one is stored, read back everywhere and proven (SPEC §5.2).
-        queue_revocations(token, &mut entry, &rotation, &minted, now);
+        // A token the daemon itself calls an issuer with is "used" by every request it makes: its first use says
+        // nothing of the consumers, so its old token waits for `grace`.
+        let daemon_uses = rotation.own_credential || self.is_a_credential(token);
+        queue_revocations(token, &mut entry, &rotation, &minted, daemon_uses, now);
         // Consumers are told before the old token goes: the event is journaled with the closing write.
         super::notify::queue_rotated(token, &mut entry, &minted, now);
         entry.rotation = None;
@@ -340,6 +343,7 @@ fn queue_revocations(
     entry: &mut Entry,
     rotation: &Rotation,
     minted: &MintedToken,
+    daemon_uses: bool,
     now: DateTime<Utc>,
 ) {
     let not_before = now + delta(token.schedule.grace);
@@ -369,10 +373,11 @@ fn queue_revocations(
     if entry.revocations.iter().any(|r| &r.token_id == old) {
         return;
     }
-    let after_use_of = token
-        .schedule
-        .revoke_after_use
-        .then(|| minted.token_id.clone());
+    if token.schedule.revoke_after_use && daemon_uses {
+        tracing::info!(token = %token.name, "this token is an issuer credential of the daemon, so its uses are the daemon's own: the old token is revoked after `grace`, not at the new one's first use");
+    }
+    let after_use_of =
+        (token.schedule.revoke_after_use && !daemon_uses).then(|| minted.token_id.clone());
     // The identity probe just stamped the successor's last use: only a later one is a consumer's.
     let use_after = (after_use_of.is_some() && token.kind.can_prove_itself())
         .then(|| now + delta(super::cleanup::PROBE_STAMP_MARGIN));

@@ -691,6 +691,17 @@ impl Rotator {
         }
     }
 
+    /// Whether any issuer of the policy calls its API with the record `token` keeps in one of its targets.
+    fn is_a_credential(&self, token: &TokenPolicy) -> bool {
+        self.credential_refs.values().any(|r| match r {
+            SecretRef::Sink { sink, target } => token
+                .sinks
+                .iter()
+                .any(|st| &st.sink == sink && &st.target == target),
+            _ => false,
+        })
+    }
+
     /// Self-rotation: the issuer's own credential was replaced; use the new value from now on.
     pub(super) fn switch_credential(
         &self,

@@ -42,9 +42,21 @@ pub(super) fn rotated_pending(entry: &Entry) -> bool {
         .any(|n| n.event == NotifyEvent::Rotated.as_str())
 }
 
-/// When the first pending event may be tried again (events run in order: only the first one's time matters).
-pub(super) fn wake_time(entry: &Entry) -> Option<DateTime<Utc>> {
-    entry.notices.first().map(|n| n.not_before)
+/// How soon an event that was due but could not run (a `rotated` one whose token the sinks no longer all hold, or
+/// one waiting behind a rotation in progress) is looked at again.
+const BLOCKED_RECHECK: Duration = Duration::from_secs(60);
+
+/// When the first pending event may be tried again (events run in order: only the first one's time matters). A
+/// visit runs every event that is due and can run, so one still due after it is blocked: looked at again in a
+/// minute rather than at once (a visit must never reschedule itself for now).
+pub(super) fn wake_time(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    entry.notices.first().map(|n| {
+        if n.not_before > now {
+            n.not_before
+        } else {
+            now + delta(BLOCKED_RECHECK)
+        }
+    })
 }
 
 /// Queues `rotated` for a rotation that just completed (into the entry of its closing write). It supersedes every
@@ -174,7 +186,8 @@ impl Rotator {
     ) {
         notice.attempts += 1;
         let wait = retry_after(notice.attempts);
-        notice.not_before = now + delta(wait);
+        // From when it failed: an action may have run for its whole timeout since the visit began.
+        notice.not_before = crate::clock::now().max(now) + delta(wait);
         self.metrics.count_notification(&token.name, false);
         tracing::warn!(token = %token.name, event = %notice.event, token_id = notice.token_id.as_deref().unwrap_or(""), action = %action, attempts = notice.attempts, retry_in_s = wait.as_secs(), error = %why, "a notify action failed; will retry");
     }

@@ -580,3 +580,59 @@ sinks = [{{ sink = "vault", path = "hooks/ci-team" }}]
     assert!(log.contains("its successor was used"), "{log}");
     assert_eq!(daemon.terminate(), 0);
 }
+
+/// `failed` at a token's first visit after a start (SPEC §9): a daemon started while its issuer refuses the
+/// credential tells the receivers at once; and `run --once` waits for the `failed` actions before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_is_told_at_the_first_visit_and_by_run_once() {
+    let stack = Stack::new(Config::default()).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let port = start_receiver(Receiver {
+        seen: seen.clone(),
+        fail_first: Arc::new(Mutex::new(0)),
+        watch: Arc::new(Mutex::new(Vec::new())),
+        tfc: stack.tfc.clone(),
+        bao_addr: stack.bao.addr.clone(),
+        sink_path: "hooks/ci-org".into(),
+    })
+    .await;
+    let listen = free_port();
+    let tokens = format!(
+        r#"[tokens.ci-org]
+issuer = "tfc"
+type = "organization"
+organization = "acme"
+sinks = [{{ sink = "vault", path = "hooks/ci-org" }}]
+notify = [{{ webhook = "http://127.0.0.1:{port}/hook", secret = {{ env = "HOOK_SECRET" }} }}]
+notify_events = ["rotated", "failed"]
+"#
+    );
+    let policy = stack.write_policy(listen, "", "", &tokens);
+    let bad = [
+        ("HOOK_SECRET", HOOK_SECRET),
+        ("TFC_TOKEN", "not-a-valid-token"),
+    ];
+    let out = stack.once(&policy, &bad).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let events: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.event.clone())
+        .collect();
+    assert_eq!(events, ["failed"], "run --once told before exiting");
+    let failed = seen.lock().unwrap()[0].clone();
+    assert!(failed.signature_ok);
+    assert!(failed.body["token_id"].is_null(), "{:?}", failed.body);
+    assert!(!out.stderr.contains("not-a-valid-token"));
+
+    let daemon = stack.daemon(&policy, listen, &bad).await;
+    wait_for(
+        Duration::from_secs(30),
+        "failed told by the daemon",
+        || async { (seen.lock().unwrap().len() >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(seen.lock().unwrap()[1].event, "failed");
+    assert_eq!(daemon.terminate(), 0);
+}
