@@ -123,6 +123,34 @@ async fn start_receiver(r: Receiver) -> u16 {
     port
 }
 
+/// A receiver listening for `stack`'s token stored at `sink_path`, and the handles the tests steer it with.
+struct Hook {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    fail_first: Arc<Mutex<u32>>,
+    watch: Arc<Mutex<Vec<String>>>,
+    port: u16,
+}
+
+impl Hook {
+    async fn start(stack: &Stack, sink_path: &str) -> Hook {
+        let r = Receiver {
+            seen: Arc::default(),
+            fail_first: Arc::default(),
+            watch: Arc::default(),
+            tfc: stack.tfc.clone(),
+            bao_addr: stack.bao.addr.clone(),
+            sink_path: sink_path.into(),
+        };
+        let (seen, fail_first, watch) = (r.seen.clone(), r.fail_first.clone(), r.watch.clone());
+        Hook {
+            port: start_receiver(r).await,
+            seen,
+            fail_first,
+            watch,
+        }
+    }
+}
+
 /// An `exec` program that writes what it got (arguments, environment, stdin) into `out/<n>`.
 fn hook_script(dir: &Path) -> PathBuf {
     let path = dir.join("hook.sh");
@@ -161,17 +189,8 @@ async fn record_id(bao: &Bao, path: &str) -> Option<String> {
 async fn consumers_are_told_with_the_new_token_stored_and_the_old_one_alive() {
     let stack = Stack::new(Config::default()).await;
     let team = stack.tfc.add_team("acme", "platform");
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let watch = Arc::new(Mutex::new(Vec::new()));
-    let port = start_receiver(Receiver {
-        seen: seen.clone(),
-        fail_first: Arc::new(Mutex::new(0)),
-        watch: watch.clone(),
-        tfc: stack.tfc.clone(),
-        bao_addr: stack.bao.addr.clone(),
-        sink_path: "hooks/ci-team".into(),
-    })
-    .await;
+    let hook = Hook::start(&stack, "hooks/ci-team").await;
+    let (seen, watch, port) = (&hook.seen, &hook.watch, hook.port);
     let out = stack.work.path().join("exec-out");
     std::fs::create_dir(&out).unwrap();
     let script = hook_script(stack.work.path());
@@ -319,18 +338,8 @@ notify = [
 async fn a_refused_webhook_is_retried_and_the_old_token_waits_for_it() {
     let stack = Stack::new(Config::default()).await;
     let team = stack.tfc.add_team("acme", "platform");
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let watch = Arc::new(Mutex::new(Vec::new()));
-    let fail_first = Arc::new(Mutex::new(0));
-    let port = start_receiver(Receiver {
-        seen: seen.clone(),
-        fail_first: fail_first.clone(),
-        watch: watch.clone(),
-        tfc: stack.tfc.clone(),
-        bao_addr: stack.bao.addr.clone(),
-        sink_path: "hooks/ci-team".into(),
-    })
-    .await;
+    let hook = Hook::start(&stack, "hooks/ci-team").await;
+    let (seen, watch, fail_first, port) = (&hook.seen, &hook.watch, &hook.fail_first, hook.port);
     let listen = free_port();
     let tokens = format!(
         r#"[tokens.ci-team]
@@ -586,16 +595,8 @@ sinks = [{{ sink = "vault", path = "hooks/ci-team" }}]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_is_told_at_the_first_visit_and_by_run_once() {
     let stack = Stack::new(Config::default()).await;
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let port = start_receiver(Receiver {
-        seen: seen.clone(),
-        fail_first: Arc::new(Mutex::new(0)),
-        watch: Arc::new(Mutex::new(Vec::new())),
-        tfc: stack.tfc.clone(),
-        bao_addr: stack.bao.addr.clone(),
-        sink_path: "hooks/ci-org".into(),
-    })
-    .await;
+    let hook = Hook::start(&stack, "hooks/ci-org").await;
+    let (seen, port) = (&hook.seen, hook.port);
     let listen = free_port();
     let tokens = format!(
         r#"[tokens.ci-org]

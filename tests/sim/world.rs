@@ -301,21 +301,16 @@ impl World {
             .is_some_and(|o| inner.facts.stored.get(o).is_some_and(|s| s.contains(id)));
         // A successor: created after `id` for the same token, once stored everywhere and proven.
         let position = |x: &str| inner.facts.created_order.iter().position(|(i, _)| i == x);
-        let successor = owner.as_ref().is_some_and(|o| {
-            inner
-                .facts
-                .complete
-                .get(o)
-                .is_some_and(|done| done.iter().any(|y| y != id && position(y) > position(id)))
-        });
+        // Whether `ids` of the owner name a token created after `id`.
+        let later_in = |ids: &HashMap<String, HashSet<String>>| {
+            owner.as_ref().is_some_and(|o| {
+                ids.get(o)
+                    .is_some_and(|done| done.iter().any(|y| y != id && position(y) > position(id)))
+            })
+        };
+        let successor = later_in(&inner.facts.complete);
         // SPEC §9: the consumers were told of a successor before the old token goes.
-        let told = owner.as_ref().is_some_and(|o| {
-            inner
-                .facts
-                .notified
-                .get(o)
-                .is_some_and(|done| done.iter().any(|y| y != id && position(y) > position(id)))
-        });
+        let told = later_in(&inner.facts.notified);
         // SPEC §10: a `revoke_after_use` token that proves itself (team, Pulumi) loses its old token before
         // `grace` is over only once a consumer used a successor (the daemon's own probe does not count).
         let early_after_use = owner

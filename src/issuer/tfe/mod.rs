@@ -462,22 +462,8 @@ impl Issuer for TfeIssuer {
                 (organization.clone(), "audit_trails", "audit-trails")
             }
             TfeType::Team { team_id } | TfeType::TeamLegacy { team_id } => {
-                let what = format!("reading team {team_id}");
-                let reply = self
-                    .call(Effect::Read, self.url(&["teams", team_id]), None, &what)
-                    .await?;
-                let org = reply
-                    .body
-                    .pointer("/data/relationships/organization/data/id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        self.api.error(
-                            IssuerErrorKind::Protocol,
-                            Some(reply.status),
-                            format!("{what}: no organization"),
-                        )
-                    })?;
-                (org.to_string(), "team", "team")
+                let (_, org) = self.team_of(team_id).await?;
+                (org, "team", "team")
             }
             TfeType::Agent { .. } => return Ok(None),
         };
@@ -523,33 +509,41 @@ impl Issuer for TfeIssuer {
 }
 
 impl TfeIssuer {
+    /// A team's name and organization (`GET /teams/:id`).
+    async fn team_of(&self, team_id: &str) -> Result<(String, String), IssuerError> {
+        let what = format!("reading team {team_id}");
+        let reply = self
+            .call(Effect::Read, self.url(&["teams", team_id]), None, &what)
+            .await?;
+        let field = |p: &str| {
+            reply
+                .body
+                .pointer(p)
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        match (
+            field("/data/attributes/name"),
+            field("/data/relationships/organization/data/id"),
+        ) {
+            (Some(name), Some(org)) => Ok((name, org)),
+            _ => Err(self.api.error(
+                IssuerErrorKind::Protocol,
+                Some(reply.status),
+                format!("{what}: no name or organization"),
+            )),
+        }
+    }
+
     /// Every token the issuer lists for `token`'s team or agent pool, whoever labelled it (empty for singletons).
     async fn list_all(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError> {
         let items = match self.type_of(token)? {
             TfeType::Team { team_id } => {
                 // There is no per-team list: read the team's name and organization, then filter the org-wide list.
-                let what = format!("reading team {team_id}");
-                let reply = self
-                    .call(Effect::Read, self.url(&["teams", team_id]), None, &what)
-                    .await?;
-                let name = reply
-                    .body
-                    .pointer("/data/attributes/name")
-                    .and_then(Value::as_str);
-                let org = reply
-                    .body
-                    .pointer("/data/relationships/organization/data/id")
-                    .and_then(Value::as_str);
-                let (Some(name), Some(org)) = (name, org) else {
-                    return Err(self.api.error(
-                        IssuerErrorKind::Protocol,
-                        Some(reply.status),
-                        format!("{what}: no name or organization"),
-                    ));
-                };
+                let (name, org) = self.team_of(team_id).await?;
                 self.list_pages(
-                    &["organizations", org, "team-tokens"],
-                    &[("q", name)],
+                    &["organizations", &org, "team-tokens"],
+                    &[("q", &name)],
                     &format!("listing the team tokens of {team_id}"),
                 )
                 .await?
