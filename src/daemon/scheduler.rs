@@ -598,8 +598,12 @@ impl Daemon {
         tracing::warn!(token = %name, reason = status.unready_reason(now).unwrap_or_default(), "the token turned not ready; running its `failed` actions");
         let rotator = self.rotator.clone();
         let policy = slot.policy.clone();
-        self.telling
-            .spawn(async move { rotator.notify_failed(&policy, status.current).await });
+        let persist = !slot.done;
+        self.telling.spawn(async move {
+            rotator
+                .notify_failed(&policy, status.current, persist)
+                .await
+        });
     }
 
     /// A scheduler for `policy`, every token due at once (its first visit reads its records).
@@ -702,7 +706,7 @@ impl Daemon {
                 _ = tokio::time::sleep(sleep_for) => {}
             }
         }
-        if cancel.is_cancelled() && !(self.tasks.is_empty() && self.telling.is_empty()) {
+        if cancel.is_cancelled() && !self.tasks.is_empty() {
             tracing::info!(
                 in_flight = self.tasks.len(),
                 "shutting down; letting in-flight rotations reach a journaled state"
@@ -713,7 +717,6 @@ impl Daemon {
                         self.complete(name, forced, followed, verified, result, true);
                     }
                 }
-                while self.telling.join_next().await.is_some() {}
             };
             if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
                 tracing::warn!("in-flight rotations did not finish within 10s; the journal resumes them at the next start");
@@ -721,6 +724,8 @@ impl Daemon {
                 self.aborted_visits = true;
             }
         }
+        // `failed` events waiting to be tried again stay journaled for the next start.
+        self.telling.abort_all();
         // Journal writes that failed are held in memory: the last chance to make them durable.
         let durable = self.shared.journal.flush_before_exit().await;
         !self.failed && durable

@@ -194,38 +194,82 @@ impl Rotator {
 
     /// The token turned not ready (the scheduler saw it): journal a `failed` event and run its actions. A `failed`
     /// event still pending is replaced; a pending `rotated` one keeps its place before it.
-    pub async fn notify_failed(&self, token: &TokenPolicy, current: Option<CurrentToken>) {
+    pub async fn notify_failed(
+        &self,
+        token: &TokenPolicy,
+        current: Option<CurrentToken>,
+        persist: bool,
+    ) {
         if !token.notify.wants(NotifyEvent::Failed) {
             return;
         }
-        let _visit = self.journal.visit(&token.name).await;
-        let now = crate::clock::now();
-        let run = async {
-            self.journal.flush(&token.name).await?;
-            let mut entry =
-                self.journal.load(&token.name).await?.unwrap_or_else(|| {
+        let delivery = delivery_id();
+        let mut pending = {
+            let _visit = self.journal.visit(&token.name).await;
+            let now = crate::clock::now();
+            let run = async {
+                self.journal.flush(&token.name).await?;
+                let mut entry = self.journal.load(&token.name).await?.unwrap_or_else(|| {
                     Entry::new(&token.name, &token.issuer, token.kind.type_name())
                 });
-            entry
-                .notices
-                .retain(|n| n.event != NotifyEvent::Failed.as_str());
-            entry.notices.push(PendingNotice {
-                delivery: delivery_id(),
-                event: NotifyEvent::Failed.as_str().into(),
-                token_id: current.as_ref().map(|c| c.token_id.clone()),
-                created_at: current.as_ref().map(|c| c.created_at),
-                expires_at: current.as_ref().and_then(|c| c.expires_at),
-                done: 0,
-                attempts: 0,
-                not_before: now,
-            });
-            self.journal.save(&entry).await?;
-            self.deliver_notices(token, &mut entry, None, now).await
+                entry
+                    .notices
+                    .retain(|n| n.event != NotifyEvent::Failed.as_str());
+                entry.notices.push(PendingNotice {
+                    delivery: delivery.clone(),
+                    event: NotifyEvent::Failed.as_str().into(),
+                    token_id: current.as_ref().map(|c| c.token_id.clone()),
+                    created_at: current.as_ref().map(|c| c.created_at),
+                    expires_at: current.as_ref().and_then(|c| c.expires_at),
+                    done: 0,
+                    attempts: 0,
+                    not_before: now,
+                });
+                self.journal.save(&entry).await?;
+                self.deliver_notices(token, &mut entry, None, now).await?;
+                Ok::<_, Failure>(failed_retry_at(&entry, &delivery))
+            };
+            match run.await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(token = %token.name, error = %e.error, "the `failed` event could not be journaled or told; the next visit tries again");
+                    None
+                }
+            }
         };
-        if let Err(e) = run.await {
-            tracing::warn!(token = %token.name, error = %e.error, "the `failed` event could not be journaled or told; the next visit tries again");
+        // A failing token's own visits back off for up to an hour; its `failed` actions are tried again on their
+        // own backoff (SPEC §9: first retries within seconds), a few times, then left to the visits. Not for
+        // `run --once`, which ends when its visits do (the event stays journaled).
+        let mut tries = 0;
+        while let (true, Some(at)) = (persist && tries < FAILED_RETRIES_ALONE, pending) {
+            tries += 1;
+            let wait = (at - crate::clock::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            let _visit = self.journal.visit(&token.name).await;
+            let now = crate::clock::now();
+            pending = match self.journal.load(&token.name).await {
+                Ok(Some(mut entry)) => {
+                    if let Err(e) = self.deliver_notices(token, &mut entry, None, now).await {
+                        tracing::warn!(token = %token.name, error = %e.error, "telling the `failed` event again failed");
+                    }
+                    failed_retry_at(&entry, &delivery)
+                }
+                _ => None,
+            };
         }
     }
+}
+
+/// Tries of a `failed` event made by its own task after the first, before it is left to the token's visits.
+const FAILED_RETRIES_ALONE: u32 = 5;
+
+/// When the `failed` event `delivery` is due again, if it is still pending (a newer event replaces it).
+fn failed_retry_at(entry: &Entry, delivery: &str) -> Option<DateTime<Utc>> {
+    entry
+        .notices
+        .iter()
+        .find(|n| n.delivery == delivery)
+        .map(|n| n.not_before)
 }
 
 #[cfg(test)]

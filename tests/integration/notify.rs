@@ -627,13 +627,21 @@ notify_events = ["rotated", "failed"]
     assert!(failed.body["token_id"].is_null(), "{:?}", failed.body);
     assert!(!out.stderr.contains("not-a-valid-token"));
 
+    // The daemon: its first delivery is refused; the token's own visits now wait an hour (a refused credential is
+    // a permanent error), yet the event is tried again within seconds, with the same delivery id.
+    *hook.fail_first.lock().unwrap() = 1;
     let daemon = stack.daemon(&policy, listen, &bad).await;
-    wait_for(
+    let tries = wait_for(
         Duration::from_secs(30),
-        "failed told by the daemon",
-        || async { (seen.lock().unwrap().len() >= 2).then_some(()) },
+        "failed told again by the daemon",
+        || async {
+            let s = seen.lock().unwrap().clone();
+            (s.len() >= 3).then_some(s)
+        },
     )
     .await;
-    assert_eq!(seen.lock().unwrap()[1].event, "failed");
+    assert_eq!((tries[1].answered, tries[2].answered), (503, 204));
+    assert!(tries[1..].iter().all(|t| t.event == "failed"));
+    assert_eq!(tries[1].delivery, tries[2].delivery);
     assert_eq!(daemon.terminate(), 0);
 }
