@@ -694,7 +694,14 @@ async fn simulate(seed: u64, log: &Captured, clustered: bool) -> Outcome {
                     }
                 }
                 Event::RevokeOutside { token, newest } => revoke_outside(&world, &token, newest),
-                Event::Jump { by } => token_rotator::clock::jump(by),
+                Event::Jump { by } => {
+                    world
+                        .lock()
+                        .facts
+                        .clock_jumps
+                        .push(crate::world::world_now());
+                    token_rotator::clock::jump(by)
+                }
                 Event::Rotate { token } => {
                     world
                         .lock()

@@ -74,8 +74,10 @@ pub struct Facts {
     pub notified: HashMap<String, HashSet<String>>,
     /// Token ids a consumer used (the simulation's consumers of `revoke_after_use` tokens).
     pub consumer_used: HashSet<String>,
-    /// When each id was first seen complete (stored in every target and proven).
+    /// When each id was first seen complete (stored in every target and proven), on the daemon's clock.
     pub complete_at: HashMap<String, DateTime<Utc>>,
+    /// When the daemon's wall clock was stepped (world time).
+    pub clock_jumps: Vec<DateTime<Utc>>,
 }
 
 /// One sink operation on a policy token's target.
@@ -325,9 +327,18 @@ impl World {
                                 && position(y) > position(id)
                                 && (inner.facts.consumer_used.contains(y)
                                     || inner.facts.complete_at.get(y).is_some_and(|at| {
-                                        token_rotator::clock::now() - *at
-                                            >= chrono::TimeDelta::from_std(t.schedule.grace)
-                                                .unwrap()
+                                        let since = token_rotator::clock::now() - *at;
+                                        // `grace` is wall-clock time: a step of the clock since then (either
+                                        // way) moves the daemon's view of it; that is not this rule's business.
+                                        let stepped = inner
+                                            .facts
+                                            .clock_jumps
+                                            .iter()
+                                            .any(|j| *j >= world_now() - since.abs());
+                                        stepped
+                                            || since
+                                                >= chrono::TimeDelta::from_std(t.schedule.grace)
+                                                    .unwrap()
                                     }))
                         })
                     })
