@@ -46,17 +46,21 @@ pub(super) fn rotated_pending(entry: &Entry) -> bool {
 /// one waiting behind a rotation in progress) is looked at again.
 const BLOCKED_RECHECK: Duration = Duration::from_secs(60);
 
-/// When the first pending event may be tried again (events run in order: only the first one's time matters). A
-/// visit runs every event that is due and can run, so one still due after it is blocked: looked at again in a
-/// minute rather than at once (a visit must never reschedule itself for now).
+/// When a pending event may be tried again. A visit runs every event that is due and can run, so one still due
+/// after it is blocked: looked at again in a minute rather than at once (a visit must never reschedule itself for
+/// now).
 pub(super) fn wake_time(entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    entry.notices.first().map(|n| {
-        if n.not_before > now {
-            n.not_before
-        } else {
-            now + delta(BLOCKED_RECHECK)
-        }
-    })
+    entry
+        .notices
+        .iter()
+        .map(|n| {
+            if n.not_before > now {
+                n.not_before
+            } else {
+                now + delta(BLOCKED_RECHECK)
+            }
+        })
+        .min()
 }
 
 /// Queues `rotated` for a rotation that just completed (into the entry of its closing write). It supersedes every
@@ -107,12 +111,18 @@ impl Rotator {
         });
         let mut changed = entry.notices.len() != before;
         let rotating = entry.rotation.is_some();
-        while let Some(notice) = entry.notices.first_mut() {
+        let mut i = 0;
+        while let Some(notice) = entry.notices.get_mut(i) {
             // A rotation in progress will supersede a `rotated` event when it closes; meanwhile (or after a
-            // rotation given up) the sinks may hold another token than the one it names.
+            // rotation given up) the sinks may hold another token than the one it names. Such an event waits, and
+            // does not hold back a `failed` one behind it.
             let stale = notice.event == NotifyEvent::Rotated.as_str()
                 && (rotating || holding.is_none() || notice.token_id.as_deref() != holding);
-            if notice.not_before > now || stale {
+            if stale {
+                i += 1;
+                continue;
+            }
+            if notice.not_before > now {
                 break;
             }
             let message = Message {
@@ -168,7 +178,7 @@ impl Rotator {
             if failed {
                 break;
             }
-            entry.notices.remove(0);
+            entry.notices.remove(i);
         }
         if changed {
             self.journal.save(entry).await?;
