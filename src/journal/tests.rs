@@ -80,13 +80,13 @@ async fn state_key_seals_entries_and_a_wrong_key_is_refused() {
     );
     drop(j);
     let wrong = JournalKey::parse(&SecretString::from("22".repeat(32))).unwrap();
-    let j = Journal::open(&state).unwrap().with_key(Some(wrong));
+    let j = reopen(&state).await.with_key(Some(wrong));
     assert!(matches!(
         j.load("tok").await,
         Err(JournalError::Corrupt { .. })
     ));
     drop(j);
-    let j = Journal::open(&state).unwrap();
+    let j = reopen(&state).await;
     let err = j.load("tok").await.unwrap_err().to_string();
     assert!(err.contains("state_key"), "{err}");
     assert!(JournalKey::parse(&SecretString::from("short".to_string())).is_err());
@@ -97,7 +97,7 @@ async fn state_key_seals_entries_and_a_wrong_key_is_refused() {
         serde_json::to_vec(&Entry::new("planted", "tfc", "team")).unwrap(),
     )
     .unwrap();
-    let j = Journal::open(&state).unwrap().with_key(Some(key));
+    let j = reopen(&state).await.with_key(Some(key));
     let err = j.load("planted").await.unwrap_err().to_string();
     assert!(err.contains("not encrypted"), "{err}");
     // An entry copied over another token's file is refused too.
@@ -167,4 +167,18 @@ async fn a_failed_write_is_held_in_memory_and_written_by_the_next_flush() {
     // A fresh journal over the same store (a restart) sees it.
     let again = Journal::new(store);
     assert!(again.load("tok").await.unwrap().unwrap().rotation.is_some());
+}
+
+/// Opens `state` again once the journal dropped just before has let go of its lock: a write it handed to the
+/// blocking pool may still hold the store for a moment (bounded: 5 s).
+async fn reopen(state: &std::path::Path) -> Journal {
+    for _ in 0..500 {
+        match Journal::open(state) {
+            Err(JournalError::Locked(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("the journal's lock was never released");
 }
