@@ -39,13 +39,11 @@ pub async fn check(policy: &Policy) -> bool {
                     Some(l) if l > cap.max => {
                         ok = false;
                         println!(
-                            "token {}: FAILED: `lifetime` ({}) is above {} ({}); lower `lifetime` in [tokens.{}] to {} or less",
+                            "token {}: FAILED: `lifetime` ({}) is above {}; {}",
                             t.name,
                             render(l),
-                            cap.what,
-                            render(cap.max),
-                            t.name,
-                            render(cap.max)
+                            cap.describe(),
+                            cap.advice(&t.name, None)
                         );
                     }
                     _ => println!(

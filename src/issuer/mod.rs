@@ -33,6 +33,29 @@ pub struct LifetimeCap {
     pub what: String,
 }
 
+impl LifetimeCap {
+    /// "the maximum TTL of team tokens in organization \"acme\" (7d)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({})",
+            self.what,
+            crate::policy::duration::render(self.max)
+        )
+    }
+
+    /// The key to change, and to what: "lower `lifetime` in [tokens.NAME] (now 30d) to 7d or less".
+    pub fn advice(&self, token: &str, lifetime: Option<Duration>) -> String {
+        let render = crate::policy::duration::render;
+        let now = lifetime
+            .map(|l| format!(" (now {})", render(l)))
+            .unwrap_or_default();
+        format!(
+            "lower `lifetime` in [tokens.{token}]{now} to {} or less",
+            render(self.max)
+        )
+    }
+}
+
 /// Bounded error kinds: decide retries and explain failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IssuerErrorKind {

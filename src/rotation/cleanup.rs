@@ -50,6 +50,14 @@ pub(super) fn wake_time(
     }
 }
 
+/// The successor `rev` waits for was just probed by the daemon (stamped as a use): only uses after this probe, by
+/// the margin, and after the last use first read from now on are a consumer's.
+pub(super) fn watch_uses_from(rev: &mut PendingRevocation, now: DateTime<Utc>) {
+    rev.use_after = Some(now + delta(PROBE_STAMP_MARGIN));
+    rev.baseline_taken = false;
+    rev.use_baseline = None;
+}
+
 /// Whether the successor `rev` waits for has been used by a consumer (its own probe not counted), as `listed`
 /// shows; takes the baseline the first time it is read.
 fn successor_used(rev: &mut PendingRevocation, listed: Option<&[IssuedToken]>) -> (bool, bool) {
@@ -192,9 +200,7 @@ impl Rotator {
             .iter_mut()
             .filter(|r| r.after_use_of.as_deref() == Some(current) && r.use_after.is_some())
         {
-            r.use_after = Some(now + delta(PROBE_STAMP_MARGIN));
-            r.baseline_taken = false;
-            r.use_baseline = None;
+            watch_uses_from(r, now);
             changed = true;
         }
         changed

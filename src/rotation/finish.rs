@@ -364,9 +364,7 @@ fn queue_revocations(
             r.after_use_of = Some(minted.token_id.clone());
             // The new successor was just probed: its uses are counted from now on.
             if r.use_after.is_some() {
-                r.use_after = Some(now + delta(super::cleanup::PROBE_STAMP_MARGIN));
-                r.baseline_taken = false;
-                r.use_baseline = None;
+                super::cleanup::watch_uses_from(r, now);
             }
         }
     }

@@ -89,13 +89,11 @@ impl Rotator {
         let reason = match lifetime {
             Some(lived) => match issuer.lifetime_cap(token).await {
                 Ok(Some(cap)) if lived > cap.max => format!(
-                    "the current token {} is refused by the issuer: its lifetime ({}) is above {} ({}); lower `lifetime` in [tokens.{}] to {} or less",
+                    "the current token {} is refused by the issuer: its lifetime ({}) is above {}; {}",
                     current.token_id,
                     crate::policy::duration::render(lived),
-                    cap.what,
-                    crate::policy::duration::render(cap.max),
-                    token.name,
-                    crate::policy::duration::render(cap.max)
+                    cap.describe(),
+                    cap.advice(&token.name, None)
                 ),
                 _ => reason,
             },

@@ -196,15 +196,11 @@ fn to_current(expires: Option<DateTime<Utc>>, created: DateTime<Utc>, id: &str) 
 async fn lifetime_hint(token: &TokenPolicy, issuer: &dyn Issuer) -> Option<String> {
     let lifetime = token.schedule.lifetime?;
     let cap = issuer.lifetime_cap(token).await.ok()??;
-    let render = crate::policy::duration::render;
     (lifetime > cap.max).then(|| {
         format!(
-            "; {} is {}: lower `lifetime` in [tokens.{}] (now {}) to {} or less",
-            cap.what,
-            render(cap.max),
-            token.name,
-            render(lifetime),
-            render(cap.max)
+            "; {}: {}",
+            cap.describe(),
+            cap.advice(&token.name, Some(lifetime))
         )
     })
 }
