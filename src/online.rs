@@ -64,12 +64,16 @@ pub async fn check(policy: &Policy) -> bool {
             let Some(Ok(s)) = rotator.sinks.get(&st.sink) else {
                 continue;
             };
-            match s.read(&st.target).await {
+            match s.probe(&st.target).await {
                 Ok(o) => {
                     let what = match &o.content {
+                        Content::Absent if st.target.is_delivery() => {
+                            "not written yet; writable as far as a read can tell".to_string()
+                        }
                         Content::Absent => "no record yet".to_string(),
                         Content::Record(r) => format!("holds token {}", r.token_id),
                         Content::Garbage(why) => format!("holds something else ({why})"),
+                        Content::Delivered(h) => format!("delivery target; {}", h.describe()),
                     };
                     println!("token {} → {st}: ok ({what})", t.name);
                 }

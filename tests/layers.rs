@@ -25,7 +25,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Telling consumers: runs one action; never the token value (it gets none).
     ("notify", &["http", "policy", "record", "redact", "secret"]),
     // The plug-ins: a sink never reaches an issuer and the other way round.
-    ("sink", &["clock", "policy", "record", "redact", "secret"]),
+    // Delivery sinks (SPEC §11) talk REST through the one client builder and pace like issuers do.
+    (
+        "sink",
+        &[
+            "clock", "http", "policy", "record", "redact", "retry", "secret",
+        ],
+    ),
     (
         "issuer",
         &[

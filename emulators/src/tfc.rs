@@ -5,12 +5,19 @@
 //! described team tokens, agent tokens, `GET/DELETE /authentication-tokens/:id`, the org-wide team-token list,
 //! `GET /teams/:id`, `GET /account/details`, `GET /ping`, and the organization maximum-TTL policies
 //! (`GET|PATCH /organizations/:org/token-ttl-policies`, enforced while the organization's `max-ttl-enabled` is on:
-//! see [`TfcHandle::set_max_ttl`] and [`TokenState::OverMaxTtl`]). It listens on loopback only, over plain HTTP or
-//! HTTPS with a throw-away CA.
+//! see [`TfcHandle::set_max_ttl`] and [`TokenState::OverMaxTtl`]), and the variables a rotated token is delivered
+//! through (TFC docs `workspace-variables.mdx`, `variable-sets.mdx`):
+//! - `GET|POST /workspaces/:workspace_id/vars`, `GET|PATCH|DELETE /workspaces/:workspace_id/vars/:variable_id`;
+//! - `GET /varsets/:varset_id`, `GET|POST /varsets/:varset_id/relationships/vars`,
+//!   `GET|PATCH|DELETE /varsets/:varset_id/relationships/vars/:variable_id`.
+//!
+//! Workspaces and variable sets are made with [`TfcHandle::add_workspace`] and [`TfcHandle::add_varset`]. A
+//! sensitive variable's value is `null` in every response; [`TfcHandle::variable`] shows what a Terraform run would
+//! get. It listens on loopback only, over plain HTTP or HTTPS with a throw-away CA.
 //!
 //! Strictness, as the real service: bearer auth everywhere (401 for a missing, unknown, revoked, replaced or
 //! expired token, and for agent tokens); `Content-Type: application/vnd.api+json` on POST/PATCH/DELETE (415);
-//! 404 for anything the caller may not see; token values only in create responses; 30 requests per second per
+//! 404 for anything the caller may not see; token values only in create responses, sensitive variable values never; 30 requests per second per
 //! user with the documented 429 body, `X-RateLimit-Limit` and `X-RateLimit-Reset` and no `Retry-After`.
 //!
 //! The rate limit is a *sliding* one-second window: at most `rate_limit_per_second` accepted requests in any
@@ -19,7 +26,7 @@
 //! do not count. A client-side token bucket that allows a full burst on top of its steady rate can trip it.
 //!
 //! Test knobs on [`TfcHandle`]: injected failures, throttling, a delay on token creation, out-of-band revocation
-//! and expiry, the maximum-TTL policy, and a request log. The request pipeline is described in `tfc/http.rs`.
+//! and expiry, the maximum-TTL policy, out-of-band variable edits, and a request log. The request pipeline is described in `tfc/http.rs`.
 
 mod http;
 mod jsonapi;
@@ -38,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use model::{RequestRecord, TokenInfo, TokenKind, TokenState};
+pub use model::{RequestRecord, TokenInfo, TokenKind, TokenState, VariableInfo};
 
 use http::{Peer, Shared};
 use model::{ResourceRef, State};
@@ -278,6 +285,19 @@ impl TfcHandle {
         self.shared.lock().add_agent_pool(org, name)
     }
 
+    /// Adds a workspace and returns its id (`ws-` + 16 alphanumerics); an existing workspace of that name is
+    /// returned as is. Panics on an unknown organization.
+    pub fn add_workspace(&self, org: &str, name: &str) -> String {
+        self.shared.lock().add_workspace(org, name)
+    }
+
+    /// Adds a variable set owned by the organization (not global, no priority, applied to no workspace) and returns
+    /// its id (`varset-` + 16 alphanumerics); an existing set of that name is returned as is. Panics on an unknown
+    /// organization.
+    pub fn add_varset(&self, org: &str, name: &str) -> String {
+        self.shared.lock().add_varset(org, name, model::now())
+    }
+
     /// Mints a token out of band, with the API's semantics (singletons replace their predecessor, described team
     /// tokens need a unique description), and returns `(id, value)`. `target` is the organization name for
     /// `Organization`, `AuditTrails` and `User`, the team id for `Team`/`TeamLegacy`, the pool id for `Agent`.
@@ -366,6 +386,14 @@ impl TfcHandle {
         let now = model::now();
         let st = self.shared.lock();
         (0..st.tokens.len()).map(|i| st.info(i, now)).collect()
+    }
+
+    /// The variable with this key and category (`terraform` or `env`) on a workspace or variable set (by id), as a
+    /// consumer such as a Terraform run sees it: with its real value, even when it is sensitive.
+    pub fn variable(&self, owner_id: &str, key: &str, category: &str) -> Option<VariableInfo> {
+        let st = self.shared.lock();
+        st.find_variable(owner_id, key, category)
+            .map(|i| st.variables[i].info())
     }
 
     /// Total requests received (every status, injected failures included).
@@ -522,6 +550,20 @@ impl TfcHandle {
             .lock()
             .max_ttl_ms(org, kind)
             .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    }
+
+    /// Sets a variable's value out of band, as someone editing it in the UI would; its `version-id` changes.
+    /// Panics if the workspace or variable set (by id) has no variable with this key and category.
+    pub fn set_variable_value(&self, owner_id: &str, key: &str, category: &str, value: &str) {
+        let now = model::now();
+        let mut st = self.shared.lock();
+        let i = st
+            .find_variable(owner_id, key, category)
+            .unwrap_or_else(|| {
+                panic!("tfc emulator: {owner_id} has no {category} variable {key:?}")
+            });
+        st.variables[i].value = value.to_owned();
+        st.touch_variable(i, now);
     }
 
     /// Revokes a token out of band, as if someone deleted it in the UI.

@@ -9,7 +9,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
-use token_rotator_emulators::tfc::{Config, TfcEmulator, TfcHandle, TokenKind, TokenState};
+use token_rotator_emulators::tfc::{
+    Config, TfcEmulator, TfcHandle, TokenKind, TokenState, VariableInfo,
+};
 
 const JSONAPI: &str = "application/vnd.api+json";
 
@@ -87,6 +89,11 @@ impl Api {
 
     async fn delete(&self, path: &str, token: &str) -> Resp {
         self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    async fn patch(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
     }
 }
 
@@ -1352,6 +1359,10 @@ async fn binary_serves_writes_a_private_admin_token_and_logs_without_secrets() {
             "acme",
             "--team",
             "ci",
+            "--workspace",
+            "prod",
+            "--varset",
+            "shared",
             "--admin-token-file",
         ])
         .arg(&token_file)
@@ -1361,7 +1372,10 @@ async fn binary_serves_writes_a_private_admin_token_and_logs_without_secrets() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut url = None;
     let mut team_id = None;
-    while team_id.is_none() {
+    let mut ws_id = None;
+    let mut varset_id = None;
+    // Teams, then workspaces, then variable sets.
+    while varset_id.is_none() {
         let mut line = String::new();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
@@ -1372,6 +1386,12 @@ async fn binary_serves_writes_a_private_admin_token_and_logs_without_secrets() {
         }
         if let Some(rest) = line.trim().strip_prefix("tfc-emulator team ci id ") {
             team_id = Some(rest.to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("tfc-emulator workspace prod id ") {
+            ws_id = Some(rest.to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("tfc-emulator varset shared id ") {
+            varset_id = Some(rest.to_owned());
         }
     }
     let url = url.expect("listening line comes first");
@@ -1390,6 +1410,27 @@ async fn binary_serves_writes_a_private_admin_token_and_logs_without_secrets() {
         .await
         .unwrap();
     assert_eq!(me.status(), StatusCode::OK);
+    for owner in [ws_id.unwrap(), varset_id.unwrap()] {
+        let path = if owner.starts_with("varset-") {
+            format!("varsets/{owner}/relationships/vars")
+        } else {
+            format!("workspaces/{owner}/vars")
+        };
+        let created = client
+            .post(format!("{url}/api/v2/{path}"))
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .header(CONTENT_TYPE, JSONAPI)
+            .body(
+                json!({"data": {"type": "vars", "attributes": {
+                    "key": "TFE_TOKEN", "value": "binary-secret", "category": "env", "sensitive": true,
+                }}})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -1401,6 +1442,8 @@ async fn binary_serves_writes_a_private_admin_token_and_logs_without_secrets() {
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("GET /api/v2/teams/"), "{rest}");
     assert!(!rest.contains(&token));
+    assert!(rest.contains("POST /api/v2/varsets/"), "{rest}");
+    assert!(!rest.contains("binary-secret"));
     std::fs::remove_dir_all(&dir).unwrap();
 
     let refused = Command::new(env!("CARGO_BIN_EXE_tfc-emulator"))
@@ -1775,4 +1818,708 @@ async fn creates_beyond_the_max_ttl_are_refused_and_the_default_is_the_limit() {
         )
         .await;
     assert_eq!(agent.status, StatusCode::CREATED);
+}
+
+// --- Workspace and variable-set variables ---
+
+fn var_body(attributes: Value) -> Value {
+    json!({"data": {"type": "vars", "attributes": attributes}})
+}
+
+/// The collection path of a workspace's or a variable set's variables.
+fn vars_path(owner_id: &str) -> String {
+    if owner_id.starts_with("varset-") {
+        format!("varsets/{owner_id}/relationships/vars")
+    } else {
+        format!("workspaces/{owner_id}/vars")
+    }
+}
+
+/// `(status, detail, pointer)` of a one-error answer.
+fn validation_error(resp: &Resp) -> (StatusCode, &str, &str) {
+    let err = &resp.body["errors"][0];
+    assert_eq!(err["status"], resp.status.as_str(), "{}", resp.body);
+    (
+        resp.status,
+        err["detail"].as_str().unwrap_or_default(),
+        err["source"]["pointer"].as_str().unwrap_or_default(),
+    )
+}
+
+/// Create, list, show, update and delete on one owner (a workspace or a variable set), as its own test.
+async fn variable_lifecycle(tfc: &TfcHandle, api: &Api, token: &str, owner_id: &str) {
+    let path = vars_path(owner_id);
+    let owner_type = if owner_id.starts_with("varset-") {
+        "varsets"
+    } else {
+        "workspaces"
+    };
+    let created = api
+        .post(
+            &path,
+            token,
+            var_body(json!({
+                "key": "region", "value": "eu-west-1", "description": "where",
+                "category": "terraform", "hcl": false, "sensitive": false,
+            })),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.header("content-type"), Some(JSONAPI));
+    let var = created.data().clone();
+    let id = var["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("var-") && is_alnum(&id[4..], 16), "{id}");
+    assert_eq!(var["type"], "vars");
+    let attrs = &var["attributes"];
+    assert_eq!(attrs["key"], "region");
+    assert_eq!(attrs["value"], "eu-west-1");
+    assert_eq!(attrs["description"], "where");
+    assert_eq!(attrs["category"], "terraform");
+    assert_eq!(
+        (attrs["hcl"].clone(), attrs["sensitive"].clone()),
+        (json!(false), json!(false))
+    );
+    let created_at = parse_time(&attrs["created-at"]);
+    assert!((wall_clock() - created_at).num_seconds().abs() < 60);
+    let version = attrs["version-id"].as_str().unwrap().to_owned();
+    assert!(
+        version.len() == 36 && version.chars().all(|c| c.is_ascii_hexdigit()),
+        "{version}"
+    );
+    assert_eq!(
+        var["relationships"]["configurable"]["data"],
+        json!({"id": owner_id, "type": owner_type})
+    );
+    assert!(var["relationships"]["configurable"]["links"]["related"]
+        .as_str()
+        .unwrap()
+        .starts_with("/api/v2/"));
+    assert_eq!(var["links"]["self"], format!("/api/v2/{path}/{id}"));
+
+    // Defaults: value "", hcl and sensitive false, no description.
+    let env = api
+        .post(
+            &path,
+            token,
+            var_body(json!({"key": "TF_LOG", "category": "env"})),
+        )
+        .await;
+    assert_eq!(env.status, StatusCode::CREATED, "{}", env.body);
+    let env_attrs = &env.data()["attributes"];
+    assert_eq!(env_attrs["value"], "");
+    assert_eq!(env_attrs["description"], Value::Null);
+    assert_eq!(env_attrs["hcl"], false);
+    assert_eq!(env_attrs["sensitive"], false);
+    let env_id = env.data()["id"].as_str().unwrap().to_owned();
+
+    let list = api.get(&path, token).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let ids: Vec<&str> = list
+        .data()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str(), env_id.as_str()]);
+    assert_eq!(list.data()[0], var);
+    let shown = api.get(&format!("{path}/{id}"), token).await;
+    assert_eq!((shown.status, shown.data()), (StatusCode::OK, &var));
+
+    // Only the attributes present change; the version-id changes every time.
+    let updated = api
+        .patch(
+            &format!("{path}/{id}"),
+            token,
+            json!({"data": {"type": "vars", "id": id, "attributes": {"value": "us-east-2"}}}),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    let attrs = &updated.data()["attributes"];
+    assert_eq!(attrs["value"], "us-east-2");
+    assert_eq!(attrs["key"], "region");
+    assert_eq!(attrs["description"], "where");
+    assert_eq!(attrs["created-at"], var["attributes"]["created-at"]);
+    let version2 = attrs["version-id"].as_str().unwrap().to_owned();
+    assert_ne!(version2, version);
+    let seen = tfc.variable(owner_id, "region", "terraform").unwrap();
+    assert_eq!(
+        seen,
+        VariableInfo {
+            id: id.clone(),
+            key: "region".into(),
+            value: "us-east-2".into(),
+            sensitive: false,
+            category: "terraform".into(),
+            description: Some("where".into()),
+            version_id: version2.clone(),
+        }
+    );
+    let empty = api
+        .patch(&format!("{path}/{id}"), token, var_body(json!({})))
+        .await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert_eq!(empty.data()["attributes"]["value"], "us-east-2");
+    assert_ne!(empty.data()["attributes"]["version-id"], version2.as_str());
+    let renamed = api
+        .patch(
+            &format!("{path}/{id}"),
+            token,
+            var_body(json!({"key": "aws_region", "description": null, "hcl": true})),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.body);
+    assert_eq!(renamed.data()["attributes"]["key"], "aws_region");
+    assert_eq!(renamed.data()["attributes"]["description"], Value::Null);
+    assert_eq!(renamed.data()["attributes"]["hcl"], true);
+    assert!(tfc.variable(owner_id, "region", "terraform").is_none());
+    assert!(tfc.variable(owner_id, "aws_region", "env").is_none());
+    assert_eq!(
+        tfc.variable(owner_id, "aws_region", "terraform")
+            .unwrap()
+            .id,
+        id
+    );
+
+    let deleted = api.delete(&format!("{path}/{id}"), token).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(deleted.body, Value::Null);
+    assert!(tfc.variable(owner_id, "aws_region", "terraform").is_none());
+    let list = api.get(&path, token).await;
+    assert_eq!(list.data().as_array().unwrap().len(), 1);
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(var_body(json!({"value": "x"})))),
+        (Method::DELETE, None),
+    ] {
+        let gone = api
+            .call(method.clone(), &format!("{path}/{id}"), Some(token), body)
+            .await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn workspace_variables_are_created_listed_updated_and_deleted() {
+    let tfc = TfcEmulator::start(unlimited()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    let ws = tfc.add_workspace("acme", "prod");
+    assert!(ws.starts_with("ws-") && is_alnum(&ws[3..], 16), "{ws}");
+    assert_eq!(tfc.add_workspace("acme", "prod"), ws);
+    let api = Api::new(&tfc);
+    variable_lifecycle(&tfc, &api, &admin, &ws).await;
+
+    let listed = api.get(&vars_path(&ws), &admin).await;
+    assert_eq!(
+        listed.data()[0]["relationships"]["configurable"]["links"]["related"],
+        "/api/v2/organizations/acme/workspaces/prod"
+    );
+    // The organization token and a team token of the organization may manage variables too.
+    let (_, org_token) = tfc.mint(TokenKind::Organization, "acme", None, None);
+    let team = tfc.add_team("acme", "deployers");
+    let (_, team_token) = tfc.mint(TokenKind::Team, &team, Some("ci"), None);
+    for token in [&org_token, &team_token] {
+        let resp = api
+            .post(
+                &vars_path(&ws),
+                token,
+                var_body(json!({"key": format!("k{}", &token[..4]), "category": "env"})),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+    }
+    assert_eq!(
+        api.get(&vars_path(&ws), &team_token)
+            .await
+            .data()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn varset_variables_are_created_listed_updated_and_deleted() {
+    let tfc = TfcEmulator::start(unlimited()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    let varset = tfc.add_varset("acme", "shared");
+    assert!(
+        varset.starts_with("varset-") && is_alnum(&varset[7..], 16),
+        "{varset}"
+    );
+    assert_eq!(tfc.add_varset("acme", "shared"), varset);
+    let api = Api::new(&tfc);
+
+    let shown = api.get(&format!("varsets/{varset}"), &admin).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
+    assert_eq!(shown.data()["id"], varset.as_str());
+    assert_eq!(shown.data()["type"], "varsets");
+    let attrs = &shown.data()["attributes"];
+    assert_eq!(attrs["name"], "shared");
+    assert_eq!(attrs["description"], "");
+    assert_eq!(attrs["global"], false);
+    assert_eq!(attrs["priority"], false);
+    assert_eq!(attrs["var-count"], 0);
+    assert_eq!(
+        shown.data()["relationships"]["parent"]["data"],
+        json!({"id": "acme", "type": "organizations"})
+    );
+
+    variable_lifecycle(&tfc, &api, &admin, &varset).await;
+
+    let listed = api.get(&vars_path(&varset), &admin).await;
+    assert_eq!(
+        listed.data()[0]["relationships"]["configurable"]["links"]["related"],
+        format!("/api/v2/varsets/{varset}")
+    );
+    let shown = api.get(&format!("varsets/{varset}"), &admin).await;
+    assert_eq!(shown.data()["attributes"]["var-count"], 1);
+    assert_eq!(
+        shown.data()["relationships"]["vars"]["data"],
+        json!([{"id": listed.data()[0]["id"], "type": "vars"}])
+    );
+    // A variable set's variable is not reachable through a workspace path, nor the other way round.
+    let ws = tfc.add_workspace("acme", "prod");
+    let var_id = listed.data()[0]["id"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("workspaces/{ws}/vars/{var_id}"), &admin)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get(&format!("varsets/{ws}"), &admin).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get(&format!("workspaces/{varset}/vars"), &admin)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn sensitive_variable_values_are_never_returned() {
+    let tfc = TfcEmulator::start(unlimited()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    let ws = tfc.add_workspace("acme", "prod");
+    let varset = tfc.add_varset("acme", "shared");
+    let api = Api::new(&tfc);
+    let secret = "s3cr3t-value-1";
+
+    for owner in [&ws, &varset] {
+        let path = vars_path(owner);
+        let created = api
+            .post(
+                &path,
+                &admin,
+                var_body(json!({"key": "TFE_TOKEN", "value": secret, "category": "env", "sensitive": true})),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        assert_eq!(created.data()["attributes"]["value"], Value::Null);
+        assert_eq!(created.data()["attributes"]["sensitive"], true);
+        let id = created.data()["id"].as_str().unwrap().to_owned();
+        let var_path = format!("{path}/{id}");
+
+        let list = api.get(&path, &admin).await;
+        assert_eq!(list.data()[0]["attributes"]["value"], Value::Null);
+        assert_eq!(
+            api.get(&var_path, &admin).await.data()["attributes"]["value"],
+            Value::Null
+        );
+        let seen = tfc.variable(owner, "TFE_TOKEN", "env").unwrap();
+        assert_eq!((seen.value.as_str(), seen.sensitive), (secret, true));
+        assert!(!format!("{seen:?}").contains(secret));
+
+        // A new value may be written, never read back.
+        let updated = api
+            .patch(
+                &var_path,
+                &admin,
+                var_body(json!({"value": "s3cr3t-value-2", "sensitive": true, "key": "TFE_TOKEN"})),
+            )
+            .await;
+        assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+        assert_eq!(updated.data()["attributes"]["value"], Value::Null);
+        assert!(!updated.body.to_string().contains("s3cr3t"));
+        let seen2 = tfc.variable(owner, "TFE_TOKEN", "env").unwrap();
+        assert_eq!(seen2.value, "s3cr3t-value-2");
+        assert_ne!(seen2.version_id, seen.version_id);
+        assert_eq!(
+            updated.data()["attributes"]["version-id"],
+            seen2.version_id.as_str()
+        );
+
+        // Never back to non-sensitive, and no renaming (terraform-provider-tfe issues #317, #170).
+        let unhide = api
+            .patch(&var_path, &admin, var_body(json!({"sensitive": false})))
+            .await;
+        let (status, detail, pointer) = validation_error(&unhide);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            detail.starts_with("Sensitive cannot be changed from true to false"),
+            "{detail}"
+        );
+        assert_eq!(pointer, "/data/attributes/sensitive");
+        let rename = api
+            .patch(&var_path, &admin, var_body(json!({"key": "OTHER"})))
+            .await;
+        assert_eq!(
+            validation_error(&rename),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Key cannot be updated for a sensitive variable",
+                "/data/attributes/key"
+            )
+        );
+        assert_eq!(tfc.variable(owner, "TFE_TOKEN", "env").unwrap(), seen2);
+
+        // Out-of-band edits reach the consumer and change the version, and stay hidden from the API.
+        tfc.set_variable_value(owner, "TFE_TOKEN", "env", "s3cr3t-value-3");
+        let seen3 = tfc.variable(owner, "TFE_TOKEN", "env").unwrap();
+        assert_eq!(seen3.value, "s3cr3t-value-3");
+        assert_ne!(seen3.version_id, seen2.version_id);
+        let shown = api.get(&var_path, &admin).await;
+        assert_eq!(shown.data()["attributes"]["value"], Value::Null);
+        assert_eq!(
+            shown.data()["attributes"]["version-id"],
+            seen3.version_id.as_str()
+        );
+
+        // A plain variable made sensitive is hidden from then on.
+        let plain = api
+            .post(
+                &path,
+                &admin,
+                var_body(json!({"key": "plain", "value": "visible", "category": "terraform"})),
+            )
+            .await;
+        assert_eq!(plain.data()["attributes"]["value"], "visible");
+        let plain_path = format!("{path}/{}", plain.data()["id"].as_str().unwrap());
+        let hidden = api
+            .patch(&plain_path, &admin, var_body(json!({"sensitive": true})))
+            .await;
+        assert_eq!(hidden.status, StatusCode::OK);
+        assert_eq!(hidden.data()["attributes"]["value"], Value::Null);
+        let list = api.get(&path, &admin).await;
+        assert!(list
+            .data()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["attributes"]["value"].is_null()));
+        assert!(
+            !list.body.to_string().contains("s3cr3t") && !list.body.to_string().contains("visible")
+        );
+        assert_eq!(
+            tfc.variable(owner, "plain", "terraform").unwrap().value,
+            "visible"
+        );
+    }
+}
+
+#[tokio::test]
+async fn variable_validation_errors_are_422_with_a_pointer() {
+    let tfc = TfcEmulator::start(unlimited()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    let ws = tfc.add_workspace("acme", "prod");
+    let varset = tfc.add_varset("acme", "shared");
+    let api = Api::new(&tfc);
+    let taken = (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Key has already been taken",
+        "/data/attributes/key",
+    );
+
+    for owner in [&ws, &varset] {
+        let path = vars_path(owner);
+        let first = api
+            .post(
+                &path,
+                &admin,
+                var_body(json!({"key": "token", "value": "a", "category": "terraform"})),
+            )
+            .await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        // Same key and category: taken, sensitive or not.
+        for sensitive in [false, true] {
+            let dup = api
+                .post(&path, &admin, var_body(json!({"key": "token", "value": "b", "category": "terraform", "sensitive": sensitive})))
+                .await;
+            assert_eq!(validation_error(&dup), taken);
+            assert_eq!(dup.header("content-type"), Some(JSONAPI));
+        }
+        assert_eq!(
+            tfc.variable(owner, "token", "terraform").unwrap().value,
+            "a"
+        );
+        // Same key, other category: fine.
+        let env = api
+            .post(
+                &path,
+                &admin,
+                var_body(json!({"key": "token", "value": "c", "category": "env"})),
+            )
+            .await;
+        assert_eq!(env.status, StatusCode::CREATED, "{}", env.body);
+        // An update may not collide either.
+        let env_path = format!("{path}/{}", env.data()["id"].as_str().unwrap());
+        let collide = api
+            .patch(
+                &env_path,
+                &admin,
+                var_body(json!({"category": "terraform"})),
+            )
+            .await;
+        assert_eq!(validation_error(&collide), taken);
+        assert_eq!(tfc.variable(owner, "token", "env").unwrap().value, "c");
+
+        let bad_category = (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Category is not included in the list",
+            "/data/attributes/category",
+        );
+        for attrs in [
+            json!({"key": "k", "category": "policy-set"}),
+            json!({"key": "k", "category": "TERRAFORM"}),
+            json!({"key": "k"}),
+        ] {
+            let resp = api.post(&path, &admin, var_body(attrs.clone())).await;
+            assert_eq!(validation_error(&resp), bad_category, "{attrs}");
+        }
+        let resp = api
+            .patch(&env_path, &admin, var_body(json!({"category": "secret"})))
+            .await;
+        assert_eq!(validation_error(&resp), bad_category);
+
+        let blank = (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Key can't be blank",
+            "/data/attributes/key",
+        );
+        for attrs in [
+            json!({"category": "env"}),
+            json!({"key": "", "category": "env"}),
+            json!({"key": "  ", "category": "env"}),
+        ] {
+            let resp = api.post(&path, &admin, var_body(attrs.clone())).await;
+            assert_eq!(validation_error(&resp), blank, "{attrs}");
+        }
+        let resp = api
+            .patch(&env_path, &admin, var_body(json!({"key": ""})))
+            .await;
+        assert_eq!(validation_error(&resp), blank);
+
+        for (body, pointer) in [
+            (
+                json!({"data": {"type": "variables", "attributes": {"key": "k", "category": "env"}}}),
+                "/data/type",
+            ),
+            (
+                json!({"data": {"attributes": {"key": "k", "category": "env"}}}),
+                "/data/type",
+            ),
+            (
+                json!({"data": {"type": "vars", "attributes": {"key": 7, "category": "env"}}}),
+                "/data/attributes/key",
+            ),
+            (
+                json!({"data": {"type": "vars", "attributes": {"key": "k", "category": "env", "sensitive": "yes"}}}),
+                "/data/attributes/sensitive",
+            ),
+            (json!({"vars": {}}), "/data"),
+        ] {
+            let resp = api.post(&path, &admin, body.clone()).await;
+            let (status, _, got) = validation_error(&resp);
+            assert_eq!(
+                (status, got),
+                (StatusCode::UNPROCESSABLE_ENTITY, pointer),
+                "{body}"
+            );
+        }
+        let wrong_id = api
+            .patch(
+                &env_path,
+                &admin,
+                json!({"data": {"type": "vars", "id": "var-other", "attributes": {"value": "x"}}}),
+            )
+            .await;
+        assert_eq!(validation_error(&wrong_id).2, "/data/id");
+        let not_json = api.call(Method::POST, &path, Some(&admin), None).await;
+        assert_eq!(not_json.status, StatusCode::UNPROCESSABLE_ENTITY);
+        // Nothing was created or changed by the refusals.
+        assert_eq!(
+            api.get(&path, &admin)
+                .await
+                .data()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(tfc.variable(owner, "token", "env").unwrap().value, "c");
+    }
+}
+
+#[tokio::test]
+async fn variable_endpoints_need_the_content_type_a_token_and_the_same_organization() {
+    let tfc = TfcEmulator::start(unlimited()).await.unwrap();
+    let admin = tfc.add_organization("acme");
+    let other_admin = tfc.add_organization("globex");
+    let ws = tfc.add_workspace("acme", "prod");
+    let varset = tfc.add_varset("acme", "shared");
+    let other_ws = tfc.add_workspace("globex", "prod");
+    let api = Api::new(&tfc);
+    let body = var_body(json!({"key": "k", "value": "v", "category": "env"}));
+    let ws_var = api.post(&vars_path(&ws), &admin, body.clone()).await;
+    let ws_var_path = format!(
+        "{}/{}",
+        vars_path(&ws),
+        ws_var.data()["id"].as_str().unwrap()
+    );
+    let vs_var = api.post(&vars_path(&varset), &admin, body.clone()).await;
+    let vs_var_path = format!(
+        "{}/{}",
+        vars_path(&varset),
+        vs_var.data()["id"].as_str().unwrap()
+    );
+
+    // 415 on every mutation without the JSON:API media type, before anything else.
+    for (method, path) in [
+        (Method::POST, vars_path(&ws)),
+        (Method::PATCH, ws_var_path.clone()),
+        (Method::DELETE, ws_var_path.clone()),
+        (Method::POST, vars_path(&varset)),
+        (Method::PATCH, vs_var_path.clone()),
+        (Method::DELETE, vs_var_path.clone()),
+    ] {
+        for content_type in [None, Some("application/json")] {
+            let mut req = api
+                .request(method.clone(), &path, Some(&admin))
+                .body(var_body(json!({"key": "x", "category": "env"})).to_string());
+            if let Some(ct) = content_type {
+                req = req.header(CONTENT_TYPE, ct);
+            }
+            let resp = send(req).await;
+            assert_eq!(
+                resp.status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{method} {path}"
+            );
+            assert_eq!(resp.body["errors"][0]["status"], "415");
+        }
+    }
+    assert!(tfc.variable(&ws, "x", "env").is_none());
+    assert_eq!(tfc.variable(&ws, "k", "env").unwrap().value, "v");
+
+    // 401 without a usable token, an agent token included.
+    let pool = tfc.add_agent_pool("acme", "pool");
+    let (_, agent) = tfc.mint(TokenKind::Agent, &pool, Some("agent"), None);
+    let (expired_id, expired) = tfc.mint(TokenKind::Organization, "acme", None, None);
+    tfc.set_expired_at(&expired_id, wall_clock() - TimeDelta::seconds(1));
+    let paths = [
+        vars_path(&ws),
+        ws_var_path.clone(),
+        format!("varsets/{varset}"),
+        vars_path(&varset),
+        vs_var_path.clone(),
+    ];
+    for path in &paths {
+        for token in [
+            None,
+            Some("abcdefghijklmn.atlasv1.nope"),
+            Some(agent.as_str()),
+            Some(expired.as_str()),
+        ] {
+            let resp = api.call(Method::GET, path, token, None).await;
+            assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(
+                resp.body,
+                json!({"errors": [{"status": "401", "title": "unauthorized"}]})
+            );
+        }
+    }
+    let anonymous = api
+        .call(Method::POST, &vars_path(&ws), None, Some(body.clone()))
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    // 404 for another organization's tokens, the audit-trails token, and unknown ids.
+    let (_, audit) = tfc.mint(TokenKind::AuditTrails, "acme", None, None);
+    for token in [&other_admin, &audit] {
+        for path in &paths {
+            let resp = api.get(path, token).await;
+            assert_eq!(resp.status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(resp.body["errors"][0]["status"], "404");
+        }
+        for (method, path) in [
+            (Method::POST, vars_path(&ws)),
+            (Method::PATCH, ws_var_path.clone()),
+            (Method::DELETE, ws_var_path.clone()),
+            (Method::POST, vars_path(&varset)),
+            (Method::PATCH, vs_var_path.clone()),
+            (Method::DELETE, vs_var_path.clone()),
+        ] {
+            let resp = api
+                .call(
+                    method.clone(),
+                    &path,
+                    Some(token),
+                    Some(var_body(
+                        json!({"value": "stolen", "key": "k2", "category": "env"}),
+                    )),
+                )
+                .await;
+            assert_eq!(resp.status, StatusCode::NOT_FOUND, "{method} {path}");
+        }
+    }
+    assert_eq!(tfc.variable(&ws, "k", "env").unwrap().value, "v");
+    assert_eq!(tfc.variable(&varset, "k", "env").unwrap().value, "v");
+    assert!(tfc.variable(&ws, "k2", "env").is_none());
+    // acme's owner cannot reach globex's workspace either.
+    let cross = api.post(&vars_path(&other_ws), &admin, body.clone()).await;
+    assert_eq!(cross.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&vars_path(&other_ws), &other_admin).await.status,
+        StatusCode::OK
+    );
+    for path in [
+        "workspaces/ws-unknown0000000000/vars".to_owned(),
+        format!("{}/var-unknown000000000", vars_path(&ws)),
+        "varsets/varset-unknown0000000000".to_owned(),
+        format!("{}/var-unknown000000000", vars_path(&varset)),
+    ] {
+        assert_eq!(
+            api.get(&path, &admin).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    // Methods the API does not have are 404.
+    assert_eq!(
+        api.call(Method::PUT, &ws_var_path, Some(&admin), Some(body.clone()))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call(Method::DELETE, &vars_path(&ws), Some(&admin), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call(
+            Method::PATCH,
+            &format!("varsets/{varset}"),
+            Some(&admin),
+            Some(body)
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
 }

@@ -64,4 +64,12 @@ impl Sink for FencedSink {
             .map_err(|why| SinkError::new(self.inner.name(), SinkErrorKind::Unavailable, why))?;
         self.inner.write(target, record, expected).await
     }
+
+    async fn probe(&self, target: &Target) -> Result<Observed, SinkError> {
+        self.inner.probe(target).await
+    }
+
+    fn link(&self, link: crate::sink::IssuerLink) {
+        self.inner.link(link)
+    }
 }

@@ -183,6 +183,27 @@ pub async fn build_rotator(policy: &Policy, shared: &Shared) -> Rotator {
         }
         rotator.issuers.insert(name.clone(), built);
     }
+    // Sinks that borrow an issuer's connection call with its live credential and share its pacers.
+    for cfg in policy.sinks.values() {
+        let Some((issuer, _)) = cfg.spec.borrowed_issuer(cfg.settings.as_ref()) else {
+            continue;
+        };
+        let (Some(Ok(sink)), Some(Ok(built)), Some(icfg)) = (
+            rotator.sinks.get(&cfg.name),
+            rotator.issuers.get(&issuer),
+            policy.issuers.get(&issuer),
+        ) else {
+            continue;
+        };
+        if let Some(credential) = built.live_credential() {
+            sink.link(crate::sink::IssuerLink {
+                address: icfg.address.clone(),
+                ca_file: icfg.ca_file.clone(),
+                credential,
+                pacers: shared.pacers.get(&issuer, icfg.requests_per_second),
+            });
+        }
+    }
     rotator
 }
 
@@ -205,7 +226,7 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
         }
         sinks.insert(name.clone(), built);
     }
-    Rotator {
+    let rotator = Rotator {
         issuers: HashMap::new(),
         credential_refs: policy
             .issuers
@@ -226,5 +247,29 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
         board: shared.board.clone(),
         liveness: Default::default(),
         deliverer: shared.backends.deliverer(),
+    };
+    // `plan` reads delivery targets too: a sink that borrows an issuer's connection gets that issuer's credential
+    // as it is now (`build_rotator` hands it the issuer's live one instead).
+    for cfg in policy.sinks.values() {
+        let Some((issuer, _)) = cfg.spec.borrowed_issuer(cfg.settings.as_ref()) else {
+            continue;
+        };
+        let (Some(Ok(sink)), Some(icfg)) =
+            (rotator.sinks.get(&cfg.name), policy.issuers.get(&issuer))
+        else {
+            continue;
+        };
+        match rotator.resolve_secret(&icfg.token).await {
+            Ok(value) => sink.link(crate::sink::IssuerLink {
+                address: icfg.address.clone(),
+                ca_file: icfg.ca_file.clone(),
+                credential: crate::secret::LiveSecret::new(value),
+                pacers: shared.pacers.get(&issuer, icfg.requests_per_second),
+            }),
+            Err(why) => {
+                tracing::error!(sink = %cfg.name, issuer = %issuer, error = %why, "the credential of the issuer this sink borrows cannot be read")
+            }
+        }
     }
+    rotator
 }

@@ -11,7 +11,7 @@
 //!   the next attempt mints once, after backoff; a coexisting token is looked for by its label and swept).
 //! - Every other status (401, 403, 404, 409, 415, 422, …) is an answer, not a fault: never retried here.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -192,7 +192,7 @@ pub struct ApiBase {
     pub name: String,
     pub base: Url,
     /// Replaced in place when the issuer's own credential is the token being rotated (self-rotation).
-    credential: RwLock<SecretString>,
+    credential: crate::secret::LiveSecret,
     exchange: Arc<dyn Exchange>,
     /// Shared with every earlier and later build of this issuer (a reload must not forget a 429 block).
     pacers: Arc<IssuerPacers>,
@@ -278,7 +278,7 @@ impl ApiBase {
         Ok(ApiBase {
             name: cfg.name.clone(),
             base,
-            credential: RwLock::new(credential),
+            credential: crate::secret::LiveSecret::new(credential),
             exchange: deps.exchange,
             pacers: deps.pacers,
             metrics: deps.metrics,
@@ -288,18 +288,20 @@ impl ApiBase {
     }
 
     pub fn credential(&self) -> SecretString {
-        self.credential
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.credential.get()
+    }
+
+    /// The credential itself, shared: a sink that borrows this issuer calls with its current value.
+    pub fn live_credential(&self) -> crate::secret::LiveSecret {
+        self.credential.clone()
     }
 
     pub fn credential_is(&self, value: &SecretString) -> bool {
-        self.credential().expose_secret() == value.expose_secret()
+        self.credential.is(value)
     }
 
     pub fn set_credential(&self, value: SecretString) {
-        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = value;
+        self.credential.set(value);
     }
 
     /// The pacer for requests made with `bearer`: the credential's own (SPEC: `requests_per_second` is "a

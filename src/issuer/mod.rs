@@ -171,6 +171,10 @@ pub trait Issuer: Send + Sync {
     }
     /// Switches the issuer to a new credential: its own token was just rotated.
     fn set_credential(&self, _value: SecretString) {}
+    /// The credential itself, for a sink that borrows this issuer (`issuer = "…"` in a `tfe-variable` sink).
+    fn live_credential(&self) -> Option<crate::secret::LiveSecret> {
+        None
+    }
 }
 
 /// An issuer kind: its policy side ([`IssuerSpec`], next to the issuer's code) and how it is built.

@@ -132,6 +132,8 @@ pub enum TargetKey {
     Path,
     /// `secret_id = "…"` (AWS Secrets Manager).
     SecretId,
+    /// Keys of the kind's own (delivery targets: `workspace_id` + `key`, `repository` + `name`, …).
+    Own,
 }
 
 impl TargetKey {
@@ -139,6 +141,7 @@ impl TargetKey {
         match self {
             TargetKey::Path => "path",
             TargetKey::SecretId => "secret_id",
+            TargetKey::Own => "its own target keys",
         }
     }
 
@@ -164,9 +167,30 @@ pub trait SinkSpec: Sync + 'static {
     fn keys(&self) -> &'static [&'static str];
     /// Reads the table; every problem reported, located.
     fn read(&self, t: &mut TableReader, d: &mut Diagnostics) -> Option<Arc<dyn SinkSettings>>;
+    /// Reads a token's target in a sink of this kind from its `sinks` entry (`sink` already read): by default
+    /// the kind's [`TargetKey`]; a delivery kind reads its own keys. Every problem reported, located.
+    fn read_target(
+        &self,
+        sink: &str,
+        _token: &str,
+        r: &mut TableReader,
+        d: &mut Diagnostics,
+    ) -> Option<Target> {
+        read_keyed_target(self.name(), self.target_key(), sink, r, d)
+    }
     /// Rules on a target beyond its key (files: relative, no `..`).
     fn check_target(&self, _target: &Target) -> Result<(), String> {
         Ok(())
+    }
+    /// Every target of this kind is a delivery target (SPEC §11): written, never read for a record, so it can
+    /// neither hold a credential (`{ sink = … }`) nor be the only place a token's state is kept.
+    fn delivers(&self) -> bool {
+        false
+    }
+    /// The issuer whose address, credential and pacing this sink borrows (`issuer = "…"`), and the issuer kind it
+    /// must be of.
+    fn borrowed_issuer(&self, _settings: &dyn SinkSettings) -> Option<(String, &'static str)> {
+        None
     }
     /// Whether a sink of this kind can hold the cluster lease and shared journal (`[cluster] store`, SPEC §8):
     /// `Err` says why not.
@@ -198,4 +222,23 @@ impl Kinds {
     pub fn sink(&self, name: &str) -> Option<&'static dyn SinkSpec> {
         self.sinks.iter().copied().find(|k| k.name() == name)
     }
+}
+
+/// A target named by `key` (`path` or `secret_id`) in sink `sink` of kind `kind`.
+pub fn read_keyed_target(
+    kind: &str,
+    key: TargetKey,
+    sink: &str,
+    r: &mut TableReader,
+    d: &mut Diagnostics,
+) -> Option<Target> {
+    let target = super::fields::read_target(r, d)?;
+    if !key.fits(&target) {
+        d.push(
+            r.span.clone(),
+            format!("sink \"{sink}\" (kind \"{kind}\") takes `{}`", key.as_str()),
+        );
+        return None;
+    }
+    Some(target)
 }

@@ -33,7 +33,9 @@ pub use kinds::{IssuerSpec, Kinds, SinkSettings, SinkSpec, TargetKey, TokenKind,
 use reader::{wrong_type, Span, TableReader};
 
 pub use secret_ref::{SecretError, SecretRef};
-pub use target::{SinkTarget, Target};
+pub use target::{
+    GithubScope, GithubSecret, SinkTarget, Target, TfeVariable, VarCategory, VarOwner, Visibility,
+};
 pub use timing::{parse_cron, Schedule, Window};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/token-rotator/policy.toml";
@@ -247,6 +249,7 @@ pub fn parse(
     let sinks = read_named(&mut root, &mut d, "sinks", |t, d, name| {
         read_sink(t, d, name, kinds)
     });
+    check_borrowed_issuers(&mut d, &issuers, &sinks);
     let cluster_table = root.has("cluster");
     let cluster = cluster::read_cluster(&mut root, &mut d, &sinks);
     let tokens = tokens::read_tokens(
@@ -282,6 +285,41 @@ pub fn parse(
         cluster,
         tokens,
     })
+}
+
+/// A sink that borrows an issuer's connection (`issuer = "…"`) names an issuer of the kind it talks to.
+fn check_borrowed_issuers(
+    d: &mut Diagnostics,
+    issuers: &Named<IssuerConfig>,
+    sinks: &Named<SinkConfig>,
+) {
+    for (name, (span, cfg)) in sinks {
+        let Some(cfg) = cfg else { continue };
+        let Some((issuer, kind)) = cfg.spec.borrowed_issuer(cfg.settings.as_ref()) else {
+            continue;
+        };
+        match issuers.get(&issuer) {
+            None => {
+                let known: Vec<&str> = issuers.keys().map(String::as_str).collect();
+                d.push(
+                    span.clone(),
+                    format!(
+                        "[sinks.{name}] borrows issuer \"{issuer}\", which is not defined{}",
+                        tokens::known_list(&known)
+                    ),
+                );
+            }
+            Some((_, Some(i))) if i.kind != kind => d.push(
+                span.clone(),
+                format!(
+                    "[sinks.{name}] (kind \"{}\") borrows issuer \"{issuer}\", which is of kind \"{}\"; it needs a \"{kind}\" issuer",
+                    cfg.kind(),
+                    i.kind
+                ),
+            ),
+            _ => {}
+        }
+    }
 }
 
 fn first_line(s: &str) -> &str {

@@ -293,7 +293,7 @@ fn cluster_problems_are_located() {
     let errs = errors(&clustered("store = \"vault\"\npath = \"x\"", files));
     let local: Vec<_> = errs
         .iter()
-        .filter(|e| e.contains("[tokens.local] writes only to `file` sinks"))
+        .filter(|e| e.contains("[tokens.local] keeps its record only in `file` sinks"))
         .collect();
     assert_eq!(local.len(), 1, "{errs:?}");
     assert!(
@@ -398,4 +398,170 @@ fn bad_notify_actions_are_located() {
     );
     let e = with("notify_events = [\"failed\"]");
     assert!(e[0].contains("has no `notify` actions"), "{e:?}");
+}
+
+/// GOOD plus delivery sinks and `extra` targets on a second token.
+fn with_delivery(sinks: &str, targets: &str) -> String {
+    format!(
+        r#"{GOOD}
+[sinks.files]
+kind = "file"
+directory = "/tmp/files"
+
+[sinks.tfc-vars]
+kind = "tfe-variable"
+issuer = "tfc"
+
+[sinks.github]
+kind = "github-actions"
+token = {{ env = "GITHUB_TOKEN" }}
+{sinks}
+
+[tokens.ci-team]
+issuer = "tfc"
+type = "team"
+team_id = "team-1"
+sinks = [
+{targets}
+]
+"#
+    )
+}
+
+#[test]
+fn delivery_targets_parse_with_their_keys() {
+    let src = with_delivery(
+        "",
+        r#"  { sink = "vault", path = "ci/team" },
+  { sink = "tfc-vars", workspace_id = "ws-1", key = "TFE_TOKEN", category = "env" },
+  { sink = "tfc-vars", varset_id = "varset-1", key = "tfe_token", category = "terraform" },
+  { sink = "github", repository = "acme/infra", name = "TF_API_TOKEN" },
+  { sink = "github", repository = "acme/infra", environment = "prod", name = "TF_API_TOKEN" },
+  { sink = "github", organization = "acme", visibility = "selected", selected_repository_ids = [1, 2], name = "TF_API_TOKEN" },
+  { sink = "files", path = "ci-team.token", format = "token" },"#,
+    );
+    let p = parse(
+        "p.toml",
+        Path::new("p.toml"),
+        &src,
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap();
+    let t = &p.tokens["ci-team"];
+    let shown: Vec<String> = t.sinks.iter().map(|st| st.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "vault:ci/team",
+            "tfc-vars:ws-1/env/TFE_TOKEN",
+            "tfc-vars:varset-1/terraform/tfe_token",
+            "github:acme/infra/TF_API_TOKEN",
+            "github:acme/infra/environments/prod/TF_API_TOKEN",
+            "github:orgs/acme/TF_API_TOKEN",
+            "files:ci-team.token",
+        ]
+    );
+    assert_eq!(
+        t.sinks.iter().filter(|st| st.target.is_delivery()).count(),
+        6
+    );
+    match &t.sinks[5].target {
+        Target::GithubSecret(GithubSecret {
+            scope:
+                GithubScope::Organization {
+                    visibility,
+                    selected,
+                    ..
+                },
+            ..
+        }) => {
+            assert_eq!(*visibility, Visibility::Selected);
+            assert_eq!(selected, &[1, 2]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &t.sinks[1].target {
+        Target::TfeVariable(v) => assert_eq!(v.token, "ci-team"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn delivery_target_mistakes_are_located() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "",
+            r#"  { sink = "github", repository = "acme/infra", name = "TF_API_TOKEN" },"#,
+            "p.toml:39:9: [tokens.ci-team] has only delivery targets: a token needs at least one record sink",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "files", path = "t", format = "yaml" },"#,
+            "`format` in a `sinks` entry of [tokens.ci-team] must be \"record\" or \"token\", found \"yaml\"",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "tfc-vars", workspace_id = "ws-1", varset_id = "v", key = "K", category = "env" },"#,
+            "takes `workspace_id` or `varset_id`, not both",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "tfc-vars", workspace_id = "ws-1", key = "K", category = "envs" },"#,
+            "`category` in a `sinks` entry of [tokens.ci-team] must be \"env\" or \"terraform\", found \"envs\"",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "github", organization = "acme", name = "T" },"#,
+            "missing key `visibility`",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "github", repository = "acme", name = "T" },"#,
+            "`repository` in a `sinks` entry of [tokens.ci-team] must be \"OWNER/NAME\", found \"acme\"",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "github", repository = "acme/x", name = "GITHUB_TOKEN" },"#,
+            "must not start with GITHUB_",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "github", repository = "acme/x", visibility = "all", name = "T" },"#,
+            "`visibility` is for organization secrets",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "github", path = "x" },"#,
+            "unknown key `path`",
+        ),
+        (
+            "\n[sinks.other-vars]\nkind = \"tfe-variable\"\nissuer = \"nope\"\n",
+            r#"  { sink = "vault", path = "a" },"#,
+            "[sinks.other-vars] borrows issuer \"nope\", which is not defined",
+        ),
+        (
+            "\n[sinks.other-vars]\nkind = \"tfe-variable\"\naddress = \"https://tfe.example\"\n",
+            r#"  { sink = "vault", path = "a" },"#,
+            "missing key `issuer`",
+        ),
+        (
+            "\n[sinks.other-vars]\nkind = \"tfe-variable\"\nissuer = \"tfc\"\naddress = \"https://tfe.example\"\n",
+            r#"  { sink = "vault", path = "a" },"#,
+            "takes `issuer` (whose address, credential and CA it uses) or `address` + `token`",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "github", repository = "acme/x", name = "T" }, { sink = "github", repository = "ACME/X", name = "t" },"#,
+            "is already written by token \"ci-team\"",
+        ),
+    ];
+    for (sinks, targets, want) in cases {
+        let errs = errors(&with_delivery(sinks, targets));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(want) && e.starts_with("p.toml:")),
+            "want {want:?} in {errs:#?}"
+        );
+    }
 }

@@ -9,7 +9,6 @@ use toml::de::DeValue;
 
 use super::cluster::ClusterSettings;
 use super::diag::Diagnostics;
-use super::fields::read_target;
 use super::kinds::{self, IssuerSpec, Kinds, TokenKind};
 use super::reader::{wrong_type, TableReader};
 use super::timing::read_schedule;
@@ -76,11 +75,12 @@ pub(super) fn read_tokens(
                     );
                 }
             }
-            if cluster.is_some() && token.sinks.iter().all(local) {
+            let shared_record = |st: &SinkTarget| !local(st) && !st.target.is_delivery();
+            if cluster.is_some() && !token.sinks.iter().any(shared_record) {
                 d.push(
                     name.span(),
                     format!(
-                        "[tokens.{}] writes only to `file` sinks, which every instance keeps on its own disk: with [cluster] a token needs a shared sink (vault or aws) that standbys copy from",
+                        "[tokens.{}] keeps its record only in `file` sinks, which every instance keeps on its own disk: with [cluster] a token needs a shared record sink (vault or aws) that standbys copy from",
                         name.get_ref()
                     ),
                 );
@@ -221,7 +221,7 @@ fn read_label(
     spec.read_label(t, d, name)
 }
 
-fn known_list(known: &[&str]) -> String {
+pub(super) fn known_list(known: &[&str]) -> String {
     if known.is_empty() {
         String::new()
     } else {
@@ -346,10 +346,7 @@ fn read_token_sinks(
             continue;
         };
         let mut r = TableReader::new(format!("a `sinks` entry of {}", t.name), item.span(), table);
-        let sink = r.req_str(d, "sink");
-        let target = read_target(&mut r, d);
-        r.finish(d);
-        let (Some(sink), Some(target)) = (sink, target) else {
+        let Some(sink) = r.req_str(d, "sink") else {
             ok = false;
             continue;
         };
@@ -364,6 +361,7 @@ fn read_token_sinks(
                     known_list(&known)
                 ),
             );
+            // Its other keys depend on the sink's kind: not reported as unknown.
             ok = false;
             continue;
         };
@@ -371,20 +369,12 @@ fn read_token_sinks(
             ok = false;
             continue;
         };
-        let key = cfg.spec.target_key();
-        if !key.fits(&target) {
-            d.push(
-                item.span(),
-                format!(
-                    "sink \"{}\" (kind \"{}\") takes `{}`",
-                    sink.get_ref(),
-                    cfg.kind(),
-                    key.as_str()
-                ),
-            );
+        let target = cfg.spec.read_target(sink.get_ref(), token, &mut r, d);
+        r.finish(d);
+        let Some(target) = target else {
             ok = false;
             continue;
-        }
+        };
         if let Err(why) = cfg.spec.check_target(&target) {
             d.push(item.span(), why);
             ok = false;
@@ -394,7 +384,11 @@ fn read_token_sinks(
             sink: sink.get_ref().clone(),
             target,
         };
-        if let Some(other) = targets.get(&st) {
+        let identity = SinkTarget {
+            sink: st.sink.clone(),
+            target: st.target.identity(),
+        };
+        if let Some(other) = targets.get(&identity) {
             d.push(
                 item.span(),
                 format!(
@@ -404,8 +398,19 @@ fn read_token_sinks(
             ok = false;
             continue;
         }
-        targets.insert(st.clone(), token.to_string());
+        targets.insert(identity, token.to_string());
         out.push(st);
+    }
+    if ok && out.iter().all(|st| st.target.is_delivery()) {
+        // SPEC §11: the daemon learns a token's state from its records; a delivery target holds only the value.
+        d.push(
+            v.span(),
+            format!(
+                "{} has only delivery targets: a token needs at least one record sink (vault, aws-secretsmanager, or a file in the default format) from which the daemon learns its state",
+                t.name
+            ),
+        );
+        return None;
     }
     ok.then_some(out)
 }

@@ -71,29 +71,42 @@ impl Rotator {
                     || (self.level_locals && self.local_sinks.contains(&st.sink))
             })
             .collect();
-        let results = join_all(pending.iter().map(|(st, sink)| {
-            let version = versions
-                .as_ref()
-                .and_then(|v| v.get(&st.to_string()).copied());
-            let record = &record;
-            async move {
-                (
-                    st,
-                    self.store(token, sink.as_ref(), st, record, version).await,
-                )
-            }
-        }))
-        .await;
+        // The records first; the delivery targets (SPEC §11) only once every record holds the new token, so that a
+        // consumer never holds a token the daemon could lose track of.
+        let (deliveries, records): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|(st, _)| st.target.is_delivery());
         let mut errors = Vec::new();
-        for (st, r) in results {
-            match r {
-                Ok(()) => {
-                    if let Some(r) = entry.rotation.as_mut() {
-                        r.stored.push(st.to_string());
-                    }
-                    failpoint("after-sink-write");
+        for (delivering, batch) in [(false, records), (true, deliveries)] {
+            if !errors.is_empty() || batch.is_empty() {
+                continue;
+            }
+            if delivering {
+                failpoint("before-delivery");
+            }
+            let results = join_all(batch.iter().map(|(st, sink)| {
+                let version = versions
+                    .as_ref()
+                    .and_then(|v| v.get(&st.to_string()).copied());
+                let record = &record;
+                async move {
+                    (
+                        st,
+                        self.store(token, sink.as_ref(), st, record, version).await,
+                    )
                 }
-                Err(e) => errors.push(e),
+            }))
+            .await;
+            for (st, r) in results {
+                match r {
+                    Ok(()) => {
+                        if let Some(r) = entry.rotation.as_mut() {
+                            r.stored.push(st.to_string());
+                        }
+                        failpoint("after-sink-write");
+                    }
+                    Err(e) => errors.push(e),
+                }
             }
         }
         if !errors.is_empty() {
@@ -262,7 +275,7 @@ impl Rotator {
                 // Resuming: re-read first (SPEC §5.8); the record may already be there from before the crash.
                 None => {
                     let o = sink.read(&st.target).await?;
-                    if o.record().is_some_and(|r| r.same_as(record)) {
+                    if o.holds(record) {
                         return Ok(());
                     }
                     o.version
@@ -279,7 +292,7 @@ impl Rotator {
                 // A retried write whose first try landed meets its own version: accept it only if it is ours.
                 if e.kind == SinkErrorKind::Conflict {
                     if let Ok(o) = sink.read(&st.target).await {
-                        if o.record().is_some_and(|r| r.same_as(record)) {
+                        if o.holds(record) {
                             return Ok(());
                         }
                     }
@@ -292,13 +305,13 @@ impl Rotator {
             let mut lag = READ_BACK_LAG;
             loop {
                 let back = sink.read(&st.target).await?;
-                match back.record() {
-                    Some(r) if r.same_as(record) => break Ok(()),
-                    _ if lag <= READ_BACK_LAG_MAX => {
+                match back.holds(record) {
+                    true => break Ok(()),
+                    false if lag <= READ_BACK_LAG_MAX => {
                         tokio::time::sleep(lag).await;
                         lag *= 2;
                     }
-                    _ => {
+                    false => {
                         break Err(SinkError {
                             sink: st.sink.clone(),
                             kind: SinkErrorKind::Mismatch,

@@ -31,15 +31,18 @@ pub(super) struct Leveled {
 }
 
 impl Rotator {
-    /// Copies the newest shared record of `token` into the local targets that hold something else (older, absent
-    /// or not ours). A local record newer than the shared one is left alone.
+    /// Copies the newest shared record of `token` into the targets that follow it and hold something else
+    /// (older, absent or not ours): in cluster mode this instance's local targets, and — when `deliver` (never on
+    /// a standby) — the delivery targets (SPEC §11), which get the current token without a new one being minted.
+    /// A local record newer than the shared one is left alone.
     pub(super) async fn level_local(
         &self,
         token: &TokenPolicy,
         sinks: &BoundSinks,
         observed: &[Observed],
+        deliver: bool,
     ) -> Leveled {
-        let is_local = |sink: &str| self.local_sinks.contains(sink);
+        let is_local = |sink: &str| self.level_locals && self.local_sinks.contains(sink);
         let shared = sinks
             .iter()
             .zip(observed)
@@ -59,13 +62,19 @@ impl Rotator {
         let mut local_newer = false;
         let mut errors = Vec::new();
         for ((st, sink), o) in sinks.iter().zip(observed) {
-            if o.record().is_some_and(|r| r.same_as(shared)) {
+            if o.holds(shared) {
                 continue;
             }
             if !is_local(&st.sink) {
-                // The holder writes it: not a copy's business.
-                shared_agree = false;
-                continue;
+                if !st.target.is_delivery() {
+                    // The holder writes it: not a copy's business.
+                    shared_agree = false;
+                    continue;
+                }
+                if !deliver {
+                    // The lease holder delivers: not a standby's business.
+                    continue;
+                }
             }
             if o.record().is_some_and(|r| r.created_at > shared.created_at) {
                 local_newer = true;
@@ -75,6 +84,9 @@ impl Rotator {
                 .store(token, sink.as_ref(), st, shared, Some(o.version))
                 .await
             {
+                Ok(()) if st.target.is_delivery() => {
+                    tracing::info!(token = %token.name, sink = %st.sink, target = %st.target, token_id = %shared.token_id, "delivered the current token to a target that lagged");
+                }
                 Ok(()) => {
                     tracing::info!(token = %token.name, sink = %st.sink, target = %st.target, token_id = %shared.token_id, "copied the shared record into a local target");
                 }
@@ -103,7 +115,7 @@ impl Rotator {
         }
         let sinks = self.sinks_of(token)?;
         let observed = self.observe(token, &sinks).await?;
-        let leveled = self.level_local(token, &sinks, &observed).await;
+        let leveled = self.level_local(token, &sinks, &observed, false).await;
         // A token that is its issuer's own credential (self-rotation): the holder switched to each new value; a
         // standby does the same, or it would take over with a dead credential.
         if let (Some(value), true) = (&leveled.value, self.credential_lives_in(token)) {

@@ -262,6 +262,9 @@ impl Rotator {
                     crate::sink::Content::Garbage(why) => {
                         Err(format!("sink {sink} at {target}: {why}"))
                     }
+                    crate::sink::Content::Delivered(_) => Err(format!(
+                        "sink {sink} at {target} is a delivery target: it holds no record to read a credential from"
+                    )),
                 }
             }
             other => other.resolve_local().map_err(|e| e.to_string()),
@@ -344,13 +347,21 @@ impl Rotator {
         let (mut current, mut stored_everywhere) = current_of(&observed);
         // Cluster mode: a local file that lags the shared record is copied, never a reason to mint; one that cannot
         // be written leaves the token not ready here, and the visit goes on with the shared state.
+        // A delivery target (SPEC §11) that lags the records gets the current token the same way, no new one
+        // minted; one that cannot be written fails the visit once its housekeeping is done (not ready, retried).
         let mut shared_agree = false;
-        if self.level_locals && !stored_everywhere {
-            let leveled = self.level_local(token, &sinks, &observed).await;
+        let mut undelivered = Vec::new();
+        let delivers = token.sinks.iter().any(|st| st.target.is_delivery());
+        if (self.level_locals || delivers) && !stored_everywhere {
+            let leveled = self.level_local(token, &sinks, &observed, true).await;
             if leveled.shared_agree {
                 shared_agree = true;
-                for e in &leveled.errors {
-                    tracing::warn!(token = %token.name, error = %e, "this instance's copy of the shared record could not be written");
+                for e in leveled.errors {
+                    if self.local_sinks.contains(&e.sink) && self.level_locals {
+                        tracing::warn!(token = %token.name, error = %e, "this instance's copy of the shared record could not be written");
+                    } else {
+                        undelivered.push(e);
+                    }
                 }
                 current = leveled.current;
                 stored_everywhere = leveled.everywhere;
@@ -430,6 +441,13 @@ impl Rotator {
                 if let Err(e) = self.sweep(token, issuer.as_ref(), &mut entry).await {
                     tracing::warn!(token = %token.name, error = %e.error, "orphan sweep failed; it is retried at the next visit");
                 }
+            }
+            if !undelivered.is_empty() {
+                return Err(Failure {
+                    error: AttemptError::Sinks(SinkFailures(undelivered)),
+                    learned: Some((current, false)),
+                    attempted: false,
+                });
             }
             return Ok(Tended {
                 current,

@@ -146,9 +146,7 @@ pub(super) fn current_of(observed: &[Observed]) -> (Option<CurrentToken>, bool) 
     let Some(newest) = newest else {
         return (None, false);
     };
-    let everywhere = observed
-        .iter()
-        .all(|o| o.record().is_some_and(|r| r.same_as(newest)));
+    let everywhere = observed.iter().all(|o| o.holds(newest));
     (
         Some(to_current(
             newest.expires_at,

@@ -167,9 +167,9 @@ impl AwsSink {
     fn secret_id<'t>(&self, target: &'t Target) -> Result<&'t str, SinkError> {
         match target {
             Target::SecretId(s) => Ok(s),
-            Target::Path(_) => Err(self.error(
+            other => Err(self.error(
                 SinkErrorKind::Permanent,
-                "an AWS Secrets Manager sink takes `secret_id`, not `path`",
+                format!("an AWS Secrets Manager sink takes `secret_id`, not {other}"),
             )),
         }
     }

@@ -2,6 +2,9 @@
 
 pub mod aws;
 pub mod file;
+pub mod github;
+mod rest;
+pub mod tfe_variable;
 pub mod vault;
 
 use std::fmt;
@@ -76,6 +79,43 @@ pub enum Content {
     Record(SinkRecord),
     /// Something that is not our record; the reason never quotes the content.
     Garbage(String),
+    /// A delivery target (SPEC §11) holds a bare value, never the record: what it says of that value.
+    Delivered(Holds),
+}
+
+/// How far behind the token's `created_at` a delivery target's own write time may read and still count as a write
+/// of that token: the service's clock and the issuer's are not ours (a write always follows the mint).
+pub const WRITTEN_AT_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+
+/// What a delivery target says of the value it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holds {
+    /// The token id it was last written for (a TFC variable's description).
+    TokenId(String),
+    /// When it was last written, by the service's clock (a GitHub secret's `updated_at`).
+    WrittenAt(chrono::DateTime<chrono::Utc>),
+    /// A digest of the value ([`digest`]; a token file).
+    Digest([u8; 16]),
+}
+
+impl Holds {
+    /// For `check --online` and messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Holds::TokenId(id) => format!("holds token {id}"),
+            Holds::WrittenAt(at) => format!("last written {}", crate::record::rfc3339(*at)),
+            Holds::Digest(_) => "holds a token".into(),
+        }
+    }
+}
+
+/// The first 16 bytes of the SHA-256 of `bytes`: a file's version, a token file's content.
+pub fn digest(bytes: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let full = Sha256::digest(bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }
 
 #[derive(Debug)]
@@ -89,6 +129,20 @@ impl Observed {
         match &self.content {
             Content::Record(r) => Some(r),
             _ => None,
+        }
+    }
+
+    /// Whether the target holds `record`'s token: the same record, or a delivery target that shows this value.
+    pub fn holds(&self, record: &SinkRecord) -> bool {
+        use crate::secret::ExposeSecret;
+        match &self.content {
+            Content::Record(r) => r.same_as(record),
+            Content::Delivered(Holds::TokenId(id)) => *id == record.token_id,
+            Content::Delivered(Holds::WrittenAt(at)) => *at >= record.created_at - WRITTEN_AT_SKEW,
+            Content::Delivered(Holds::Digest(d)) => {
+                *d == digest(record.token.expose_secret().as_bytes())
+            }
+            Content::Absent | Content::Garbage(_) => false,
         }
     }
 }
@@ -165,6 +219,25 @@ pub trait Sink: Send + Sync {
         record: &SinkRecord,
         expected: Version,
     ) -> Result<(), SinkError>;
+    /// `check --online`: what `read` does, and whatever else proves a later write can work, changing nothing
+    /// (GitHub: the scope's public key is readable).
+    async fn probe(&self, target: &Target) -> Result<Observed, SinkError> {
+        self.read(target).await
+    }
+    /// A sink that borrows an issuer's connection (`issuer = "…"`, [`SinkSpec::borrowed_issuer`]) is handed that
+    /// issuer's live credential (it follows a self-rotation) and pacers once the issuer is built.
+    fn link(&self, _link: IssuerLink) {}
+}
+
+/// What a sink borrows from an issuer: the credential it calls with (replaced in place when the daemon rotates it)
+/// and the pacers every call with that credential shares.
+#[derive(Clone)]
+pub struct IssuerLink {
+    /// The issuer's `address` and `ca_file`.
+    pub address: String,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub credential: crate::secret::LiveSecret,
+    pub pacers: std::sync::Arc<crate::retry::IssuerPacers>,
 }
 
 /// A sink kind: its policy table ([`SinkSpec`], next to the sink's code) and how it is built from it.
@@ -179,7 +252,13 @@ pub trait SinkKind: SinkSpec {
 }
 
 /// Every sink kind of this build. A new kind is a new module and one line here.
-pub static KINDS: &[&dyn SinkKind] = &[&vault::VaultSpec, &aws::AwsSpec, &file::FileSpec];
+pub static KINDS: &[&dyn SinkKind] = &[
+    &vault::VaultSpec,
+    &aws::AwsSpec,
+    &file::FileSpec,
+    &tfe_variable::TfeVariableSpec,
+    &github::GithubSpec,
+];
 
 /// The policy side of [`KINDS`].
 pub fn specs() -> Vec<&'static dyn SinkSpec> {

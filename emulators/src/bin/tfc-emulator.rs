@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! tfc-emulator --listen 127.0.0.1:PORT --org acme [--team NAME]... [--teams N] [--team-ids-out PATH]
-//!              [--agent-pool NAME]... [--admin-token-file PATH] [--tls-ca-out PATH] [--rate-limit N]
+//!              [--agent-pool NAME]... [--workspace NAME]... [--varset NAME]... [--admin-token-file PATH]
+//!              [--tls-ca-out PATH] [--rate-limit N]
 //! ```
 //! Writes the owners-team user token to `--admin-token-file` (mode 0600), serves HTTPS with a fresh CA written to
 //! `--tls-ca-out` when given, logs one line per request (method, path, status) to stderr, and exits 0 on
 //! SIGINT/SIGTERM. Token values are never printed. `--teams N` adds N more teams named `team-00001`, `team-00002`,
 //! … (for benchmarks: thousands of teams without thousands of arguments); `--team-ids-out` writes one
-//! `NAME ID` line per team added, after all of them exist.
+//! `NAME ID` line per team added, after all of them exist. `--workspace` and `--varset` add a workspace or an
+//! organization-owned variable set (for variables) and log its id.
 #![forbid(unsafe_code)]
 
 use std::fs::{self, OpenOptions};
@@ -21,7 +23,8 @@ use std::process::ExitCode;
 use token_rotator_emulators::tfc::{Config, TfcEmulator};
 
 const USAGE: &str = "usage: tfc-emulator --listen 127.0.0.1:PORT --org NAME [--team NAME]... [--teams N] \
-[--team-ids-out PATH] [--agent-pool NAME]... [--admin-token-file PATH] [--tls-ca-out PATH] [--rate-limit N (0 = off)]";
+[--team-ids-out PATH] [--agent-pool NAME]... [--workspace NAME]... [--varset NAME]... [--admin-token-file PATH] \
+[--tls-ca-out PATH] [--rate-limit N (0 = off)]";
 
 /// `--teams` at most: a bound for a benchmark fixture, not a limit of the service.
 const MAX_GENERATED_TEAMS: u32 = 100_000;
@@ -33,6 +36,8 @@ struct Args {
     generated_teams: u32,
     team_ids_out: Option<PathBuf>,
     pools: Vec<String>,
+    workspaces: Vec<String>,
+    varsets: Vec<String>,
     admin_token_file: Option<PathBuf>,
     tls_ca_out: Option<PathBuf>,
     rate_limit: Option<u32>,
@@ -48,6 +53,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         generated_teams: 0,
         team_ids_out: None,
         pools: Vec::new(),
+        workspaces: Vec::new(),
+        varsets: Vec::new(),
         admin_token_file: None,
         tls_ca_out: None,
         rate_limit: Some(30),
@@ -79,6 +86,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--team-ids-out" => parsed.team_ids_out = Some(PathBuf::from(value()?)),
             "--agent-pool" => parsed.pools.push(value()?),
+            "--workspace" => parsed.workspaces.push(value()?),
+            "--varset" => parsed.varsets.push(value()?),
             "--admin-token-file" => parsed.admin_token_file = Some(PathBuf::from(value()?)),
             "--tls-ca-out" => parsed.tls_ca_out = Some(PathBuf::from(value()?)),
             "--rate-limit" => {
@@ -202,6 +211,18 @@ async fn main() -> ExitCode {
         eprintln!(
             "tfc-emulator agent-pool {pool} id {}",
             handle.add_agent_pool(&args.org, pool)
+        );
+    }
+    for workspace in &args.workspaces {
+        eprintln!(
+            "tfc-emulator workspace {workspace} id {}",
+            handle.add_workspace(&args.org, workspace)
+        );
+    }
+    for varset in &args.varsets {
+        eprintln!(
+            "tfc-emulator varset {varset} id {}",
+            handle.add_varset(&args.org, varset)
         );
     }
     if let Err(e) = wait_for_signal().await {

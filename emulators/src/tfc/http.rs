@@ -32,7 +32,8 @@ use tokio::net::TcpListener;
 
 use super::jsonapi::{self, Page};
 use super::model::{
-    self, RequestRecord, State, Token, TokenKind, TokenState, TtlTokenType, DEFAULT_TTL_MS,
+    self, OwnerKind, RequestRecord, State, Token, TokenKind, TokenState, TtlTokenType, Variable,
+    DEFAULT_TTL_MS,
 };
 use super::tls::TlsListener;
 
@@ -146,6 +147,15 @@ impl Reply {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid attribute",
             Some(detail),
+        )
+    }
+
+    /// 422 naming the offending member of the request document, as the API's model validations do (go-tfe
+    /// prints them as "invalid attribute\n\n<detail>", e.g. terraform-provider-tfe issues #170, #317).
+    fn invalid_attribute(pointer: &str, detail: &str) -> Reply {
+        Reply::json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            jsonapi::error_at(422, "invalid attribute", detail, pointer),
         )
     }
 
@@ -333,7 +343,7 @@ impl Query {
 enum Op {
     Read,
     Create,
-    /// PATCH; only `…/token-ttl-policies` takes it.
+    /// PATCH: `…/token-ttl-policies` and variables.
     Update,
     Delete,
 }
@@ -375,6 +385,35 @@ enum Route {
         org: String,
         op: Op,
     },
+    Varset {
+        varset_id: String,
+    },
+    /// `GET|POST /workspaces/:id/vars`, `GET|POST /varsets/:id/relationships/vars`.
+    Vars {
+        owner: Configurable,
+        op: Op,
+    },
+    /// `GET|PATCH|DELETE /workspaces/:id/vars/:var_id`, `…/varsets/:id/relationships/vars/:var_id`.
+    Var {
+        owner: Configurable,
+        var_id: String,
+        op: Op,
+    },
+}
+
+/// The workspace or variable set a variables path names.
+struct Configurable {
+    kind: OwnerKind,
+    id: String,
+}
+
+impl Configurable {
+    fn new(kind: OwnerKind, id: &str) -> Configurable {
+        Configurable {
+            kind,
+            id: id.to_owned(),
+        }
+    }
 }
 
 fn route(method: &Method, path: &str, query: &Query) -> Option<Route> {
@@ -451,6 +490,33 @@ fn route(method: &Method, path: &str, query: &Query) -> Option<Route> {
                 op,
             }
         }
+        // Workspace variables (TFC docs `workspace-variables.mdx`). There is no documented "show variable"; the
+        // GET of one variable is go-tfe's `Variables.Read` (`variable.go`).
+        (Op::Read | Op::Create, ["workspaces", ws, "vars"]) => Route::Vars {
+            owner: Configurable::new(OwnerKind::Workspace, ws),
+            op,
+        },
+        (Op::Read | Op::Update | Op::Delete, ["workspaces", ws, "vars", var_id]) => Route::Var {
+            owner: Configurable::new(OwnerKind::Workspace, ws),
+            var_id: (*var_id).to_owned(),
+            op,
+        },
+        // Variable sets (TFC docs `variable-sets.mdx`): only "Show Variable Set" and the variable relationship.
+        (Op::Read, ["varsets", varset_id]) => Route::Varset {
+            varset_id: (*varset_id).to_owned(),
+        },
+        (Op::Read | Op::Create, ["varsets", varset_id, "relationships", "vars"]) => Route::Vars {
+            owner: Configurable::new(OwnerKind::Varset, varset_id),
+            op,
+        },
+        (
+            op @ (Op::Read | Op::Update | Op::Delete),
+            ["varsets", varset_id, "relationships", "vars", var_id],
+        ) => Route::Var {
+            owner: Configurable::new(OwnerKind::Varset, varset_id),
+            var_id: (*var_id).to_owned(),
+            op,
+        },
         _ => return None,
     };
     Some(route)
@@ -696,6 +762,114 @@ fn parse_ttl_policies(body: &[u8]) -> Result<Vec<(TtlTokenType, i64)>, Reply> {
         .collect()
 }
 
+/// The attributes of a `vars` create or update document; `None` means absent.
+#[derive(Default)]
+struct VarAttrs {
+    key: Option<String>,
+    /// `null` reads as `""`, the documented default.
+    value: Option<String>,
+    /// `Some(None)`: explicitly null.
+    description: Option<Option<String>>,
+    category: Option<String>,
+    hcl: Option<bool>,
+    sensitive: Option<bool>,
+}
+
+const VAR_CATEGORIES: [&str; 2] = ["terraform", "env"];
+
+/// Parses `{"data":{"type":"vars","id"?,"attributes":{key,value,description,category,hcl,sensitive}}}` (TFC docs
+/// `workspace-variables.mdx` "Create a Variable", "Update Variables"; the same body for variable-set variables).
+/// Returns `data.id` when given. Members of the wrong JSON type are refused with a pointer to them; other
+/// attributes are ignored.
+fn parse_var(body: &[u8]) -> Result<(Option<String>, VarAttrs), Reply> {
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|_| Reply::unprocessable("request body must be a JSON:API document"))?;
+    let data = doc
+        .get("data")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Reply::invalid_attribute("/data", "data is required"))?;
+    if data.get("type").and_then(Value::as_str) != Some("vars") {
+        return Err(Reply::invalid_attribute(
+            "/data/type",
+            "data.type must be \"vars\"",
+        ));
+    }
+    let id = match data.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => {
+            return Err(Reply::invalid_attribute(
+                "/data/id",
+                "data.id must be a string",
+            ))
+        }
+    };
+    let empty = serde_json::Map::new();
+    let attributes = match data.get("attributes") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(a)) => a,
+        Some(_) => {
+            return Err(Reply::invalid_attribute(
+                "/data/attributes",
+                "data.attributes must be an object",
+            ))
+        }
+    };
+    let string =
+        |name: &str, label: &str, null_ok: bool| -> Result<Option<Option<String>>, Reply> {
+            match attributes.get(name) {
+                None => Ok(None),
+                Some(Value::Null) if null_ok => Ok(Some(None)),
+                Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
+                Some(_) => Err(Reply::invalid_attribute(
+                    &format!("/data/attributes/{name}"),
+                    &format!("{label} must be a string"),
+                )),
+            }
+        };
+    let boolean = |name: &str, label: &str| -> Result<Option<bool>, Reply> {
+        match attributes.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(Reply::invalid_attribute(
+                &format!("/data/attributes/{name}"),
+                &format!("{label} must be true or false"),
+            )),
+        }
+    };
+    let attrs = VarAttrs {
+        key: string("key", "Key", false)?.flatten(),
+        value: string("value", "Value", true)?.map(Option::unwrap_or_default),
+        description: string("description", "Description", true)?,
+        category: string("category", "Category", false)?.flatten(),
+        hcl: boolean("hcl", "HCL")?,
+        sensitive: boolean("sensitive", "Sensitive")?,
+    };
+    Ok((id, attrs))
+}
+
+/// "Key can't be blank" unless the key has a non-blank character.
+fn check_key(key: &str) -> Result<(), Reply> {
+    if key.trim().is_empty() {
+        return Err(Reply::invalid_attribute(
+            "/data/attributes/key",
+            "Key can't be blank",
+        ));
+    }
+    Ok(())
+}
+
+/// "Valid values are `\"terraform\"` or `\"env\"`" (TFC docs `workspace-variables.mdx`).
+fn check_category(category: &str) -> Result<(), Reply> {
+    if !VAR_CATEGORIES.contains(&category) {
+        return Err(Reply::invalid_attribute(
+            "/data/attributes/category",
+            "Category is not included in the list",
+        ));
+    }
+    Ok(())
+}
+
 const TOKEN_TYPES: &[&str] = &["authentication-tokens", "authentication-token"];
 /// go-tfe v1 sends `agent-tokens` as the agent-token create type (A.0).
 const AGENT_TOKEN_TYPES: &[&str] = &[
@@ -726,6 +900,9 @@ impl Ctx<'_> {
             Route::AgentTokens { pool_id, op } => self.agent_tokens(&pool_id, op, body),
             Route::TokenById { id, op } => self.token_by_id(&id, op),
             Route::TtlPolicies { org, op } => self.ttl_policies(&org, op, body),
+            Route::Varset { varset_id } => self.varset(&varset_id),
+            Route::Vars { owner, op } => self.vars(&owner, op, body),
+            Route::Var { owner, var_id, op } => self.var(&owner, &var_id, op, body),
         }
     }
 
@@ -1206,6 +1383,210 @@ impl Ctx<'_> {
         match op {
             Op::Delete => self.revoke(idx),
             _ => self.show(idx),
+        }
+    }
+
+    // --- Workspace and variable-set variables (TFC docs `workspace-variables.mdx`, `variable-sets.mdx`). ---
+
+    /// "Viewing variables requires permission to read variables for their workspace. Creating, updating, and
+    /// deleting variables requires permission to read and write variables for their workspace." [inference] The
+    /// emulator models no workspace or variable-set permissions: the organization token, every team token of the
+    /// organization and the owner's user token may read and write; audit-trails tokens may not ("can only access
+    /// audit trail"), nor any token of another organization. Everything refused, like everything unknown, is 404
+    /// ("Variable set not found, or user unauthorized to perform action", `variable-sets.mdx`).
+    fn may_configure(&self, owner: &Configurable) -> bool {
+        let caller = self.caller();
+        let kind_ok = matches!(
+            caller.kind,
+            TokenKind::Organization | TokenKind::Team | TokenKind::TeamLegacy | TokenKind::User
+        );
+        kind_ok
+            && self
+                .st
+                .owner_org(owner.kind, &owner.id)
+                .is_some_and(|org| org == caller.org)
+    }
+
+    /// The `configurable` relationship's `related` link.
+    fn owner_link(&self, var: &Variable) -> String {
+        match var.owner_kind {
+            OwnerKind::Workspace => self.st.workspaces.get(&var.owner_id).map_or_else(
+                || format!("/api/v2/workspaces/{}", var.owner_id),
+                |ws| format!("/api/v2/organizations/{}/workspaces/{}", ws.org, ws.name),
+            ),
+            OwnerKind::Varset => format!("/api/v2/varsets/{}", var.owner_id),
+        }
+    }
+
+    fn variable_doc(&self, idx: usize) -> Value {
+        let var = &self.st.variables[idx];
+        json!({ "data": jsonapi::variable(var, &self.owner_link(var)) })
+    }
+
+    /// "Variable Sets" / "Show Variable Set": `GET /varsets/:varset_id`.
+    fn varset(&self, varset_id: &str) -> Reply {
+        let owner = Configurable::new(OwnerKind::Varset, varset_id);
+        if !self.may_configure(&owner) {
+            return Reply::not_found();
+        }
+        let var_ids: Vec<&str> = self
+            .st
+            .variables
+            .iter()
+            .filter(|v| v.owner_id == varset_id)
+            .map(|v| v.id.as_str())
+            .collect();
+        Reply::ok(jsonapi::varset(&self.st.varsets[varset_id], &var_ids))
+    }
+
+    /// Another variable of the same owner with this key and category: "Key has already been taken".
+    fn key_taken(&self, owner_id: &str, key: &str, category: &str, except: Option<&str>) -> bool {
+        self.st.variables.iter().any(|v| {
+            v.owner_id == owner_id
+                && v.key == key
+                && v.category == category
+                && Some(v.id.as_str()) != except
+        })
+    }
+
+    /// List (`{"data":[…]}`, in creation order, unpaginated like the docs samples: go-tfe's own tests say "paging
+    /// not supported yet in API") or create (201).
+    fn vars(&mut self, owner: &Configurable, op: Op, body: &[u8]) -> Reply {
+        if !self.may_configure(owner) {
+            return Reply::not_found();
+        }
+        if op != Op::Create {
+            let data: Vec<Value> = self
+                .st
+                .variables
+                .iter()
+                .filter(|v| v.owner_id == owner.id)
+                .map(|v| jsonapi::variable(v, &self.owner_link(v)))
+                .collect();
+            return Reply::ok(json!({ "data": data }));
+        }
+        let attrs = match parse_var(body) {
+            Ok((_, attrs)) => attrs,
+            Err(reply) => return reply,
+        };
+        let Some(key) = attrs.key else {
+            return Reply::invalid_attribute("/data/attributes/key", "Key can't be blank");
+        };
+        // Category has no default in the docs' table, so it is required (go-tfe `ErrRequiredCategory`).
+        let Some(category) = attrs.category else {
+            return Reply::invalid_attribute(
+                "/data/attributes/category",
+                "Category is not included in the list",
+            );
+        };
+        if let Err(reply) = check_key(&key).and_then(|()| check_category(&category)) {
+            return reply;
+        }
+        if self.key_taken(&owner.id, &key, &category, None) {
+            return Reply::invalid_attribute("/data/attributes/key", "Key has already been taken");
+        }
+        self.st.variables.push(Variable {
+            id: model::new_id("var"),
+            owner_kind: owner.kind,
+            owner_id: owner.id.clone(),
+            key,
+            value: attrs.value.unwrap_or_default(),
+            description: attrs.description.flatten(),
+            category,
+            hcl: attrs.hcl.unwrap_or(false),
+            sensitive: attrs.sensitive.unwrap_or(false),
+            created_at: self.now,
+            version_id: String::new(),
+        });
+        let idx = self.st.variables.len() - 1;
+        self.st.touch_variable(idx, self.now);
+        // Not `Reply::created`: the create delay is for tokens.
+        Reply::json(StatusCode::CREATED, self.variable_doc(idx))
+    }
+
+    /// Show (go-tfe `Variables.Read`), update (only the attributes present; a new `version-id` every time, even
+    /// for an empty update: go-tfe `TestVariablesUpdate` "without any changes") or delete (204).
+    fn var(&mut self, owner: &Configurable, var_id: &str, op: Op, body: &[u8]) -> Reply {
+        if !self.may_configure(owner) {
+            return Reply::not_found();
+        }
+        let Some(idx) = self
+            .st
+            .variables
+            .iter()
+            .position(|v| v.id == var_id && v.owner_id == owner.id)
+        else {
+            return Reply::not_found();
+        };
+        match op {
+            Op::Read => Reply::ok(self.variable_doc(idx)),
+            Op::Delete => {
+                let now = self.now;
+                if let Some(vs) = self.st.varsets.get_mut(&owner.id) {
+                    vs.updated_at = now;
+                }
+                self.st.variables.remove(idx);
+                Reply::no_content()
+            }
+            Op::Create => Reply::not_found(),
+            Op::Update => {
+                let (id, attrs) = match parse_var(body) {
+                    Ok(parsed) => parsed,
+                    Err(reply) => return reply,
+                };
+                // [inference] `data.id` is optional (go-tfe's update options carry none); a different id is a
+                // client bug.
+                if id.is_some_and(|id| id != var_id) {
+                    return Reply::invalid_attribute(
+                        "/data/id",
+                        "data.id does not match the variable in the URL",
+                    );
+                }
+                let var = &self.st.variables[idx];
+                // The API's own words (terraform-provider-tfe issue #317).
+                if var.sensitive && attrs.sensitive == Some(false) {
+                    return Reply::invalid_attribute(
+                        "/data/attributes/sensitive",
+                        "Sensitive cannot be changed from true to false on saved records. To make this variable \
+                         readable, destroy this record and create a new one with the same key value.",
+                    );
+                }
+                // terraform-provider-tfe issue #170; the provider replaces a sensitive variable whose key changes.
+                if var.sensitive && attrs.key.as_ref().is_some_and(|key| *key != var.key) {
+                    return Reply::invalid_attribute(
+                        "/data/attributes/key",
+                        "Key cannot be updated for a sensitive variable",
+                    );
+                }
+                let key = attrs.key.unwrap_or_else(|| var.key.clone());
+                let category = attrs.category.unwrap_or_else(|| var.category.clone());
+                if let Err(reply) = check_key(&key).and_then(|()| check_category(&category)) {
+                    return reply;
+                }
+                if self.key_taken(&owner.id, &key, &category, Some(var_id)) {
+                    return Reply::invalid_attribute(
+                        "/data/attributes/key",
+                        "Key has already been taken",
+                    );
+                }
+                let var = &mut self.st.variables[idx];
+                var.key = key;
+                var.category = category;
+                if let Some(value) = attrs.value {
+                    var.value = value;
+                }
+                if let Some(description) = attrs.description {
+                    var.description = description;
+                }
+                if let Some(hcl) = attrs.hcl {
+                    var.hcl = hcl;
+                }
+                if let Some(sensitive) = attrs.sensitive {
+                    var.sensitive = sensitive;
+                }
+                self.st.touch_variable(idx, self.now);
+                Reply::ok(self.variable_doc(idx))
+            }
         }
     }
 }

@@ -1,10 +1,13 @@
-//! JSON:API documents the emulator answers with: errors, token resources, users, teams, and paginated lists
-//! (token-apis.md A.0 "The authentication-tokens resource", "Errors", "Pagination").
+//! JSON:API documents the emulator answers with: errors, token resources, users, teams, variables, variable sets,
+//! and paginated lists (token-apis.md A.0 "The authentication-tokens resource", "Errors", "Pagination"; TFC docs
+//! `workspace-variables.mdx`, `variable-sets.mdx`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
-use super::model::{ResourceRef, Team, Token, TokenKind, TtlPolicy, User};
+use super::model::{
+    OwnerKind, ResourceRef, Team, Token, TokenKind, TtlPolicy, User, Variable, Varset,
+};
 
 /// `2023-04-06T12:00:00.000Z`: ISO 8601 UTC with milliseconds, as in the TFC docs samples.
 pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
@@ -19,6 +22,17 @@ pub(crate) fn error(status: u16, title: &str, detail: Option<&str>) -> Value {
         err.insert("detail".into(), json!(detail));
     }
     json!({ "errors": [Value::Object(err)] })
+}
+
+/// A validation error naming the offending member of the request document (`source.pointer`, JSON:API error
+/// objects), e.g. `/data/attributes/key`.
+pub(crate) fn error_at(status: u16, title: &str, detail: &str, pointer: &str) -> Value {
+    json!({ "errors": [{
+        "status": status.to_string(),
+        "title": title,
+        "detail": detail,
+        "source": { "pointer": pointer },
+    }] })
 }
 
 /// The documented 429 body; note `status` is a number here, unlike every other error (TFC docs `api-docs/index.mdx`).
@@ -83,6 +97,74 @@ pub(crate) fn ttl_policy(policy: &TtlPolicy) -> Value {
             "created-at": timestamp(policy.created_at),
             "updated-at": timestamp(policy.updated_at),
         },
+    })
+}
+
+/// One `vars` resource (TFC docs `workspace-variables.mdx` samples; `created-at` and `description` as in the
+/// `all-vars` and variable-set samples). A sensitive variable's `value` is always `null`: "If true then the
+/// variable is written once and not visible thereafter". `related` is the owner's link: for a workspace
+/// `/api/v2/organizations/:org/workspaces/:name`, for a variable set `/api/v2/varsets/:id`.
+pub(crate) fn variable(var: &Variable, related: &str) -> Value {
+    let self_link = match var.owner_kind {
+        OwnerKind::Workspace => format!("/api/v2/workspaces/{}/vars/{}", var.owner_id, var.id),
+        OwnerKind::Varset => format!(
+            "/api/v2/varsets/{}/relationships/vars/{}",
+            var.owner_id, var.id
+        ),
+    };
+    json!({
+        "id": var.id,
+        "type": "vars",
+        "attributes": {
+            "key": var.key,
+            "value": if var.sensitive { Value::Null } else { json!(var.value) },
+            "sensitive": var.sensitive,
+            "category": var.category,
+            "hcl": var.hcl,
+            "created-at": timestamp(var.created_at),
+            "description": var.description,
+            "version-id": var.version_id,
+        },
+        "relationships": {
+            "configurable": {
+                "data": { "id": var.owner_id, "type": var.owner_kind.resource_type() },
+                "links": { "related": related },
+            },
+        },
+        "links": { "self": self_link },
+    })
+}
+
+/// `GET /varsets/:id` (TFC docs `variable-sets.mdx` "Show Variable Set" sample). The emulator's sets are owned by
+/// their organization and applied to no workspace or project.
+pub(crate) fn varset(varset: &Varset, var_ids: &[&str]) -> Value {
+    let vars: Vec<Value> = var_ids
+        .iter()
+        .map(|id| json!({ "id": id, "type": "vars" }))
+        .collect();
+    let org = json!({ "id": varset.org, "type": "organizations" });
+    json!({
+        "data": {
+            "id": varset.id,
+            "type": "varsets",
+            "attributes": {
+                "name": varset.name,
+                "description": varset.description,
+                "global": varset.global,
+                "priority": varset.priority,
+                "updated-at": timestamp(varset.updated_at),
+                "var-count": var_ids.len(),
+                "workspace-count": 0,
+                "project-count": 0,
+            },
+            "relationships": {
+                "organization": { "data": org },
+                "vars": { "data": vars },
+                "workspaces": { "data": [] },
+                "projects": { "data": [] },
+                "parent": { "data": org },
+            },
+        }
     })
 }
 

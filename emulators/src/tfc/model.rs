@@ -1,5 +1,5 @@
-//! The emulated service's data: organizations, teams, agent pools, users and their authentication tokens, plus
-//! the test knobs (injected failures, throttling, create delay) and the request log. Everything here is plain
+//! The emulated service's data: organizations, teams, agent pools, users and their authentication tokens,
+//! workspaces and variable sets with their variables, plus the test knobs (injected failures, throttling, create delay) and the request log. Everything here is plain
 //! synchronous code run under the emulator's one mutex; the HTTP layer (`http.rs`) only reads and mutates it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -150,6 +150,36 @@ pub struct TokenInfo {
     pub state: TokenState,
 }
 
+/// A workspace or variable-set variable as a consumer (a Terraform run) sees it: with its real value, even when
+/// it is sensitive and the API never shows it. `Debug` leaves the value out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VariableInfo {
+    /// `var-` followed by 16 alphanumerics.
+    pub id: String,
+    pub key: String,
+    pub value: String,
+    pub sensitive: bool,
+    /// `terraform` or `env`.
+    pub category: String,
+    pub description: Option<String>,
+    /// Changes on every update (36 lowercase hex digits, as in the docs samples).
+    pub version_id: String,
+}
+
+impl std::fmt::Debug for VariableInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VariableInfo")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .field("sensitive", &self.sensitive)
+            .field("category", &self.category)
+            .field("description", &self.description)
+            .field("version_id", &self.version_id)
+            .finish()
+    }
+}
+
 /// One request as the emulator saw it. Never carries a token value.
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
@@ -289,11 +319,80 @@ pub(crate) struct Pool {
     pub org: String,
 }
 
+pub(crate) struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub org: String,
+}
+
+/// An organization-owned variable set (no project parent, not applied to any workspace: the emulator models only
+/// its variables).
+pub(crate) struct Varset {
+    pub id: String,
+    pub name: String,
+    pub org: String,
+    pub description: String,
+    pub global: bool,
+    pub priority: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a variable belongs to: its `configurable` relationship.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OwnerKind {
+    Workspace,
+    Varset,
+}
+
+impl OwnerKind {
+    /// The JSON:API type of the owner.
+    pub fn resource_type(self) -> &'static str {
+        match self {
+            OwnerKind::Workspace => "workspaces",
+            OwnerKind::Varset => "varsets",
+        }
+    }
+}
+
+/// A workspace or variable-set variable. No `Debug`: the value may be a secret.
+pub(crate) struct Variable {
+    pub id: String,
+    pub owner_kind: OwnerKind,
+    pub owner_id: String,
+    pub key: String,
+    /// The real value; the API shows `null` instead while `sensitive` is set.
+    pub value: String,
+    pub description: Option<String>,
+    pub category: String,
+    pub hcl: bool,
+    pub sensitive: bool,
+    pub created_at: DateTime<Utc>,
+    pub version_id: String,
+}
+
+impl Variable {
+    pub fn info(&self) -> VariableInfo {
+        VariableInfo {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            value: self.value.clone(),
+            sensitive: self.sensitive,
+            category: self.category.clone(),
+            description: self.description.clone(),
+            version_id: self.version_id.clone(),
+        }
+    }
+}
+
 /// Everything the emulator knows, behind one mutex.
 pub(crate) struct State {
     pub orgs: BTreeMap<String, Org>,
     pub teams: BTreeMap<String, Team>,
     pub pools: BTreeMap<String, Pool>,
+    pub workspaces: BTreeMap<String, Workspace>,
+    pub varsets: BTreeMap<String, Varset>,
+    /// Workspace and variable-set variables, in creation order.
+    pub variables: Vec<Variable>,
     pub users: HashMap<String, User>,
     /// In creation order; never removed (revoked tokens stay for `all_tokens`).
     pub tokens: Vec<Token>,
@@ -332,6 +431,16 @@ pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", random_alnum(16))
 }
 
+/// `version-id` of a variable: 36 lowercase hex digits, like `1aa07d63ea8ff4df941c94ca9ddfd5d2bd04` (TFC docs
+/// `workspace-variables.mdx` samples).
+pub(crate) fn new_version_id() -> String {
+    crate::clock::with_rng(|rng| {
+        (0..36)
+            .map(|_| char::from_digit(rng.random_range(0..16u32), 16).expect("a hex digit"))
+            .collect()
+    })
+}
+
 /// Token values look like `ZgqYdzuvlv8Iyg.atlasv1.6nV7…` (14 + `.atlasv1.` + 67; token-apis.md A.0).
 fn new_token_value() -> String {
     format!("{}.atlasv1.{}", random_alnum(14), random_alnum(67))
@@ -343,6 +452,9 @@ impl State {
             orgs: BTreeMap::new(),
             teams: BTreeMap::new(),
             pools: BTreeMap::new(),
+            workspaces: BTreeMap::new(),
+            varsets: BTreeMap::new(),
+            variables: Vec::new(),
             users: HashMap::new(),
             tokens: Vec::new(),
             by_value: HashMap::new(),
@@ -492,6 +604,87 @@ impl State {
             },
         );
         id
+    }
+
+    /// Adds a workspace; an existing workspace of that name in the organization is returned as is.
+    pub fn add_workspace(&mut self, org: &str, name: &str) -> String {
+        assert!(
+            self.orgs.contains_key(org),
+            "tfc emulator: unknown organization {org:?}"
+        );
+        if let Some(ws) = self
+            .workspaces
+            .values()
+            .find(|w| w.org == org && w.name == name)
+        {
+            return ws.id.clone();
+        }
+        let id = new_id("ws");
+        self.workspaces.insert(
+            id.clone(),
+            Workspace {
+                id: id.clone(),
+                name: name.to_owned(),
+                org: org.to_owned(),
+            },
+        );
+        id
+    }
+
+    /// Adds an organization-owned variable set (not global, no priority, empty description); an existing set of
+    /// that name in the organization is returned as is.
+    pub fn add_varset(&mut self, org: &str, name: &str, now: DateTime<Utc>) -> String {
+        assert!(
+            self.orgs.contains_key(org),
+            "tfc emulator: unknown organization {org:?}"
+        );
+        if let Some(vs) = self
+            .varsets
+            .values()
+            .find(|v| v.org == org && v.name == name)
+        {
+            return vs.id.clone();
+        }
+        let id = new_id("varset");
+        self.varsets.insert(
+            id.clone(),
+            Varset {
+                id: id.clone(),
+                name: name.to_owned(),
+                org: org.to_owned(),
+                description: String::new(),
+                global: false,
+                priority: false,
+                updated_at: now,
+            },
+        );
+        id
+    }
+
+    /// The organization of a workspace or variable set.
+    pub fn owner_org(&self, kind: OwnerKind, id: &str) -> Option<&str> {
+        match kind {
+            OwnerKind::Workspace => self.workspaces.get(id).map(|w| w.org.as_str()),
+            OwnerKind::Varset => self.varsets.get(id).map(|v| v.org.as_str()),
+        }
+    }
+
+    /// The variable of a workspace or variable set (by owner id, whatever its kind) with this key and category.
+    pub fn find_variable(&self, owner_id: &str, key: &str, category: &str) -> Option<usize> {
+        self.variables
+            .iter()
+            .position(|v| v.owner_id == owner_id && v.key == key && v.category == category)
+    }
+
+    /// A variable changed: a new `version-id`, and the variable set's `updated-at`.
+    pub fn touch_variable(&mut self, idx: usize, now: DateTime<Utc>) {
+        let var = &mut self.variables[idx];
+        var.version_id = new_version_id();
+        if var.owner_kind == OwnerKind::Varset {
+            if let Some(vs) = self.varsets.get_mut(&var.owner_id) {
+                vs.updated_at = now;
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -450,6 +450,10 @@ impl Issuer for TfeIssuer {
         self.api.set_credential(value)
     }
 
+    fn live_credential(&self) -> Option<crate::secret::LiveSecret> {
+        Some(self.api.live_credential())
+    }
+
     /// `GET /organizations/:org/token-ttl-policies` (go-tfe `organization_token_ttl_policy.go`; token-apis.md
     /// "Organization maximum-TTL policy"): `max-ttl-ms` per `token-type`. Tokens above it stop working with 401,
     /// and creating one is refused. A team token's organization is read from the team.

@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use super::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
+use super::{digest, Content, Holds, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
 use crate::policy::diag::Diagnostics;
 use crate::policy::fields::no_nul;
 use crate::policy::kinds::{SinkSettings, SinkSpec, TargetKey};
 use crate::policy::reader::TableReader;
 use crate::record::SinkRecord;
+use crate::secret::{ExposeSecret, SecretString};
 
 /// Larger files are not ours: a record is a few hundred bytes.
 const MAX_FILE: u64 = 1 << 20;
@@ -96,11 +96,11 @@ impl FileSink {
     /// The target's components, checked like the policy does (relative; no empty, `.` or `..` component).
     fn components<'t>(&self, target: &'t Target) -> Result<Vec<&'t str>, SinkError> {
         let path = match target {
-            Target::Path(p) => p.as_str(),
-            Target::SecretId(_) => {
+            Target::Path(p) | Target::TokenFile(p) => p.as_str(),
+            other => {
                 return Err(self.error(
                     SinkErrorKind::Permanent,
-                    "a file sink takes `path`, not `secret_id`",
+                    format!("a file sink takes `path`, not {other}"),
                 ))
             }
         };
@@ -281,10 +281,13 @@ impl FileSink {
         let Some(bytes) = self.read_bytes(target, &path)? else {
             return Ok(absent);
         };
-        Ok(Observed {
-            version: Version::Digest(digest(&bytes)),
-            content: content_of(&bytes),
-        })
+        let version = Version::Digest(digest(&bytes));
+        let content = match target {
+            // A token file shows only whether it holds a given value.
+            Target::TokenFile(_) => Content::Delivered(Holds::Digest(version_digest(version))),
+            _ => content_of(&bytes),
+        };
+        Ok(Observed { version, content })
     }
 
     fn write_sync(
@@ -293,9 +296,19 @@ impl FileSink {
         record: &SinkRecord,
         expected: Version,
     ) -> Result<(), SinkError> {
-        let mut text = serde_json::to_string_pretty(&Value::Object(record.to_json()))
-            .map_err(|e| self.error(SinkErrorKind::Permanent, format!("encode record: {e}")))?;
-        text.push('\n');
+        let text = match target {
+            // The bare token, nothing around it: what a consumer reading a token file expects.
+            Target::TokenFile(_) => SecretString::from(record.token.expose_secret().to_string()),
+            _ => {
+                let mut text = serde_json::to_string_pretty(&Value::Object(record.to_json()))
+                    .map_err(|e| {
+                        self.error(SinkErrorKind::Permanent, format!("encode record: {e}"))
+                    })?;
+                text.push('\n');
+                SecretString::from(text)
+            }
+        };
+        let text = text.expose_secret();
         let loc = self
             .locate(target, true)?
             .expect("locate creates what is missing");
@@ -385,15 +398,15 @@ impl FileSink {
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+fn version_digest(v: Version) -> [u8; 16] {
+    match v {
+        Version::Digest(d) => d,
+        _ => [0; 16],
+    }
 }
 
-fn digest(bytes: &[u8]) -> [u8; 16] {
-    let full = Sha256::digest(bytes);
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&full[..16]);
-    out
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Parses a file's bytes; the reason for garbage never quotes the content.
@@ -498,9 +511,37 @@ impl SinkSpec for FileSpec {
         }))
     }
 
+    /// `path`, and `format = "record"` (the default: the SPEC §4 record) or `"token"` (the bare token, a delivery
+    /// target for consumers that read a token file, SPEC §11).
+    fn read_target(
+        &self,
+        sink: &str,
+        _token: &str,
+        r: &mut TableReader,
+        d: &mut Diagnostics,
+    ) -> Option<Target> {
+        let format = r.opt_str(d, "format");
+        let target =
+            crate::policy::kinds::read_keyed_target(self.name(), TargetKey::Path, sink, r, d)?;
+        match (format.as_ref().map(|f| f.get_ref().as_str()), target) {
+            (None | Some("record"), t) => Some(t),
+            (Some("token"), Target::Path(p)) => Some(Target::TokenFile(p)),
+            (Some(other), _) => {
+                d.push(
+                    format.as_ref().map(|f| f.span()).unwrap_or(r.span.clone()),
+                    format!(
+                        "`format` in {} must be \"record\" or \"token\", found \"{other}\"",
+                        r.name
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// A target must stay inside the sink's directory: relative, no `..`, no empty components, no NUL.
     fn check_target(&self, target: &Target) -> Result<(), String> {
-        let Target::Path(path) = target else {
+        let (Target::Path(path) | Target::TokenFile(path)) = target else {
             return Ok(());
         };
         if path.starts_with('/') {

@@ -232,9 +232,9 @@ impl VaultSink {
     fn path<'t>(&self, target: &'t Target) -> Result<&'t str, SinkError> {
         match target {
             Target::Path(p) => Ok(p.trim_matches('/')),
-            Target::SecretId(_) => Err(self.error(
+            other => Err(self.error(
                 SinkErrorKind::Permanent,
-                "a Vault sink takes `path`, not `secret_id`",
+                format!("a Vault sink takes `path`, not {other}"),
             )),
         }
     }
