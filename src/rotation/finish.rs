@@ -275,7 +275,7 @@ impl Rotator {
                 // Resuming: re-read first (SPEC §5.8); the record may already be there from before the crash.
                 None => {
                     let o = sink.read(&st.target).await?;
-                    if o.holds(record) {
+                    if o.surely_holds(record) {
                         return Ok(());
                     }
                     o.version
@@ -292,7 +292,7 @@ impl Rotator {
                 // A retried write whose first try landed meets its own version: accept it only if it is ours.
                 if e.kind == SinkErrorKind::Conflict {
                     if let Ok(o) = sink.read(&st.target).await {
-                        if o.holds(record) {
+                        if o.surely_holds(record) {
                             return Ok(());
                         }
                     }

@@ -117,9 +117,19 @@ impl Rotator {
         .await;
         let mut out = Vec::new();
         let mut errors = Vec::new();
-        for r in reads {
+        for ((st, _), r) in sinks.iter().zip(reads) {
             match r {
                 Ok(o) => out.push(o),
+                // A delivery target (SPEC §11) never says what the token is: one that cannot be read now is taken
+                // as lagging, so that a due rotation still happens (the records are the state) and the write to it
+                // is tried, its failure keeping the token not ready and the old token alive.
+                Err(e) if st.target.is_delivery() => {
+                    tracing::warn!(token = %token.name, sink = %st.sink, target = %st.target, error = %e, "a delivery target cannot be read; it is written again");
+                    out.push(Observed {
+                        version: crate::sink::Version::Unversioned,
+                        content: crate::sink::Content::Absent,
+                    });
+                }
                 Err(e) => errors.push(e),
             }
         }

@@ -85,7 +85,7 @@ pub enum Content {
 
 /// How far behind the token's `created_at` a delivery target's own write time may read and still count as a write
 /// of that token: the service's clock and the issuer's are not ours (a write always follows the mint).
-pub const WRITTEN_AT_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+pub const WRITTEN_AT_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// What a delivery target says of the value it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,6 +144,13 @@ impl Observed {
             }
             Content::Absent | Content::Garbage(_) => false,
         }
+    }
+
+    /// [`Self::holds`], where the target can tell: a write time (GitHub) only says that *something* was written
+    /// after the token was minted — enough for a visit's view, not enough to skip a write that may not have
+    /// happened (a write a crash or a failure interrupted, seconds after the previous token's).
+    pub fn surely_holds(&self, record: &SinkRecord) -> bool {
+        !matches!(self.content, Content::Delivered(Holds::WrittenAt(_))) && self.holds(record)
     }
 }
 

@@ -4,6 +4,7 @@ mod canary;
 mod cli_docs;
 mod cluster;
 mod crash;
+mod delivery;
 mod faults;
 mod harness;
 mod invariants;
