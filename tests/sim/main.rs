@@ -117,7 +117,18 @@ directory = "/nonexistent/kv-a"
 [sinks.kv-b]
 kind = "file"
 directory = "/nonexistent/kv-b"
+
+# Delivery targets (SPEC §11): write-only, modelled like the real ones (a TFC variable names the token id it
+# holds; a GitHub secret shows only when it was written).
+[sinks.vars]
+kind = "tfe-variable"
+issuer = "tfc"
+
+[sinks.gh]
+kind = "github-actions"
+token = {{ file = "{gh}" }}
 "#,
+        gh = dir.join("gh-token").display(),
         state = dir.join("state").display(),
         tfc = dir.join("tfc-admin").display(),
         pulumi = dir.join("pulumi-admin").display(),
@@ -126,18 +137,27 @@ directory = "/nonexistent/kv-b"
     p += &token(
         "org",
         &format!("issuer = \"tfc\"\ntype = \"organization\"\norganization = \"alpha\"\n{schedule}"),
-        &format!("{}, {}", kv("kv-a", "org"), kv("kv-b", "org")),
+        &format!(
+            "{}, {}, {{ sink = \"vars\", workspace_id = \"ws-sim\", key = \"TFE_TOKEN\", category = \"env\" }}",
+            kv("kv-a", "org"),
+            kv("kv-b", "org")
+        ),
     );
     // Two policy tokens on one team: the orphan sweep of one must never touch the other's.
     // team-a's old token goes once a consumer uses the new one (the daemon's own probe is not a use).
-    for (name, sink, extra) in [
-        ("team-a", "kv-a", "\nrevoke_after_use = true"),
-        ("team-b", "kv-b", ""),
+    for (name, sink, extra, delivery) in [
+        ("team-a", "kv-a", "\nrevoke_after_use = true", ""),
+        (
+            "team-b",
+            "kv-b",
+            "",
+            ", { sink = \"gh\", repository = \"acme/infra\", name = \"TF_API_TOKEN\" }",
+        ),
     ] {
         p += &token(
             name,
             &format!("issuer = \"tfc\"\ntype = \"team\"\nteam_id = \"{team1}\"\ndescription = \"ci {name}\"\n{schedule}{extra}"),
-            &kv(sink, name),
+            &format!("{}{delivery}", kv(sink, name)),
         );
     }
     p += &token(
@@ -153,7 +173,11 @@ directory = "/nonexistent/kv-b"
     p += &token(
         "pulumi",
         &format!("issuer = \"pulumi\"\ntype = \"organization\"\norganization = \"pacme\"\nname_prefix = \"sim-ci\"\n{schedule}"),
-        &format!("{}, {}", kv("kv-a", "pulumi"), kv("kv-b", "pulumi")),
+        &format!(
+            "{}, {}, {{ sink = \"gh\", organization = \"acme\", visibility = \"private\", name = \"PULUMI_ACCESS_TOKEN\" }}",
+            kv("kv-a", "pulumi"),
+            kv("kv-b", "pulumi")
+        ),
     );
     p += &token(
         "pulumi-team",
@@ -410,6 +434,7 @@ fn build_world_with(
     std::fs::write(dir.join("tfc-admin"), &tfc_admin).unwrap();
     std::fs::write(dir.join("pulumi-admin"), &pulumi_admin).unwrap();
     std::fs::write(dir.join("hook-secret"), "sim-hook-secret").unwrap();
+    std::fs::write(dir.join("gh-token"), "sim-github-token").unwrap();
     let text = policy_text(dir, &team1, &team2, &pool, spec);
     let path = dir.join("policy.toml");
     let policy: Policy = policy::parse(

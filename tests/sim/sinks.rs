@@ -9,7 +9,9 @@ use token_rotator::daemon::Backends;
 use token_rotator::issuer::api::Exchange;
 use token_rotator::policy::{IssuerConfig, SinkConfig};
 use token_rotator::record::SinkRecord;
-use token_rotator::sink::{Content, Observed, Sink, SinkError, SinkErrorKind, Target, Version};
+use token_rotator::sink::{
+    Content, Holds, Observed, Sink, SinkError, SinkErrorKind, Target, Version,
+};
 
 use crate::faults::SinkFault;
 use crate::wire::SimWire;
@@ -18,6 +20,8 @@ use crate::world::{hash_in, target_key, Service, World};
 pub struct SimSink {
     pub name: String,
     pub world: Arc<World>,
+    /// A delivery target's kind (`tfe-variable`, `github-actions`): it shows what the real one shows of its value.
+    pub delivers: Option<&'static str>,
 }
 
 impl SimSink {
@@ -70,6 +74,22 @@ impl Sink for SimSink {
             .get(&self.key(target))
             .cloned()
             .unwrap_or_default();
+        if let Some(kind) = self.delivers {
+            return Ok(Observed {
+                version: if slot.version == 0 {
+                    Version::Absent
+                } else {
+                    Version::Unversioned
+                },
+                content: match (slot.record, kind) {
+                    (None, _) => Content::Absent,
+                    (Some(_), "github-actions") => Content::Delivered(Holds::WrittenAt(
+                        slot.written_at.expect("a written slot has a write time"),
+                    )),
+                    (Some(r), _) => Content::Delivered(Holds::TokenId(r.token_id)),
+                },
+            });
+        }
         Ok(Observed {
             version: if slot.version == 0 {
                 Version::Absent
@@ -113,6 +133,8 @@ impl Sink for SimSink {
             let mut inner = self.world.lock();
             let slot = inner.sinks.entry(key.clone()).or_default();
             let matches = match expected {
+                // A delivery target has no check-and-set: last writer wins.
+                _ if self.delivers.is_some() => true,
                 Version::Absent => slot.version == 0,
                 Version::Kv2(v) => slot.version == v,
                 _ => false,
@@ -122,6 +144,7 @@ impl Sink for SimSink {
             }
             slot.version += 1;
             slot.record = Some(record.clone());
+            slot.written_at = Some(crate::world::world_now());
             let owner = self.world.target_owner.get(&key).cloned();
             if let Some(owner) = owner {
                 inner
@@ -166,6 +189,7 @@ impl Backends for SimBackends {
         Ok(Arc::new(SimSink {
             name: cfg.name.clone(),
             world: self.world.clone(),
+            delivers: cfg.spec.delivers().then(|| cfg.kind()),
         }))
     }
 

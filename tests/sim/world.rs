@@ -31,6 +31,8 @@ pub enum Service {
 pub struct Slot {
     pub version: u64,
     pub record: Option<SinkRecord>,
+    /// When it was last written, by the world's clock (what a GitHub secret shows of itself).
+    pub written_at: Option<DateTime<Utc>>,
 }
 
 /// What the world saw happen, for the invariants.
