@@ -25,7 +25,34 @@ impl Rotator {
         let observed = self.observe(token, &sinks).await.map_err(|f| f.error)?;
         let (current, stored_everywhere) = current_of(&observed);
         let entry = self.journal.peek(&token.name).await?;
-        let mut due = if current.is_some() && !stored_everywhere {
+        let mut notes = Vec::new();
+        // Delivery targets that lag records which agree get the current token at the next visit: no rotation.
+        let newest = observed
+            .iter()
+            .filter_map(Observed::record)
+            .max_by_key(|r| r.created_at);
+        let behind: Vec<&SinkTarget> = match newest {
+            Some(newest) if !stored_everywhere => token
+                .sinks
+                .iter()
+                .zip(&observed)
+                .filter(|(_, o)| !o.holds(newest))
+                .map(|(st, _)| st)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let lagging: Vec<String> = if behind.iter().all(|st| st.target.is_delivery()) {
+            behind.iter().map(|st| st.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        if !lagging.is_empty() {
+            notes.push(format!(
+                "{} do(es) not hold the current token: it is delivered there at the next visit",
+                lagging.join(", ")
+            ));
+        }
+        let mut due = if current.is_some() && !stored_everywhere && lagging.is_empty() {
             Due {
                 at: Some(now),
                 reason: DueReason::SinksDisagree,
@@ -33,7 +60,6 @@ impl Rotator {
         } else {
             schedule::next_due(&token.schedule, current.as_ref(), Duration::ZERO, now)
         };
-        let mut notes = Vec::new();
         if let Some(e) = &entry {
             if let Some(why) = &e.must_rotate {
                 due = Due {

@@ -246,6 +246,17 @@ async fn a_target_that_lags_gets_the_current_token_without_a_new_one() {
         "{ sink = \"files\", path = \"ci-team.token\", format = \"token\" },\n  { sink = \"github\", repository = \"acme/infra\", environment = \"prod\", name = \"TF_API_TOKEN\" },",
     );
     std::fs::write(&c.policy, text).unwrap();
+    let plan = c.cli(&["plan"], &[]).await;
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout.contains("delivered there at the next visit")
+            && plan.stdout.contains("environments/prod/TF_API_TOKEN")
+            && plan
+                .stdout
+                .contains(&format!("{}/env/TFE_TOKEN", c.workspace)),
+        "plan shows the lagging targets: {}",
+        plan.stdout
+    );
     let out = c.cli(&["run", "--once"], &[]).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
@@ -262,6 +273,44 @@ async fn a_target_that_lags_gets_the_current_token_without_a_new_one() {
         "{}",
         out.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_probes_each_delivery_target_read_only() {
+    let c = Consumers::new(true).await;
+    let out = c.cli(&["check", "--online"], &[]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for target in [
+        format!("tfc-vars:{}/env/TFE_TOKEN: ok", c.workspace),
+        format!("tfc-vars:{}/terraform/tfe_token: ok", c.varset),
+        "github:acme/infra/TF_API_TOKEN: ok".to_string(),
+        "github:acme/infra/environments/prod/TF_API_TOKEN: ok".to_string(),
+    ] {
+        assert!(out.stdout.contains(&target), "{target} in {}", out.stdout);
+    }
+    // Read only: nothing was written anywhere.
+    assert!(c.github.secret("repo:acme/infra", "TF_API_TOKEN").is_none());
+    assert!(c
+        .stack
+        .tfc
+        .variable(&c.workspace, "TFE_TOKEN", "env")
+        .is_none());
+    assert!(
+        c.github.requests().iter().all(|r| r.method == "GET"),
+        "only reads"
+    );
+    // A token that may not see the repository: the check says so, and never shows the token.
+    c.github.remove_token(GITHUB_TOKEN);
+    c.github.add_token(GITHUB_TOKEN, &["repo:acme/other"]);
+    let out = c.cli(&["check", "--online"], &[]).await;
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("github:acme/infra/TF_API_TOKEN: FAILED"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(GITHUB_TOKEN) && !out.stderr.contains(GITHUB_TOKEN));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
