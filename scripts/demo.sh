@@ -26,6 +26,10 @@ mkdir -m 0700 "$WORK/state"
 start_stack "$BIN/tfc-emulator" "$BAO" demo-root
 printf 'demo-root\n' >"$WORK/vault-token"; chmod 0600 "$WORK/vault-token"
 stack_policy "$LISTEN_PORT" "$WORK/tfc-admin" "$WORK/vault-token" demo-org demo/tfc-org "$WORK/state" >"$WORK/policy.toml"
+# A delivery target beside the record: the bare token in a file, as a consumer that reads a token file wants it.
+sed -i 's|^sinks = \[{ sink = "vault", path = "demo/tfc-org" }\]$|sinks = [{ sink = "vault", path = "demo/tfc-org" }, { sink = "files", path = "demo-org.token", format = "token" }]|' "$WORK/policy.toml"
+printf '\n[sinks.files]\nkind = "file"\ndirectory = "%s"\n' "$WORK/files" >>"$WORK/policy.toml"
+grep -q 'format = "token"' "$WORK/policy.toml" || { echo "demo: the delivery target was not added to the policy" >&2; exit 1; }
 
 "$BIN/token-rotator" check --config "$WORK/policy.toml"
 "$BIN/token-rotator" run --config "$WORK/policy.toml" 2>"$WORK/daemon.log" &
@@ -38,8 +42,10 @@ cat <<EOT
     metrics:  http://127.0.0.1:$LISTEN_PORT/metrics
     ready:    http://127.0.0.1:$LISTEN_PORT/readyz
     logs:     $WORK/daemon.log
-  The organization token of "acme" rotates every ~8 s into OpenBao at secret/demo/tfc-org.
-  Below: each new token as OpenBao holds it (id and expiry; the value itself is never printed).
+  The organization token of "acme" rotates every ~8 s into OpenBao at secret/demo/tfc-org (the record), and
+  into $WORK/files/demo-org.token (a delivery target: the bare token, 0600).
+  Below: each new token as OpenBao holds it (id and expiry; the value itself is never printed), and whether the
+  token file holds the same value.
 
 EOT
 
@@ -51,7 +57,11 @@ while :; do
   if [ -n "$id" ] && [ "$id" != "$last" ]; then
     rotations=$((rotations + 1)); last="$id"
     ready=$(curl -fsS "http://127.0.0.1:$LISTEN_PORT/metrics" | grep '^token_rotator_token_ready' || true)
-    echo "$(date -u +%H:%M:%S)  rotation #$rotations  $rec  ${ready}"
+    # Compared in the shell: neither value is printed.
+    want=$("$BAO" kv get -field=token secret/demo/tfc-org 2>/dev/null || true)
+    have=$(cat "$WORK/files/demo-org.token" 2>/dev/null || true)
+    file="token file: $([ -n "$want" ] && [ "$want" = "$have" ] && echo same value || echo not yet)"
+    echo "$(date -u +%H:%M:%S)  rotation #$rotations  $rec  ${ready}  ${file}"
   fi
   if [ -n "${DEMO_SECONDS:-}" ] && [ $(( $(date +%s) - start )) -ge "$DEMO_SECONDS" ]; then break; fi
   sleep 1
