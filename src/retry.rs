@@ -80,6 +80,15 @@ impl Pacer {
         }
     }
 
+    /// How long a 429 block still holds every request (zero when none does).
+    pub async fn blocked_for(&self) -> Duration {
+        self.state
+            .lock()
+            .await
+            .blocked_until
+            .saturating_duration_since(Instant::now())
+    }
+
     /// After a 429: nobody sends before `reset` has passed (SPEC §5.4); requests that got a slot meanwhile queue
     /// again after it.
     pub async fn block_for(&self, reset: Duration) {

@@ -182,6 +182,12 @@ pub trait SinkSpec: Sync + 'static {
     fn check_target(&self, _target: &Target) -> Result<(), String> {
         Ok(())
     }
+    /// Where a sink of this kind writes, when two sink tables can reach one place (two `github-actions` tables on
+    /// one GitHub): targets of sinks with the same place are one target for the "one token per target" rule.
+    /// `None`: the sink's name.
+    fn place(&self, _settings: &dyn SinkSettings) -> Option<String> {
+        None
+    }
     /// Every target of this kind is a delivery target (SPEC §11): written, never read for a record, so it can
     /// neither hold a credential (`{ sink = … }`) nor be the only place a token's state is kept.
     fn delivers(&self) -> bool {

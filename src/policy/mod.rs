@@ -260,6 +260,7 @@ pub fn parse(
         kinds,
         cluster_table.then_some(cluster.as_ref()),
     );
+    check_credential_sources(&mut d, &issuers, &sinks, &tokens);
     root.finish(&mut d);
     if d.is_empty() && tokens.is_empty() {
         d.push(
@@ -285,6 +286,43 @@ pub fn parse(
         cluster,
         tokens,
     })
+}
+
+/// An issuer credential kept in a sink (`token = { sink = … }`) is read from a record: never from a delivery
+/// target (SPEC §11), which holds no record — a delivery sink, or a file some token writes with `format = "token"`.
+fn check_credential_sources(
+    d: &mut Diagnostics,
+    issuers: &Named<IssuerConfig>,
+    sinks: &Named<SinkConfig>,
+    tokens: &BTreeMap<String, Arc<TokenPolicy>>,
+) {
+    for (name, (span, cfg)) in issuers {
+        let Some(SecretRef::Sink { sink, target }) = cfg.as_ref().map(|c| &c.token) else {
+            continue;
+        };
+        let delivery_sink = sinks
+            .get(sink)
+            .and_then(|(_, c)| c.as_ref())
+            .is_some_and(|c| c.spec.delivers());
+        let token_file = tokens.values().find(|t| {
+            t.sinks.iter().any(|st| {
+                &st.sink == sink
+                    && st.target.is_delivery()
+                    && st.target.identity() == target.identity()
+            })
+        });
+        if delivery_sink {
+            d.push(
+                span.clone(),
+                format!("[issuers.{name}] reads its `token` from sink \"{sink}\", a delivery target that holds no record; keep the credential in a vault, aws-secretsmanager or file (record) sink"),
+            );
+        } else if let Some(t) = token_file {
+            d.push(
+                span.clone(),
+                format!("[issuers.{name}] reads its `token` from {sink}:{target}, which [tokens.{}] writes as a bare token (`format = \"token\"`); point it at the token's record instead", t.name),
+            );
+        }
+    }
 }
 
 /// A sink that borrows an issuer's connection (`issuer = "…"`) names an issuer of the kind it talks to.

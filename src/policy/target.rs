@@ -28,10 +28,12 @@ impl Target {
         )
     }
 
-    /// What two targets must not share (one token per place): an organization secret is one secret whatever
-    /// visibility each token would give it.
+    /// What two targets must not share (one token per place): a file is one file whatever its format, an
+    /// organization secret is one secret whatever visibility each token would give it, and GitHub compares names
+    /// without case.
     pub fn identity(&self) -> Target {
         match self {
+            Target::TokenFile(p) => Target::Path(p.clone()),
             Target::GithubSecret(s) => Target::GithubSecret(GithubSecret {
                 scope: match &s.scope {
                     GithubScope::Organization { org, .. } => GithubScope::Organization {
@@ -45,7 +47,7 @@ impl Target {
                         environment,
                     } => GithubScope::Environment {
                         repository: repository.to_ascii_lowercase(),
-                        environment: environment.clone(),
+                        environment: environment.to_lowercase(),
                     },
                 },
                 // GitHub matches secret names case-insensitively.

@@ -555,6 +555,36 @@ fn delivery_target_mistakes_are_located() {
             r#"  { sink = "vault", path = "a" }, { sink = "github", repository = "acme/x", name = "T" }, { sink = "github", repository = "ACME/X", name = "t" },"#,
             "is already written by token \"ci-team\"",
         ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "files", path = "x" }, { sink = "files", path = "x", format = "token" },"#,
+            "sink target files:x is already written by token \"ci-team\"",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "github", repository = "acme/x", environment = "Prod", name = "T" }, { sink = "github", repository = "acme/x", environment = "prod", name = "T" },"#,
+            "is already written by token \"ci-team\"",
+        ),
+        (
+            "\n[sinks.github2]\nkind = \"github-actions\"\naddress = \"https://api.github.com/\"\ntoken = { env = \"OTHER\" }\n",
+            r#"  { sink = "vault", path = "a" }, { sink = "github", repository = "acme/x", name = "T" }, { sink = "github2", repository = "acme/x", name = "T" },"#,
+            "sink target github2:acme/x/T is already written by token \"ci-team\"",
+        ),
+        (
+            "\n[issuers.tfc2]\nkind = \"tfe\"\ntoken = { sink = \"github\", path = \"x\" }\n",
+            r#"  { sink = "vault", path = "a" },"#,
+            "[issuers.tfc2] reads its `token` from sink \"github\", a delivery target that holds no record",
+        ),
+        (
+            "\n[issuers.tfc2]\nkind = \"tfe\"\ntoken = { sink = \"files\", path = \"ci.token\" }\n",
+            r#"  { sink = "vault", path = "a" }, { sink = "files", path = "ci.token", format = "token" },"#,
+            "[issuers.tfc2] reads its `token` from files:ci.token, which [tokens.ci-team] writes as a bare token",
+        ),
+        (
+            "",
+            r#"  { sink = "vault", path = "a" }, { sink = "tfc-vars", workspace_id = "ws-1", key = "TFE TOKEN", category = "env" },"#,
+            "`key` in a `sinks` entry of [tokens.ci-team] must not contain spaces",
+        ),
     ];
     for (sinks, targets, want) in cases {
         let errs = errors(&with_delivery(sinks, targets));

@@ -385,7 +385,10 @@ fn read_token_sinks(
             target,
         };
         let identity = SinkTarget {
-            sink: st.sink.clone(),
+            sink: cfg
+                .spec
+                .place(cfg.settings.as_ref())
+                .unwrap_or_else(|| st.sink.clone()),
             target: st.target.identity(),
         };
         if let Some(other) = targets.get(&identity) {

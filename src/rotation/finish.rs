@@ -54,6 +54,15 @@ impl Rotator {
             learned: Some((Some(current.clone()), stored_everywhere)),
             attempted: true,
         };
+        if token.kind.is_singleton()
+            && self.credential_lives_in(token)
+            && !issuer.credential_is(&minted.value)
+        {
+            // Resumed after a restart: the issuer read its credential from a record that still held the value this
+            // create replaced (dead now). Calls with it — a delivery target that borrows it, the next visit — must
+            // use the new one.
+            self.switch_credential(token, issuer, &minted.value);
+        }
         let record = SinkRecord {
             token: minted.value.clone(),
             token_id: minted.token_id.clone(),

@@ -58,7 +58,11 @@ impl Rotator {
                 value: None,
             };
         };
-        let mut shared_agree = true;
+        // Every shared record holds it (the holder's rotation writes those, never a copy).
+        let shared_agree = sinks
+            .iter()
+            .zip(observed)
+            .all(|((st, _), o)| o.holds(shared) || is_local(&st.sink) || st.target.is_delivery());
         let mut local_newer = false;
         let mut errors = Vec::new();
         for ((st, sink), o) in sinks.iter().zip(observed) {
@@ -66,13 +70,9 @@ impl Rotator {
                 continue;
             }
             if !is_local(&st.sink) {
-                if !st.target.is_delivery() {
-                    // The holder writes it: not a copy's business.
-                    shared_agree = false;
-                    continue;
-                }
-                if !deliver {
-                    // The lease holder delivers: not a standby's business.
+                // A shared record is the holder's rotation's business. A delivery target (SPEC §11) gets a token
+                // only once every record holds it, and only from the holder.
+                if !st.target.is_delivery() || !deliver || !shared_agree {
                     continue;
                 }
             }
@@ -113,7 +113,13 @@ impl Rotator {
         if let Err(e) = self.journal.flush(&token.name).await {
             tracing::debug!(token = %token.name, error = %e, "a held journal write is still held");
         }
-        let sinks = self.sinks_of(token)?;
+        // The holder delivers: a standby never reads a shared delivery target (GitHub's rate limit is per credential,
+        // and this visit comes every few seconds).
+        let sinks: BoundSinks = self
+            .sinks_of(token)?
+            .into_iter()
+            .filter(|(st, _)| !st.target.is_delivery() || self.local_sinks.contains(&st.sink))
+            .collect();
         let observed = self.observe(token, &sinks).await?;
         let leveled = self.level_local(token, &sinks, &observed, false).await;
         // A token that is its issuer's own credential (self-rotation): the holder switched to each new value; a

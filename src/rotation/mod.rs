@@ -695,7 +695,7 @@ impl Rotator {
     }
 
     /// Whether this token is written to the sink target its issuer reads its credential from.
-    fn credential_lives_in(&self, token: &TokenPolicy) -> bool {
+    pub(super) fn credential_lives_in(&self, token: &TokenPolicy) -> bool {
         match self.credential_refs.get(&token.issuer) {
             Some(SecretRef::Sink { sink, target }) => token
                 .sinks

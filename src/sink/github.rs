@@ -61,6 +61,10 @@ pub struct GithubSink {
     writes: Pacer,
     /// The public key of each scope (`key_id`, key), until a write finds it stale.
     keys: Mutex<HashMap<String, (String, [u8; 32])>>,
+    /// What this process last wrote to each secret: the token id and the `updated_at` GitHub showed right after.
+    /// While the secret still shows that time it holds that token; a later time means someone else wrote it.
+    /// (After a restart or a reload nothing is known: a read falls back to comparing the write time.)
+    written: Mutex<HashMap<String, (String, DateTime<Utc>)>>,
 }
 
 impl GithubSink {
@@ -279,8 +283,13 @@ fn rate_limited(answer: &Answer, now: DateTime<Utc>) -> Option<Duration> {
         let wait = (reset - now.timestamp()).clamp(1, 3600);
         return Some(Duration::from_secs(wait as u64));
     }
-    // A secondary limit without `retry-after`: GitHub says to wait at least a minute.
-    if answer.status == 429 {
+    // A secondary limit without `retry-after` (a 429, or a 403 that says so): GitHub says to wait at least a
+    // minute.
+    let says_secondary = answer
+        .json()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_ascii_lowercase))
+        .is_some_and(|m| m.contains("secondary rate limit"));
+    if answer.status == 429 || says_secondary {
         return Some(Duration::from_secs(60));
     }
     None
@@ -308,9 +317,22 @@ impl Sink for GithubSink {
                             format!("reading {s}: no `updated_at` in the answer"),
                         )
                     })?;
+                let ours = self
+                    .written
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&s.to_string())
+                    .cloned();
+                let content = match ours {
+                    Some((id, when)) if when == at => Content::Delivered(Holds::TokenId(id)),
+                    Some(_) => Content::Garbage(
+                        "written by someone else since token-rotator wrote it".into(),
+                    ),
+                    None => Content::Delivered(Holds::WrittenAt(at)),
+                };
                 Ok(Observed {
                     version: Version::Unversioned,
-                    content: Content::Delivered(Holds::WrittenAt(at)),
+                    content,
                 })
             }
             404 => {
@@ -344,10 +366,29 @@ impl Sink for GithubSink {
             // The scope's key may have been rotated since it was cached: once more with a fresh key.
             answer = self.put(s, &record.token, true).await?;
         }
-        match answer.status {
-            201 | 204 => Ok(()),
-            _ => Err(self.refused(&format!("writing {s}"), &answer, Some(&record.token))),
+        if !matches!(answer.status, 201 | 204) {
+            return Err(self.refused(&format!("writing {s}"), &answer, Some(&record.token)));
         }
+        let key = s.to_string();
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        // What GitHub shows of our write, to tell it from a later one by someone else.
+        let shown = self
+            .call(Method::GET, self.url(&s.scope, &s.name), None)
+            .await?;
+        let at = (shown.status == 200)
+            .then(|| shown.json())
+            .flatten()
+            .and_then(|v| v.get("updated_at")?.as_str()?.parse::<DateTime<Utc>>().ok());
+        if let Some(at) = at {
+            self.written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, (record.token_id.clone(), at));
+        }
+        Ok(())
     }
 }
 
@@ -379,6 +420,7 @@ impl super::SinkKind for GithubSpec {
             reads: Pacer::new(10),
             writes: Pacer::new(1),
             keys: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }))
     }
 }
@@ -415,6 +457,14 @@ impl SinkSpec for GithubSpec {
 
     fn delivers(&self) -> bool {
         true
+    }
+
+    fn place(&self, settings: &dyn SinkSettings) -> Option<String> {
+        let cfg = settings.as_any().downcast_ref::<GithubConfig>()?;
+        Some(format!(
+            "github-actions {}",
+            cfg.address.trim_end_matches('/').to_ascii_lowercase()
+        ))
     }
 
     fn read(&self, t: &mut TableReader, d: &mut Diagnostics) -> Option<Arc<dyn SinkSettings>> {
@@ -656,9 +706,77 @@ mod tests {
             rate_limited(&answer(429, &[]), now),
             Some(Duration::from_secs(60))
         );
+        // GitHub may answer a secondary limit 403 without `retry-after`: its message says so.
+        let mut secondary = answer(403, &[]);
+        secondary.body =
+            br#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes."}"#
+                .to_vec();
+        assert_eq!(rate_limited(&secondary, now), Some(Duration::from_secs(60)));
         assert_eq!(
             rate_limited(&answer(200, &[("retry-after", "5")]), now),
             None
         );
+    }
+
+    fn record(id: &str, value: &str) -> SinkRecord {
+        SinkRecord {
+            token: SecretString::from(value.to_string()),
+            token_id: id.into(),
+            issuer: "tfc".into(),
+            token_type: "team".into(),
+            created_at: crate::clock::now(),
+            expires_at: None,
+        }
+    }
+
+    /// What GitHub shows of a secret is only its write time: the sink remembers the time of its own write, so a
+    /// later write by someone else makes the secret lag (and a sink without that memory compares the times).
+    #[tokio::test]
+    async fn a_secret_written_by_someone_else_after_us_lags() {
+        use super::super::SinkKind;
+        let gh = token_rotator_emulators::github::GithubEmulator::start(Default::default())
+            .await
+            .unwrap();
+        gh.add_repo("acme/infra");
+        gh.add_token("unit-test-github-token-0123456789", &["repo:acme/infra"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gh-token");
+        std::fs::write(&file, "unit-test-github-token-0123456789").unwrap();
+        let cfg = GithubConfig {
+            address: gh.base_url(),
+            token: SecretRef::File(file),
+            ca_file: None,
+        };
+        let sink = || async { GithubSpec.build("gh", &cfg).await.unwrap() };
+        let target = Target::GithubSecret(GithubSecret {
+            scope: GithubScope::Repository("acme/infra".into()),
+            name: "TF_API_TOKEN".into(),
+        });
+        let ours = sink().await;
+        let first = record("at-1", "value-one-0123456789");
+        ours.write(&target, &first, Version::Absent).await.unwrap();
+        assert_eq!(
+            gh.secret("repo:acme/infra", "TF_API_TOKEN").unwrap().value,
+            "value-one-0123456789"
+        );
+        let read = ours.read(&target).await.unwrap();
+        assert!(read.surely_holds(&first), "{:?}", read.content);
+        // Someone else writes the secret a few seconds later (another tool with the same access).
+        gh.advance_clock(Duration::from_secs(5));
+        let other = sink().await;
+        other
+            .write(
+                &target,
+                &record("at-2", "value-two-0123456789"),
+                Version::Unversioned,
+            )
+            .await
+            .unwrap();
+        let read = ours.read(&target).await.unwrap();
+        assert!(!read.holds(&first), "{:?}", read.content);
+        // A sink that wrote nothing (a restart) can only compare the write time with the token's creation.
+        let fresh = sink().await;
+        let read = fresh.read(&target).await.unwrap();
+        assert!(read.holds(&first) && !read.surely_holds(&first));
     }
 }

@@ -53,6 +53,19 @@ pub async fn send(
     pacer: &Pacer,
     req: Request<'_>,
 ) -> Result<Answer, SinkError> {
+    // A long block (a rate limit's reset far ahead) fails the write now rather than holding the visit: the
+    // rotation's backoff tries again, the token not ready meanwhile.
+    let blocked = pacer.blocked_for().await;
+    if blocked > MAX_INLINE_WAIT {
+        return Err(SinkError::new(
+            sink,
+            SinkErrorKind::Unavailable,
+            format!(
+                "rate-limited for another {} s; retried later",
+                blocked.as_secs()
+            ),
+        ));
+    }
     pacer.acquire().await;
     let mut headers = HeaderMap::new();
     let mut auth = HeaderValue::from_str(&format!(

@@ -210,31 +210,48 @@ impl TfeVariableSink {
 
     /// The variable with the target's key and category, if any.
     async fn find(&self, conn: &Conn, v: &TfeVariable) -> Result<Option<Found>, SinkError> {
-        let url = Self::vars_url(conn, &v.owner, &[]);
-        let answer = self.call(conn, Method::GET, url, None).await?;
-        if answer.status != 200 {
-            return Err(self.refused(
-                conn,
-                &format!("listing the variables of {v}"),
-                &answer,
-                None,
-            ));
+        let mut page = 1u64;
+        loop {
+            let mut url = Self::vars_url(conn, &v.owner, &[]);
+            url.query_pairs_mut()
+                .append_pair("page[number]", &page.to_string())
+                .append_pair("page[size]", "100");
+            let answer = self.call(conn, Method::GET, url, None).await?;
+            if answer.status != 200 {
+                return Err(self.refused(
+                    conn,
+                    &format!("listing the variables of {v}"),
+                    &answer,
+                    None,
+                ));
+            }
+            let body = answer.json().ok_or_else(|| {
+                self.error(
+                    SinkErrorKind::Unavailable,
+                    format!("listing the variables of {v}: the answer is not JSON"),
+                )
+            })?;
+            if let Some(found) = find_in(&body, v) {
+                return Ok(Some(found));
+            }
+            // Lists may be paginated (go-tfe's variable list options take `page[number]` / `page[size]`, the
+            // answer's `meta.pagination.next-page`); bounded at 100 pages of 100.
+            match body
+                .pointer("/meta/pagination/next-page")
+                .and_then(Value::as_u64)
+            {
+                Some(next) if next > page && next <= 100 => page = next,
+                _ => return Ok(None),
+            }
         }
-        let body = answer.json().ok_or_else(|| {
-            self.error(
-                SinkErrorKind::Unavailable,
-                format!("listing the variables of {v}: the answer is not JSON"),
-            )
-        })?;
-        let items = body
-            .get("data")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        Ok(items.iter().find_map(|item| {
-            let a = item.get("attributes")?;
-            (a.get("key")?.as_str()? == v.key
-                && a.get("category")?.as_str()? == v.category.as_str())
+    }
+}
+
+/// The variable with `v`'s key and category in one page of a list.
+fn find_in(body: &Value, v: &TfeVariable) -> Option<Found> {
+    body.get("data")?.as_array()?.iter().find_map(|item| {
+        let a = item.get("attributes")?;
+        (a.get("key")?.as_str()? == v.key && a.get("category")?.as_str()? == v.category.as_str())
             .then(|| Found {
                 id: item
                     .get("id")
@@ -248,8 +265,7 @@ impl TfeVariableSink {
                     .to_string(),
                 sensitive: a.get("sensitive").and_then(Value::as_bool).unwrap_or(false),
             })
-        }))
-    }
+    })
 }
 
 /// The description of a variable holding `token_id` of policy token `token`.
@@ -313,6 +329,12 @@ impl Sink for TfeVariableSink {
         // The API offers no check-and-set on variables: the variable is looked up again right before the write
         // and updated in place (its id is what consumers and the API keep).
         let (method, url, body) = match self.find(&conn, v).await? {
+            Some(found) if found.id.is_empty() => {
+                return Err(self.error(
+                    SinkErrorKind::Unavailable,
+                    format!("listing the variables of {v}: the variable has no id"),
+                ))
+            }
             Some(found) => {
                 let url = Self::vars_url(&conn, &v.owner, &[&found.id]);
                 let body =
@@ -333,16 +355,24 @@ impl Sink for TfeVariableSink {
         let answer = self.call(&conn, method.clone(), url, Some(&body)).await?;
         match answer.status {
             200 | 201 => Ok(()),
-            // Created by someone else between the list and the create: the next attempt updates it.
-            422 if method == Method::POST => Err(SinkError {
-                kind: SinkErrorKind::Conflict,
-                ..self.refused(
+            // Created by someone else between the list and the create ("has already been taken"): the next
+            // attempt finds and updates it. Any other 422 is the variable itself being refused.
+            422 if method == Method::POST => {
+                let e = self.refused(
                     &conn,
                     &format!("creating {v}"),
                     &answer,
                     Some(&record.token),
-                )
-            }),
+                );
+                Err(SinkError {
+                    kind: if e.message.contains("taken") {
+                        SinkErrorKind::Conflict
+                    } else {
+                        SinkErrorKind::Permanent
+                    },
+                    ..e
+                })
+            }
             _ => Err(self.refused(&conn, &format!("writing {v}"), &answer, Some(&record.token))),
         }
     }
@@ -437,6 +467,12 @@ impl SinkSpec for TfeVariableSpec {
         true
     }
 
+    /// Workspace and variable-set ids are unique in a TFC organization (random): one variable, whichever
+    /// `tfe-variable` table names it.
+    fn place(&self, _settings: &dyn SinkSettings) -> Option<String> {
+        Some("tfe-variable".into())
+    }
+
     fn borrowed_issuer(&self, settings: &dyn SinkSettings) -> Option<(String, &'static str)> {
         settings
             .as_any()
@@ -516,7 +552,22 @@ impl SinkSpec for TfeVariableSpec {
                 None
             }
         };
-        let key = r.req_str(d, "key").and_then(|k| non_empty(d, k, "key"));
+        let key = r.req_str(d, "key").and_then(|k| {
+            if k.get_ref()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                d.push(
+                    k.span(),
+                    format!(
+                        "`key` in {} must not contain spaces or control characters",
+                        r.name
+                    ),
+                );
+                return None;
+            }
+            non_empty(d, k, "key")
+        });
         let category = r
             .req_str(d, "category")
             .and_then(|c| match c.get_ref().as_str() {

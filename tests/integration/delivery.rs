@@ -394,3 +394,76 @@ async fn a_crash_between_the_record_and_the_delivery_targets_loses_nothing() {
         TokenState::Revoked
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variable_sink_follows_its_issuers_credential_when_the_daemon_rotates_it() {
+    use serde_json::json;
+    use token_rotator_emulators::tfc::TokenKind;
+    let stack = Stack::new(Config::default()).await;
+    let workspace = stack.tfc.add_workspace("acme", "infra");
+    // The organization token is the issuer's own credential (kept in OpenBao), and the variable sink borrows it:
+    // each rotation kills the old one at once, so a sink that kept the old credential would be refused.
+    let expires = token_rotator::clock::now() + chrono::TimeDelta::days(30);
+    let (id0, v0) = stack
+        .tfc
+        .mint(TokenKind::Organization, "acme", None, Some(expires));
+    stack
+        .bao
+        .kv2_put(
+            "secret",
+            "ci/tfc-org",
+            json!({"token": v0, "token_id": id0, "issuer": "tfc", "type": "organization",
+                   "created_at": "2026-01-01T00:00:00Z", "expires_at": crate::harness::rfc3339(expires)}),
+        )
+        .await;
+    let port = crate::harness::free_port();
+    let sinks = format!(
+        "[sinks.vault]\nkind = \"vault\"\naddress = \"{}\"\nauth = {{ method = \"token\", token = {{ env = \"VAULT_TOKEN\" }} }}\n\n[sinks.tfc-vars]\nkind = \"tfe-variable\"\nissuer = \"tfc\"\n",
+        stack.bao.addr
+    );
+    let tokens = format!(
+        r#"[tokens.ci-org]
+issuer = "tfc"
+type = "organization"
+organization = "acme"
+lifetime = "30d"
+every = "2s"
+sinks = [
+  {{ sink = "vault", path = "ci/tfc-org" }},
+  {{ sink = "tfc-vars", workspace_id = "{workspace}", key = "TFE_TOKEN", category = "env" }},
+]
+"#
+    );
+    let policy = stack.write_policy_sinks(crate::harness::Issuers::Tfc, port, "", &sinks, &tokens);
+    let text = std::fs::read_to_string(&policy).unwrap().replace(
+        "token = { env = \"TFC_TOKEN\" }",
+        "token = { sink = \"vault\", path = \"ci/tfc-org\" }",
+    );
+    std::fs::write(&policy, text).unwrap();
+    let daemon = stack
+        .daemon(&policy, port, &[("TFC_TOKEN", "unused")])
+        .await;
+    let mut seen = vec![id0];
+    for n in 0..3 {
+        let (id, value) = crate::harness::wait_for(
+            std::time::Duration::from_secs(30),
+            "a rotation delivered to the variable",
+            || async {
+                let r = stack.bao.kv2_get("secret", "ci/tfc-org").await?;
+                let id = r["token_id"].as_str()?.to_string();
+                let value = r["token"].as_str()?.to_string();
+                let var = stack.tfc.variable(&workspace, "TFE_TOKEN", "env")?;
+                (!seen.contains(&id) && var.value == value).then_some((id, value))
+            },
+        )
+        .await;
+        assert!(stack.tfc.is_valid(&value), "rotation {n}");
+        seen.push(id);
+    }
+    assert!(
+        !daemon.stderr().contains("HTTP 401"),
+        "no call with a dead credential: {}",
+        daemon.stderr()
+    );
+    assert_eq!(daemon.terminate(), 0);
+}
