@@ -118,47 +118,25 @@ impl GithubSink {
         } else {
             &self.writes
         };
-        for _ in 0..3 {
-            let answer = rest::send(
-                &self.name,
-                &self.client,
-                pacer,
-                Request {
-                    method: method.clone(),
-                    url: url.clone(),
-                    scheme: "Bearer",
-                    credential: &self.credential,
-                    content_type: body.is_some().then_some("application/json"),
-                    accept: ACCEPT,
-                    extra: &[API_VERSION],
-                    body: body.as_ref().map(|b| b.to_string().into_bytes()),
-                },
-            )
-            .await?;
-            let Some(wait) = rate_limited(&answer, crate::clock::now()) else {
-                return Ok(answer);
-            };
-            self.reads.block_for(wait).await;
-            self.writes.block_for(wait).await;
-            if wait > rest::MAX_INLINE_WAIT {
-                return Err(self.error(
-                    SinkErrorKind::Unavailable,
-                    format!(
-                        "{method} {}: rate-limited by GitHub for {} s; retried later",
-                        url.path(),
-                        wait.as_secs()
-                    ),
-                ));
-            }
-            tracing::warn!(sink = %self.name, wait_s = wait.as_secs(), "GitHub asked to slow down; waiting");
-        }
-        Err(self.error(
-            SinkErrorKind::Unavailable,
-            format!(
-                "{method} {}: still rate-limited by GitHub; retried later",
-                url.path()
-            ),
-        ))
+        let body = body.map(|b| b.to_string().into_bytes());
+        rest::send_waiting(
+            &self.name,
+            &self.client,
+            pacer,
+            &[&self.reads, &self.writes],
+            || Request {
+                method: method.clone(),
+                url: url.clone(),
+                scheme: "Bearer",
+                credential: &self.credential,
+                content_type: body.is_some().then_some("application/json"),
+                accept: ACCEPT,
+                extra: &[API_VERSION],
+                body: body.clone(),
+            },
+            |answer| rate_limited(answer, crate::clock::now()),
+        )
+        .await
     }
 
     fn refused(&self, what: &str, answer: &Answer, value: Option<&SecretString>) -> SinkError {

@@ -120,6 +120,46 @@ pub async fn send(
     })
 }
 
+/// [`send`], waiting out short rate limits: `limit` says how long an answer asks to wait (`None`: it is not a rate
+/// limit); every pacer in `block` then holds its requests that long. A wait longer than [`MAX_INLINE_WAIT`], or a
+/// third limit in a row, fails the request as unavailable (the rotation's backoff tries again).
+pub async fn send_waiting<'a>(
+    sink: &str,
+    client: &reqwest::Client,
+    pacer: &Pacer,
+    block: &[&Pacer],
+    request: impl Fn() -> Request<'a>,
+    limit: impl Fn(&Answer) -> Option<Duration>,
+) -> Result<Answer, SinkError> {
+    for _ in 0..3 {
+        let req = request();
+        let what = format!("{} {}", req.method, req.url.path());
+        let answer = send(sink, client, pacer, req).await?;
+        let Some(wait) = limit(&answer) else {
+            return Ok(answer);
+        };
+        for p in block {
+            p.block_for(wait).await;
+        }
+        if wait > MAX_INLINE_WAIT {
+            return Err(SinkError::new(
+                sink,
+                SinkErrorKind::Unavailable,
+                format!(
+                    "{what}: rate-limited for {} s; retried later",
+                    wait.as_secs()
+                ),
+            ));
+        }
+        tracing::warn!(sink = %sink, wait_s = wait.as_secs(), "the service asked to slow down; waiting");
+    }
+    Err(SinkError::new(
+        sink,
+        SinkErrorKind::Unavailable,
+        "still rate-limited after waiting twice; retried later",
+    ))
+}
+
 /// The kind of error a status that is not a success means, for statuses every REST API shares.
 pub fn kind_of(status: u16) -> SinkErrorKind {
     match status {

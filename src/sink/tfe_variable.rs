@@ -127,42 +127,35 @@ impl TfeVariableSink {
     ) -> Result<Answer, SinkError> {
         let credential = conn.credential.get();
         let mutation = method != Method::GET;
-        // A 429 blocks every request with this credential until the reset; a short one is waited out here.
-        for _ in 0..3 {
-            let answer = rest::send(
-                &self.name,
-                &conn.client,
-                &conn.pacers.credential,
-                Request {
-                    method: method.clone(),
-                    url: url.clone(),
-                    scheme: "Bearer",
-                    credential: &credential,
-                    content_type: mutation.then_some(JSON_API),
-                    accept: JSON_API,
-                    extra: &[],
-                    body: body.map(|b| b.to_string().into_bytes()),
-                },
-            )
-            .await?;
-            if answer.status != 429 {
-                return Ok(answer);
-            }
-            let wait = answer
-                .header("x-ratelimit-reset")
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(|s| Duration::from_secs_f64(s.min(3600.0)))
-                .unwrap_or(Duration::from_secs(1));
-            conn.pacers.block_for(wait).await;
-            if wait > rest::MAX_INLINE_WAIT {
-                break;
-            }
-        }
-        Err(self.error(
-            SinkErrorKind::Unavailable,
-            format!("{method} {}: rate-limited (429); retried later", url.path()),
-        ))
+        let body = body.map(|b| b.to_string().into_bytes());
+        // A 429 blocks every request with this credential (the issuer's too, when borrowed) until the reset.
+        rest::send_waiting(
+            &self.name,
+            &conn.client,
+            &conn.pacers.credential,
+            &[&conn.pacers.credential, &conn.pacers.probe],
+            || Request {
+                method: method.clone(),
+                url: url.clone(),
+                scheme: "Bearer",
+                credential: &credential,
+                content_type: mutation.then_some(JSON_API),
+                accept: JSON_API,
+                extra: &[],
+                body: body.clone(),
+            },
+            |answer| {
+                (answer.status == 429).then(|| {
+                    answer
+                        .header("x-ratelimit-reset")
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .filter(|s| s.is_finite() && *s >= 0.0)
+                        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+                        .unwrap_or(Duration::from_secs(1))
+                })
+            },
+        )
+        .await
     }
 
     /// A failed answer as an error: what the server said, redacted.
