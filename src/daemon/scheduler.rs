@@ -304,9 +304,19 @@ impl Daemon {
     /// journal; a standby starts following), and no backoff of the old role carries over.
     fn role_changed(&mut self, now: DateTime<Utc>) {
         let lead = self.leading();
-        for slot in self.slots.values_mut() {
+        for (name, slot) in self.slots.iter_mut() {
             slot.next_at = now;
             slot.backoff_until = None;
+            if lead && slot.policy.sinks.iter().any(|st| st.target.is_delivery()) {
+                // A standby never looked at the delivery targets (SPEC §11): the previous holder may have left
+                // them behind the records. Not ready until this instance's first visit has seen them.
+                self.board.update(name, |s| {
+                    s.pending = Some(
+                        "this instance just took the lease over: its delivery targets are checked at its first visit"
+                            .into(),
+                    )
+                });
+            }
         }
         if !lead {
             // `rotate` requests waiting here will be answered by their visits; new ones are refused.

@@ -79,6 +79,7 @@ fn successor_used(rev: &mut PendingRevocation, listed: Option<&[IssuedToken]>) -
     let used = t
         .last_used_at
         .is_some_and(|u| u > after && rev.use_baseline.is_none_or(|b| u > b));
+    tracing::debug!(successor = %successor, last_used = ?t.last_used_at, use_after = %after, baseline = ?rev.use_baseline, used, "the successor's last use, as the issuer shows it");
     (used, false)
 }
 

@@ -134,11 +134,20 @@ impl Rotator {
         // The shared journal says what the holder is doing: a singleton it is replacing may already be dead at the
         // issuer (SPEC §5.10), and a token it no longer trusts is not ready here either.
         let entry = self.journal.peek_stored(&token.name).await?;
+        // A standby never reads the delivery targets (SPEC §11): while the holder's rotation has a minted token
+        // they may still lack it, and this instance, should it take over, must not report the token ready.
+        let delivers = token
+            .sinks
+            .iter()
+            .any(|st| st.target.is_delivery() && !self.local_sinks.contains(&st.sink));
         let unready = entry.and_then(|e| match (&e.must_rotate, &e.rotation) {
             (Some(why), _) => Some(format!("the lease holder will replace this token: {why}")),
             (None, Some(_)) if token.kind.is_singleton() => Some(
                 "the lease holder is replacing this token at the issuer; the stored value may already be dead"
                     .to_string(),
+            ),
+            (None, Some(r)) if delivers && r.minted.is_some() => Some(
+                "the lease holder is delivering a new token; its delivery targets may not hold it yet".to_string(),
             ),
             _ => None,
         });

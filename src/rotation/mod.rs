@@ -400,17 +400,20 @@ impl Rotator {
             // A token due anyway (expired, expiring, sinks disagreeing) is rotated by its schedule: its probe would
             // change nothing (a manual token's due time is none: it is probed).
             if !due.is_due(now) && cur.expires_at.is_none_or(|e| e > now) {
+                // The probe stamps the current token's last use: an old token waiting for a consumer's first use
+                // of it must not take that stamp for one. Its watch moves past the probe durably *before* the
+                // probe goes out: a crash (or a journal write that fails and is lost with the process) right after
+                // the probe must not leave the stamp looking like a consumer's use (simulation seed 2106).
+                if token.kind.can_prove_itself()
+                    && Self::probed_successor(&mut entry, &cur.token_id, crate::clock::now())
+                {
+                    self.journal.save(&entry).await?;
+                }
                 let verdict = self
                     .check_liveness(token, issuer.as_ref(), cur, &observed, interval, now)
                     .await;
-                // The probe stamped the current token's last use: an old token waiting for its first use by a
-                // consumer must not take it for one.
-                let probed = token.kind.can_prove_itself()
-                    && Self::probed_successor(&mut entry, &cur.token_id, crate::clock::now());
                 if let Some(liveness::Verdict::Rotate(why)) = verdict {
                     entry.must_rotate = Some(why);
-                    self.journal.save(&entry).await?;
-                } else if probed {
                     self.journal.save(&entry).await?;
                 }
             }
