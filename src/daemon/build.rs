@@ -157,7 +157,7 @@ pub fn open_cluster(policy: &Policy) -> Result<(Journal, Arc<VaultCoord>, Arc<Fe
 
 /// Builds every sink, then every issuer (whose credential may live in a sink).
 pub async fn build_rotator(policy: &Policy, shared: &Shared) -> Rotator {
-    let mut rotator = build_sinks_only(policy, shared).await;
+    let mut rotator = build_sinks(policy, shared).await;
     for (name, cfg) in &policy.issuers {
         let built = match rotator.resolve_secret(&cfg.token).await {
             Ok(cred) => shared.backends.exchange(cfg).and_then(|exchange| {
@@ -184,31 +184,74 @@ pub async fn build_rotator(policy: &Policy, shared: &Shared) -> Rotator {
         rotator.issuers.insert(name.clone(), built);
     }
     // Sinks that borrow an issuer's connection call with its live credential and share its pacers.
-    for cfg in policy.sinks.values() {
-        let Some((issuer, _)) = cfg.spec.borrowed_issuer(cfg.settings.as_ref()) else {
-            continue;
+    for (sink, issuer, icfg) in borrowing(policy, &rotator) {
+        let credential = match rotator.issuers.get(issuer) {
+            Some(Ok(built)) => built.live_credential(),
+            _ => None,
         };
-        let (Some(Ok(sink)), Some(Ok(built)), Some(icfg)) = (
-            rotator.sinks.get(&cfg.name),
-            rotator.issuers.get(&issuer),
-            policy.issuers.get(&issuer),
-        ) else {
-            continue;
-        };
-        if let Some(credential) = built.live_credential() {
-            sink.link(crate::sink::IssuerLink {
-                address: icfg.address.clone(),
-                ca_file: icfg.ca_file.clone(),
-                credential,
-                pacers: shared.pacers.get(&issuer, icfg.requests_per_second),
-            });
+        if let Some(credential) = credential {
+            sink.link(issuer_link(shared, issuer, icfg, credential));
         }
     }
     rotator
 }
 
-/// A rotator that can read the sinks but has no issuers (`plan` never calls one, so it resolves no credential).
+/// The sinks of `policy` that borrow an issuer's connection (`issuer = "…"`), with that issuer's name and table.
+fn borrowing<'p>(
+    policy: &'p Policy,
+    rotator: &Rotator,
+) -> Vec<(Arc<dyn Sink>, &'p str, &'p IssuerConfig)> {
+    policy
+        .sinks
+        .values()
+        .filter_map(|cfg| {
+            let (issuer, _) = cfg.spec.borrowed_issuer(cfg.settings.as_ref())?;
+            let (name, icfg) = policy.issuers.get_key_value(&issuer)?;
+            match rotator.sinks.get(&cfg.name) {
+                Some(Ok(sink)) => Some((sink.clone(), name.as_str(), icfg)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn issuer_link(
+    shared: &Shared,
+    issuer: &str,
+    icfg: &IssuerConfig,
+    credential: crate::secret::LiveSecret,
+) -> crate::sink::IssuerLink {
+    crate::sink::IssuerLink {
+        address: icfg.address.clone(),
+        ca_file: icfg.ca_file.clone(),
+        credential,
+        pacers: shared.pacers.get(issuer, icfg.requests_per_second),
+    }
+}
+
+/// A rotator that can read the sinks but has no issuers (`plan` never calls one). A sink that borrows an issuer's
+/// connection (delivery targets, which `plan` reads too) gets that issuer's credential as it is now; only that
+/// credential is resolved.
 pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
+    let rotator = build_sinks(policy, shared).await;
+    for (sink, issuer, icfg) in borrowing(policy, &rotator) {
+        match rotator.resolve_secret(&icfg.token).await {
+            Ok(value) => sink.link(issuer_link(
+                shared,
+                issuer,
+                icfg,
+                crate::secret::LiveSecret::new(value),
+            )),
+            Err(why) => {
+                tracing::error!(sink = %sink.name(), issuer = %issuer, error = %why, "the credential of the issuer this sink borrows cannot be read")
+            }
+        }
+    }
+    rotator
+}
+
+/// Every sink of `policy`, and a rotator over them without issuers.
+async fn build_sinks(policy: &Policy, shared: &Shared) -> Rotator {
     let mut sinks = HashMap::new();
     for (name, cfg) in &policy.sinks {
         shared.metrics.init_sink(name);
@@ -226,7 +269,7 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
         }
         sinks.insert(name.clone(), built);
     }
-    let rotator = Rotator {
+    Rotator {
         issuers: HashMap::new(),
         credential_refs: policy
             .issuers
@@ -247,29 +290,5 @@ pub async fn build_sinks_only(policy: &Policy, shared: &Shared) -> Rotator {
         board: shared.board.clone(),
         liveness: Default::default(),
         deliverer: shared.backends.deliverer(),
-    };
-    // `plan` reads delivery targets too: a sink that borrows an issuer's connection gets that issuer's credential
-    // as it is now (`build_rotator` hands it the issuer's live one instead).
-    for cfg in policy.sinks.values() {
-        let Some((issuer, _)) = cfg.spec.borrowed_issuer(cfg.settings.as_ref()) else {
-            continue;
-        };
-        let (Some(Ok(sink)), Some(icfg)) =
-            (rotator.sinks.get(&cfg.name), policy.issuers.get(&issuer))
-        else {
-            continue;
-        };
-        match rotator.resolve_secret(&icfg.token).await {
-            Ok(value) => sink.link(crate::sink::IssuerLink {
-                address: icfg.address.clone(),
-                ca_file: icfg.ca_file.clone(),
-                credential: crate::secret::LiveSecret::new(value),
-                pacers: shared.pacers.get(&issuer, icfg.requests_per_second),
-            }),
-            Err(why) => {
-                tracing::error!(sink = %cfg.name, issuer = %issuer, error = %why, "the credential of the issuer this sink borrows cannot be read")
-            }
-        }
     }
-    rotator
 }

@@ -327,8 +327,11 @@ impl Sink for GithubSink {
 
     async fn probe(&self, target: &Target) -> Result<Observed, SinkError> {
         let observed = self.read(target).await?;
-        let s = self.secret(target)?;
-        self.public_key(&s.scope, true).await?;
+        // An absent secret's read already fetched the key (to tell a missing scope from a missing secret).
+        if !matches!(observed.content, Content::Absent) {
+            let s = self.secret(target)?;
+            self.public_key(&s.scope, true).await?;
+        }
         Ok(observed)
     }
 

@@ -281,13 +281,16 @@ impl FileSink {
         let Some(bytes) = self.read_bytes(target, &path)? else {
             return Ok(absent);
         };
-        let version = Version::Digest(digest(&bytes));
+        let d = digest(&bytes);
         let content = match target {
             // A token file shows only whether it holds a given value.
-            Target::TokenFile(_) => Content::Delivered(Holds::Digest(version_digest(version))),
+            Target::TokenFile(_) => Content::Delivered(Holds::Digest(d)),
             _ => content_of(&bytes),
         };
-        Ok(Observed { version, content })
+        Ok(Observed {
+            version: Version::Digest(d),
+            content,
+        })
     }
 
     fn write_sync(
@@ -395,13 +398,6 @@ impl FileSink {
         fs::rename(tmp, path)
             .map_err(|e| self.io_error(&format!("rename to {}", path.display()), &e))?;
         sync_dir(dir).map_err(|e| self.io_error(&format!("fsync {}", dir.display()), &e))
-    }
-}
-
-fn version_digest(v: Version) -> [u8; 16] {
-    match v {
-        Version::Digest(d) => d,
-        _ => [0; 16],
     }
 }
 
