@@ -138,7 +138,7 @@ pub fn open_cluster(policy: &Policy) -> Result<(Journal, Arc<VaultCoord>, Arc<Fe
     if local.has_entries() {
         return Err(SetupError::Cluster(format!(
             "{} holds journal entries written without [cluster]: run the daemon once without [cluster] (or `token-rotator run --once`) to finish those rotations, then enable it",
-            policy.daemon.state_dir.join("journal").display()
+            local.log_path().display()
         )));
     }
     let identity = settings

@@ -11,6 +11,7 @@
 //! across policy reloads) and the token ids each token's sink records named when they were last read (the orphan
 //! sweep never revokes those, SPEC §5.11).
 
+pub mod disk;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -22,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::MintedToken;
 use crate::secret::{ExposeSecret, SecretString};
-pub use store::{DiskStore, EntryConflict, EntryStore, MemoryStore};
+pub use disk::DiskStore;
+pub use store::{EntryConflict, EntryStore, MemoryStore};
 
 pub const FORMAT: u32 = 1;
 
@@ -38,7 +40,7 @@ pub enum JournalError {
     #[error("state_dir {0} is locked by another token-rotator process; two daemons must not share a state_dir")]
     Locked(String),
     #[error(
-        "journal file {path} is unreadable ({why}); move it aside after checking its token by hand"
+        "journal {path} is unreadable ({why}); the daemon leaves that token alone until it is fixed"
     )]
     Corrupt { path: String, why: String },
     #[error("the journal was opened read-only")]
@@ -356,7 +358,7 @@ impl Journal {
                 // plant a plain entry (a token value of their choosing, revocations of someone else's tokens).
                 _ => Err(corrupt(
                     "the entry is not encrypted but `state_key` is set: it was not written by this daemon with \
-                     this key (finish that rotation without `state_key`, or move the file aside)"
+                     this key (finish that rotation without `state_key`)"
                         .into(),
                 )),
             };

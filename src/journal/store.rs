@@ -1,19 +1,14 @@
 //! Where journal entries are kept: the seam between the journal's logic (entries, sealing, held writes) and the
-//! medium. [`DiskStore`] is `state_dir` (one file per token, atomic and durable, its I/O on tokio's blocking pool);
+//! medium. [`super::DiskStore`] is `state_dir` (one append-only log with group commit, `disk.rs`);
 //! [`MemoryStore`] keeps entries in memory with injectable write failures, for the deterministic simulation;
 //! `cluster::VaultCoord` keeps them in Vault/OpenBao KV v2 for several instances (SPEC §8).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-
-use super::JournalError;
 
 /// One token's entry, as bytes (already sealed when a `state_key` is set).
 #[async_trait]
@@ -59,44 +54,12 @@ impl EntryConflict {
     }
 }
 
-/// Runs blocking file I/O on tokio's blocking pool: an `fdatasync` and a directory `fsync` take milliseconds,
-/// which on a runtime worker would hold up the pacers' timers, `/metrics` and the watchdog.
-async fn off_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Only when the runtime shuts down under the I/O; a write is atomic either way.
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::Interrupted,
-            "journal I/O cancelled: the runtime is shutting down",
-        )),
-    }
-}
-
-/// `state_dir/journal/<token>.json`, 0600; written to a temporary file, fdatasync'd, renamed, and the directory
-/// fsync'd. Holds the `state_dir` lock for its lifetime (unless read-only).
-#[derive(Debug)]
-pub struct DiskStore {
-    dir: PathBuf,
-    /// `None` for a read-only view (`plan`), which neither locks nor writes.
-    _lock: Option<File>,
-}
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// The longest file name most file systems take (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 /// Room kept for the suffixes (`.json.tmp`).
 const SUFFIX_ROOM: usize = 16;
 
-/// Token names become file names: everything but `[A-Za-z0-9_-]` is %-escaped (so no `.`/`..`/`/` tricks). A name
+/// Token names become file and key names: everything but `[A-Za-z0-9_-]` is %-escaped (so no `.`/`..`/`/` tricks). A name
 /// whose escaped form would be too long for a file name keeps a readable start and ends with a digest of the whole
 /// name, so every policy name has a file (the policy caps names at 128 characters; escaping can triple them).
 pub fn file_stem(token: &str) -> String {
@@ -120,167 +83,6 @@ pub fn file_stem(token: &str) -> String {
         cut -= 1;
     }
     format!("{}~{digest}", &out[..cut])
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir).and_then(|d| d.sync_all())
-}
-
-impl DiskStore {
-    /// Creates (0700) or checks `state_dir`, takes its lock, and prepares `journal/`.
-    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
-        if !state_dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(state_dir)
-                .map_err(io_at(state_dir))?;
-        }
-        let mode = fs::metadata(state_dir)
-            .map_err(io_at(state_dir))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(JournalError::Permissions {
-                path: state_dir.display().to_string(),
-                mode,
-            });
-        }
-        let lock_path = state_dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_at(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(JournalError::Locked(state_dir.display().to_string()))
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
-        }
-        let dir = state_dir.join("journal");
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io_at(&dir))?;
-            fsync_dir(state_dir).map_err(io_at(state_dir))?;
-        }
-        Ok(DiskStore {
-            dir,
-            _lock: Some(lock),
-        })
-    }
-
-    /// A read-only view for `plan`: no lock, nothing created; a missing `state_dir` reads as an empty journal.
-    pub fn read_only(state_dir: &Path) -> Self {
-        DiskStore {
-            dir: state_dir.join("journal"),
-            _lock: None,
-        }
-    }
-
-    /// Whether another process holds the `state_dir` lock (a daemon is running there).
-    pub fn is_locked(state_dir: &Path) -> bool {
-        let Ok(f) = OpenOptions::new().write(true).open(state_dir.join("lock")) else {
-            return false;
-        };
-        matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock))
-    }
-
-    fn path(&self, token: &str) -> PathBuf {
-        self.dir.join(format!("{}.json", file_stem(token)))
-    }
-
-    /// Whether any entry is stored (an unreadable directory counts as having some: nothing is assumed away).
-    pub fn has_entries(&self) -> bool {
-        match fs::read_dir(&self.dir) {
-            Ok(entries) => entries
-                .flatten()
-                .any(|e| e.path().extension().is_some_and(|x| x == "json")),
-            Err(e) => e.kind() != io::ErrorKind::NotFound,
-        }
-    }
-
-    fn refuse_if_read_only(&self) -> io::Result<()> {
-        if self._lock.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the journal was opened read-only",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The file operations of [`DiskStore`], on owned paths so that they can run on the blocking pool.
-mod files {
-    use super::*;
-
-    pub fn read(path: &Path) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn write(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(bytes)?;
-            // fdatasync: the data and the metadata needed to read it back (size, blocks), not the timestamps.
-            f.sync_data()?;
-        }
-        fs::rename(&tmp, path)?;
-        fsync_dir(dir)
-    }
-
-    pub fn remove(dir: &Path, path: &Path) -> io::Result<()> {
-        match fs::remove_file(path) {
-            Ok(()) => fsync_dir(dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-#[async_trait]
-impl EntryStore for DiskStore {
-    async fn read(&self, token: &str) -> io::Result<Option<Vec<u8>>> {
-        let path = self.path(token);
-        off_runtime(move || files::read(&path)).await
-    }
-
-    async fn write(&self, token: &str, bytes: Vec<u8>) -> io::Result<()> {
-        self.refuse_if_read_only()?;
-        let (dir, path) = (self.dir.clone(), self.path(token));
-        off_runtime(move || files::write(&dir, &path, &bytes)).await
-    }
-
-    async fn remove(&self, token: &str) -> io::Result<()> {
-        self.refuse_if_read_only()?;
-        let (dir, path) = (self.dir.clone(), self.path(token));
-        off_runtime(move || files::remove(&dir, &path)).await
-    }
-
-    fn location(&self, token: &str) -> String {
-        self.path(token).display().to_string()
-    }
-
-    fn read_only(&self) -> bool {
-        self._lock.is_none()
-    }
 }
 
 /// A journal write the simulation is about to make: `Some(error)` fails it (nothing is written).
@@ -392,7 +194,7 @@ mod tests {
     #[tokio::test]
     async fn a_name_too_long_for_one_file_still_saves() {
         let root = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(&root.path().join("state")).unwrap();
+        let store = super::super::DiskStore::open(&root.path().join("state")).unwrap();
         let name = "x.".repeat(128);
         store.write(&name, b"{}".to_vec()).await.unwrap();
         assert_eq!(

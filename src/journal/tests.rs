@@ -32,11 +32,12 @@ async fn save_load_remove_with_private_modes() {
         own_credential: false,
     });
     j.save(&e).await.unwrap();
-    let file = state.join("journal").join("ci%2Forg%2Ex.json");
+    let file = state.join("journal.log");
     assert_eq!(
         fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    assert!(disk::read_stored(&state, "ci/org.x").unwrap().is_some());
     let back = j.load("ci/org.x").await.unwrap().unwrap();
     assert_eq!(
         back.rotation.unwrap().minted.unwrap().value.expose_secret(),
@@ -49,7 +50,13 @@ async fn save_load_remove_with_private_modes() {
         j.load("ci/org.x").await.unwrap().is_none(),
         "an idle entry is compacted away"
     );
-    assert!(!file.exists());
+    assert!(store_is_empty(&state));
+}
+
+fn store_is_empty(state: &std::path::Path) -> bool {
+    ["ci/org.x", "tok"]
+        .iter()
+        .all(|t| disk::read_stored(state, t).unwrap().is_none())
 }
 
 #[tokio::test]
@@ -69,7 +76,14 @@ async fn state_key_seals_entries_and_a_wrong_key_is_refused() {
         ..Default::default()
     });
     j.save(&e).await.unwrap();
-    let raw = fs::read_to_string(state.join("journal").join("tok.json")).unwrap();
+    let stored = disk::read_stored(&state, "tok").unwrap().unwrap();
+    let raw = String::from_utf8(stored.clone()).unwrap();
+    let log = fs::read(state.join("journal.log")).unwrap();
+    assert!(
+        !log.windows(b"at-secretive".len())
+            .any(|w| w == b"at-secretive"),
+        "nothing of it in the clear in the log"
+    );
     assert!(
         raw.contains("xchacha20poly1305") && !raw.contains("at-secretive"),
         "sealed on disk"
@@ -91,22 +105,24 @@ async fn state_key_seals_entries_and_a_wrong_key_is_refused() {
     assert!(err.contains("state_key"), "{err}");
     assert!(JournalKey::parse(&SecretString::from("short".to_string())).is_err());
     drop(j);
-    // A plain entry planted next to sealed ones is refused while a key is set.
+    // A plain entry planted next to sealed ones (as a file of the old layout, which opening moves into the log)
+    // is refused while a key is set.
+    fs::create_dir(state.join("journal")).unwrap();
     fs::write(
         state.join("journal").join("planted.json"),
         serde_json::to_vec(&Entry::new("planted", "tfc", "team")).unwrap(),
     )
     .unwrap();
-    let j = reopen(&state).await.with_key(Some(key));
+    let j = reopen(&state).await.with_key(Some(key.clone()));
     let err = j.load("planted").await.unwrap_err().to_string();
     assert!(err.contains("not encrypted"), "{err}");
-    // An entry copied over another token's file is refused too.
-    fs::copy(
-        state.join("journal").join("tok.json"),
-        state.join("journal").join("other.json"),
-    )
-    .unwrap();
-    assert!(j.load("other").await.is_err());
+    // An entry copied over another token's is refused too.
+    drop(j);
+    fs::create_dir(state.join("journal")).unwrap();
+    fs::write(state.join("journal").join("other.json"), &stored).unwrap();
+    let j = reopen(&state).await.with_key(Some(key));
+    let err = j.load("other").await.unwrap_err().to_string();
+    assert!(err.contains("cannot decrypt"), "{err}");
 }
 
 #[test]

@@ -350,9 +350,8 @@ sinks = [{{ sink = "vault", path = "crash/{org}" }}, {{ sink = "legacy", path = 
     }
 
     fn journal(&self) -> Option<Value> {
-        let p = self.work.state_dir().join("journal").join("ci.json");
-        std::fs::read(&p)
-            .ok()
+        self.work
+            .journal_entry("ci")
             .map(|b| serde_json::from_slice(&b).expect("the journal is JSON"))
     }
 

@@ -1257,12 +1257,10 @@ async fn persistent_faults_mark_the_token_failed_and_rotate_tries_again() {
     );
     // The singleton was minted once and is kept in the journal while its sink refuses writes.
     assert_eq!(env.org_creates("org-single"), 1);
-    let journal = env
-        .work
-        .state_dir()
-        .join("journal")
-        .join("org-unstored.json");
-    assert!(journal.exists(), "the minted singleton is journaled");
+    assert!(
+        env.work.journal_entry("org-unstored").is_some(),
+        "the minted singleton is journaled"
+    );
     let stderr = daemon.stderr();
     assert!(
         stderr.contains("the new token is minted but not stored in every sink"),

@@ -239,6 +239,18 @@ impl Workdir {
         self.dir.path().join("state")
     }
 
+    /// The journal entry of `token` as stored in `state_dir`'s log (read without the lock: a running daemon's
+    /// journal too; a record it is appending at that moment is left out).
+    pub fn journal_entry(&self, token: &str) -> Option<Vec<u8>> {
+        token_rotator::journal::disk::read_stored(&self.state_dir(), token)
+            .expect("the journal log is readable")
+    }
+
+    /// The journal log's raw bytes (for checks that nothing is stored in the clear).
+    pub fn journal_log(&self) -> Vec<u8> {
+        std::fs::read(self.state_dir().join("journal.log")).unwrap_or_default()
+    }
+
     pub fn write_policy(&self, text: &str) -> PathBuf {
         let p = self.dir.path().join("policy.toml");
         std::fs::write(&p, text).unwrap();

@@ -483,7 +483,7 @@ async fn revoke_after_use_follows_a_successor_replaced_before_its_first_use() {
         "only the used token is left"
     );
     assert!(
-        !env.work.state_dir().join("journal/agent.json").exists(),
+        env.work.journal_entry("agent").is_none(),
         "nothing left waiting"
     );
 }

@@ -200,8 +200,10 @@ sinks = [{{ sink = "vault", path = "ci/team" }}]
     let second = id_of(&env.record("ci/team").await);
     assert_ne!(first, second);
     assert!(env.token_valid(&first), "in grace: not revoked by this run");
-    let journal = env.work.state_dir().join("journal").join("ci-team.json");
-    assert!(journal.exists(), "the pending revocation is journaled");
+    assert!(
+        env.work.journal_entry("ci-team").is_some(),
+        "the pending revocation is journaled"
+    );
 
     // Grace passed: the next run revokes it (nothing else is due with `every = 1h`).
     sleep_ms(3100).await;
@@ -211,7 +213,10 @@ sinks = [{{ sink = "vault", path = "ci/team" }}]
     assert!(!env.token_valid(&first), "revoked after grace");
     assert!(env.token_valid(&second));
     assert_eq!(id_of(&env.record("ci/team").await), second);
-    assert!(!journal.exists(), "finished work leaves no journal entry");
+    assert!(
+        env.work.journal_entry("ci-team").is_none(),
+        "finished work leaves no journal entry"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
