@@ -311,9 +311,13 @@ where
     }
 }
 
-/// The multi-threaded tokio runtime every async command runs on.
+/// The tokio runtime every async command runs on: one thread. The daemon waits on the network almost all the
+/// time (about 1 ms of CPU per rotation against a rate limit of tens per second), and a second worker thread
+/// only added cross-thread wake-ups: on two cores, 27 % more CPU per rotation (BENCHMARKS.md, History, row h).
+/// What blocks (policy parse on reload, file I/O, the journal's `fdatasync`) runs on the blocking pool or the
+/// journal's own thread, never here.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {
