@@ -27,7 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
@@ -47,6 +47,8 @@ const REMOVE: u8 = 2;
 const MAX_RECORD: usize = 64 << 20;
 /// The log is rewritten with only the live entries once it is larger than this and four times what they take.
 const COMPACT_AT: u64 = 1 << 20;
+/// ... or, right after a batch that removed an entry (a rotation finished), larger than this.
+const COMPACT_AFTER_REMOVE: u64 = 64 << 10;
 /// At most this many queued writes go into one append (bounds the batch's buffer).
 const MAX_BATCH: usize = 512;
 
@@ -120,6 +122,20 @@ fn replay(data: &[u8], entries: &mut HashMap<String, Vec<u8>>) -> Result<usize, 
     Ok(at)
 }
 
+/// The offset of the first whole, checksummed record after `from`, if any: what tells damage inside the log from a
+/// torn tail (an append cut short by a crash leaves no whole record after the cut that was ever acknowledged...
+/// but the kernel may write a batch's pages out of order, so a later record of the same unacknowledged batch can
+/// survive a torn one; that case is kept aside too, harmlessly).
+fn record_after(data: &[u8], from: usize) -> Option<usize> {
+    (from + 1..data.len().saturating_sub(HEADER)).find(|&at| {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
+        (3..=MAX_RECORD).contains(&len)
+            && data
+                .get(at + HEADER..at + HEADER + len)
+                .is_some_and(|body| data[at + 4..at + HEADER] == check(body))
+    })
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
 }
@@ -147,7 +163,10 @@ fn legacy_token(stem: &str, bytes: &[u8]) -> Option<String> {
                 i += 1;
             }
         }
-        return String::from_utf8(out).ok();
+        // Only a name this layout would have given the token (not an operator's `x.orig.json`).
+        return String::from_utf8(out)
+            .ok()
+            .filter(|token| file_stem(token) == stem);
     }
     #[derive(serde::Deserialize)]
     struct Named {
@@ -179,22 +198,32 @@ fn read_legacy(dir: &Path) -> io::Result<Option<(HashMap<String, Vec<u8>>, Vec<P
             continue;
         };
         let bytes = fs::read(&path)?;
-        let token = legacy_token(stem, &bytes).ok_or_else(|| {
-            io::Error::other(format!(
-                "cannot tell which token {} belongs to (an encrypted entry of a long token name): finish its \
-                 rotation with the previous version of token-rotator first",
-                path.display()
-            ))
-        })?;
+        let Some(token) = legacy_token(stem, &bytes) else {
+            if stem.contains('~') {
+                return Err(io::Error::other(format!(
+                    "cannot tell which token {} belongs to (an encrypted entry of a long token name): finish its \
+                     rotation with the previous version of token-rotator first",
+                    path.display()
+                )));
+            }
+            continue; // not a name this layout writes: left alone
+        };
         entries.insert(token, bytes);
         files.push(path);
     }
     Ok(Some((entries, files)))
 }
 
+/// A rewrite that failed; `renamed`: the new log already replaced the old one (only the directory `fsync`
+/// failed), so the old file is no longer the log and must not be appended to.
+struct RewriteError {
+    error: io::Error,
+    renamed: bool,
+}
+
 /// Writes a new log holding exactly `entries` in place of `path`: temporary file, `fdatasync`, rename, directory
 /// `fsync`. Returns the open file and its length.
-fn rewrite(path: &Path, entries: &HashMap<String, Vec<u8>>) -> io::Result<(File, u64)> {
+fn rewrite(path: &Path, entries: &HashMap<String, Vec<u8>>) -> Result<(File, u64), RewriteError> {
     let tmp = path.with_extension("log.tmp");
     let mut buf = MAGIC.to_vec();
     let mut names: Vec<&String> = entries.keys().collect();
@@ -202,7 +231,7 @@ fn rewrite(path: &Path, entries: &HashMap<String, Vec<u8>>) -> io::Result<(File,
     for name in names {
         encode(&mut buf, name, Some(&entries[name]));
     }
-    let result = (|| {
+    let written = (|| {
         let mut f = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -213,14 +242,22 @@ fn rewrite(path: &Path, entries: &HashMap<String, Vec<u8>>) -> io::Result<(File,
         f.write_all(&buf)?;
         f.sync_data()?;
         fs::rename(&tmp, path)?;
-        fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
-        f.seek(SeekFrom::End(0))?;
-        Ok((f, buf.len() as u64))
+        Ok(f)
     })();
-    if result.is_err() {
+    let mut f = written.map_err(|error| {
         let _ = fs::remove_file(&tmp);
-    }
-    result
+        RewriteError {
+            error,
+            renamed: false,
+        }
+    })?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| f.seek(SeekFrom::End(0)))
+        .map_err(|error| RewriteError {
+            error,
+            renamed: true,
+        })?;
+    Ok((f, buf.len() as u64))
 }
 
 /// Reads the log at `path` (a missing file is an empty log). With `repair`, a torn tail is cut off durably.
@@ -236,6 +273,20 @@ fn load(path: &Path, repair: bool) -> io::Result<(HashMap<String, Vec<u8>>, u64)
     }
     let valid = replay(&data, &mut entries).map_err(io::Error::other)?;
     if repair && valid < data.len() {
+        if let Some(at) = record_after(&data, valid) {
+            // Not a torn tail: a whole record follows the damage (a bad sector, a flipped bit). The daemon goes on
+            // from what is before it; everything is kept for the operator.
+            let aside =
+                path.with_extension(format!("log.damaged-{}", crate::clock::now().timestamp()));
+            let mut f = OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&aside)?;
+            f.write_all(&data)?;
+            f.sync_data()?;
+            tracing::error!(path = %path.display(), offset = valid, next_record = at, copy = %aside.display(), "the journal log is damaged before its end: continuing from the records before the damage; the whole log is kept in the copy");
+        }
         let f = OpenOptions::new().write(true).open(path)?;
         f.set_len(valid as u64)?;
         f.sync_data()?;
@@ -257,6 +308,8 @@ struct Writer {
     len: u64,
     /// Set after a failed `fdatasync`: the next batch rewrites the log before it appends.
     broken: bool,
+    /// `broken`, for the remove fast path on the caller's side.
+    clean: Arc<AtomicBool>,
     entries: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     commits: Arc<AtomicU64>,
     /// Keeps `state_dir`'s lock until the last queued write is done.
@@ -288,14 +341,29 @@ impl Writer {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Rewrites the log from the acknowledged entries.
+    fn set_broken(&mut self, broken: bool) {
+        self.broken = broken;
+        self.clean.store(!broken, Ordering::SeqCst);
+    }
+
+    /// Rewrites the log from the acknowledged entries. If the new log replaced the old one but could not be made
+    /// durable, the old file is no longer the log: the next batch rewrites again before it appends.
     fn rebuild(&mut self) -> io::Result<()> {
         let snapshot = self.live().clone();
-        let (file, len) = rewrite(&self.path, &snapshot)?;
-        self.file = file;
-        self.len = len;
-        self.broken = false;
-        Ok(())
+        match rewrite(&self.path, &snapshot) {
+            Ok((file, len)) => {
+                self.file = file;
+                self.len = len;
+                self.set_broken(false);
+                Ok(())
+            }
+            Err(e) => {
+                if e.renamed {
+                    self.set_broken(true);
+                }
+                Err(e.error)
+            }
+        }
     }
 
     fn commit(&mut self, batch: &[Op]) -> io::Result<()> {
@@ -303,20 +371,36 @@ impl Writer {
             self.rebuild()?;
         }
         let mut buf = Vec::new();
-        for op in batch {
-            encode(&mut buf, &op.token, op.bytes.as_deref());
+        let mut removed = false;
+        {
+            let live = self.live();
+            for (i, op) in batch.iter().enumerate() {
+                // Removing what the log does not hold (nothing acknowledged, nothing earlier in this batch) writes
+                // nothing: after a failed `fdatasync` the rewrite above already made the log match `live`.
+                if op.bytes.is_none()
+                    && !live.contains_key(&op.token)
+                    && !batch[..i].iter().any(|o| o.token == op.token)
+                {
+                    continue;
+                }
+                removed |= op.bytes.is_none();
+                encode(&mut buf, &op.token, op.bytes.as_deref());
+            }
+        }
+        if buf.is_empty() {
+            return Ok(());
         }
         if let Err(e) = self.file.write_all(&buf) {
             // Cut the partial append off again; if even that fails, rewrite before the next append.
             if self.file.set_len(self.len).is_err()
                 || self.file.seek(SeekFrom::Start(self.len)).is_err()
             {
-                self.broken = true;
+                self.set_broken(true);
             }
             return Err(e);
         }
         if let Err(e) = self.file.sync_data() {
-            self.broken = true;
+            self.set_broken(true);
             return Err(e);
         }
         self.len += buf.len() as u64;
@@ -333,7 +417,14 @@ impl Writer {
                 .map(|(k, v)| (HEADER + 3 + k.len() + v.len()) as u64)
                 .sum::<u64>()
         };
-        if self.len > COMPACT_AT && self.len > 4 * live_bytes {
+        // Superseded records keep old values (plain JSON without `state_key`) in the file until a rewrite: once the
+        // log is mostly superseded, it is rewritten at 1 MiB, or at 64 KiB right after a finished rotation.
+        let threshold = if removed {
+            COMPACT_AFTER_REMOVE
+        } else {
+            COMPACT_AT
+        };
+        if self.len > threshold && self.len > 4 * live_bytes {
             // Already durable in the old log: a failed compaction only means trying again after the next batch.
             if let Err(e) = self.rebuild() {
                 tracing::warn!(path = %self.path.display(), error = %e, "compacting the journal log failed; will retry");
@@ -344,7 +435,6 @@ impl Writer {
 }
 
 /// `state_dir/journal.log` (0600) behind `state_dir/lock` (see the module docs).
-#[derive(Debug)]
 pub struct DiskStore {
     state_dir: PathBuf,
     path: PathBuf,
@@ -357,10 +447,20 @@ pub struct DiskStore {
     /// Read-only stores: loaded at the first read.
     snapshot: OnceLock<()>,
     commits: Arc<AtomicU64>,
+    /// False while the writer must rewrite the log before its next append.
+    clean: Arc<AtomicBool>,
     _lock: Option<Arc<File>>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for DiskStore {
+    /// The path only: the entries hold minted values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 struct PendingWriter {
     file: File,
     len: u64,
@@ -417,16 +517,25 @@ impl DiskStore {
         let file = match legacy {
             Some((old, files)) => {
                 entries.extend(old);
-                let (file, new_len) = rewrite(&path, &entries).map_err(io_at(&path))?;
+                let (file, new_len) =
+                    rewrite(&path, &entries).map_err(|e| io_at(&path)(e.error))?;
                 for f in files {
                     fs::remove_file(&f).map_err(io_at(&f))?;
                 }
-                fs::remove_dir(&legacy_dir).map_err(io_at(&legacy_dir))?;
-                fsync_dir(state_dir).map_err(io_at(state_dir))?;
+                fsync_dir(&legacy_dir).map_err(io_at(&legacy_dir))?;
+                // Something else kept there (an operator's copy) keeps the directory; the next start finds no entry
+                // files in it and moves nothing.
+                if fs::remove_dir(&legacy_dir).is_ok() {
+                    fsync_dir(state_dir).map_err(io_at(state_dir))?;
+                }
                 len = new_len;
                 file
             }
-            None if len == 0 => rewrite(&path, &entries).map_err(io_at(&path))?.0,
+            None if len == 0 => {
+                rewrite(&path, &entries)
+                    .map_err(|e| io_at(&path)(e.error))?
+                    .0
+            }
             None => {
                 let mut f = OpenOptions::new()
                     .read(true)
@@ -446,6 +555,7 @@ impl DiskStore {
             pending: Mutex::new(Some(PendingWriter { file, len })),
             snapshot: OnceLock::new(),
             commits: Arc::default(),
+            clean: Arc::new(AtomicBool::new(true)),
             _lock: Some(Arc::new(lock)),
         })
     }
@@ -461,6 +571,7 @@ impl DiskStore {
             pending: Mutex::new(None),
             snapshot: OnceLock::new(),
             commits: Arc::default(),
+            clean: Arc::new(AtomicBool::new(true)),
             _lock: None,
         }
     }
@@ -499,8 +610,10 @@ impl DiskStore {
         if self.queue.is_some() || self.snapshot.get().is_some() {
             return Ok(());
         }
+        // The old files first: a daemon starting meanwhile writes the log before it deletes them.
+        let legacy = read_legacy(&self.state_dir.join("journal"))?;
         let (mut entries, _) = load(&self.path, false)?;
-        if let Some((old, _)) = read_legacy(&self.state_dir.join("journal"))? {
+        if let Some((old, _)) = legacy {
             entries.extend(old);
         }
         *self.live() = entries;
@@ -509,6 +622,14 @@ impl DiskStore {
     }
 
     async fn submit(&self, token: &str, bytes: Option<Vec<u8>>) -> io::Result<()> {
+        if HEADER + 3 + token.len() + bytes.as_ref().map_or(0, Vec::len) > MAX_RECORD
+            || token.len() > usize::from(u16::MAX)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "journal entry too large for one log record",
+            ));
+        }
         let Some(queue) = &self.queue else {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -548,6 +669,7 @@ impl DiskStore {
             file: start.file,
             len: start.len,
             broken: false,
+            clean: self.clean.clone(),
             entries: self.entries.clone(),
             commits: self.commits.clone(),
             _lock: self._lock.clone().expect("writable stores hold the lock"),
@@ -572,7 +694,12 @@ impl EntryStore for DiskStore {
     }
 
     async fn remove(&self, token: &str) -> io::Result<()> {
-        if self.queue.is_some() && !self.live().contains_key(token) {
+        // Nothing acknowledged to remove and the log matches what was acknowledged: nothing to write. (Visits are
+        // one at a time per token, so no write of this token is in flight.)
+        if self.queue.is_some()
+            && self.clean.load(Ordering::SeqCst)
+            && !self.live().contains_key(token)
+        {
             return Ok(());
         }
         self.submit(token, None).await
@@ -675,6 +802,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn damage_before_the_end_keeps_a_copy_of_the_whole_log() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        {
+            let store = DiskStore::open(&state).unwrap();
+            for i in 0..10 {
+                store.write(&format!("t{i}"), entry(i)).await.unwrap();
+            }
+        }
+        let path = state.join("journal.log");
+        let whole = fs::read(&path).unwrap();
+        // Flip a byte inside the sixth record's body.
+        let mut at = MAGIC.len();
+        for _ in 0..5 {
+            at += HEADER + u32::from_le_bytes(whole[at..at + 4].try_into().unwrap()) as usize;
+        }
+        let mut damaged = whole.clone();
+        damaged[at + HEADER + 1] ^= 0x40;
+        fs::write(&path, &damaged).unwrap();
+        let store = reopen(&state).await;
+        assert_eq!(store.read("t4").await.unwrap(), Some(entry(4)));
+        assert_eq!(store.read("t7").await.unwrap(), None);
+        let copies: Vec<_> = fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("journal.log.damaged-")
+            })
+            .collect();
+        assert_eq!(copies.len(), 1, "one copy kept");
+        assert_eq!(
+            fs::read(copies[0].path()).unwrap(),
+            damaged,
+            "the whole log, as found"
+        );
+        let last = replay(&whole[..whole.len() - 1], &mut HashMap::new()).unwrap();
+        assert_eq!(
+            record_after(&whole[..whole.len() - 1], last),
+            None,
+            "a torn tail has no copy"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_finished_rotation_compacts_a_small_log_so_old_values_do_not_linger() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let store = DiskStore::open(&state).unwrap();
+        let value = b"OLD-VALUE-1234".to_vec();
+        store.write("a", value.clone()).await.unwrap();
+        for i in 0..100 {
+            store.write("b", vec![b'y'; 1024 + i]).await.unwrap();
+        }
+        store.remove("a").await.unwrap();
+        store.remove("b").await.unwrap();
+        let log = fs::read(store.log_path()).unwrap();
+        assert!(
+            !log.windows(value.len()).any(|w| w == value),
+            "rewritten after the removal ({} bytes)",
+            log.len()
+        );
+        assert_eq!(store.read("a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn a_foreign_file_is_refused_not_overwritten() {
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
@@ -748,6 +942,7 @@ mod tests {
                 file: ro,
                 len: fs::metadata(state.join("journal.log")).unwrap().len(),
                 broken: false,
+                clean: store.clean.clone(),
                 entries: store.entries.clone(),
                 commits: store.commits.clone(),
                 _lock: store._lock.clone().unwrap(),
@@ -785,15 +980,29 @@ mod tests {
         let plain_long = serde_json::to_vec(&serde_json::json!({ "token": long })).unwrap();
         fs::write(old.join(format!("{}.json", file_stem(&long))), &plain_long).unwrap();
         fs::write(old.join("half.json.tmp"), b"{").unwrap();
+        fs::write(old.join("notes.txt"), b"an operator's copy").unwrap();
+        fs::write(old.join("ci%2Forg%2Ex.orig.json"), b"{}").unwrap();
         assert_eq!(
             read_stored(&state, "ci/org.x").unwrap(),
             Some(entry(1)),
             "a read-only view sees them before the move"
         );
         let store = DiskStore::open(&state).unwrap();
-        assert!(!old.exists(), "the old directory is gone");
+        assert_eq!(
+            fs::read_dir(&old).unwrap().count(),
+            2,
+            "only what was not an entry is left"
+        );
         assert_eq!(store.read("ci/org.x").await.unwrap(), Some(entry(1)));
         assert_eq!(store.read(&long).await.unwrap(), Some(plain_long));
         assert_eq!(store.live().len(), 2);
+        store.write("ci/org.x", entry(5)).await.unwrap();
+        drop(store);
+        let store = reopen(&state).await;
+        assert_eq!(
+            store.read("ci/org.x").await.unwrap(),
+            Some(entry(5)),
+            "a later start moves nothing again"
+        );
     }
 }

@@ -335,7 +335,7 @@ impl Journal {
             nonce: nonce_bytes.iter().map(|b| format!("{b:02x}")).collect(),
             data: base64::engine::general_purpose::STANDARD.encode(data),
         };
-        serde_json::to_vec_pretty(&sealed).expect("sealed entries serialise")
+        serde_json::to_vec(&sealed).expect("sealed entries serialise")
     }
 
     fn unseal(
@@ -466,7 +466,7 @@ impl Journal {
         }
         let bytes = self.seal(
             &entry.token,
-            serde_json::to_vec_pretty(entry).expect("journal entries serialise"),
+            serde_json::to_vec(entry).expect("journal entries serialise"),
         );
         self.store
             .write(&entry.token, bytes)

@@ -2,6 +2,7 @@
 //!
 //! The same `load` is used by `check`, start-up and reload (SPEC §2–3).
 
+mod chunks;
 pub mod cluster;
 pub mod diag;
 pub mod duration;
@@ -228,17 +229,50 @@ pub fn parse(
     env: &Env,
     kinds: &Kinds,
 ) -> Result<Policy, Diagnostics> {
-    let mut d = Diagnostics::new(display, source);
-    let (doc, syntax_errors) = DeTable::parse_recoverable(source);
-    for e in &syntax_errors {
+    if source.len() >= chunks::MIN_SPLIT {
+        // About eight slices: each slice's parse costs as many lexer steps as the bytes before it (one whitespace
+        // token), so more slices trade time for a lower peak.
+        let target = (source.len() / 8).max(chunks::MIN_SPLIT / 2);
+        if let Some(result) = chunks::split(source, target)
+            .and_then(|split| parse_parts(display, path, source, env, kinds, Some(split)))
+        {
+            return result;
+        }
+    }
+    parse_parts(display, path, source, env, kinds, None).expect("a whole parse always answers")
+}
+
+/// Pushes `toml`'s syntax errors; whether there were any.
+fn push_syntax_errors(d: &mut Diagnostics, errors: &[toml::de::Error]) -> bool {
+    for e in errors {
         let span = e.span().unwrap_or(0..0);
         d.push(
             span,
             format!("TOML syntax error: {}", first_line(e.message())),
         );
     }
-    if !syntax_errors.is_empty() {
-        return Err(d);
+    !errors.is_empty()
+}
+
+/// Parses the policy whole (`split` `None`) or as a head and slices of token sections (`chunks`); `None`: the
+/// slices do not parse on their own as the whole would (a syntax error somewhere, `tokens` keys in the head), so
+/// parse it whole, which reports exactly as before.
+fn parse_parts(
+    display: &str,
+    path: &Path,
+    source: &str,
+    env: &Env,
+    kinds: &Kinds,
+    split: Option<(usize, Vec<std::ops::Range<usize>>)>,
+) -> Option<Result<Policy, Diagnostics>> {
+    let mut d = Diagnostics::new(display, source);
+    let head_end = split.as_ref().map_or(source.len(), |(end, _)| *end);
+    let (doc, syntax_errors) = DeTable::parse_recoverable(&source[..head_end]);
+    if split.is_some() && (!syntax_errors.is_empty() || doc.get_ref().contains_key("tokens")) {
+        return None;
+    }
+    if push_syntax_errors(&mut d, &syntax_errors) {
+        return Some(Err(d));
     }
     let mut root = TableReader::new("the policy", 0..0, doc.get_ref());
 
@@ -252,14 +286,27 @@ pub fn parse(
     check_borrowed_issuers(&mut d, &issuers, &sinks);
     let cluster_table = root.has("cluster");
     let cluster = cluster::read_cluster(&mut root, &mut d, &sinks);
-    let tokens = tokens::read_tokens(
-        &mut root,
-        &mut d,
-        &issuers,
-        &sinks,
+    let ctx = tokens::TokensContext {
+        issuers: &issuers,
+        sinks: &sinks,
         kinds,
-        cluster_table.then_some(cluster.as_ref()),
-    );
+        cluster: cluster_table.then_some(cluster.as_ref()),
+    };
+    let mut reader = tokens::TokensReader::default();
+    reader.read(&mut root, &mut d, &ctx);
+    for range in split.iter().flat_map(|(_, slices)| slices) {
+        // The slice where it is in the file, after spaces: every span is an offset into the whole file.
+        let mut padded = " ".repeat(range.start);
+        padded.push_str(&source[range.clone()]);
+        let (doc, errors) = DeTable::parse_recoverable(&padded);
+        if !errors.is_empty() {
+            return None;
+        }
+        let mut slice_root = TableReader::new("the policy", 0..0, doc.get_ref());
+        reader.read(&mut slice_root, &mut d, &ctx);
+        slice_root.finish(&mut d);
+    }
+    let tokens = reader.out;
     check_credential_sources(&mut d, &issuers, &sinks, &tokens);
     root.finish(&mut d);
     if d.is_empty() && tokens.is_empty() {
@@ -270,9 +317,9 @@ pub fn parse(
     }
 
     if !d.is_empty() {
-        return Err(d);
+        return Some(Err(d));
     }
-    Ok(Policy {
+    Some(Ok(Policy {
         path: path.to_path_buf(),
         daemon: daemon.expect("daemon settings present when there are no diagnostics"),
         issuers: issuers
@@ -285,7 +332,7 @@ pub fn parse(
             .collect(),
         cluster,
         tokens,
-    })
+    }))
 }
 
 /// An issuer credential kept in a sink (`token = { sink = … }`) is read from a record: never from a delivery

@@ -595,3 +595,75 @@ fn delivery_target_mistakes_are_located() {
         );
     }
 }
+
+/// A policy large enough to be read in slices (`chunks`) reads exactly as when parsed whole: the same policy, or
+/// the same located errors.
+#[test]
+fn a_large_policy_read_in_slices_reads_as_the_whole() {
+    let mut src = GOOD.replace(
+        "[tokens.ci-org]",
+        "[sinks.files]\nkind = \"file\"\ndirectory = \"/tmp/records\"\n\n[tokens.ci-org]",
+    );
+    let mut i = 0;
+    while src.len() < 2 * chunks::MIN_SPLIT {
+        src.push_str(&format!(
+            "[tokens.\"team-{i}\"]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-{i:08}\"\n\
+             sinks = [\n  {{ sink = \"vault\", path = \"ci/team-{i}\" }},\n  {{ sink = \"files\", path = \"t{i}.json\" }},\n]\n\
+             every = \"{}h\"\n[[tokens.\"team-{i}\".notify]]\nexec = [\"/bin/true\", \"{i}\"]\n\n",
+            1 + i % 5
+        ));
+        i += 1;
+    }
+    let whole = |s: &str| {
+        parse_parts(
+            "p.toml",
+            Path::new("p.toml"),
+            s,
+            &Env::default(),
+            &crate::kinds(),
+            None,
+        )
+        .unwrap()
+    };
+    let sliced = |s: &str| {
+        let split = chunks::split(s, s.len() / 8).expect("this policy is cut");
+        assert!(split.1.len() >= 6, "{} slices", split.1.len());
+        parse_parts(
+            "p.toml",
+            Path::new("p.toml"),
+            s,
+            &Env::default(),
+            &crate::kinds(),
+            Some(split),
+        )
+        .expect("the slices parse")
+    };
+    let ok = |r: Result<Policy, Diagnostics>| r.map_err(|mut d| d.render()).unwrap();
+    let (a, b) = (ok(whole(&src)), ok(sliced(&src)));
+    assert_eq!(a.tokens.len(), i + 1);
+    assert_eq!(format!("{:?}", a.tokens), format!("{:?}", b.tokens));
+    assert_eq!(format!("{:?}", a.daemon), format!("{:?}", b.daemon));
+    // Errors in the head, in a late slice and across slices (the same target twice, a label clash) are located
+    // in the whole file.
+    let bad = src
+        .replace(
+            "[tokens.\"team-1500\"]\nissuer = \"tfc\"",
+            "[tokens.\"team-1500\"]\nissuer = \"tfc\"\nbogus = 1",
+        )
+        .replace("path = \"ci/team-1700\"", "path = \"ci/team-3\"")
+        .replace("lifetime = \"30d\"", "lifetime = \"thirty days\"");
+    let (Err(mut e1), Err(mut e2)) = (whole(&bad), sliced(&bad)) else {
+        panic!("the bad policy was accepted");
+    };
+    let (l1, l2) = (e1.render(), e2.render());
+    assert!(l1.len() >= 3, "{l1:?}");
+    assert_eq!(l1, l2);
+    assert!(l1.iter().any(|l| l.contains("bogus")), "{l1:?}");
+    // A syntax error in a slice: the whole parse reports it, as before.
+    let broken = src.replace("\"/bin/true\", \"1202\"]", "\"/bin/true\", \"1202]");
+    assert_ne!(broken, src);
+    let Err(mut e) = whole(&broken) else {
+        panic!("the broken policy was accepted");
+    };
+    assert_eq!(errors(&broken), e.render());
+}

@@ -14,58 +14,73 @@ use super::reader::{wrong_type, TableReader};
 use super::timing::read_schedule;
 use super::{check_name, IssuerConfig, Named, SinkConfig, SinkTarget, Target, TokenPolicy};
 
-pub(super) fn read_tokens(
-    root: &mut TableReader,
-    d: &mut Diagnostics,
-    issuers: &Named<IssuerConfig>,
-    sinks: &Named<SinkConfig>,
-    kinds: &Kinds,
-    // `Some` with a `[cluster]` table (`Some(None)`: the table was invalid, already reported).
-    cluster: Option<Option<&ClusterSettings>>,
-) -> BTreeMap<String, Arc<TokenPolicy>> {
-    let mut out = BTreeMap::new();
-    // Which token already writes to a sink target, for the duplicate check.
-    let mut targets: HashMap<SinkTarget, String> = HashMap::new();
-    // Which token already uses a label in a sweep scope (issuer kind, scope), for the collision check.
-    let mut labels: HashMap<(&'static str, String, String), String> = HashMap::new();
-    let Some(section) = root.opt_table(d, "tokens") else {
-        return out;
-    };
-    let label_keys: Vec<&'static str> = kinds.issuers.iter().map(|k| k.label_key()).collect();
-    for (name, value) in section.entries() {
-        let Some(table) = value.get_ref().as_table() else {
-            wrong_type(d, value, &format!("`tokens.{}`", name.get_ref()), "a table");
-            continue;
-        };
-        let named_ok = check_name(d, &name, "tokens");
-        let mut t = TableReader::new(format!("[tokens.{}]", name.get_ref()), name.span(), table);
-        let label_span = label_keys.iter().find_map(|k| t.get_span(k));
-        let read = read_token(
-            &mut t,
-            d,
-            name.get_ref(),
+/// What every token table is read against.
+pub(super) struct TokensContext<'a> {
+    pub issuers: &'a Named<IssuerConfig>,
+    pub sinks: &'a Named<SinkConfig>,
+    pub kinds: &'a Kinds,
+    /// `Some` with a `[cluster]` table (`Some(None)`: the table was invalid, already reported).
+    pub cluster: Option<Option<&'a ClusterSettings>>,
+}
+
+/// Reads `[tokens.*]` from one document or from several slices of one (`chunks`), keeping what the checks across
+/// tokens need between them.
+#[derive(Default)]
+pub(super) struct TokensReader {
+    pub out: BTreeMap<String, Arc<TokenPolicy>>,
+    /// Which token already writes to a sink target, for the duplicate check.
+    targets: HashMap<SinkTarget, String>,
+    /// Which token already uses a label in a sweep scope (issuer kind, scope), for the collision check.
+    labels: HashMap<(&'static str, String, String), String>,
+    /// Each issuer's address as one spelling (`label_scope`), worked out once per issuer.
+    addresses: HashMap<String, String>,
+}
+
+impl TokensReader {
+    pub(super) fn read(
+        &mut self,
+        root: &mut TableReader,
+        d: &mut Diagnostics,
+        ctx: &TokensContext,
+    ) {
+        let TokensContext {
             issuers,
             sinks,
-            &mut targets,
             kinds,
-        );
-        if let Some((token, spec)) = read {
-            let local = |st: &SinkTarget| {
-                sinks
-                    .get(&st.sink)
-                    .and_then(|(_, cfg)| cfg.as_ref())
-                    .is_some_and(|cfg| cfg.spec.is_local())
+            cluster,
+        } = *ctx;
+        let Some(section) = root.opt_table(d, "tokens") else {
+            return;
+        };
+        let (out, targets, labels) = (&mut self.out, &mut self.targets, &mut self.labels);
+        let label_keys: Vec<&'static str> = kinds.issuers.iter().map(|k| k.label_key()).collect();
+        for (name, value) in section.entries() {
+            let Some(table) = value.get_ref().as_table() else {
+                wrong_type(d, value, &format!("`tokens.{}`", name.get_ref()), "a table");
+                continue;
             };
-            if let Some(Some(c)) = cluster {
-                // The lease and the shared journal live under `path` in the store: a record there would clobber
-                // them, or they it.
-                let under = |st: &SinkTarget| {
-                    st.sink == c.store
-                        && matches!(&st.target, Target::Path(p)
-                            if p.trim_matches('/') == c.path || p.trim_matches('/').starts_with(&format!("{}/", c.path)))
+            let named_ok = check_name(d, &name, "tokens");
+            let mut t =
+                TableReader::new(format!("[tokens.{}]", name.get_ref()), name.span(), table);
+            let label_span = label_keys.iter().find_map(|k| t.get_span(k));
+            let read = read_token(&mut t, d, name.get_ref(), issuers, sinks, targets, kinds);
+            if let Some((token, spec)) = read {
+                let local = |st: &SinkTarget| {
+                    sinks
+                        .get(&st.sink)
+                        .and_then(|(_, cfg)| cfg.as_ref())
+                        .is_some_and(|cfg| cfg.spec.is_local())
                 };
-                if let Some(st) = token.sinks.iter().find(|st| under(st)) {
-                    d.push(
+                if let Some(Some(c)) = cluster {
+                    // The lease and the shared journal live under `path` in the store: a record there would clobber
+                    // them, or they it.
+                    let under = |st: &SinkTarget| {
+                        st.sink == c.store
+                            && matches!(&st.target, Target::Path(p)
+                            if p.trim_matches('/') == c.path || p.trim_matches('/').starts_with(&format!("{}/", c.path)))
+                    };
+                    if let Some(st) = token.sinks.iter().find(|st| under(st)) {
+                        d.push(
                         name.span(),
                         format!(
                             "[tokens.{}] writes to {st}, under the [cluster] path \"{}\" where the lease and the shared journal live; choose another path",
@@ -73,22 +88,22 @@ pub(super) fn read_tokens(
                             c.path
                         ),
                     );
+                    }
                 }
-            }
-            let shared_record = |st: &SinkTarget| !local(st) && !st.target.is_delivery();
-            if cluster.is_some() && !token.sinks.iter().any(shared_record) {
-                d.push(
+                let shared_record = |st: &SinkTarget| !local(st) && !st.target.is_delivery();
+                if cluster.is_some() && !token.sinks.iter().any(shared_record) {
+                    d.push(
                     name.span(),
                     format!(
                         "[tokens.{}] keeps its record only in `file` sinks, which every instance keeps on its own disk: with [cluster] a token needs a shared record sink (vault or aws) that standbys copy from",
                         name.get_ref()
                     ),
                 );
-            }
-            if let Some(scope) = label_scope(&token, issuers) {
-                let label = spec.sweep_label(&token.label);
-                let key = (spec.name(), scope.clone(), label.clone());
-                match labels.get(&key) {
+                }
+                if let Some(scope) = label_scope(&token, issuers, &mut self.addresses) {
+                    let label = spec.sweep_label(&token.label);
+                    let key = (spec.name(), scope.clone(), label.clone());
+                    match labels.get(&key) {
                     Some(other) => d.push(
                         label_span.unwrap_or_else(|| name.span()),
                         format!(
@@ -101,21 +116,28 @@ pub(super) fn read_tokens(
                         labels.insert(key, name.get_ref().clone());
                     }
                 }
+                }
+                if named_ok {
+                    out.insert(name.get_ref().clone(), Arc::new(token));
+                }
             }
-            if named_ok {
-                out.insert(name.get_ref().clone(), Arc::new(token));
-            }
+            t.finish(d);
         }
-        t.finish(d);
     }
-    out
 }
 
 /// Where a token's labels must be unique for the orphan sweep to tell tokens apart (SPEC §5.11): the resource
 /// whose token list the sweep reads, at the issuer's address (two issuer tables may point at the same service),
 /// for the types that are swept (singletons are replaced in place and never swept).
-fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<String> {
+fn label_scope(
+    token: &TokenPolicy,
+    issuers: &Named<IssuerConfig>,
+    addresses: &mut HashMap<String, String>,
+) -> Option<String> {
     let issuer = issuers.get(&token.issuer)?.1.as_ref()?;
+    if let Some(at) = addresses.get(&token.issuer) {
+        return token.kind.label_scope(at);
+    }
     // One service however its address is spelled (case, default port, a trailing slash).
     let at = reqwest::Url::parse(&issuer.address)
         .ok()
@@ -128,7 +150,9 @@ fn label_scope(token: &TokenPolicy, issuers: &Named<IssuerConfig>) -> Option<Str
             ))
         })
         .unwrap_or_else(|| issuer.address.clone());
-    token.kind.label_scope(&at)
+    let scope = token.kind.label_scope(&at);
+    addresses.insert(token.issuer.clone(), at);
+    scope
 }
 
 /// A token table; with it, the kind of its issuer (for the label rules).

@@ -63,6 +63,10 @@ impl super::IssuerKind for TfeSpec {
 #[derive(Debug)]
 pub struct TfeIssuer {
     api: ApiBase,
+    /// Each team's name and organization as last read (`team_of`): a team token's list needs them, and reading
+    /// them before every list cost one rate-limited request per rotation. A renamed team is read again when its
+    /// list comes back empty.
+    teams: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 impl TfeIssuer {
@@ -73,6 +77,7 @@ impl TfeIssuer {
     ) -> Result<Self, IssuerError> {
         Ok(TfeIssuer {
             api: ApiBase::new(cfg, credential, deps, &DIALECT)?,
+            teams: Default::default(),
         })
     }
 
@@ -513,8 +518,27 @@ impl Issuer for TfeIssuer {
 }
 
 impl TfeIssuer {
-    /// A team's name and organization (`GET /teams/:id`).
+    /// A team's name and organization, as last read (`cached`) or read now.
     async fn team_of(&self, team_id: &str) -> Result<(String, String), IssuerError> {
+        Ok(self.team_cached(team_id).await?.0)
+    }
+
+    /// A team's name and organization and whether they come from the cache.
+    async fn team_cached(&self, team_id: &str) -> Result<((String, String), bool), IssuerError> {
+        let known = self
+            .teams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(team_id)
+            .cloned();
+        match known {
+            Some(t) => Ok((t, true)),
+            None => Ok((self.read_team(team_id).await?, false)),
+        }
+    }
+
+    /// A team's name and organization (`GET /teams/:id`), remembered.
+    async fn read_team(&self, team_id: &str) -> Result<(String, String), IssuerError> {
         let what = format!("reading team {team_id}");
         let reply = self
             .call(Effect::Read, self.url(&["teams", team_id]), None, &what)
@@ -530,7 +554,13 @@ impl TfeIssuer {
             field("/data/attributes/name"),
             field("/data/relationships/organization/data/id"),
         ) {
-            (Some(name), Some(org)) => Ok((name, org)),
+            (Some(name), Some(org)) => {
+                self.teams
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(team_id.to_string(), (name.clone(), org.clone()));
+                Ok((name, org))
+            }
             _ => Err(self.api.error(
                 IssuerErrorKind::Protocol,
                 Some(reply.status),
@@ -539,25 +569,44 @@ impl TfeIssuer {
         }
     }
 
+    /// The team tokens of `team_id` in the organization-wide list, searched by the team's name.
+    async fn list_team(
+        &self,
+        team_id: &str,
+        name: &str,
+        org: &str,
+    ) -> Result<Vec<Value>, IssuerError> {
+        Ok(self
+            .list_pages(
+                &["organizations", org, "team-tokens"],
+                &[("q", name)],
+                &format!("listing the team tokens of {team_id}"),
+            )
+            .await?
+            .into_iter()
+            .filter(|i| {
+                i.pointer("/relationships/team/data/id")
+                    .and_then(Value::as_str)
+                    == Some(team_id)
+            })
+            .collect())
+    }
+
     /// Every token the issuer lists for `token`'s team or agent pool, whoever labelled it (empty for singletons).
     async fn list_all(&self, token: &TokenPolicy) -> Result<Vec<IssuedToken>, IssuerError> {
         let items = match self.type_of(token)? {
             TfeType::Team { team_id } => {
-                // There is no per-team list: read the team's name and organization, then filter the org-wide list.
-                let (name, org) = self.team_of(team_id).await?;
-                self.list_pages(
-                    &["organizations", &org, "team-tokens"],
-                    &[("q", &name)],
-                    &format!("listing the team tokens of {team_id}"),
-                )
-                .await?
-                .into_iter()
-                .filter(|i| {
-                    i.pointer("/relationships/team/data/id")
-                        .and_then(Value::as_str)
-                        == Some(team_id)
-                })
-                .collect()
+                // There is no per-team list: filter the org-wide list, searched by the team's name.
+                let ((name, org), cached) = self.team_cached(team_id).await?;
+                let mut items = self.list_team(team_id, &name, &org).await?;
+                if items.is_empty() && cached {
+                    // Perhaps renamed (or moved) since it was read: read it again.
+                    let fresh = self.read_team(team_id).await?;
+                    if fresh != (name, org) {
+                        items = self.list_team(team_id, &fresh.0, &fresh.1).await?;
+                    }
+                }
+                items
             }
             TfeType::Agent { agent_pool_id, .. } => {
                 self.list_pages(
