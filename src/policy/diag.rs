@@ -27,6 +27,12 @@ impl Diagnostics {
         }
     }
 
+    /// The text the spans point into (set when the diagnostics were collected without it).
+    pub fn with_source(mut self, source: &str) -> Self {
+        self.source = source.to_string();
+        self
+    }
+
     pub fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.items.push(Diagnostic {
             span,

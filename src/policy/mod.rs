@@ -230,9 +230,9 @@ pub fn parse(
     kinds: &Kinds,
 ) -> Result<Policy, Diagnostics> {
     if source.len() >= chunks::MIN_SPLIT {
-        // About eight slices: each slice's parse costs as many lexer steps as the bytes before it (one whitespace
-        // token), so more slices trade time for a lower peak.
-        let target = (source.len() / 8).max(chunks::MIN_SPLIT / 2);
+        // At least eight slices of at most 512 KiB: each slice's parse costs as many lexer steps as the bytes
+        // before it (one whitespace token), so more slices trade time for a lower peak.
+        let target = (source.len() / 8).clamp(chunks::MIN_SPLIT / 2, 2 * chunks::MIN_SPLIT);
         if let Some(result) = chunks::split(source, target)
             .and_then(|split| parse_parts(display, path, source, env, kinds, Some(split)))
         {
@@ -265,14 +265,15 @@ fn parse_parts(
     kinds: &Kinds,
     split: Option<(usize, Vec<std::ops::Range<usize>>)>,
 ) -> Option<Result<Policy, Diagnostics>> {
-    let mut d = Diagnostics::new(display, source);
+    // The source is copied into the diagnostics only when there are some to render.
+    let mut d = Diagnostics::new(display, "");
     let head_end = split.as_ref().map_or(source.len(), |(end, _)| *end);
     let (doc, syntax_errors) = DeTable::parse_recoverable(&source[..head_end]);
     if split.is_some() && (!syntax_errors.is_empty() || doc.get_ref().contains_key("tokens")) {
         return None;
     }
     if push_syntax_errors(&mut d, &syntax_errors) {
-        return Some(Err(d));
+        return Some(Err(d.with_source(source)));
     }
     let mut root = TableReader::new("the policy", 0..0, doc.get_ref());
 
@@ -317,7 +318,7 @@ fn parse_parts(
     }
 
     if !d.is_empty() {
-        return Some(Err(d));
+        return Some(Err(d.with_source(source)));
     }
     Some(Ok(Policy {
         path: path.to_path_buf(),

@@ -186,7 +186,7 @@ impl Rotator {
     }
 
     /// `token_rotator_previous_token_last_used_timestamp_seconds`: the last use of an old token still in grace.
-    fn show_previous_use(&self, token: &TokenPolicy, at: Option<DateTime<Utc>>) {
+    pub(super) fn show_previous_use(&self, token: &TokenPolicy, at: Option<DateTime<Utc>>) {
         if let Some(board) = &self.board {
             board.update(&token.name, |s| s.previous_last_used = at);
         }

@@ -184,8 +184,20 @@ impl Rotator {
         {
             tracing::warn!(token = %token.name, error = %e.error, "notify bookkeeping failed");
         }
-        if let Err(e) = self.revoke_due(token, issuer, &mut entry, now).await {
-            tracing::warn!(token = %token.name, error = %e.error, "revocation bookkeeping failed");
+        // Right after a rotation nothing can be due by a use yet (the new token's only use is the daemon's own
+        // probe, SPEC §10): only revocations whose time has come are worth the issuer's token list, which costs a
+        // rate-limited request or two (a third of a team token's rotation, BENCHMARKS.md row i). The list is read
+        // at the next visit.
+        if entry
+            .revocations
+            .iter()
+            .any(|r| !r.held && r.not_before <= now)
+        {
+            if let Err(e) = self.revoke_due(token, issuer, &mut entry, now).await {
+                tracing::warn!(token = %token.name, error = %e.error, "revocation bookkeeping failed");
+            }
+        } else {
+            self.show_previous_use(token, None);
         }
         if entry.sweep {
             if let Err(e) = self.sweep(token, issuer, &mut entry).await {
