@@ -27,6 +27,14 @@ impl Diagnostics {
         }
     }
 
+    /// Moves the spans of the problems pushed since there were `from` of them by `offset` bytes (a slice of the
+    /// file read on its own, `policy::chunks`).
+    pub fn shift_since(&mut self, from: usize, offset: usize) {
+        for item in self.items.iter_mut().skip(from) {
+            item.span = item.span.start + offset..item.span.end + offset;
+        }
+    }
+
     /// The text the spans point into (set when the diagnostics were collected without it).
     pub fn with_source(mut self, source: &str) -> Self {
         self.source = source.to_string();

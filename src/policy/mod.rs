@@ -230,8 +230,7 @@ pub fn parse(
     kinds: &Kinds,
 ) -> Result<Policy, Diagnostics> {
     if source.len() >= chunks::MIN_SPLIT {
-        // At least eight slices of at most 512 KiB: each slice's parse costs as many lexer steps as the bytes
-        // before it (one whitespace token), so more slices trade time for a lower peak.
+        // At least eight slices of at most 512 KiB.
         let target = (source.len() / 8).clamp(chunks::MIN_SPLIT / 2, 2 * chunks::MIN_SPLIT);
         if let Some(result) = chunks::split(source, target)
             .and_then(|split| parse_parts(display, path, source, env, kinds, Some(split)))
@@ -296,16 +295,17 @@ fn parse_parts(
     let mut reader = tokens::TokensReader::default();
     reader.read(&mut root, &mut d, &ctx);
     for range in split.iter().flat_map(|(_, slices)| slices) {
-        // The slice where it is in the file, after spaces: every span is an offset into the whole file.
-        let mut padded = " ".repeat(range.start);
-        padded.push_str(&source[range.clone()]);
-        let (doc, errors) = DeTable::parse_recoverable(&padded);
+        // The slice on its own; what it reports is moved to where the slice is in the file (no span is kept in
+        // what is read).
+        let (doc, errors) = DeTable::parse_recoverable(&source[range.clone()]);
         if !errors.is_empty() {
             return None;
         }
+        let before = d.items.len();
         let mut slice_root = TableReader::new("the policy", 0..0, doc.get_ref());
         reader.read(&mut slice_root, &mut d, &ctx);
         slice_root.finish(&mut d);
+        d.shift_since(before, range.start);
     }
     let tokens = reader.out;
     check_credential_sources(&mut d, &issuers, &sinks, &tokens);

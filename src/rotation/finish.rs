@@ -184,19 +184,19 @@ impl Rotator {
         {
             tracing::warn!(token = %token.name, error = %e.error, "notify bookkeeping failed");
         }
-        // Right after a rotation nothing can be due by a use yet (the new token's only use is the daemon's own
-        // probe, SPEC §10): only revocations whose time has come are worth the issuer's token list, which costs a
-        // rate-limited request or two (a third of a team token's rotation, BENCHMARKS.md row i). The list is read
-        // at the next visit.
+        // Right after a rotation, without `revoke_after_use`, only revocations whose time has come are worth the
+        // issuer's token list, which costs a rate-limited request or two (two thirds of a team token's rotation,
+        // BENCHMARKS.md row k); the list is read at the next visit. A revocation that waits for a use needs its
+        // baseline read now (SPEC §10), so with one the list is read as before.
         if entry
             .revocations
             .iter()
-            .any(|r| !r.held && r.not_before <= now)
+            .any(|r| !r.held && (r.not_before <= now || r.after_use_of.is_some()))
         {
             if let Err(e) = self.revoke_due(token, issuer, &mut entry, now).await {
                 tracing::warn!(token = %token.name, error = %e.error, "revocation bookkeeping failed");
             }
-        } else {
+        } else if entry.revocations.iter().all(|r| r.held) {
             self.show_previous_use(token, None);
         }
         if entry.sweep {

@@ -598,15 +598,25 @@ impl TfeIssuer {
             TfeType::Team { team_id } => {
                 // There is no per-team list: filter the org-wide list, searched by the team's name.
                 let ((name, org), cached) = self.team_cached(team_id).await?;
-                let mut items = self.list_team(team_id, &name, &org).await?;
-                if items.is_empty() && cached {
-                    // Perhaps renamed (or moved) since it was read: read it again.
-                    let fresh = self.read_team(team_id).await?;
-                    if fresh != (name, org) {
-                        items = self.list_team(team_id, &fresh.0, &fresh.1).await?;
+                let listed = self.list_team(team_id, &name, &org).await;
+                // A remembered team that lists nothing, or whose organization is not found, may have been renamed
+                // (or its organization): read it again.
+                let stale = cached
+                    && match &listed {
+                        Ok(items) => items.is_empty(),
+                        Err(e) => e.kind == IssuerErrorKind::NotFound,
+                    };
+                let fresh = if stale {
+                    Some(self.read_team(team_id).await?)
+                } else {
+                    None
+                };
+                match fresh {
+                    Some(fresh) if fresh != (name, org) => {
+                        self.list_team(team_id, &fresh.0, &fresh.1).await?
                     }
+                    _ => listed?,
                 }
-                items
             }
             TfeType::Agent { agent_pool_id, .. } => {
                 self.list_pages(
