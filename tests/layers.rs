@@ -21,7 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("schedule", &["policy", "record"]),
     ("status", &["record"]),
     ("metrics", &["clock", "status"]),
-    ("journal", &["record", "secret"]),
+    ("journal", &["clock", "record", "secret"]),
     // Telling consumers: runs one action; never the token value (it gets none).
     ("notify", &["http", "policy", "record", "redact", "secret"]),
     // The plug-ins: a sink never reaches an issuer and the other way round.

@@ -177,7 +177,10 @@ fn legacy_token(stem: &str, bytes: &[u8]) -> Option<String> {
 }
 
 /// The entries in the old per-token files of `dir` (`None`: no such directory), and the files read.
-fn read_legacy(dir: &Path) -> io::Result<Option<(HashMap<String, Vec<u8>>, Vec<PathBuf>)>> {
+/// The entries found in a directory of the old layout, and the files read (to remove once moved).
+type Legacy = (HashMap<String, Vec<u8>>, Vec<PathBuf>);
+
+fn read_legacy(dir: &Path) -> io::Result<Option<Legacy>> {
     let listing = match fs::read_dir(dir) {
         Ok(l) => l,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -764,8 +767,8 @@ mod tests {
         panic!("the lock was never released");
     }
 
-    #[tokio::test]
-    async fn a_torn_tail_is_cut_and_every_acknowledged_write_is_kept() {
+    /// A log of ten entries `t0`…`t9` written and closed: its temporary root, `state_dir`, the log's path and bytes.
+    async fn log_of_ten() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
         {
@@ -776,6 +779,12 @@ mod tests {
         }
         let path = state.join("journal.log");
         let whole = fs::read(&path).unwrap();
+        (root, state, path, whole)
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_and_every_acknowledged_write_is_kept() {
+        let (_root, state, path, whole) = log_of_ten().await;
         // Every cut inside the last record (a crash mid-append) and garbage after it keep the first nine.
         let last_start = replay(&whole[..whole.len() - 1], &mut HashMap::new()).unwrap();
         assert!(last_start > MAGIC.len() && last_start < whole.len());
@@ -803,16 +812,7 @@ mod tests {
 
     #[tokio::test]
     async fn damage_before_the_end_keeps_a_copy_of_the_whole_log() {
-        let root = tempfile::tempdir().unwrap();
-        let state = root.path().join("state");
-        {
-            let store = DiskStore::open(&state).unwrap();
-            for i in 0..10 {
-                store.write(&format!("t{i}"), entry(i)).await.unwrap();
-            }
-        }
-        let path = state.join("journal.log");
-        let whole = fs::read(&path).unwrap();
+        let (_root, state, path, whole) = log_of_ten().await;
         // Flip a byte inside the sixth record's body.
         let mut at = MAGIC.len();
         for _ in 0..5 {
