@@ -317,7 +317,7 @@ def start_services(procs, work, n, orgs, emulator_bin, bao_bin):
     return bao_port, issuers, tokens, vault_token
 
 
-def write_policy(path, state_dir, listen, bao_port, issuers, tokens, vault_token, rps):
+def write_policy(path, state_dir, listen, bao_port, issuers, tokens, vault_token, rps, cluster=False):
     lines = ["[daemon]", f'state_dir = "{state_dir}"', f'listen = "127.0.0.1:{listen}"', ""]
     for org, i in issuers.items():
         lines += [f"[issuers.{org}]", 'kind = "tfe"', f'address = "http://127.0.0.1:{i["port"]}"',
@@ -327,6 +327,10 @@ def write_policy(path, state_dir, listen, bao_port, issuers, tokens, vault_token
         lines.append("")
     lines += ["[sinks.vault]", 'kind = "vault"', f'address = "http://127.0.0.1:{bao_port}"', 'mount = "secret"',
               "kv_version = 2", f'auth = {{ method = "token", token = {{ file = "{vault_token}" }} }}', ""]
+    if cluster:
+        # One instance with the lease and the shared journal in the same OpenBao (SPEC §8): what a rotation costs
+        # with the journal in KV v2 (check-and-set writes) instead of the local log.
+        lines += ["[cluster]", 'store = "vault"', 'path = "token-rotator-bench"', ""]
     for t in tokens:
         lines.append(f'[tokens."{t["name"]}"]')
         lines.append(f'issuer = "{t["issuer"]}"')
@@ -558,8 +562,15 @@ def bench_size(n, args, bins):
             base = {}
         else:
             base = bench_baseline(procs, work, n, orgs, cfg, logs, args.idle_seconds)
-        ours = bench_daemon(procs, work, n, orgs, policy, logs, bins["dir"], args.idle_seconds, args.scrapes, listen,
-                            args.perf)
+        daemon_policy = policy
+        if args.cluster:
+            # Its own state_dir: the seeding run's local journal (old tokens in grace) would be refused with
+            # [cluster]. The records it starts from are the same.
+            daemon_policy = os.path.join(work, "policy-cluster.toml")
+            write_policy(daemon_policy, os.path.join(work, "state-cluster"), listen, bao_port, issuers, tokens,
+                         vault_token, args.issuer_rps or None, cluster=True)
+        ours = bench_daemon(procs, work, n, orgs, daemon_policy, logs, bins["dir"], args.idle_seconds, args.scrapes,
+                            listen, args.perf)
         check_vault_records(bao_port, tokens)
         return {"tokens": n, "orgs": orgs, "daemon": ours, "baseline": base}
     except BenchError as e:
@@ -690,6 +701,9 @@ def main():
     ap.add_argument("--daemon-only", action="store_true",
                     help="skip the baseline (records seeded by one unmeasured `run --once`): for iterating on the "
                          "daemon, not for the published table")
+    ap.add_argument("--cluster", action="store_true",
+                    help="run the daemon with [cluster]: the lease and the shared journal in the same OpenBao "
+                         "(KV v2, check-and-set), one instance; compare with a run without it")
     ap.add_argument("--keep", action="store_true", help="keep the work directories (logs, policies)")
     args = ap.parse_args()
     args.sizes = [int(s) for s in (args.sizes or ("100" if args.quick else "100,1000,10000")).split(",")]
@@ -717,7 +731,8 @@ def main():
     except KeyboardInterrupt:
         sys.exit("bench: interrupted")
     print(f"token-rotator benchmark — binaries {os.path.relpath(bin_dir, ROOT)}, {os.cpu_count()} CPUs, "
-          f"{time.strftime('%Y-%m-%d')}, issuers' requests_per_second = {args.issuer_rps or '25 (default)'}")
+          f"{time.strftime('%Y-%m-%d')}, issuers' requests_per_second = {args.issuer_rps or '25 (default)'}, "
+          f"journal: {'shared, in OpenBao ([cluster])' if args.cluster else 'local (state_dir)'}")
     print(table(results, args.idle_seconds))
     if args.quick:
         print("\n(--quick checks that the driver works; the targets apply to release binaries at 10,000 tokens)")
