@@ -463,6 +463,7 @@ impl Daemon {
         }
         let now = crate::clock::now();
         let drift = self.policy.daemon.drift_check;
+        let clustered = self.shared.fence.is_some();
         // Whatever this visit showed while it ran (a singleton being replaced) is over.
         self.board.update(&name, |s| s.pending = None);
         let Some(slot) = self.slots.get_mut(&name) else {
@@ -509,7 +510,10 @@ impl Daemon {
                     // Never at once again: a visit that left work pending must not spin.
                     next = next.min(wake.max(after(now, Duration::from_secs(1))));
                 }
-                if !followed {
+                // Liveness (the next probe's time) only where it runs: a cluster holder never probes (see the spawn),
+                // so its `verify_at` never moves, and waking for it revisited every token back to back, each visit
+                // reading the records and, in grace, the issuer's token list (BENCHMARKS.md row m).
+                if !followed && !clustered {
                     next = next.min(slot.verify_at.max(now));
                 }
                 if role_changed {

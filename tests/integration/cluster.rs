@@ -495,6 +495,38 @@ async fn sigterm_hands_the_lease_over_within_two_seconds_and_kill_9_within_a_lea
     assert!(transitions >= Some(1.0), "{transitions:?}");
 }
 
+/// An idle holder is idle: with nothing due (nothing to probe in cluster mode, where liveness is off), it does not
+/// revisit its tokens back to back. (It did: it waited for a liveness probe that cluster mode never makes, and
+/// spun, reading every record from the store and, for a team token in grace, the issuer's token list at the
+/// pacer's rate; BENCHMARKS.md row m.)
+#[tokio::test]
+async fn an_idle_holder_does_not_spin() {
+    let c = Cluster::pair().await;
+    // utime + stime of the holder, in clock ticks (100 per second).
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.nodes[0].d().pid())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let (before, calls) = (ticks(), c.nodes[0].issuer_calls());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let used = ticks() - before;
+    assert!(
+        used < 50,
+        "the idle holder used {used} ticks of CPU in 10 s"
+    );
+    assert_eq!(
+        c.nodes[0].issuer_calls(),
+        calls,
+        "no issuer request while idle"
+    );
+}
+
 #[tokio::test]
 async fn a_holder_paused_past_its_lease_wakes_up_as_a_standby_and_calls_no_issuer() {
     let c = Cluster::pair().await;
