@@ -227,7 +227,7 @@ pub async fn status(policy: &Policy, json: bool) -> Option<bool> {
                     t.next_due.map(rfc3339).unwrap_or_else(|| "-".into()),
                     t.consecutive_failures.to_string(),
                     t.unready_reason(now)
-                        .unwrap_or_else(|| t.next_reason.clone()),
+                        .unwrap_or_else(|| t.next_reason.to_string()),
                 ]
             })
             .collect();

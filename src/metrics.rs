@@ -185,7 +185,17 @@ impl Metrics {
 
     /// Creates the zero-valued series of a token, so that `rate()` and `increase()` work from the first scrape.
     pub fn init_token(&self, token: &str) {
-        self.counters_mut().entry(token.to_string()).or_default();
+        self.init_tokens([token]);
+    }
+
+    /// `init_token` of many at once, in one bulk build (`status::insert_missing`).
+    pub fn init_tokens<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) {
+        crate::status::insert_missing(
+            &mut self.counters_mut(),
+            tokens
+                .into_iter()
+                .map(|t| (t.to_string(), TokenCounters::default())),
+        );
     }
 
     pub fn init_sink(&self, sink: &str) {

@@ -1,5 +1,6 @@
 //! What the daemon knows of each token's health, shared by the scheduler, `/readyz` and `/metrics`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
@@ -12,7 +13,8 @@ pub use crate::record::CurrentToken;
 pub struct TokenStatus {
     pub name: String,
     pub issuer: String,
-    pub token_type: String,
+    /// A `&'static` type name in the daemon (no copy per token); owned when read from the control socket.
+    pub token_type: Cow<'static, str>,
     pub current: Option<CurrentToken>,
     /// Every sink target holds `current`.
     pub stored_everywhere: bool,
@@ -21,7 +23,7 @@ pub struct TokenStatus {
     /// Why the last attempt failed; never contains a token value.
     pub last_error: Option<String>,
     pub next_due: Option<DateTime<Utc>>,
-    pub next_reason: String,
+    pub next_reason: Cow<'static, str>,
     /// Set while a visit is in flight that makes the stored token unusable until it ends (a singleton being
     /// replaced at the issuer): why the token is not ready meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,18 +34,18 @@ pub struct TokenStatus {
 }
 
 impl TokenStatus {
-    pub fn new(name: &str, issuer: &str, token_type: &str) -> Self {
+    pub fn new(name: &str, issuer: &str, token_type: &'static str) -> Self {
         TokenStatus {
             name: name.into(),
             issuer: issuer.into(),
-            token_type: token_type.into(),
+            token_type: Cow::Borrowed(token_type),
             current: None,
             stored_everywhere: false,
             last_success: None,
             consecutive_failures: 0,
             last_error: None,
             next_due: None,
-            next_reason: "not yet examined".into(),
+            next_reason: Cow::Borrowed("not yet examined"),
             pending: None,
             previous_last_used: None,
         }
@@ -55,7 +57,7 @@ impl TokenStatus {
     pub fn healthy(
         name: &str,
         issuer: &str,
-        token_type: &str,
+        token_type: &'static str,
         token_id: &str,
         now: DateTime<Utc>,
     ) -> Self {
@@ -110,6 +112,29 @@ impl TokenStatus {
     }
 }
 
+/// Inserts the entries whose keys `map` lacks (the first of equal keys wins), in one bulk build. `BTreeMap`'s
+/// inserts one at a time in key order split each full leaf in two and leave the leaves about half full (the board
+/// of 10,000 tokens took 1,665 leaves, 4.9 MB); a map built from a sorted run, merged in with `append`, has full
+/// ones (BENCHMARKS.md, issue 19). More than one entry rebuilds the whole map: for registering many at once.
+pub fn insert_missing<K: Ord, V>(
+    map: &mut BTreeMap<K, V>,
+    entries: impl IntoIterator<Item = (K, V)>,
+) {
+    let mut fresh: Vec<(K, V)> = entries
+        .into_iter()
+        .filter(|(k, _)| !map.contains_key(k))
+        .collect();
+    // Stable: of equal keys the first stays first, and `dedup_by` keeps it.
+    fresh.sort_by(|a, b| a.0.cmp(&b.0));
+    fresh.dedup_by(|later, first| later.0 == first.0);
+    if fresh.len() <= 1 {
+        map.extend(fresh);
+        return;
+    }
+    let mut packed: BTreeMap<K, V> = fresh.into_iter().collect();
+    map.append(&mut packed);
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct StatusBoard {
     inner: Arc<RwLock<BTreeMap<String, TokenStatus>>>,
@@ -132,7 +157,15 @@ impl StatusBoard {
 
     /// Adds a token's status unless the board already has one for it.
     pub fn add(&self, status: TokenStatus) {
-        self.write().entry(status.name.clone()).or_insert(status);
+        self.add_all([status]);
+    }
+
+    /// Adds the statuses of the tokens the board does not have yet, in one bulk build ([`insert_missing`]).
+    pub fn add_all(&self, statuses: impl IntoIterator<Item = TokenStatus>) {
+        insert_missing(
+            &mut self.write(),
+            statuses.into_iter().map(|s| (s.name.clone(), s)),
+        );
     }
 
     pub fn remove(&self, name: &str) {
@@ -170,5 +203,25 @@ impl StatusBoard {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, TokenStatus>> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_missing_keeps_what_is_there_and_the_first_of_equal_keys() {
+        let mut map: BTreeMap<String, u32> = [("b".to_string(), 1)].into_iter().collect();
+        insert_missing(
+            &mut map,
+            [("c", 2), ("b", 3), ("a", 4), ("c", 5)].map(|(k, v)| (k.to_string(), v)),
+        );
+        let got: Vec<(&str, u32)> = map.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(got, [("a", 4), ("b", 1), ("c", 2)]);
+        insert_missing(&mut map, [("d".to_string(), 6)]);
+        insert_missing(&mut map, []);
+        assert_eq!(map.len(), 4);
+        assert_eq!(map["d"], 6);
     }
 }

@@ -73,9 +73,12 @@ pub async fn run(
     };
     // Every token is on the board before /readyz can answer: an empty board would read as ready while the
     // issuers and sinks are still being built.
-    for t in policy.tokens.values() {
-        board.add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
-    }
+    board.add_all(
+        policy
+            .tokens
+            .values()
+            .map(|t| TokenStatus::new(&t.name, &t.issuer, t.kind.type_name())),
+    );
     let shared = Shared {
         journal: Arc::new(journal),
         metrics: metrics.clone(),

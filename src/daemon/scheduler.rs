@@ -58,7 +58,7 @@ struct Slot {
     force: bool,
     /// The jitter drawn for the current token (`jitter_for`), redrawn when the token changes.
     jitter: Duration,
-    jitter_for: Option<String>,
+    jitter_for: Option<u64>,
     /// After a failed attempt, no attempt before this (monotonic: a wall clock stepped forward must not cut a
     /// backoff short — after a create whose outcome is unknown, the next one comes only after it, SPEC §5.10).
     backoff_until: Option<tokio::time::Instant>,
@@ -128,6 +128,14 @@ fn next_verify(previous: DateTime<Utc>, interval: Duration, now: DateTime<Utc>) 
     }
 }
 
+/// What `Slot::jitter_for` keeps of a token id: a collision only keeps a jitter that would have been redrawn.
+fn id_digest(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
@@ -177,15 +185,25 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn register(&mut self, t: &Arc<TokenPolicy>, now: DateTime<Utc>) {
-        self.metrics.init_token(&t.name);
-        self.board
-            .add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
-        let mut slot = Slot::new(Arc::clone(t), now);
-        // Removed and added back while its visit was still running: that visit's completion frees the slot, and
-        // no second visit of the token starts before it.
-        slot.in_flight = self.in_flight_issuer.contains_key(&t.name);
-        self.slots.insert(t.name.clone(), slot);
+    /// Takes on tokens not taken on yet: their counters, status-board entries and slots, each map built in bulk
+    /// (`status::insert_missing`: 10,000 tokens one insert at a time leave their leaves half full).
+    fn register(&mut self, tokens: &[Arc<TokenPolicy>], now: DateTime<Utc>) {
+        self.metrics
+            .init_tokens(tokens.iter().map(|t| t.name.as_str()));
+        self.board.add_all(
+            tokens
+                .iter()
+                .map(|t| TokenStatus::new(&t.name, &t.issuer, t.kind.type_name())),
+        );
+        let slots = tokens.iter().map(|t| {
+            let mut slot = Slot::new(Arc::clone(t), now);
+            // Removed and added back while its visit was still running: that visit's completion frees the slot,
+            // and no second visit of the token starts before it.
+            slot.in_flight = self.in_flight_issuer.contains_key(&t.name);
+            (t.name.clone(), slot)
+        });
+        let slots: Vec<_> = slots.collect();
+        crate::status::insert_missing(&mut self.slots, slots);
     }
 
     /// Spawns visits for due tokens, up to `MAX_CONCURRENT` (and an equal share per issuer). Returns whether a
@@ -488,7 +506,8 @@ impl Daemon {
                 if t.rotated {
                     self.metrics.count_rotation(&name, true);
                 }
-                let current_id = t.current.as_ref().map(|c| c.token_id.clone());
+                // A digest, not a copy of the id: one per token for the daemon's lifetime (issue 19).
+                let current_id = t.current.as_ref().map(|c| id_digest(&c.token_id));
                 if current_id != slot.jitter_for {
                     slot.jitter = crate::clock::random_up_to(slot.policy.schedule.jitter);
                     slot.jitter_for = current_id;
@@ -531,7 +550,7 @@ impl Daemon {
                     s.consecutive_failures = 0;
                     s.last_error = None;
                     s.next_due = due.at;
-                    s.next_reason = due.reason.to_string();
+                    s.next_reason = due.reason.to_string().into();
                     s.pending.clone_from(&t.unready);
                 });
             }
@@ -574,7 +593,8 @@ impl Daemon {
                 slot.backoff_until = Some(tokio::time::Instant::now() + wait);
                 self.board.update(&name, |s| {
                     s.next_due = Some(slot.next_at);
-                    s.next_reason = format!("retry after a failed attempt ({} in a row)", failures);
+                    s.next_reason =
+                        format!("retry after a failed attempt ({} in a row)", failures).into();
                 });
                 tracing::error!(token = %name, failures, retry_in_s = wait.as_secs(), error = %f.error, "rotation attempt failed");
             }
@@ -644,9 +664,7 @@ impl Daemon {
             aborted_visits: false,
             telling: JoinSet::new(),
         };
-        for t in &tokens {
-            d.register(t, now);
-        }
+        d.register(&tokens, now);
         d.rebuild_order();
         d
     }
@@ -803,6 +821,7 @@ impl Daemon {
             })
             .map(|(n, _)| n)
             .collect();
+        let mut added = Vec::new();
         for (name, t) in &policy.tokens {
             match self.slots.get_mut(name) {
                 Some(slot) if slot.policy == *t => {
@@ -820,16 +839,17 @@ impl Daemon {
                     // The expiry series carries `issuer` and `type`: follow a change of either.
                     self.board.update(name, |s| {
                         s.issuer.clone_from(&t.issuer);
-                        s.token_type = t.kind.type_name().to_string();
+                        s.token_type = t.kind.type_name().into();
                     });
                     tracing::info!(token = %name, "token changed; rescheduling");
                 }
                 None => {
-                    self.register(t, now);
+                    added.push(t.clone());
                     tracing::info!(token = %name, "token added");
                 }
             }
         }
+        self.register(&added, now);
         self.policy = policy;
         self.rebuild_order();
         // A removed token's held journal write has no next visit: written now (tokens still in the policy are

@@ -212,7 +212,7 @@ pub struct Journal {
     /// One visit per token at a time.
     visits: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The token ids each token's sink records named when last read.
-    seen: Mutex<HashMap<String, Vec<String>>>,
+    seen: Mutex<HashMap<String, Box<[String]>>>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -563,7 +563,15 @@ impl Journal {
 
     /// Notes which token ids the sink records of `token` named when just read.
     pub fn note_seen(&self, token: &str, ids: Vec<String>) {
-        lock(&self.seen).insert(token.to_string(), ids);
+        // Kept for every token for the daemon's lifetime: exactly sized, and the key reused (issue 19).
+        let ids = ids.into_boxed_slice();
+        let mut seen = lock(&self.seen);
+        match seen.get_mut(token) {
+            Some(held) => *held = ids,
+            None => {
+                seen.insert(token.to_string(), ids);
+            }
+        }
     }
 
     /// The token ids the records of `token` named when last read in this process (`None`: never read).

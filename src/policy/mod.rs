@@ -307,7 +307,8 @@ fn parse_parts(
         slice_root.finish(&mut d);
         d.shift_since(before, range.start);
     }
-    let tokens = reader.out;
+    // Rebuilt in bulk: inserted one at a time in file order its leaves are about half full (BENCHMARKS.md, issue 19).
+    let tokens: BTreeMap<String, Arc<TokenPolicy>> = reader.out.into_iter().collect();
     check_credential_sources(&mut d, &issuers, &sinks, &tokens);
     root.finish(&mut d);
     if d.is_empty() && tokens.is_empty() {
