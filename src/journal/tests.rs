@@ -198,3 +198,43 @@ async fn reopen(state: &std::path::Path) -> Journal {
     }
     panic!("the journal's lock was never released");
 }
+
+/// One visit of a token at a time; a waiter gets in when the holder leaves; the lock is forgotten once nobody holds
+/// or waits for it, and a waiter that gave up leaves nothing that blocks the next visit.
+#[tokio::test(start_paused = true)]
+async fn visits_of_a_token_exclude_each_other_and_unused_locks_are_forgotten() {
+    use std::time::Duration;
+    let j = Arc::new(Journal::new(Arc::new(MemoryStore::default())));
+    let first = j.visit("a").await;
+    let other = j.visit("b").await;
+    let waiter = {
+        let j = j.clone();
+        tokio::spawn(async move {
+            let _g = j.visit("a").await;
+            crate::clock::now()
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!waiter.is_finished(), "a second visit of `a` got in");
+    drop(other);
+    assert_eq!(lock(&j.visits).len(), 1, "`b` is forgotten, `a` is held");
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter got in once the holder left")
+        .unwrap();
+    assert!(
+        lock(&j.visits).is_empty(),
+        "nobody holds or waits: forgotten"
+    );
+    // A waiter that gives up while `a` is held.
+    let held = j.visit("a").await;
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), j.visit("a")).await;
+    assert!(gave_up.is_err());
+    drop(held);
+    let again = tokio::time::timeout(Duration::from_secs(1), j.visit("a"))
+        .await
+        .expect("nothing left blocks the next visit");
+    drop(again);
+    assert!(lock(&j.visits).is_empty());
+}
