@@ -126,13 +126,15 @@ pub struct TokenPolicy {
     pub name: String,
     pub issuer: String,
     pub kind: TokenKind,
-    pub schedule: Schedule,
+    /// Shared by the tokens with the same schedule (no maintenance window), as `notify` by those without actions:
+    /// 10,000 tokens held 10,000 equal copies (`tokens::Shared`; issue 19).
+    pub schedule: Arc<Schedule>,
     /// How new tokens are labelled at the issuer (TFC `description`, Pulumi `name_prefix`); the issuer adds a
     /// UTC timestamp so each one is unique and recognisable as ours.
     pub label: String,
     pub sinks: Vec<SinkTarget>,
     /// Actions that tell consumers the token changed (SPEC §9); empty without `notify`.
-    pub notify: notify::Notify,
+    pub notify: Arc<notify::Notify>,
 }
 
 /// Why a policy could not be loaded.

@@ -667,3 +667,40 @@ fn a_large_policy_read_in_slices_reads_as_the_whole() {
     };
     assert_eq!(errors(&broken), e.render());
 }
+
+/// Tokens with equal schedules (and no `notify` actions) share one copy; a different schedule, a window or actions
+/// get their own, with the values read for that token.
+#[test]
+fn equal_schedules_are_shared_and_different_ones_kept_apart() {
+    let mut src = GOOD.to_string();
+    for (name, extra) in [
+        ("a", ""),
+        ("b", ""),
+        ("c", "every = \"2h\"\n"),
+        ("d", "window = \"0 3 * * *\"\n"),
+        ("e", "notify = [{ exec = [\"/bin/true\"] }]\n"),
+    ] {
+        src.push_str(&format!(
+            "\n[tokens.{name}]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-{name}\"\n\
+             sinks = [{{ sink = \"vault\", path = \"ci/{name}\" }}]\n{extra}"
+        ));
+    }
+    let p = parse(
+        "p.toml",
+        Path::new("p.toml"),
+        &src,
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap();
+    let t = |n: &str| &p.tokens[n];
+    assert!(Arc::ptr_eq(&t("a").schedule, &t("b").schedule));
+    assert!(Arc::ptr_eq(&t("a").schedule, &t("e").schedule));
+    assert!(Arc::ptr_eq(&t("a").notify, &t("b").notify));
+    assert!(!Arc::ptr_eq(&t("a").schedule, &t("c").schedule));
+    assert_eq!(t("c").schedule.every, Some(Duration::from_secs(7200)));
+    assert!(t("d").schedule.window.is_some() && t("a").schedule.window.is_none());
+    assert!(!Arc::ptr_eq(&t("a").schedule, &t("d").schedule));
+    assert_eq!(t("e").notify.actions.len(), 1);
+    assert!(t("a").notify.actions.is_empty());
+}

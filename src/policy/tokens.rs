@@ -12,7 +12,9 @@ use super::diag::Diagnostics;
 use super::kinds::{self, IssuerSpec, Kinds, TokenKind};
 use super::reader::{wrong_type, TableReader};
 use super::timing::read_schedule;
-use super::{check_name, IssuerConfig, Named, SinkConfig, SinkTarget, Target, TokenPolicy};
+use super::{
+    check_name, IssuerConfig, Named, Schedule, SinkConfig, SinkTarget, Target, TokenPolicy,
+};
 
 /// What every token table is read against.
 pub(super) struct TokensContext<'a> {
@@ -34,6 +36,45 @@ pub(super) struct TokensReader {
     labels: HashMap<(&'static str, String, String), String>,
     /// Each issuer's address as one spelling (`label_scope`), worked out once per issuer.
     addresses: HashMap<String, String>,
+    shared: Shared,
+}
+
+/// The schedules and notify lists tokens can share (one copy each instead of one per token).
+#[derive(Default)]
+struct Shared {
+    schedules: HashMap<ScheduleKey, Arc<Schedule>>,
+    no_actions: Option<Arc<super::notify::Notify>>,
+}
+
+/// A schedule without a maintenance window, as a hashable value (every other field).
+type ScheduleKey = (
+    [Option<std::time::Duration>; 4],
+    [std::time::Duration; 2],
+    [bool; 2],
+);
+
+impl Shared {
+    fn share(&mut self, token: &mut TokenPolicy) {
+        let s = &token.schedule;
+        if s.window.is_none() {
+            let key = (
+                [s.lifetime, s.rotate_before, s.every, s.min_validity],
+                [s.jitter, s.grace],
+                [s.manual, s.revoke_after_use],
+            );
+            token.schedule = self
+                .schedules
+                .entry(key)
+                .or_insert_with(|| token.schedule.clone())
+                .clone();
+        }
+        if token.notify.actions.is_empty() {
+            token.notify = self
+                .no_actions
+                .get_or_insert_with(|| token.notify.clone())
+                .clone();
+        }
+    }
 }
 
 impl TokensReader {
@@ -118,6 +159,8 @@ impl TokensReader {
                 }
                 }
                 if named_ok {
+                    let mut token = token;
+                    self.shared.share(&mut token);
                     out.insert(name.get_ref().clone(), Arc::new(token));
                 }
             }
@@ -202,10 +245,10 @@ fn read_token(
         name: name.to_string(),
         issuer: issuer_key?.into_inner(),
         kind: kind?,
-        schedule: schedule?,
+        schedule: Arc::new(schedule?),
         label: label?,
         sinks: sink_targets?,
-        notify: notify?,
+        notify: Arc::new(notify?),
     };
     Some((token, spec?))
 }

@@ -6,7 +6,7 @@ fn policy(kind: PulumiType, label: &str) -> TokenPolicy {
         name: "ci".into(),
         issuer: "pulumi".into(),
         kind: crate::policy::TokenKind::new(kind),
-        schedule: crate::policy::Schedule {
+        schedule: std::sync::Arc::new(crate::policy::Schedule {
             lifetime: Some(Duration::from_secs(3600)),
             rotate_before: Some(Duration::from_secs(1200)),
             every: None,
@@ -16,7 +16,7 @@ fn policy(kind: PulumiType, label: &str) -> TokenPolicy {
             min_validity: None,
             manual: false,
             revoke_after_use: false,
-        },
+        }),
         label: label.into(),
         sinks: Vec::new(),
         notify: Default::default(),
