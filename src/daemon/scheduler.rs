@@ -160,11 +160,11 @@ pub struct Daemon {
     /// The issuer of every token with a visit in flight, and the number of visits in flight per issuer.
     in_flight_issuer: HashMap<String, String>,
     per_issuer: HashMap<String, usize>,
-    /// Every token name, the issuers interleaved (a token of each issuer in turn), and where the last
-    /// `spawn_due` scan stopped: the next one resumes there (round robin), so that a burst of due tokens costs
-    /// about one pass over the slots rather than one per completed visit, and an issuer whose share is taken
-    /// is stepped over one token at a time, not one whole issuer's tokens at a time.
-    order: Vec<String>,
+    /// Every token (its shared policy, for the name: not a copy of it), the issuers interleaved (a token of each
+    /// issuer in turn), and where the last `spawn_due` scan stopped: the next one resumes there (round robin), so
+    /// that a burst of due tokens costs about one pass over the slots rather than one per completed visit, and an
+    /// issuer whose share is taken is stepped over one token at a time, not one whole issuer's tokens at a time.
+    order: Vec<Arc<TokenPolicy>>,
     cursor: usize,
     failed: bool,
     /// A reload's issuers and sinks being built (off the loop, so that completions, `rotate` and shutdown are
@@ -230,13 +230,13 @@ impl Daemon {
                 break;
             }
             let i = (self.cursor + step) % len;
-            let Some(slot) = self.slots.get(&self.order[i]) else {
+            let Some(slot) = self.slots.get(&self.order[i].name) else {
                 continue;
             };
             if slot.in_flight
                 || slot.done
                 || slot.due_at(now) > now
-                || self.in_flight_issuer.contains_key(&self.order[i])
+                || self.in_flight_issuer.contains_key(&self.order[i].name)
                 || quiet
             {
                 continue;
@@ -248,7 +248,7 @@ impl Daemon {
                 continue;
             }
             *extra += 1;
-            picked.push(self.order[i].clone());
+            picked.push(self.order[i].name.clone());
             next_cursor = (i + 1) % len;
         }
         self.cursor = next_cursor;
@@ -346,19 +346,19 @@ impl Daemon {
 
     /// Rebuilds `order` after the set of tokens changed: the tokens of each issuer, issuers interleaved.
     fn rebuild_order(&mut self) {
-        let mut by_issuer: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
-        for (name, slot) in &self.slots {
+        let mut by_issuer: BTreeMap<&str, Vec<&Arc<TokenPolicy>>> = BTreeMap::new();
+        for slot in self.slots.values() {
             by_issuer
                 .entry(slot.policy.issuer.as_str())
                 .or_default()
-                .push(name);
+                .push(&slot.policy);
         }
         let longest = by_issuer.values().map(Vec::len).max().unwrap_or(0);
         let mut order = Vec::with_capacity(self.slots.len());
         for i in 0..longest {
             for names in by_issuer.values() {
-                if let Some(name) = names.get(i) {
-                    order.push((*name).clone());
+                if let Some(t) = names.get(i) {
+                    order.push(Arc::clone(t));
                 }
             }
         }

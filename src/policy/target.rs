@@ -12,10 +12,11 @@ pub enum Target {
     SecretId(String),
     /// A file holding the bare token (`format = "token"`).
     TokenFile(String),
-    /// An HCP Terraform / TFE variable (`tfe-variable`).
-    TfeVariable(TfeVariable),
+    /// An HCP Terraform / TFE variable (`tfe-variable`). Boxed, as the GitHub secret: the record targets every
+    /// token has stay a string's size (issue 19).
+    TfeVariable(Box<TfeVariable>),
     /// A GitHub Actions secret (`github-actions`).
-    GithubSecret(GithubSecret),
+    GithubSecret(Box<GithubSecret>),
 }
 
 impl Target {
@@ -34,7 +35,7 @@ impl Target {
     pub fn identity(&self) -> Target {
         match self {
             Target::TokenFile(p) => Target::Path(p.clone()),
-            Target::GithubSecret(s) => Target::GithubSecret(GithubSecret {
+            Target::GithubSecret(s) => Target::GithubSecret(Box::new(GithubSecret {
                 scope: match &s.scope {
                     GithubScope::Organization { org, .. } => GithubScope::Organization {
                         org: org.to_ascii_lowercase(),
@@ -52,11 +53,11 @@ impl Target {
                 },
                 // GitHub matches secret names case-insensitively.
                 name: s.name.to_ascii_uppercase(),
-            }),
-            Target::TfeVariable(v) => Target::TfeVariable(TfeVariable {
+            })),
+            Target::TfeVariable(v) => Target::TfeVariable(Box::new(TfeVariable {
                 token: String::new(),
-                ..v.clone()
-            }),
+                ..(**v).clone()
+            })),
             other => other.clone(),
         }
     }

@@ -466,16 +466,15 @@ fn delivery_targets_parse_with_their_keys() {
         t.sinks.iter().filter(|st| st.target.is_delivery()).count(),
         6
     );
-    match &t.sinks[5].target {
-        Target::GithubSecret(GithubSecret {
-            scope:
-                GithubScope::Organization {
-                    visibility,
-                    selected,
-                    ..
-                },
+    let Target::GithubSecret(secret) = &t.sinks[5].target else {
+        panic!("{:?}", t.sinks[5].target)
+    };
+    match &secret.scope {
+        GithubScope::Organization {
+            visibility,
+            selected,
             ..
-        }) => {
+        } => {
             assert_eq!(*visibility, Visibility::Selected);
             assert_eq!(selected, &[1, 2]);
         }

@@ -615,7 +615,10 @@ impl SinkSpec for GithubSpec {
                 return None;
             }
         };
-        Some(Target::GithubSecret(GithubSecret { scope, name: name? }))
+        Some(Target::GithubSecret(Box::new(GithubSecret {
+            scope,
+            name: name?,
+        })))
     }
 }
 
@@ -729,10 +732,10 @@ mod tests {
             ca_file: None,
         };
         let sink = || async { GithubSpec.build("gh", &cfg).await.unwrap() };
-        let target = Target::GithubSecret(GithubSecret {
+        let target = Target::GithubSecret(Box::new(GithubSecret {
             scope: GithubScope::Repository("acme/infra".into()),
             name: "TF_API_TOKEN".into(),
-        });
+        }));
         let ours = sink().await;
         let first = record("at-1", "value-one-0123456789");
         ours.write(&target, &first, Version::Absent).await.unwrap();

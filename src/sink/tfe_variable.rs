@@ -577,12 +577,12 @@ impl SinkSpec for TfeVariableSpec {
                     None
                 }
             });
-        Some(Target::TfeVariable(TfeVariable {
+        Some(Target::TfeVariable(Box::new(TfeVariable {
             owner: owner?,
             key: key?,
             category: category?,
             token: token.to_string(),
-        }))
+        })))
     }
 }
 
