@@ -157,15 +157,20 @@ impl StatusBoard {
 
     /// Adds a token's status unless the board already has one for it.
     pub fn add(&self, status: TokenStatus) {
-        self.add_all([status]);
+        insert_missing(&mut self.write(), [(status.name.clone(), status)]);
     }
 
-    /// Adds the statuses of the tokens the board does not have yet, in one bulk build ([`insert_missing`]).
-    pub fn add_all(&self, statuses: impl IntoIterator<Item = TokenStatus>) {
-        insert_missing(
-            &mut self.write(),
-            statuses.into_iter().map(|s| (s.name.clone(), s)),
-        );
+    /// Adds a status for each token (name, issuer, type) the board does not have yet, in one bulk build
+    /// ([`insert_missing`]); a token already there is not built at all (the daemon takes on every token twice at
+    /// start-up: the board is filled before `/readyz` answers).
+    pub fn add_all<'a>(&self, tokens: impl IntoIterator<Item = (&'a str, &'a str, &'static str)>) {
+        let mut board = self.write();
+        let fresh: Vec<(String, TokenStatus)> = tokens
+            .into_iter()
+            .filter(|(name, _, _)| !board.contains_key(*name))
+            .map(|(name, issuer, ty)| (name.to_string(), TokenStatus::new(name, issuer, ty)))
+            .collect();
+        insert_missing(&mut board, fresh);
     }
 
     pub fn remove(&self, name: &str) {

@@ -25,7 +25,7 @@ use crate::cluster::LeaseKeeper;
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::retry::PacerRegistry;
-use crate::status::{StatusBoard, TokenStatus};
+use crate::status::StatusBoard;
 use control::RotateRequest;
 use server::AppState;
 
@@ -77,7 +77,7 @@ pub async fn run(
         policy
             .tokens
             .values()
-            .map(|t| TokenStatus::new(&t.name, &t.issuer, t.kind.type_name())),
+            .map(|t| (t.name.as_str(), t.issuer.as_str(), t.kind.type_name())),
     );
     let shared = Shared {
         journal: Arc::new(journal),

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Policy, TokenPolicy};
 use crate::rotation::{AttemptError, Failure, Rotator, Tended};
 use crate::schedule;
-use crate::status::{StatusBoard, TokenStatus};
+use crate::status::StatusBoard;
 
 /// How long in-flight rotations get to reach a journaled state after SIGTERM/SIGINT (SPEC §5.7).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -193,7 +193,7 @@ impl Daemon {
         self.board.add_all(
             tokens
                 .iter()
-                .map(|t| TokenStatus::new(&t.name, &t.issuer, t.kind.type_name())),
+                .map(|t| (t.name.as_str(), t.issuer.as_str(), t.kind.type_name())),
         );
         let slots = tokens.iter().map(|t| {
             let mut slot = Slot::new(Arc::clone(t), now);
