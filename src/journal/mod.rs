@@ -207,7 +207,10 @@ type VisitLocks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
 /// A token's place from [`Journal::visit`]. Dropped, it lets the next visit of the token in, and forgets the
 /// token's lock when no other visit holds or waits for it (kept for every token, 10,000 locks were 1.4 MB; issue
-/// 19). Every clone of a lock is taken, and its count read, under the map's mutex: a waiter's clone keeps it.
+/// 19). Every clone of a lock is taken, and its count read, under the map's mutex, and an entry is removed only at
+/// a count of one: a waiter's clone keeps it, so a token never has two locks. A waiter that gives up drops its
+/// clone outside the mutex; racing with the holder's drop, that can leave an unused entry, reused and removed by
+/// the token's next visit.
 pub struct VisitGuard {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     locks: Arc<VisitLocks>,

@@ -678,6 +678,7 @@ fn equal_schedules_are_shared_and_different_ones_kept_apart() {
         ("c", "every = \"2h\"\n"),
         ("d", "window = \"0 3 * * *\"\n"),
         ("e", "notify = [{ exec = [\"/bin/true\"] }]\n"),
+        ("f", "notify = []\nnotify_events = [\"failed\"]\n"),
     ] {
         src.push_str(&format!(
             "\n[tokens.{name}]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-{name}\"\n\
@@ -702,4 +703,8 @@ fn equal_schedules_are_shared_and_different_ones_kept_apart() {
     assert!(!Arc::ptr_eq(&t("a").schedule, &t("d").schedule));
     assert_eq!(t("e").notify.actions.len(), 1);
     assert!(t("a").notify.actions.is_empty());
+    // Action-less, but other events: its own copy (a reload compares policies by value).
+    assert!(!Arc::ptr_eq(&t("a").notify, &t("f").notify));
+    assert_eq!(t("f").notify.events, [notify::NotifyEvent::Failed]);
+    assert_ne!(t("a").notify.events, t("f").notify.events);
 }

@@ -43,7 +43,8 @@ pub(super) struct TokensReader {
 #[derive(Default)]
 struct Shared {
     schedules: HashMap<ScheduleKey, Arc<Schedule>>,
-    no_actions: Option<Arc<super::notify::Notify>>,
+    /// The distinct `notify` lists without actions (a handful: they differ only in their events).
+    no_actions: Vec<Arc<super::notify::Notify>>,
 }
 
 /// A schedule without a maintenance window, as a hashable value (every other field).
@@ -69,10 +70,12 @@ impl Shared {
                 .clone();
         }
         if token.notify.actions.is_empty() {
-            token.notify = self
-                .no_actions
-                .get_or_insert_with(|| token.notify.clone())
-                .clone();
+            // Equal, not merely action-less: `notify = []` may still name its events, and a reload compares
+            // policies by value.
+            match self.no_actions.iter().find(|n| **n == token.notify) {
+                Some(shared) => token.notify = shared.clone(),
+                None => self.no_actions.push(token.notify.clone()),
+            }
         }
     }
 }
