@@ -172,14 +172,7 @@ fn check_located(src: &str) {
 
 #[test]
 fn the_base_policy_is_valid() {
-    parse(
-        "p.toml",
-        Path::new("p.toml"),
-        VALID,
-        &Env::default(),
-        &crate::kinds(),
-    )
-    .unwrap();
+    super::tests::parse_ok(VALID);
 }
 
 proptest! {
@@ -208,14 +201,7 @@ fn a_huge_policy_is_handled() {
             "\n[tokens.t{i}]\nissuer = \"tfc\"\ntype = \"team\"\nteam_id = \"team-{i}\"\nsinks = [{{ sink = \"vault\", path = \"p/{i}\" }}]\n"
         ));
     }
-    let p = parse(
-        "p.toml",
-        Path::new("p.toml"),
-        &src,
-        &Env::default(),
-        &crate::kinds(),
-    )
-    .unwrap();
+    let p = super::tests::parse_ok(&src);
     assert_eq!(p.tokens.len(), 5002);
     // And one error deep inside is still located exactly.
     let broken = src.replacen("team_id = \"team-4321\"", "team_id = 4321", 1);

@@ -22,6 +22,18 @@ lifetime = "30d"
 sinks = [{ sink = "vault", path = "ci/tfc-org" }]
 "#;
 
+/// `src` read as a policy that must be valid.
+pub(super) fn parse_ok(src: &str) -> Policy {
+    parse(
+        "p.toml",
+        Path::new("p.toml"),
+        src,
+        &Env::default(),
+        &crate::kinds(),
+    )
+    .unwrap()
+}
+
 fn errors(src: &str) -> Vec<String> {
     match parse(
         "p.toml",
@@ -37,14 +49,7 @@ fn errors(src: &str) -> Vec<String> {
 
 #[test]
 fn good_policy_parses_with_defaults() {
-    let p = parse(
-        "p.toml",
-        Path::new("p.toml"),
-        GOOD,
-        &Env::default(),
-        &crate::kinds(),
-    )
-    .unwrap();
+    let p = parse_ok(GOOD);
     let t = &p.tokens["ci-org"];
     assert_eq!(t.schedule.lifetime, Some(Duration::from_secs(30 * 86_400)));
     assert_eq!(
@@ -320,14 +325,7 @@ fn notify_actions_are_read_with_their_defaults() {
         "lifetime = \"30d\"\n",
         "lifetime = \"30d\"\nnotify = [\n  { exec = [\"/usr/bin/systemctl\", \"reload\", \"app.service\"] },\n  { webhook = \"https://hooks.example.com/rotated?key=abc\", secret = { env = \"HOOK_SECRET\" }, timeout = \"10s\" },\n]\nnotify_events = [\"rotated\", \"failed\"]\n",
     );
-    let p = parse(
-        "p.toml",
-        Path::new("p.toml"),
-        &src,
-        &Env::default(),
-        &crate::kinds(),
-    )
-    .unwrap();
+    let p = parse_ok(&src);
     let n = &p.tokens["ci-org"].notify;
     assert_eq!(n.actions.len(), 2);
     assert_eq!(n.actions[0].timeout, notify::DEFAULT_TIMEOUT);
@@ -440,14 +438,7 @@ fn delivery_targets_parse_with_their_keys() {
   { sink = "github", organization = "acme", visibility = "selected", selected_repository_ids = [1, 2], name = "TF_API_TOKEN" },
   { sink = "files", path = "ci-team.token", format = "token" },"#,
     );
-    let p = parse(
-        "p.toml",
-        Path::new("p.toml"),
-        &src,
-        &Env::default(),
-        &crate::kinds(),
-    )
-    .unwrap();
+    let p = parse_ok(&src);
     let t = &p.tokens["ci-team"];
     let shown: Vec<String> = t.sinks.iter().map(|st| st.to_string()).collect();
     assert_eq!(
@@ -685,14 +676,7 @@ fn equal_schedules_are_shared_and_different_ones_kept_apart() {
              sinks = [{{ sink = \"vault\", path = \"ci/{name}\" }}]\n{extra}"
         ));
     }
-    let p = parse(
-        "p.toml",
-        Path::new("p.toml"),
-        &src,
-        &Env::default(),
-        &crate::kinds(),
-    )
-    .unwrap();
+    let p = parse_ok(&src);
     let t = |n: &str| &p.tokens[n];
     assert!(Arc::ptr_eq(&t("a").schedule, &t("b").schedule));
     assert!(Arc::ptr_eq(&t("a").schedule, &t("e").schedule));
