@@ -312,9 +312,14 @@ def start_services(procs, work, n, orgs, emulator_bin, bao_bin):
     if len(tokens) != n:
         raise BenchError(f"expected {n} tokens, the emulators made {len(tokens)}")
     vault_token = os.path.join(work, "vault-token")
-    with open(os.open(vault_token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-        f.write(VAULT_TOKEN + "\n")
+    write_private(vault_token, VAULT_TOKEN + "\n")
     return bao_port, issuers, tokens, vault_token
+
+
+def write_private(path, text):
+    """A new file only its owner may read (credentials, placeholders of them)."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(text)
 
 
 def write_policy(path, state_dir, listen, bao_port, issuers, tokens, vault_token, rps, cluster=False):
@@ -544,12 +549,10 @@ def bench_check(n, bins, keep=False):
         for i in range(orgs):
             org = f"org{i + 1}"
             admin = os.path.join(work, f"{org}.admin")
-            with open(os.open(admin, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-                f.write("placeholder\n")
+            write_private(admin, "placeholder\n")
             issuers[org] = {"port": 9, "admin": admin}
         vault_token = os.path.join(work, "vault-token")
-        with open(os.open(vault_token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write("placeholder\n")
+        write_private(vault_token, "placeholder\n")
         tokens = []
         for k in range(n):
             org = f"org{k % orgs + 1}"

@@ -120,10 +120,15 @@ pub fn insert_missing<K: Ord, V>(
     map: &mut BTreeMap<K, V>,
     entries: impl IntoIterator<Item = (K, V)>,
 ) {
-    let mut fresh: Vec<(K, V)> = entries
+    let fresh = entries
         .into_iter()
         .filter(|(k, _)| !map.contains_key(k))
         .collect();
+    append_absent(map, fresh);
+}
+
+/// The bulk build of [`insert_missing`], for entries whose keys the caller found absent from `map`.
+fn append_absent<K: Ord, V>(map: &mut BTreeMap<K, V>, mut fresh: Vec<(K, V)>) {
     // Stable: of equal keys the first stays first, and `dedup_by` keeps it.
     fresh.sort_by(|a, b| a.0.cmp(&b.0));
     fresh.dedup_by(|later, first| later.0 == first.0);
@@ -170,7 +175,7 @@ impl StatusBoard {
             .filter(|(name, _, _)| !board.contains_key(*name))
             .map(|(name, issuer, ty)| (name.to_string(), TokenStatus::new(name, issuer, ty)))
             .collect();
-        insert_missing(&mut board, fresh);
+        append_absent(&mut board, fresh);
     }
 
     pub fn remove(&self, name: &str) {

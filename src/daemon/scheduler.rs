@@ -195,14 +195,16 @@ impl Daemon {
                 .iter()
                 .map(|t| (t.name.as_str(), t.issuer.as_str(), t.kind.type_name())),
         );
-        let slots = tokens.iter().map(|t| {
-            let mut slot = Slot::new(Arc::clone(t), now);
-            // Removed and added back while its visit was still running: that visit's completion frees the slot,
-            // and no second visit of the token starts before it.
-            slot.in_flight = self.in_flight_issuer.contains_key(&t.name);
-            (t.name.clone(), slot)
-        });
-        let slots: Vec<_> = slots.collect();
+        let slots: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                let mut slot = Slot::new(Arc::clone(t), now);
+                // Removed and added back while its visit was still running: that visit's completion frees the
+                // slot, and no second visit of the token starts before it.
+                slot.in_flight = self.in_flight_issuer.contains_key(&t.name);
+                (t.name.clone(), slot)
+            })
+            .collect();
         crate::status::insert_missing(&mut self.slots, slots);
     }
 

@@ -176,10 +176,10 @@ fn legacy_token(stem: &str, bytes: &[u8]) -> Option<String> {
     (file_stem(&named.token) == stem).then_some(named.token)
 }
 
-/// The entries in the old per-token files of `dir` (`None`: no such directory), and the files read.
 /// The entries found in a directory of the old layout, and the files read (to remove once moved).
 type Legacy = (HashMap<String, Vec<u8>>, Vec<PathBuf>);
 
+/// The entries in the old per-token files of `dir` (`None`: no such directory), and the files read.
 fn read_legacy(dir: &Path) -> io::Result<Option<Legacy>> {
     let listing = match fs::read_dir(dir) {
         Ok(l) => l,
