@@ -275,9 +275,12 @@ impl LeaseKeeper {
             if let Some((version, renewed)) = self.fence.held() {
                 let due = renewed + renew_every;
                 if Instant::now() < due {
+                    // `biased` (here and below): polled in order, as in the scheduler's loop (a simulated seed
+                    // replays exactly).
                     tokio::select! {
-                        _ = tokio::time::sleep_until(due) => {}
+                        biased;
                         _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep_until(due) => {}
                     }
                     continue;
                 }
@@ -311,8 +314,9 @@ impl LeaseKeeper {
                         } else {
                             tracing::warn!(error = %why, "cannot renew the cluster lease; trying again");
                             tokio::select! {
-                                _ = tokio::time::sleep(poll.min(left)) => {}
+                                biased;
                                 _ = stop.cancelled() => break,
+                                _ = tokio::time::sleep(poll.min(left)) => {}
                             }
                         }
                     }
@@ -414,8 +418,9 @@ impl LeaseKeeper {
                 ),
             }
             tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
+                biased;
                 _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(poll) => {}
             }
         }
         self.release().await;

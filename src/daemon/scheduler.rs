@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::build::{build_rotator, Shared};
 use super::control::{RotateRequest, RotateResult};
@@ -280,25 +281,28 @@ impl Daemon {
             // shared journal late, and the two-engine simulation showed that racing the new holder's write (an
             // orphaned token); see the closing note of issue 17.
             let verify = (lead && !clustered && slot.verify_at <= now).then_some(verify_interval);
-            self.tasks.spawn(async move {
-                // A panic must not leave the slot in flight for good (never visited again, `run --once` never
-                // ending): it becomes a failed attempt; the journal keeps whatever progress was made.
-                let now = crate::clock::now();
-                let visit = AssertUnwindSafe(async {
-                    if lead {
-                        rotator.tend(&policy, force, jitter, verify, now).await
-                    } else {
-                        rotator.follow(&policy, now).await
-                    }
-                });
-                let result = match visit.catch_unwind().await {
-                    Ok(result) => result,
-                    Err(_) => Err(Failure::from(AttemptError::Unusable(
-                        "the rotation panicked (a bug; the panic message is in the log)".into(),
-                    ))),
-                };
-                (name, force, !lead, verify.is_some(), result)
-            });
+            self.tasks.spawn(
+                async move {
+                    // A panic must not leave the slot in flight for good (never visited again, `run --once` never
+                    // ending): it becomes a failed attempt; the journal keeps whatever progress was made.
+                    let now = crate::clock::now();
+                    let visit = AssertUnwindSafe(async {
+                        if lead {
+                            rotator.tend(&policy, force, jitter, verify, now).await
+                        } else {
+                            rotator.follow(&policy, now).await
+                        }
+                    });
+                    let result = match visit.catch_unwind().await {
+                        Ok(result) => result,
+                        Err(_) => Err(Failure::from(AttemptError::Unusable(
+                            "the rotation panicked (a bug; the panic message is in the log)".into(),
+                        ))),
+                    };
+                    (name, force, !lead, verify.is_some(), result)
+                }
+                .in_current_span(),
+            );
         }
         waiting
     }
@@ -484,8 +488,6 @@ impl Daemon {
         let now = crate::clock::now();
         let drift = self.policy.daemon.drift_check;
         let clustered = self.shared.fence.is_some();
-        // Whatever this visit showed while it ran (a singleton being replaced) is over.
-        self.board.update(&name, |s| s.pending = None);
         let Some(slot) = self.slots.get_mut(&name) else {
             return; // dropped by a reload while in flight
         };
@@ -556,6 +558,10 @@ impl Daemon {
                     s.pending.clone_from(&t.unready);
                 });
             }
+            // A visit that is run again at once (the role changed, or the shared entry changed under it) leaves
+            // `pending` as it was: what the takeover or the visit showed holds until a visit completes (two-engine
+            // simulation seed 587: a conflicting first visit cleared the takeover's "not ready" while the stored
+            // singleton was already replaced at the issuer).
             Err(f) if role_changed => {
                 slot.next_at = now;
                 slot.backoff_until = None;
@@ -570,6 +576,8 @@ impl Daemon {
             }
             Err(f) => {
                 self.failed = true;
+                // Whatever this visit showed while it ran (a singleton being replaced) is over; it failed.
+                self.board.update(&name, |s| s.pending = None);
                 if f.attempted {
                     self.metrics.count_rotation(&name, false);
                 }
@@ -635,11 +643,14 @@ impl Daemon {
         let rotator = self.rotator.clone();
         let policy = slot.policy.clone();
         let persist = !slot.done;
-        self.telling.spawn(async move {
-            rotator
-                .notify_failed(&policy, status.current, persist)
-                .await
-        });
+        self.telling.spawn(
+            async move {
+                rotator
+                    .notify_failed(&policy, status.current, persist)
+                    .await
+            }
+            .in_current_span(),
+        );
     }
 
     /// A scheduler for `policy`, every token due at once (its first visit reads its records).
@@ -705,7 +716,11 @@ impl Daemon {
                     .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
                     .unwrap_or(Duration::from_secs(86_400))
             };
+            // `biased`: branches are polled in this order. An unbiased select draws its order from tokio's
+            // per-runtime random seed, which a program cannot set (only with `tokio_unstable`): the simulation's
+            // seeds did not replay exactly whenever a role change and a visit's end arrived together.
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match joined {
@@ -773,10 +788,13 @@ impl Daemon {
             tracing::info!("a newer policy replaces one whose reload was still being prepared");
         }
         let shared = self.shared.clone();
-        self.building = Some(tokio::spawn(async move {
-            let rotator = build_rotator(&policy, &shared).await;
-            (policy, rotator)
-        }));
+        self.building = Some(tokio::spawn(
+            async move {
+                let rotator = build_rotator(&policy, &shared).await;
+                (policy, rotator)
+            }
+            .in_current_span(),
+        ));
     }
 
     fn reload(&mut self, policy: Policy, rotator: Rotator) {
@@ -861,7 +879,7 @@ impl Daemon {
             for (token, e) in journal.flush_all().await {
                 tracing::warn!(token = %token, error = %e, "a journal entry is still held in memory; it is written again later");
             }
-        });
+        }.in_current_span());
         self.metrics.config_last_reload_success.set(1.0);
         tracing::info!(tokens = self.slots.len(), "policy reloaded");
     }

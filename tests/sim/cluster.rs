@@ -17,6 +17,7 @@ use token_rotator::journal::{EntryConflict, EntryStore, Journal, MemoryStore};
 use token_rotator::policy::ClusterSettings;
 use token_rotator::sink::{SinkError, SinkErrorKind};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::world::World;
 
@@ -26,6 +27,9 @@ pub struct LeaseCell {
     lease: Mutex<(Option<LeaseRecord>, u64)>,
     /// The version of each journal entry (check-and-set), kept next to the entries in `World::store`.
     entry_versions: Mutex<HashMap<String, u64>>,
+    /// Entries whose next write by either engine meets another engine's write made just before it (the former
+    /// holder's held write, flushed by it as a standby, landing between this visit's read and its write).
+    pub interleave: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One engine's connection to the coordination store; `cut` is a partition.
@@ -73,6 +77,15 @@ impl Link {
         write: impl std::future::Future<Output = io::Result<()>>,
     ) -> io::Result<()> {
         self.cut()?;
+        if self.cell.interleave.lock().unwrap().remove(token) {
+            *self
+                .cell
+                .entry_versions
+                .lock()
+                .unwrap()
+                .entry(token.to_string())
+                .or_default() += 1;
+        }
         let current = self.version(token);
         let expected = self.seen.lock().unwrap().get(token).copied();
         if expected != Some(current) {
@@ -196,7 +209,10 @@ impl Member {
         let stop = CancellationToken::new();
         let keeper = {
             let stop = stop.clone();
-            tokio::spawn(async move { keeper.run(stop).await })
+            tokio::spawn(
+                async move { keeper.run(stop).await }
+                    .instrument(tracing::info_span!("engine", n = index)),
+            )
         };
         Member {
             fence,
@@ -238,4 +254,115 @@ impl Member {
         }
         self.stop.cancel();
     }
+}
+
+/// Seed 587 of the two-engine simulation, pinned down: a new holder's first visit of a singleton whose create the
+/// former holder sent with its answer lost (the stored token is dead at the issuer) meets another engine's write of
+/// the shared entry and is run again. In between the token must not show ready, as the takeover left it.
+#[test]
+fn a_new_holders_visit_that_meets_another_engines_write_leaves_a_replaced_singleton_not_ready() {
+    crate::rules::paused(31, async {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::Spec {
+            only: Some(vec!["org"]),
+            schedule: "lifetime = \"2h\"\nrotate_before = \"40m\"".into(),
+            ..crate::Spec::default()
+        };
+        let (world, _) = crate::build_world_with(31, dir.path(), &spec, true);
+        let cell = Arc::new(LeaseCell::default());
+        let mut engines = vec![
+            Some(crate::start_engine(&world, Some((&cell, 0)))),
+            Some(crate::start_engine(&world, Some((&cell, 1)))),
+        ];
+        // Checks the world every 100 ms: the window this is about lasts a second.
+        let run_for = |d: std::time::Duration| {
+            let world = world.clone();
+            async move {
+                let end = tokio::time::Instant::now() + d;
+                while tokio::time::Instant::now() < end {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    world.check_step();
+                    if let Some(v) = world.lock().violation.clone() {
+                        panic!("invariant broken at {}: {v}", crate::world::world_now());
+                    }
+                }
+            }
+        };
+        let leader = |engines: &[Option<crate::Incarnation>]| {
+            engines.iter().position(|e| {
+                e.as_ref()
+                    .and_then(|e| e.member.as_ref())
+                    .is_some_and(|m| m.fence.role() == Role::Leader)
+            })
+        };
+        crate::show_live(&world, &engines);
+        run_for(std::time::Duration::from_secs(60)).await;
+        let holder = leader(&engines).expect("an engine holds the lease");
+        // The holder's create of a new org token reaches TFC, which replaces the stored token; the answer is lost.
+        world
+            .lock()
+            .faults
+            .forced_wire
+            .push_back(crate::faults::WireFault::LostAfter { timeout: false });
+        let (reply, _answer) = tokio::sync::oneshot::channel();
+        let inc = engines[holder].as_ref().unwrap();
+        world
+            .lock()
+            .facts
+            .nudged_at
+            .insert("org".into(), crate::world::world_now());
+        inc.rotate
+            .send(token_rotator::daemon::control::RotateRequest {
+                tokens: vec!["org".into()],
+                all: false,
+                reply,
+            })
+            .await
+            .unwrap();
+        run_for(std::time::Duration::from_secs(5)).await;
+        let tfc_org = || {
+            world
+                .tfc
+                .all_tokens()
+                .into_iter()
+                .filter(|t| t.kind == token_rotator_emulators::tfc::TokenKind::Organization)
+                .count()
+        };
+        assert_eq!(tfc_org(), 2, "the ambiguous create reached TFC");
+        // Then it is cut off and the other engine takes over; that one's first write of the entry meets another.
+        engines[holder]
+            .as_ref()
+            .unwrap()
+            .member
+            .as_ref()
+            .unwrap()
+            .cut
+            .store(true, Ordering::SeqCst);
+        cell.interleave.lock().unwrap().insert("org".into());
+        run_for(std::time::Duration::from_secs(90)).await;
+        assert_eq!(
+            leader(&engines),
+            Some(1 - holder),
+            "the other engine took over"
+        );
+        assert!(
+            cell.interleave.lock().unwrap().is_empty(),
+            "the new holder's visit met the other write"
+        );
+        // It mints again (once) and the token is ready with a token TFC accepts in every target.
+        run_for(std::time::Duration::from_secs(120)).await;
+        assert_eq!(tfc_org(), 3, "minted once more");
+        let live = world.live().expect("a holder");
+        let now = token_rotator::clock::now();
+        let org = live
+            .board
+            .snapshot()
+            .into_iter()
+            .find(|s| s.name == "org")
+            .unwrap();
+        assert_eq!(org.unready_reason(now), None);
+        for inc in engines.iter_mut().filter_map(Option::take) {
+            crate::crash(&world, inc).await;
+        }
+    });
 }

@@ -29,7 +29,7 @@ fn base() -> DateTime<Utc> {
 
 /// Runs `fut` on a single-threaded runtime whose clock is paused, with the daemon's and the services' clocks
 /// following it from [`BASE`].
-fn paused<F: Future>(seed: u64, fut: F) -> F::Output {
+pub(crate) fn paused<F: Future>(seed: u64, fut: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
