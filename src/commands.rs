@@ -72,7 +72,7 @@ pub async fn plan(policy: &Policy, json: bool) -> bool {
         let row = match rotator.inspect(t, now).await {
             Ok(i) => PlanRow {
                 token: t.name.clone(),
-                issuer: t.issuer.clone(),
+                issuer: t.issuer.to_string(),
                 token_type: t.kind.type_name().into(),
                 current_token_id: i.current.as_ref().map(|c| c.token_id.clone()),
                 created_at: i.current.as_ref().map(|c| rfc3339(c.created_at)),
@@ -90,7 +90,7 @@ pub async fn plan(policy: &Policy, json: bool) -> bool {
                 ok = false;
                 PlanRow {
                     token: t.name.clone(),
-                    issuer: t.issuer.clone(),
+                    issuer: t.issuer.to_string(),
                     token_type: t.kind.type_name().into(),
                     current_token_id: None,
                     created_at: None,

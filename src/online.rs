@@ -32,7 +32,7 @@ pub async fn check(policy: &Policy) -> bool {
     }
     for t in policy.tokens.values() {
         // SPEC §10: an organization policy that caps token lifetimes is read and compared with `lifetime`.
-        if let Some(Ok(issuer)) = rotator.issuers.get(&t.issuer) {
+        if let Some(Ok(issuer)) = rotator.issuers.get(&*t.issuer) {
             let render = crate::policy::duration::render;
             match issuer.lifetime_cap(t).await {
                 Ok(Some(cap)) => match t.schedule.lifetime {
@@ -61,7 +61,7 @@ pub async fn check(policy: &Policy) -> bool {
             }
         }
         for st in &t.sinks {
-            let Some(Ok(s)) = rotator.sinks.get(&st.sink) else {
+            let Some(Ok(s)) = rotator.sinks.get(&*st.sink) else {
                 continue;
             };
             match s.probe(&st.target).await {

@@ -12,7 +12,8 @@ pub use crate::record::CurrentToken;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenStatus {
     pub name: String,
-    pub issuer: String,
+    /// Shared with the policy (one allocation per issuer, not per token).
+    pub issuer: std::sync::Arc<str>,
     /// A `&'static` type name in the daemon (no copy per token); owned when read from the control socket.
     pub token_type: Cow<'static, str>,
     pub current: Option<CurrentToken>,
@@ -34,7 +35,11 @@ pub struct TokenStatus {
 }
 
 impl TokenStatus {
-    pub fn new(name: &str, issuer: &str, token_type: &'static str) -> Self {
+    pub fn new(
+        name: &str,
+        issuer: impl Into<std::sync::Arc<str>>,
+        token_type: &'static str,
+    ) -> Self {
         TokenStatus {
             name: name.into(),
             issuer: issuer.into(),
@@ -168,12 +173,15 @@ impl StatusBoard {
     /// Adds a status for each token (name, issuer, type) the board does not have yet, in one bulk build
     /// ([`insert_missing`]); a token already there is not built at all (the daemon takes on every token twice at
     /// start-up: the board is filled before `/readyz` answers).
-    pub fn add_all<'a>(&self, tokens: impl IntoIterator<Item = (&'a str, &'a str, &'static str)>) {
+    pub fn add_all<'a>(
+        &self,
+        tokens: impl IntoIterator<Item = (&'a str, &'a std::sync::Arc<str>, &'static str)>,
+    ) {
         let mut board = self.write();
         let fresh: Vec<(String, TokenStatus)> = tokens
             .into_iter()
             .filter(|(name, _, _)| !board.contains_key(*name))
-            .map(|(name, issuer, ty)| (name.to_string(), TokenStatus::new(name, issuer, ty)))
+            .map(|(name, issuer, ty)| (name.to_string(), TokenStatus::new(name, issuer.clone(), ty)))
             .collect();
         append_absent(&mut board, fresh);
     }

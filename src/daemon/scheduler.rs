@@ -194,7 +194,7 @@ impl Daemon {
         self.board.add_all(
             tokens
                 .iter()
-                .map(|t| (t.name.as_str(), t.issuer.as_str(), t.kind.type_name())),
+                .map(|t| (t.name.as_str(), &t.issuer, t.kind.type_name())),
         );
         let slots: Vec<_> = tokens
             .iter()
@@ -244,7 +244,7 @@ impl Daemon {
             {
                 continue;
             }
-            let issuer = slot.policy.issuer.as_str();
+            let issuer = &*slot.policy.issuer;
             let extra = taken.entry(issuer).or_default();
             if self.per_issuer.get(issuer).copied().unwrap_or(0) + *extra >= share {
                 waiting = true;
@@ -264,10 +264,10 @@ impl Daemon {
             };
             *self
                 .per_issuer
-                .entry(slot.policy.issuer.clone())
+                .entry(slot.policy.issuer.to_string())
                 .or_default() += 1;
             self.in_flight_issuer
-                .insert(name.clone(), slot.policy.issuer.clone());
+                .insert(name.clone(), slot.policy.issuer.to_string());
             slot.in_flight = true;
             slot.ready_before = slot
                 .visited
@@ -355,7 +355,7 @@ impl Daemon {
         let mut by_issuer: BTreeMap<&str, Vec<&Arc<TokenPolicy>>> = BTreeMap::new();
         for slot in self.slots.values() {
             by_issuer
-                .entry(slot.policy.issuer.as_str())
+                .entry(&*slot.policy.issuer)
                 .or_default()
                 .push(&slot.policy);
         }
@@ -827,26 +827,26 @@ impl Daemon {
         }
         // An issuer or sink whose table changed (a fixed `ca_file`, `address`, credential reference): the tokens
         // that failed through it are tried again now, not at their backed-off time (up to an hour).
-        let changed_issuers: HashSet<&String> = policy
+        let changed_issuers: HashSet<&str> = policy
             .issuers
             .iter()
             .filter(|(n, cfg)| self.policy.issuers.get(*n) != Some(*cfg))
-            .map(|(n, _)| n)
+            .map(|(n, _)| n.as_str())
             .collect();
-        let changed_sinks: HashSet<&String> = policy
+        let changed_sinks: HashSet<&str> = policy
             .sinks
             .iter()
             .filter(|(n, cfg)| {
                 self.policy.sinks.get(*n).map(|old| format!("{old:?}")) != Some(format!("{cfg:?}"))
             })
-            .map(|(n, _)| n)
+            .map(|(n, _)| n.as_str())
             .collect();
         let mut added = Vec::new();
         for (name, t) in &policy.tokens {
             match self.slots.get_mut(name) {
                 Some(slot) if slot.policy == *t => {
-                    let touched = changed_issuers.contains(&t.issuer)
-                        || t.sinks.iter().any(|st| changed_sinks.contains(&st.sink));
+                    let touched = changed_issuers.contains(&*t.issuer)
+                        || t.sinks.iter().any(|st| changed_sinks.contains(&*st.sink));
                     if touched && slot.backoff_until.is_some() {
                         slot.backoff_until = None;
                         slot.next_at = now;

@@ -124,7 +124,8 @@ impl fmt::Debug for SinkConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenPolicy {
     pub name: String,
-    pub issuer: String,
+    /// The `[issuers.*]` table; one allocation shared by every token of that issuer (`tokens::Shared`).
+    pub issuer: Arc<str>,
     pub kind: TokenKind,
     /// Shared by the tokens with the same schedule (no maintenance window), as `notify` by those without actions:
     /// 10,000 tokens held 10,000 equal copies (`tokens::Shared`; issue 19).
@@ -357,7 +358,7 @@ fn check_credential_sources(
             .is_some_and(|c| c.spec.delivers());
         let token_file = tokens.values().find(|t| {
             t.sinks.iter().any(|st| {
-                &st.sink == sink
+                *st.sink == **sink
                     && st.target.is_delivery()
                     && st.target.identity() == target.identity()
             })

@@ -178,7 +178,8 @@ impl fmt::Display for GithubSecret {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SinkTarget {
-    pub sink: String,
+    /// The `[sinks.*]` table; one allocation shared by every target in that sink (`tokens::Shared`).
+    pub sink: std::sync::Arc<str>,
     pub target: Target,
 }
 

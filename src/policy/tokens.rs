@@ -42,6 +42,8 @@ pub(super) struct TokensReader {
 /// The schedules and notify lists tokens can share (one copy each instead of one per token).
 #[derive(Default)]
 struct Shared {
+    /// Issuer and sink names: a handful, each named by thousands of tokens.
+    names: std::collections::HashSet<Arc<str>>,
     schedules: HashMap<ScheduleKey, Arc<Schedule>>,
     /// The distinct `notify` lists without actions (a handful: they differ only in their events).
     no_actions: Vec<Arc<super::notify::Notify>>,
@@ -55,7 +57,20 @@ type ScheduleKey = (
 );
 
 impl Shared {
+    fn name(&mut self, name: &mut Arc<str>) {
+        match self.names.get(name) {
+            Some(shared) => *name = shared.clone(),
+            None => {
+                self.names.insert(name.clone());
+            }
+        }
+    }
+
     fn share(&mut self, token: &mut TokenPolicy) {
+        self.name(&mut token.issuer);
+        for st in &mut token.sinks {
+            self.name(&mut st.sink);
+        }
         let s = &token.schedule;
         if s.window.is_none() {
             let key = (
@@ -111,7 +126,7 @@ impl TokensReader {
             if let Some((token, spec)) = read {
                 let local = |st: &SinkTarget| {
                     sinks
-                        .get(&st.sink)
+                        .get(&*st.sink)
                         .and_then(|(_, cfg)| cfg.as_ref())
                         .is_some_and(|cfg| cfg.spec.is_local())
                 };
@@ -119,7 +134,7 @@ impl TokensReader {
                     // The lease and the shared journal live under `path` in the store: a record there would clobber
                     // them, or they it.
                     let under = |st: &SinkTarget| {
-                        st.sink == c.store
+                        *st.sink == *c.store
                             && matches!(&st.target, Target::Path(p)
                             if p.trim_matches('/') == c.path || p.trim_matches('/').starts_with(&format!("{}/", c.path)))
                     };
@@ -180,8 +195,8 @@ fn label_scope(
     issuers: &Named<IssuerConfig>,
     addresses: &mut HashMap<String, String>,
 ) -> Option<String> {
-    let issuer = issuers.get(&token.issuer)?.1.as_ref()?;
-    if let Some(at) = addresses.get(&token.issuer) {
+    let issuer = issuers.get(&*token.issuer)?.1.as_ref()?;
+    if let Some(at) = addresses.get(&*token.issuer) {
         return token.kind.label_scope(at);
     }
     // One service however its address is spelled (case, default port, a trailing slash).
@@ -197,7 +212,7 @@ fn label_scope(
         })
         .unwrap_or_else(|| issuer.address.clone());
     let scope = token.kind.label_scope(&at);
-    addresses.insert(token.issuer.clone(), at);
+    addresses.insert(token.issuer.to_string(), at);
     scope
 }
 
@@ -246,7 +261,7 @@ fn read_token(
     let notify = super::notify::read_notify(t, d);
     let token = TokenPolicy {
         name: name.to_string(),
-        issuer: issuer_key?.into_inner(),
+        issuer: issuer_key?.into_inner().into(),
         kind: kind?,
         schedule: Arc::new(schedule?),
         label: label?,
@@ -452,14 +467,14 @@ fn read_token_sinks(
             continue;
         }
         let st = SinkTarget {
-            sink: sink.get_ref().clone(),
+            sink: sink.get_ref().as_str().into(),
             target,
         };
         let identity = SinkTarget {
             sink: cfg
                 .spec
                 .place(cfg.settings.as_ref())
-                .unwrap_or_else(|| st.sink.clone()),
+                .map_or_else(|| st.sink.clone(), Into::into),
             target: st.target.identity(),
         };
         if let Some(other) = targets.get(&identity) {

@@ -66,7 +66,7 @@ impl Rotator {
         let record = SinkRecord {
             token: minted.value.clone(),
             token_id: minted.token_id.clone(),
-            issuer: token.issuer.clone(),
+            issuer: token.issuer.to_string(),
             token_type: token.kind.type_name().to_string(),
             created_at: minted.created_at,
             expires_at: minted.expires_at,
@@ -77,7 +77,7 @@ impl Rotator {
             // value says nothing of this one's copy (a resumed write re-reads first and skips a copy in place).
             .filter(|(st, _)| {
                 !rotation.stored.contains(&st.to_string())
-                    || (self.level_locals && self.local_sinks.contains(&st.sink))
+                    || (self.level_locals && self.local_sinks.contains(&*st.sink))
             })
             .collect();
         // The records first; the delivery targets (SPEC §11) only once every record holds the new token, so that a
@@ -166,7 +166,7 @@ impl Rotator {
         })?;
         self.metrics
             .rotation_duration
-            .with_label_values(&[token.issuer.as_str()])
+            .with_label_values(&[&*token.issuer])
             .observe(started.elapsed().as_secs_f64());
         tracing::info!(
             token = %token.name,
@@ -334,7 +334,7 @@ impl Rotator {
                     }
                     false => {
                         break Err(SinkError {
-                            sink: st.sink.clone(),
+                            sink: st.sink.to_string(),
                             kind: SinkErrorKind::Mismatch,
                             message: format!(
                                 "read-back of {} does not match what was written",
@@ -354,7 +354,7 @@ impl Rotator {
         let label = if result.is_ok() { "success" } else { "failure" };
         self.metrics
             .sink_writes
-            .with_label_values(&[st.sink.as_str(), label])
+            .with_label_values(&[&*st.sink, label])
             .inc();
         match &result {
             Ok(()) => {

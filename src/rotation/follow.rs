@@ -118,7 +118,7 @@ impl Rotator {
         let sinks: BoundSinks = self
             .sinks_of(token)?
             .into_iter()
-            .filter(|(st, _)| !st.target.is_delivery() || self.local_sinks.contains(&st.sink))
+            .filter(|(st, _)| !st.target.is_delivery() || self.local_sinks.contains(&*st.sink))
             .collect();
         let observed = self.observe(token, &sinks).await?;
         let leveled = self.level_local(token, &sinks, &observed, false).await;
@@ -139,7 +139,7 @@ impl Rotator {
         let delivers = token
             .sinks
             .iter()
-            .any(|st| st.target.is_delivery() && !self.local_sinks.contains(&st.sink));
+            .any(|st| st.target.is_delivery() && !self.local_sinks.contains(&*st.sink));
         let unready = entry.and_then(|e| match (&e.must_rotate, &e.rotation) {
             (Some(why), _) => Some(format!("the lease holder will replace this token: {why}")),
             (None, Some(_)) if token.kind.is_singleton() => Some(

@@ -211,7 +211,7 @@ fn delta(d: Duration) -> TimeDelta {
 
 impl Rotator {
     fn issuer(&self, token: &TokenPolicy) -> Result<Arc<dyn Issuer>, AttemptError> {
-        match self.issuers.get(&token.issuer) {
+        match self.issuers.get(&*token.issuer) {
             Some(Ok(i)) => Ok(i.clone()),
             Some(Err(why)) => Err(AttemptError::Unusable(format!(
                 "issuer {} is unusable: {why}",
@@ -228,7 +228,7 @@ impl Rotator {
         let mut out = Vec::new();
         let mut broken = Vec::new();
         for st in &token.sinks {
-            match self.sinks.get(&st.sink) {
+            match self.sinks.get(&*st.sink) {
                 Some(Ok(s)) => out.push((st.clone(), s.clone())),
                 Some(Err(why)) => broken.push(format!("sink {} is unusable: {why}", st.sink)),
                 None => broken.push(format!("sink {} is not configured", st.sink)),
@@ -699,11 +699,11 @@ impl Rotator {
 
     /// Whether this token is written to the sink target its issuer reads its credential from.
     pub(super) fn credential_lives_in(&self, token: &TokenPolicy) -> bool {
-        match self.credential_refs.get(&token.issuer) {
+        match self.credential_refs.get(&*token.issuer) {
             Some(SecretRef::Sink { sink, target }) => token
                 .sinks
                 .iter()
-                .any(|st| &st.sink == sink && &st.target == target),
+                .any(|st| *st.sink == **sink && &st.target == target),
             _ => false,
         }
     }
@@ -714,7 +714,7 @@ impl Rotator {
             SecretRef::Sink { sink, target } => token
                 .sinks
                 .iter()
-                .any(|st| &st.sink == sink && &st.target == target),
+                .any(|st| *st.sink == **sink && &st.target == target),
             _ => false,
         })
     }
@@ -727,7 +727,7 @@ impl Rotator {
         value: &crate::secret::SecretString,
     ) {
         issuer.set_credential(value.clone());
-        match self.credential_refs.get(&token.issuer) {
+        match self.credential_refs.get(&*token.issuer) {
             Some(SecretRef::Sink { .. }) => tracing::info!(
                 token = %token.name,
                 issuer = %token.issuer,

@@ -129,7 +129,7 @@ impl Rotator {
                 event: notice.event.clone(),
                 token: token.name.clone(),
                 token_id: notice.token_id.clone(),
-                issuer: token.issuer.clone(),
+                issuer: token.issuer.to_string(),
                 token_type: token.kind.type_name().to_string(),
                 created_at: notice.created_at,
                 expires_at: notice.expires_at,

@@ -218,7 +218,7 @@ fn start_engine(
 ) -> Incarnation {
     let board = StatusBoard::new();
     for t in world.policy.tokens.values() {
-        board.add(TokenStatus::new(&t.name, &t.issuer, t.kind.type_name()));
+        board.add(TokenStatus::new(&t.name, t.issuer.clone(), t.kind.type_name()));
     }
     let (control, control_rx) = mpsc::channel(16);
     let (rotate, rotate_rx) = mpsc::channel(4);
@@ -458,7 +458,7 @@ fn build_world_with(
     for t in policy.tokens.values() {
         for st in &t.sinks {
             target_owner.insert(
-                (st.sink.clone(), world::target_key(&st.target)),
+                (st.sink.to_string(), world::target_key(&st.target)),
                 t.name.clone(),
             );
         }

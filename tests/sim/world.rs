@@ -202,7 +202,7 @@ impl World {
             .map(|st| {
                 inner
                     .sinks
-                    .get(&(st.sink.clone(), target_key(&st.target)))
+                    .get(&(st.sink.to_string(), target_key(&st.target)))
                     .and_then(|s| s.record.clone())
             })
             .collect()
