@@ -71,7 +71,7 @@ pub async fn plan(policy: &Policy, json: bool) -> bool {
     for t in policy.tokens.values() {
         let row = match rotator.inspect(t, now).await {
             Ok(i) => PlanRow {
-                token: t.name.clone(),
+                token: t.name.to_string(),
                 issuer: t.issuer.to_string(),
                 token_type: t.kind.type_name().into(),
                 current_token_id: i.current.as_ref().map(|c| c.token_id.clone()),
@@ -89,7 +89,7 @@ pub async fn plan(policy: &Policy, json: bool) -> bool {
             Err(e) => {
                 ok = false;
                 PlanRow {
-                    token: t.name.clone(),
+                    token: t.name.to_string(),
                     issuer: t.issuer.to_string(),
                     token_type: t.kind.type_name().into(),
                     current_token_id: None,
@@ -209,7 +209,7 @@ pub async fn status(policy: &Policy, json: bool) -> Option<bool> {
             .iter()
             .map(|t| {
                 vec![
-                    t.name.clone(),
+                    t.name.to_string(),
                     if t.is_ready(now) {
                         "yes".into()
                     } else {
@@ -270,7 +270,7 @@ pub enum RotateError {
 /// `rotate`: hands the request to a running daemon, else rotates here under the `state_dir` lock.
 pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bool, RotateError> {
     for n in &names {
-        if !policy.tokens.contains_key(n) {
+        if !policy.tokens.contains_key(n.as_str()) {
             return Err(RotateError::UnknownToken {
                 name: n.clone(),
                 policy: policy.path.display().to_string(),
@@ -302,7 +302,7 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
             let selected: Vec<_> = policy
                 .tokens
                 .values()
-                .filter(|t| all || names.contains(&t.name))
+                .filter(|t| all || names.iter().any(|n| **n == *t.name))
                 .collect();
             let mut results = Vec::new();
             for t in selected {
@@ -317,7 +317,7 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
                     .await;
                 results.push(match r {
                     Ok(tended) => RotateResult {
-                        token: t.name.clone(),
+                        token: t.name.to_string(),
                         ok: true,
                         message: format!(
                             "rotated; current token {}",
@@ -328,7 +328,7 @@ pub async fn rotate(policy: &Policy, names: Vec<String>, all: bool) -> Result<bo
                         ),
                     },
                     Err(f) => RotateResult {
-                        token: t.name.clone(),
+                        token: t.name.to_string(),
                         ok: false,
                         message: f.error.to_string(),
                     },

@@ -11,9 +11,10 @@ pub use crate::record::CurrentToken;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenStatus {
-    pub name: String,
+    /// Shared with the board's key and the policy (one allocation per token name).
+    pub name: Arc<str>,
     /// Shared with the policy (one allocation per issuer, not per token).
-    pub issuer: std::sync::Arc<str>,
+    pub issuer: Arc<str>,
     /// A `&'static` type name in the daemon (no copy per token); owned when read from the control socket.
     pub token_type: Cow<'static, str>,
     pub current: Option<CurrentToken>,
@@ -36,8 +37,8 @@ pub struct TokenStatus {
 
 impl TokenStatus {
     pub fn new(
-        name: &str,
-        issuer: impl Into<std::sync::Arc<str>>,
+        name: impl Into<Arc<str>>,
+        issuer: impl Into<Arc<str>>,
         token_type: &'static str,
     ) -> Self {
         TokenStatus {
@@ -147,7 +148,7 @@ fn append_absent<K: Ord, V>(map: &mut BTreeMap<K, V>, mut fresh: Vec<(K, V)>) {
 
 #[derive(Clone, Debug, Default)]
 pub struct StatusBoard {
-    inner: Arc<RwLock<BTreeMap<String, TokenStatus>>>,
+    inner: Arc<RwLock<BTreeMap<Arc<str>, TokenStatus>>>,
     /// In cluster mode, this instance's role (`"leader"` or `"standby"`, SPEC §8.5); `None` without `[cluster]`.
     role: Arc<RwLock<Option<&'static str>>>,
 }
@@ -175,13 +176,18 @@ impl StatusBoard {
     /// start-up: the board is filled before `/readyz` answers).
     pub fn add_all<'a>(
         &self,
-        tokens: impl IntoIterator<Item = (&'a str, &'a std::sync::Arc<str>, &'static str)>,
+        tokens: impl IntoIterator<Item = (&'a Arc<str>, &'a Arc<str>, &'static str)>,
     ) {
         let mut board = self.write();
-        let fresh: Vec<(String, TokenStatus)> = tokens
+        let fresh: Vec<(Arc<str>, TokenStatus)> = tokens
             .into_iter()
-            .filter(|(name, _, _)| !board.contains_key(*name))
-            .map(|(name, issuer, ty)| (name.to_string(), TokenStatus::new(name, issuer.clone(), ty)))
+            .filter(|(name, _, _)| !board.contains_key(&***name))
+            .map(|(name, issuer, ty)| {
+                (
+                    name.clone(),
+                    TokenStatus::new(name.clone(), issuer.clone(), ty),
+                )
+            })
             .collect();
         append_absent(&mut board, fresh);
     }
@@ -207,7 +213,7 @@ impl StatusBoard {
     }
 
     /// Runs `f` over every status at once, in name order, under one read lock.
-    pub fn with_all<R>(&self, f: impl FnOnce(&BTreeMap<String, TokenStatus>) -> R) -> R {
+    pub fn with_all<R>(&self, f: impl FnOnce(&BTreeMap<Arc<str>, TokenStatus>) -> R) -> R {
         f(&self.read())
     }
 
@@ -215,11 +221,11 @@ impl StatusBoard {
         self.read().values().cloned().collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TokenStatus>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Arc<str>, TokenStatus>> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, TokenStatus>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Arc<str>, TokenStatus>> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -77,7 +77,7 @@ pub async fn run(
         policy
             .tokens
             .values()
-            .map(|t| (t.name.as_str(), &t.issuer, t.kind.type_name())),
+            .map(|t| (&t.name, &t.issuer, t.kind.type_name())),
     );
     let shared = Shared {
         journal: Arc::new(journal),

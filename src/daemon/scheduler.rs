@@ -49,7 +49,7 @@ pub struct Inputs {
 }
 
 /// A visit's token, whether it was a forced one, a standby's, and a liveness probe's, and its outcome.
-type Visited = (String, bool, bool, bool, Result<Tended, Failure>);
+type Visited = (Arc<str>, bool, bool, bool, Result<Tended, Failure>);
 
 struct Slot {
     policy: Arc<TokenPolicy>,
@@ -153,14 +153,15 @@ pub struct Daemon {
     shared: Shared,
     metrics: Arc<Metrics>,
     board: StatusBoard,
-    slots: BTreeMap<String, Slot>,
+    /// Keyed on the policy's own name allocation (`TokenPolicy::name`).
+    slots: BTreeMap<Arc<str>, Slot>,
     /// The visits in flight (see [`Visited`]).
     tasks: JoinSet<Visited>,
     /// `rotate` requests waiting for their forced rotations to finish.
     waiters: Vec<Waiter>,
     /// The issuer of every token with a visit in flight, and the number of visits in flight per issuer.
-    in_flight_issuer: HashMap<String, String>,
-    per_issuer: HashMap<String, usize>,
+    in_flight_issuer: HashMap<Arc<str>, Arc<str>>,
+    per_issuer: HashMap<Arc<str>, usize>,
     /// Every token (its shared policy, for the name: not a copy of it), the issuers interleaved (a token of each
     /// issuer in turn), and where the last `spawn_due` scan stopped: the next one resumes there (round robin), so
     /// that a burst of due tokens costs about one pass over the slots rather than one per completed visit, and an
@@ -189,12 +190,11 @@ impl Daemon {
     /// Takes on tokens not taken on yet: their counters, status-board entries and slots, each map built in bulk
     /// (`status::insert_missing`: 10,000 tokens one insert at a time leave their leaves half full).
     fn register(&mut self, tokens: &[Arc<TokenPolicy>], now: DateTime<Utc>) {
-        self.metrics
-            .init_tokens(tokens.iter().map(|t| t.name.as_str()));
+        self.metrics.init_tokens(tokens.iter().map(|t| &t.name));
         self.board.add_all(
             tokens
                 .iter()
-                .map(|t| (t.name.as_str(), &t.issuer, t.kind.type_name())),
+                .map(|t| (&t.name, &t.issuer, t.kind.type_name())),
         );
         let slots: Vec<_> = tokens
             .iter()
@@ -202,7 +202,7 @@ impl Daemon {
                 let mut slot = Slot::new(Arc::clone(t), now);
                 // Removed and added back while its visit was still running: that visit's completion frees the
                 // slot, and no second visit of the token starts before it.
-                slot.in_flight = self.in_flight_issuer.contains_key(&t.name);
+                slot.in_flight = self.in_flight_issuer.contains_key(&*t.name);
                 (t.name.clone(), slot)
             })
             .collect();
@@ -264,10 +264,10 @@ impl Daemon {
             };
             *self
                 .per_issuer
-                .entry(slot.policy.issuer.to_string())
+                .entry(slot.policy.issuer.clone())
                 .or_default() += 1;
             self.in_flight_issuer
-                .insert(name.clone(), slot.policy.issuer.to_string());
+                .insert(slot.policy.name.clone(), slot.policy.issuer.clone());
             slot.in_flight = true;
             slot.ready_before = slot
                 .visited
@@ -383,7 +383,7 @@ impl Daemon {
     /// A `rotate` request: force the named tokens now and answer when each forced visit finished.
     fn request_rotation(&mut self, req: RotateRequest, now: DateTime<Utc>) {
         let names: Vec<String> = if req.all {
-            self.slots.keys().cloned().collect()
+            self.slots.keys().map(|k| k.to_string()).collect()
         } else {
             req.tokens
         };
@@ -405,7 +405,7 @@ impl Daemon {
             reply: Some(req.reply),
         };
         for name in names {
-            match self.slots.get_mut(&name) {
+            match self.slots.get_mut(name.as_str()) {
                 Some(slot) => {
                     slot.force = true;
                     if !slot.in_flight {
@@ -449,7 +449,7 @@ impl Daemon {
 
     fn complete(
         &mut self,
-        name: String,
+        name: Arc<str>,
         forced: bool,
         followed: bool,
         verified: bool,
@@ -809,7 +809,7 @@ impl Daemon {
             );
         }
         self.rotator = Arc::new(rotator);
-        let removed: Vec<String> = self
+        let removed: Vec<Arc<str>> = self
             .slots
             .keys()
             .filter(|k| !policy.tokens.contains_key(*k))

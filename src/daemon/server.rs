@@ -67,7 +67,7 @@ pub fn readiness(board: &StatusBoard) -> Readiness {
     board.for_each(|s| {
         if let Some(reason) = s.unready_reason(now) {
             unhealthy.push(Unhealthy {
-                token: s.name.clone(),
+                token: s.name.to_string(),
                 reason,
             });
         }

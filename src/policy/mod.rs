@@ -63,7 +63,8 @@ pub struct Policy {
     /// `[cluster]`: several instances, one lease holder (SPEC §8).
     pub cluster: Option<ClusterSettings>,
     /// Shared with the daemon's scheduler slots and in-flight visits: one copy of each token's policy.
-    pub tokens: BTreeMap<String, Arc<TokenPolicy>>,
+    /// Keyed on each token's own `name` (one allocation per name, shared by the daemon's maps; issue 19).
+    pub tokens: BTreeMap<Arc<str>, Arc<TokenPolicy>>,
 }
 
 #[derive(Clone, Debug)]
@@ -123,7 +124,7 @@ impl fmt::Debug for SinkConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenPolicy {
-    pub name: String,
+    pub name: Arc<str>,
     /// The `[issuers.*]` table; one allocation shared by every token of that issuer (`tokens::Shared`).
     pub issuer: Arc<str>,
     pub kind: TokenKind,
@@ -311,7 +312,7 @@ fn parse_parts(
         d.shift_since(before, range.start);
     }
     // Rebuilt in bulk: inserted one at a time in file order its leaves are about half full (BENCHMARKS.md, issue 19).
-    let tokens: BTreeMap<String, Arc<TokenPolicy>> = reader.out.into_iter().collect();
+    let tokens: BTreeMap<Arc<str>, Arc<TokenPolicy>> = reader.out.into_iter().collect();
     check_credential_sources(&mut d, &issuers, &sinks, &tokens);
     root.finish(&mut d);
     if d.is_empty() && tokens.is_empty() {
@@ -346,7 +347,7 @@ fn check_credential_sources(
     d: &mut Diagnostics,
     issuers: &Named<IssuerConfig>,
     sinks: &Named<SinkConfig>,
-    tokens: &BTreeMap<String, Arc<TokenPolicy>>,
+    tokens: &BTreeMap<Arc<str>, Arc<TokenPolicy>>,
 ) {
     for (name, (span, cfg)) in issuers {
         let Some(SecretRef::Sink { sink, target }) = cfg.as_ref().map(|c| &c.token) else {

@@ -29,7 +29,7 @@ pub(super) struct TokensContext<'a> {
 /// tokens need between them.
 #[derive(Default)]
 pub(super) struct TokensReader {
-    pub out: BTreeMap<String, Arc<TokenPolicy>>,
+    pub out: BTreeMap<Arc<str>, Arc<TokenPolicy>>,
     /// Which token already writes to a sink target, for the duplicate check.
     targets: HashMap<SinkTarget, String>,
     /// Which token already uses a label in a sweep scope (issuer kind, scope), for the collision check.
@@ -179,7 +179,7 @@ impl TokensReader {
                 if named_ok {
                     let mut token = token;
                     self.shared.share(&mut token);
-                    out.insert(name.get_ref().clone(), Arc::new(token));
+                    out.insert(token.name.clone(), Arc::new(token));
                 }
             }
             t.finish(d);
@@ -260,7 +260,7 @@ fn read_token(
     let sink_targets = read_token_sinks(t, d, name, sinks, targets);
     let notify = super::notify::read_notify(t, d);
     let token = TokenPolicy {
-        name: name.to_string(),
+        name: name.into(),
         issuer: issuer_key?.into_inner().into(),
         kind: kind?,
         schedule: Arc::new(schedule?),

@@ -70,7 +70,7 @@ impl Rotator {
         let mut state = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
         let reason = match outcome {
             Probe::Alive => {
-                state.dead.remove(&token.name);
+                state.dead.remove(&*token.name);
                 return None;
             }
             Probe::Unknown => return None,
@@ -103,7 +103,7 @@ impl Rotator {
         let window = TimeDelta::from_std(interval * FLAP_INTERVALS).unwrap_or(TimeDelta::MAX);
         let flapping = state
             .replaced
-            .get(&token.name)
+            .get(&*token.name)
             .is_some_and(|at| now - *at < window);
         if token.schedule.manual || flapping {
             let reason = if flapping && !token.schedule.manual {
@@ -119,12 +119,12 @@ impl Rotator {
             tracing::error!(token = %token.name, token_id = %current.token_id, reason = %reason, "the current token is dead; not rotating it by itself");
             state
                 .dead
-                .insert(token.name.clone(), (current.token_id.clone(), reason));
+                .insert(token.name.to_string(), (current.token_id.clone(), reason));
             return Some(Verdict::Leave);
         }
         tracing::warn!(token = %token.name, token_id = %current.token_id, reason = %reason, "the current token is dead; rotating it now");
-        state.replaced.insert(token.name.clone(), now);
-        state.dead.remove(&token.name);
+        state.replaced.insert(token.name.to_string(), now);
+        state.dead.remove(&*token.name);
         Some(Verdict::Rotate(reason))
     }
 
@@ -135,10 +135,10 @@ impl Rotator {
         current: Option<&CurrentToken>,
     ) -> Option<String> {
         let mut state = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
-        match (state.dead.get(&token.name), current) {
+        match (state.dead.get(&*token.name), current) {
             (Some((id, why)), Some(cur)) if *id == cur.token_id => Some(why.clone()),
             (Some(_), _) => {
-                state.dead.remove(&token.name);
+                state.dead.remove(&*token.name);
                 None
             }
             (None, _) => None,

@@ -127,7 +127,7 @@ impl Rotator {
             }
             let message = Message {
                 event: notice.event.clone(),
-                token: token.name.clone(),
+                token: token.name.to_string(),
                 token_id: notice.token_id.clone(),
                 issuer: token.issuer.to_string(),
                 token_type: token.kind.type_name().to_string(),

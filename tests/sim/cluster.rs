@@ -358,7 +358,7 @@ fn a_new_holders_visit_that_meets_another_engines_write_leaves_a_replaced_single
             .board
             .snapshot()
             .into_iter()
-            .find(|s| s.name == "org")
+            .find(|s| &*s.name == "org")
             .unwrap();
         assert_eq!(org.unready_reason(now), None);
         for inc in engines.iter_mut().filter_map(Option::take) {

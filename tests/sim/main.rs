@@ -218,7 +218,11 @@ fn start_engine(
 ) -> Incarnation {
     let board = StatusBoard::new();
     for t in world.policy.tokens.values() {
-        board.add(TokenStatus::new(&t.name, t.issuer.clone(), t.kind.type_name()));
+        board.add(TokenStatus::new(
+            t.name.clone(),
+            t.issuer.clone(),
+            t.kind.type_name(),
+        ));
     }
     let (control, control_rx) = mpsc::channel(16);
     let (rotate, rotate_rx) = mpsc::channel(4);
@@ -459,7 +463,7 @@ fn build_world_with(
         for st in &t.sinks {
             target_owner.insert(
                 (st.sink.to_string(), world::target_key(&st.target)),
-                t.name.clone(),
+                t.name.to_string(),
             );
         }
     }
@@ -474,11 +478,11 @@ fn build_world_with(
         .map(|name| {
             let mut p = policy.clone();
             p.tokens.remove(name);
-            (name.clone(), p)
+            (name.to_string(), p)
         })
         .collect();
     let mut faults = Faults::new(seed);
-    let names: Vec<String> = policy.tokens.keys().cloned().collect();
+    let names: Vec<String> = policy.tokens.keys().map(|k| k.to_string()).collect();
     let events = if calm {
         faults.active = false;
         Vec::new()

@@ -167,7 +167,7 @@ impl Rig {
         live.board
             .snapshot()
             .into_iter()
-            .find(|s| s.name == name)
+            .find(|s| &*s.name == name)
             .expect("on the board")
     }
 
@@ -372,7 +372,7 @@ fn an_ambiguous_singleton_create_is_sent_again_only_after_the_backoff() {
             .board
             .snapshot()
             .into_iter()
-            .find(|s| s.name == "org")
+            .find(|s| &*s.name == "org")
             .unwrap();
         assert!(
             status.unready_reason(crate::world::world_now()).is_some(),

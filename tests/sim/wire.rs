@@ -79,7 +79,7 @@ impl SimWire {
                         .tokens
                         .values()
                         .find(|t| label.starts_with(&format!("{} ", t.label)))?;
-                    return Some(owner.name.clone());
+                    return Some(owner.name.to_string());
                 }
                 Some(scoped.clone())
             }

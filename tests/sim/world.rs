@@ -319,11 +319,11 @@ impl World {
         // `grace` is over only once a consumer used a successor (the daemon's own probe does not count).
         let early_after_use = owner
             .as_ref()
-            .and_then(|o| self.policy.tokens.get(o))
+            .and_then(|o| self.policy.tokens.get(o.as_str()))
             .is_some_and(|t| {
                 t.schedule.revoke_after_use
                     && t.kind.can_prove_itself()
-                    && !inner.facts.complete.get(&t.name).is_some_and(|done| {
+                    && !inner.facts.complete.get(&*t.name).is_some_and(|done| {
                         done.iter().any(|y| {
                             y != id
                                 && position(y) > position(id)
@@ -347,7 +347,7 @@ impl World {
             });
         let notifies = owner
             .as_ref()
-            .and_then(|o| self.policy.tokens.get(o))
+            .and_then(|o| self.policy.tokens.get(o.as_str()))
             .is_some_and(|t| !t.notify.actions.is_empty());
         drop(inner);
         if let Some(live) = self.live() {
@@ -426,7 +426,7 @@ impl World {
                     ));
                 }
             }
-            current.insert(first.token_id.clone(), token.name.clone());
+            current.insert(first.token_id.clone(), token.name.to_string());
         }
         let facts_created: Vec<(String, String)> = self
             .lock()

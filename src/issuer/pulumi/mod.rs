@@ -389,11 +389,11 @@ impl Issuer for PulumiIssuer {
         let at = at.trunc_subsecs(0);
         let at = {
             let mut last = self.last_label.lock().unwrap_or_else(|p| p.into_inner());
-            let at = match last.get(&token.name) {
+            let at = match last.get(&*token.name) {
                 Some(prev) if *prev >= at => *prev + TimeDelta::seconds(1),
                 _ => at,
             };
-            last.insert(token.name.clone(), at);
+            last.insert(token.name.to_string(), at);
             at
         };
         super::label::make(&Self::prefix(token), '-', LABEL_FORMAT, at)
