@@ -238,8 +238,14 @@ pub struct Journal {
     held: Mutex<HashMap<String, Entry>>,
     /// One visit per token at a time: a lock per token visited or waited for now ([`VisitGuard`]).
     visits: Arc<VisitLocks>,
-    /// The token ids each token's sink records named when last read.
-    seen: Mutex<HashMap<String, Box<[String]>>>,
+    /// The token ids each token's sink records named when last read, keyed on the policy's name allocation.
+    seen: Mutex<HashMap<Arc<str>, Seen>>,
+}
+
+/// The ids one token's records named ([`Journal::note_seen`]).
+enum Seen {
+    One(Box<str>),
+    Many(Box<[Box<str>]>),
 }
 
 impl std::fmt::Debug for Journal {
@@ -593,23 +599,24 @@ impl Journal {
     }
 
     /// Notes which token ids the sink records of `token` named when just read.
-    pub fn note_seen(&self, token: &str, ids: Vec<String>) {
-        // Kept for every token for the daemon's lifetime: exactly sized, and the key reused (issue 19).
-        let ids = ids.into_boxed_slice();
-        let mut seen = lock(&self.seen);
-        match seen.get_mut(token) {
-            Some(held) => *held = ids,
-            None => {
-                seen.insert(token.to_string(), ids);
-            }
-        }
+    pub fn note_seen(&self, token: &Arc<str>, mut ids: Vec<String>) {
+        // Kept for every token for the daemon's lifetime (issue 19): the policy's name as the key, and usually one
+        // id (every record names the current token), held without a slice around it.
+        ids.sort_unstable();
+        ids.dedup();
+        let ids = match <[String; 1]>::try_from(ids) {
+            Ok([one]) => Seen::One(one.into_boxed_str()),
+            Err(many) => Seen::Many(many.into_iter().map(String::into_boxed_str).collect()),
+        };
+        lock(&self.seen).insert(token.clone(), ids);
     }
 
     /// The token ids the records of `token` named when last read in this process (`None`: never read).
     pub fn seen(&self, token: &str) -> Option<HashSet<String>> {
-        lock(&self.seen)
-            .get(token)
-            .map(|ids| ids.iter().cloned().collect())
+        lock(&self.seen).get(token).map(|ids| match ids {
+            Seen::One(id) => HashSet::from([id.to_string()]),
+            Seen::Many(ids) => ids.iter().map(|id| id.to_string()).collect(),
+        })
     }
 }
 
