@@ -458,7 +458,8 @@ impl Daemon {
     ) {
         // The role changed while this visit ran (cluster mode): its outcome says little, and the next visit, in
         // the new role, is due now, with no backoff of the old role.
-        let role_changed = followed == self.leading();
+        let leading = self.leading();
+        let role_changed = followed == leading;
         if let Some(issuer) = self.in_flight_issuer.remove(&name) {
             if let Some(count) = self.per_issuer.get_mut(&issuer) {
                 *count = count.saturating_sub(1);
@@ -500,6 +501,7 @@ impl Daemon {
         slot.visited = true;
         // A `rotate` that arrived while this visit was in flight runs right after it.
         let forced_next = slot.force;
+        let mut run_again = false;
         match result {
             Ok(t) => {
                 slot.backoff_until = None;
@@ -555,19 +557,32 @@ impl Daemon {
                     s.last_error = None;
                     s.next_due = due.at;
                     s.next_reason = due.reason.to_string().into();
-                    s.pending.clone_from(&t.unready);
+                    if role_changed && leading {
+                        // A standby's follow that ended after this instance took the lease over: the takeover's
+                        // mark stays until this instance's own first visit.
+                        s.pending = s.pending.take().or_else(|| t.unready.clone());
+                    } else {
+                        s.pending.clone_from(&t.unready);
+                    }
                 });
             }
-            // A visit that is run again at once (the role changed, or the shared entry changed under it) leaves
-            // `pending` as it was: what the takeover or the visit showed holds until a visit completes (two-engine
-            // simulation seed 587: a conflicting first visit cleared the takeover's "not ready" while the stored
-            // singleton was already replaced at the issuer).
+            // A visit that is run again at once (the role changed, or the shared entry changed under it) leaves a
+            // lease holder's `pending` as it was: what the takeover or the visit showed holds until a visit
+            // completes (two-engine simulation seed 587: a first visit that met another instance's write cleared
+            // the takeover's mark while the stored singleton was already replaced at the issuer). Nothing failed:
+            // no `failed` action runs for it.
             Err(f) if role_changed => {
+                run_again = true;
+                if !leading {
+                    // Now a standby: its follow visits show what the holder does.
+                    self.board.update(&name, |s| s.pending = None);
+                }
                 slot.next_at = now;
                 slot.backoff_until = None;
                 tracing::info!(token = %name, error = %f.error, "a visit failed as the cluster role changed; visiting again in the new role");
             }
             Err(f) if f.error.is_journal_conflict() => {
+                run_again = true;
                 // Only this process's view of the shared journal was stale: read it again in a second, without
                 // counting a failure.
                 slot.next_at = after(now, Duration::from_secs(1));
@@ -614,8 +629,9 @@ impl Daemon {
                 slot.next_at = now;
             }
         }
-        if ready_before == Some(true) || first_failed {
-            self.tell_if_failed(&name, followed, now);
+        // Only the minting instance tells: not a standby's follow, nor a visit whose instance lost the lease.
+        if !run_again && (ready_before == Some(true) || first_failed) {
+            self.tell_if_failed(&name, followed || !leading, now);
         }
     }
 
@@ -722,6 +738,14 @@ impl Daemon {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                // A role change before visits' ends: a burst of them (a takeover makes every token due) must not
+                // hold it back.
+                Ok(()) = async {
+                    match role.as_mut() {
+                        Some(r) => r.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.role_changed(crate::clock::now()),
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match joined {
                         Ok((name, forced, followed, verified, result)) => {
@@ -746,12 +770,6 @@ impl Daemon {
                     }
                 }
                 Some(req) = inputs.rotate.recv() => self.request_rotation(req, crate::clock::now()),
-                Ok(()) = async {
-                    match role.as_mut() {
-                        Some(r) => r.changed().await,
-                        None => std::future::pending().await,
-                    }
-                } => self.role_changed(crate::clock::now()),
                 _ = tokio::time::sleep(sleep_for) => {}
             }
         }
@@ -797,7 +815,7 @@ impl Daemon {
         ));
     }
 
-    fn reload(&mut self, policy: Policy, rotator: Rotator) {
+    fn reload(&mut self, mut policy: Policy, rotator: Rotator) {
         let now = crate::clock::now();
         if policy.daemon.listen != self.policy.daemon.listen
             || policy.daemon.state_dir != self.policy.daemon.state_dir
@@ -842,9 +860,11 @@ impl Daemon {
             .map(|(n, _)| n.as_str())
             .collect();
         let mut added = Vec::new();
-        for (name, t) in &policy.tokens {
+        for (name, t) in policy.tokens.iter_mut() {
             match self.slots.get_mut(name) {
                 Some(slot) if slot.policy == *t => {
+                    // The copy already held (and its name, the key of every map) stays; the reload's is dropped.
+                    *t = slot.policy.clone();
                     let touched = changed_issuers.contains(&*t.issuer)
                         || t.sinks.iter().any(|st| changed_sinks.contains(&*st.sink));
                     if touched && slot.backoff_until.is_some() {
@@ -870,6 +890,11 @@ impl Daemon {
             }
         }
         self.register(&added, now);
+        // Keyed on the names kept above too.
+        policy.tokens = std::mem::take(&mut policy.tokens)
+            .into_values()
+            .map(|t| (t.name.clone(), t))
+            .collect();
         self.policy = policy;
         self.rebuild_order();
         // A removed token's held journal write has no next visit: written now (tokens still in the policy are

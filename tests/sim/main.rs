@@ -997,6 +997,7 @@ fn a_seed_replays_alone_as_it_ran_among_others() {
         .map(|seed| run_seed_logged_as(seed, true).0)
         .collect();
     for (seed, before) in [14, 29].into_iter().zip(&among[1..]) {
+        assert!(before.requests > 100, "the run did something: {before:?}");
         for _ in 0..2 {
             let alone = std::thread::spawn(move || run_seed_logged_as(seed, true).0)
                 .join()
