@@ -59,6 +59,8 @@ struct Slot {
     force: bool,
     /// The jitter drawn for the current token (`jitter_for`), redrawn when the token changes.
     jitter: Duration,
+    /// What is kept of the current token's id ([`crate::journal::id_digest`]): a collision only keeps a jitter
+    /// that would have been redrawn.
     jitter_for: Option<u64>,
     /// After a failed attempt, no attempt before this (monotonic: a wall clock stepped forward must not cut a
     /// backoff short — after a create whose outcome is unknown, the next one comes only after it, SPEC §5.10).
@@ -127,14 +129,6 @@ fn next_verify(previous: DateTime<Utc>, interval: Duration, now: DateTime<Utc>) 
     } else {
         drift_at(now, interval)
     }
-}
-
-/// What `Slot::jitter_for` keeps of a token id: a collision only keeps a jitter that would have been redrawn.
-fn id_digest(id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
 }
 
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -513,7 +507,10 @@ impl Daemon {
                     self.metrics.count_rotation(&name, true);
                 }
                 // A digest, not a copy of the id: one per token for the daemon's lifetime (issue 19).
-                let current_id = t.current.as_ref().map(|c| id_digest(&c.token_id));
+                let current_id = t
+                    .current
+                    .as_ref()
+                    .map(|c| crate::journal::id_digest(&c.token_id));
                 if current_id != slot.jitter_for {
                     slot.jitter = crate::clock::random_up_to(slot.policy.schedule.jitter);
                     slot.jitter_for = current_id;

@@ -238,14 +238,25 @@ pub struct Journal {
     held: Mutex<HashMap<String, Entry>>,
     /// One visit per token at a time: a lock per token visited or waited for now ([`VisitGuard`]).
     visits: Arc<VisitLocks>,
-    /// The token ids each token's sink records named when last read, keyed on the policy's name allocation.
+    /// The token ids each token's sink records named when last read ([`id_digest`]s), keyed on the policy's name
+    /// allocation.
     seen: Mutex<HashMap<Arc<str>, Seen>>,
 }
 
-/// The ids one token's records named ([`Journal::note_seen`]).
+/// The ids one token's records named ([`Journal::note_seen`]), as [`id_digest`]s.
 enum Seen {
-    One(Box<str>),
-    Many(Box<[Box<str>]>),
+    One(u64),
+    Many(Box<[u64]>),
+}
+
+/// A 64-bit digest of a token id, what the daemon keeps of an id for its lifetime where it only needs to recognise
+/// it again (issue 19). Two ids with one digest would make the orphan sweep take the second for a claimed one and
+/// leave it: the safe side (SipHash with fixed keys: stable within a process, never stored).
+pub fn id_digest(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
 }
 
 impl std::fmt::Debug for Journal {
@@ -599,23 +610,25 @@ impl Journal {
     }
 
     /// Notes which token ids the sink records of `token` named when just read.
-    pub fn note_seen(&self, token: &Arc<str>, mut ids: Vec<String>) {
-        // Kept for every token for the daemon's lifetime (issue 19): the policy's name as the key, and usually one
-        // id (every record names the current token), held without a slice around it.
+    pub fn note_seen<'a>(&self, token: &Arc<str>, ids: impl IntoIterator<Item = &'a str>) {
+        // Kept for every token for the daemon's lifetime (issue 19): the policy's name as the key, and the ids as
+        // digests, usually one (every record names the current token), with no allocation.
+        let mut ids: Vec<u64> = ids.into_iter().map(id_digest).collect();
         ids.sort_unstable();
         ids.dedup();
-        let ids = match <[String; 1]>::try_from(ids) {
-            Ok([one]) => Seen::One(one.into_boxed_str()),
-            Err(many) => Seen::Many(many.into_iter().map(String::into_boxed_str).collect()),
+        let ids = match ids[..] {
+            [one] => Seen::One(one),
+            _ => Seen::Many(ids.into_boxed_slice()),
         };
         lock(&self.seen).insert(token.clone(), ids);
     }
 
-    /// The token ids the records of `token` named when last read in this process (`None`: never read).
-    pub fn seen(&self, token: &str) -> Option<HashSet<String>> {
+    /// The [`id_digest`]s of the token ids the records of `token` named when last read in this process (`None`:
+    /// never read).
+    pub fn seen(&self, token: &str) -> Option<HashSet<u64>> {
         lock(&self.seen).get(token).map(|ids| match ids {
-            Seen::One(id) => HashSet::from([id.to_string()]),
-            Seen::Many(ids) => ids.iter().map(|id| id.to_string()).collect(),
+            Seen::One(id) => HashSet::from([*id]),
+            Seen::Many(ids) => ids.iter().copied().collect(),
         })
     }
 }

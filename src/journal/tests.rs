@@ -238,3 +238,24 @@ async fn visits_of_a_token_exclude_each_other_and_unused_locks_are_forgotten() {
     drop(again);
     assert!(lock(&j.visits).is_empty());
 }
+
+/// What the orphan sweep learns of the ids a token's records named: each id recognised, none of another's, a
+/// repeated id kept once, and a later read replacing the earlier one.
+#[test]
+fn seen_ids_are_recognised_by_digest_and_replaced_by_the_next_read() {
+    let j = Journal::new(Arc::new(MemoryStore::default()));
+    let name: Arc<str> = Arc::from("ci");
+    assert_eq!(j.seen("ci"), None, "never read");
+    j.note_seen(&name, ["at-one", "at-one"]);
+    assert_eq!(j.seen("ci"), Some(HashSet::from([id_digest("at-one")])));
+    j.note_seen(&name, ["at-two", "at-one", "at-three"]);
+    let seen = j.seen("ci").unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(["at-one", "at-two", "at-three"]
+        .iter()
+        .all(|id| seen.contains(&id_digest(id))));
+    assert!(!seen.contains(&id_digest("at-four")));
+    j.note_seen(&name, []);
+    assert_eq!(j.seen("ci"), Some(HashSet::new()), "read, naming nothing");
+    assert_eq!(j.seen("other"), None);
+}

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{delta, failpoint, AttemptError, Failure, Rotator};
 use crate::issuer::{IssuedToken, Issuer};
-use crate::journal::{Entry, PendingRevocation};
+use crate::journal::{id_digest, Entry, PendingRevocation};
 use crate::policy::TokenPolicy;
 
 /// How often an old token waiting for its successor's first use is looked at again.
@@ -221,9 +221,9 @@ impl Rotator {
             .map_err(|e| Failure::from(AttemptError::from(e)))?;
         if !listed.is_empty() {
             let mut claimed = self.claimed(token).await?;
-            claimed.extend(entry.named_ids().map(str::to_string));
+            claimed.extend(entry.named_ids().map(id_digest));
             for t in listed {
-                if claimed.contains(&t.token_id) {
+                if claimed.contains(&id_digest(&t.token_id)) {
                     continue;
                 }
                 match issuer.revoke(token, &t.token_id).await {
@@ -243,12 +243,13 @@ impl Rotator {
         Ok(())
     }
 
-    /// Every token id that the records and journal entries of the policy's tokens name (`token`'s included; every
-    /// issuer's, since two issuer tables may reach one service with one credential). A token whose records were
-    /// not read yet in this process is read now. A neighbour that cannot be read is passed over with a warning:
-    /// labels are unique per scope (`check`), so this is the second line of defence, and one broken token must
-    /// not stop another's housekeeping (SPEC §5.5). This token's own records must be read, or no sweep.
-    async fn claimed(&self, token: &TokenPolicy) -> Result<HashSet<String>, Failure> {
+    /// The [`id_digest`]s of every token id that the records and journal entries of the policy's tokens name
+    /// (`token`'s included; every issuer's, since two issuer tables may reach one service with one credential). A
+    /// token whose records were not read yet in this process is read now. A neighbour that cannot be read is passed
+    /// over with a warning: labels are unique per scope (`check`), so this is the second line of defence, and one
+    /// broken token must not stop another's housekeeping (SPEC §5.5). This token's own records must be read, or no
+    /// sweep.
+    async fn claimed(&self, token: &TokenPolicy) -> Result<HashSet<u64>, Failure> {
         let mut ids = HashSet::new();
         let others = self
             .tokens
@@ -277,7 +278,7 @@ impl Rotator {
             };
             ids.extend(seen.into_iter().flatten());
             match self.journal.peek(&t.name).await {
-                Ok(Some(e)) => ids.extend(e.named_ids().map(str::to_string)),
+                Ok(Some(e)) => ids.extend(e.named_ids().map(id_digest)),
                 Ok(None) => {}
                 Err(e) if own => return Err(e.into()),
                 Err(e) => {

@@ -131,7 +131,7 @@ impl Rotator {
         }
         // Every record names the new token now (the sweep must never take it for an orphan).
         self.journal
-            .note_seen(&token.name, vec![minted.token_id.clone()]);
+            .note_seen(&token.name, [minted.token_id.as_str()]);
         if rotation.phase != Phase::Verified && token.kind.can_prove_itself() {
             if let Err(e) = issuer.verify(token, &minted.value).await {
                 return Err(fail(

@@ -166,8 +166,7 @@ impl Rotator {
             &token.name,
             out.iter()
                 .filter_map(Observed::record)
-                .map(|r| r.token_id.clone())
-                .collect(),
+                .map(|r| r.token_id.as_str()),
         );
         Ok(out)
     }
