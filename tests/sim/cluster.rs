@@ -352,15 +352,8 @@ fn a_new_holders_visit_that_meets_another_engines_write_leaves_a_replaced_single
         // It mints again (once) and the token is ready with a token TFC accepts in every target.
         run_for(std::time::Duration::from_secs(120)).await;
         assert_eq!(tfc_org(), 3, "minted once more");
-        let live = world.live().expect("a holder");
-        let now = token_rotator::clock::now();
-        let org = live
-            .board
-            .snapshot()
-            .into_iter()
-            .find(|s| &*s.name == "org")
-            .unwrap();
-        assert_eq!(org.unready_reason(now), None);
+        let org = world.live_status("org").expect("a holder");
+        assert_eq!(org.unready_reason(token_rotator::clock::now()), None);
         for inc in engines.iter_mut().filter_map(Option::take) {
             crate::crash(&world, inc).await;
         }

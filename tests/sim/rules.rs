@@ -163,12 +163,9 @@ impl Rig {
 
     /// The token's line on the daemon's status board.
     fn status(&self, name: &str) -> token_rotator::status::TokenStatus {
-        let live = self.world.live().expect("the daemon runs");
-        live.board
-            .snapshot()
-            .into_iter()
-            .find(|s| &*s.name == name)
-            .expect("on the board")
+        self.world
+            .live_status(name)
+            .expect("the daemon runs, the token on its board")
     }
 
     async fn stop(mut self) {
@@ -367,13 +364,7 @@ fn an_ambiguous_singleton_create_is_sent_again_only_after_the_backoff() {
         rig.run_for(Duration::from_secs(20)).await;
         let tokens = rig.org_tokens();
         assert_eq!(tokens.len(), 2, "the ambiguous create was sent once");
-        let live = rig.world.live().unwrap();
-        let status = live
-            .board
-            .snapshot()
-            .into_iter()
-            .find(|s| &*s.name == "org")
-            .unwrap();
+        let status = rig.status("org");
         assert!(
             status.unready_reason(crate::world::world_now()).is_some(),
             "not ready: the stored token is dead"
@@ -386,11 +377,10 @@ fn an_ambiguous_singleton_create_is_sent_again_only_after_the_backoff() {
             (30..=45).contains(&after),
             "the next create came {after} s after the first"
         );
-        assert!(live
-            .board
-            .snapshot()
-            .into_iter()
-            .all(|s| s.unready_reason(crate::world::world_now()).is_none()));
+        assert_eq!(
+            rig.status("org").unready_reason(crate::world::world_now()),
+            None
+        );
         rig.stop().await;
     });
 }

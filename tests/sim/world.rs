@@ -240,6 +240,12 @@ impl World {
         }
     }
 
+    /// The line of `name` on the board the checks look at (the daemon's, or the lease holder's).
+    pub fn live_status(&self, name: &str) -> Option<token_rotator::status::TokenStatus> {
+        let live = self.live()?;
+        live.board.snapshot().into_iter().find(|s| &*s.name == name)
+    }
+
     /// Invariant (SPEC §5.10, §5.2): a token the daemon reports ready has, in every sink target, a record whose
     /// token the issuer accepts (unless someone revoked it behind the daemon's back: it learns that later).
     /// Invariant (SPEC §5.13): nothing the daemon shows quotes a secret.
