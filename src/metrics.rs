@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
@@ -70,7 +70,7 @@ type GaugeRow = [Option<i64>; 6];
 
 pub struct Metrics {
     registry: Registry,
-    tokens: RwLock<BTreeMap<std::sync::Arc<str>, TokenCounters>>,
+    tokens: RwLock<BTreeMap<Arc<str>, TokenCounters>>,
     /// Size of the last exposition, to allocate the next one at once.
     last_size: AtomicUsize,
     pub rotation_duration: HistogramVec,
@@ -185,11 +185,11 @@ impl Metrics {
 
     /// Creates the zero-valued series of a token, so that `rate()` and `increase()` work from the first scrape.
     pub fn init_token(&self, token: &str) {
-        self.init_tokens([&std::sync::Arc::from(token)]);
+        self.init_tokens([&Arc::from(token)]);
     }
 
     /// `init_token` of many at once, in one bulk build (`status::insert_missing`).
-    pub fn init_tokens<'a>(&self, tokens: impl IntoIterator<Item = &'a std::sync::Arc<str>>) {
+    pub fn init_tokens<'a>(&self, tokens: impl IntoIterator<Item = &'a Arc<str>>) {
         crate::status::insert_missing(
             &mut self.counters_mut(),
             tokens
@@ -237,9 +237,7 @@ impl Metrics {
         }
     }
 
-    fn counters_mut(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<std::sync::Arc<str>, TokenCounters>> {
+    fn counters_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Arc<str>, TokenCounters>> {
         self.tokens.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -335,7 +333,7 @@ struct Writer<'a> {
 impl<'a> Writer<'a> {
     fn for_board(
         out: &'a mut String,
-        tokens: &BTreeMap<std::sync::Arc<str>, TokenStatus>,
+        tokens: &BTreeMap<Arc<str>, TokenStatus>,
         now: DateTime<Utc>,
     ) -> Self {
         let mut w = Writer {
@@ -366,10 +364,7 @@ impl<'a> Writer<'a> {
         w
     }
 
-    fn for_counters(
-        out: &'a mut String,
-        counters: &BTreeMap<std::sync::Arc<str>, TokenCounters>,
-    ) -> Self {
+    fn for_counters(out: &'a mut String, counters: &BTreeMap<Arc<str>, TokenCounters>) -> Self {
         let mut token = Labels::default();
         for name in counters.keys() {
             token.push(&[("token", name)]);
@@ -419,7 +414,7 @@ impl<'a> Writer<'a> {
     /// One counter family: a series per token, or two (`result` = `success`, `failure`) when `values` gives two.
     fn counter_family(
         &mut self,
-        counters: &BTreeMap<std::sync::Arc<str>, TokenCounters>,
+        counters: &BTreeMap<Arc<str>, TokenCounters>,
         name: &str,
         help: &str,
         values: impl Fn(&TokenCounters) -> &[u64],

@@ -7,8 +7,8 @@
 //! Each slice is parsed as its own document; the problems found while reading it are moved by the slice's offset,
 //! so errors keep their `file:line:col` (what is read keeps no span). The cut is made only where it cannot change
 //! what the document means: between sections of different tokens, with every other table before the first token
-//! section, every section of a token in one slice, and no root key under `tokens`. Anything else (a `[tokens]` table, a token's sections apart, a header this scan
-//! does not understand) is parsed whole, as before.
+//! section, every section of a token in one slice, and no root key under `tokens`. Anything else (a `[tokens]`
+//! table, a token's sections apart, a header this scan does not understand) is parsed whole, as before.
 
 use std::collections::HashSet;
 use std::ops::Range;
