@@ -601,7 +601,9 @@ async fn a_maximum_ttl_policy_is_read_and_the_errors_name_the_key() {
     assert!(!env
         .tfc
         .is_valid(env.record("ttl/org").await["token"].as_str().unwrap()));
-    let log = wait_for(Duration::from_secs(100), "the liveness verdict", || async {
+    // The next probe comes `verify_interval` after the first, on a whole minute (probes coalesce on minute
+    // boundaries): up to two minutes after the start, whatever second of the minute it was.
+    let log = wait_for(Duration::from_secs(150), "the liveness verdict", || async {
         let log = daemon.stderr();
         log.contains("the current token is dead").then_some(log)
     })
