@@ -26,9 +26,11 @@ COPY --from=build /out/rootfs/ /
 # /out/state/ keeps the directory's own mode; a COPY onto the directory's path would create it 0755 (refused).
 COPY --from=build --chown=65532:65532 /out/state/ /var/lib/
 USER 65532:65532
+# GLIBC_TUNABLES: as in systemd/token-rotator.service (a fixed mmap threshold, a smaller idle heap).
 # hadolint ignore=DL3064
 ENV TOKEN_ROTATOR_CONFIG=/etc/token-rotator/policy.toml \
-    STATE_DIRECTORY=/var/lib/token-rotator
+    STATE_DIRECTORY=/var/lib/token-rotator \
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072
 VOLUME ["/var/lib/token-rotator"]
 EXPOSE 9851
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \

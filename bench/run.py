@@ -48,6 +48,28 @@ class BenchError(Exception):
     pass
 
 
+# The systemd unit's allocator settings, applied to every token-rotator process the driver starts (main()): what
+# the service and the image run with. Only these keys: the unit's RUST_LOG is the operator's, not a measured setting.
+UNIT_ENV = {}
+UNIT_ENV_KEYS = ("GLIBC_TUNABLES",)
+
+
+def unit_environment():
+    """KEY=VALUE of the unit's `Environment=` settings named in UNIT_ENV_KEYS (unquoted values only); the
+    caller's own environment wins, as in Procs.start."""
+    env = {}
+    with open(os.path.join(ROOT, "systemd", "token-rotator.service")) as f:
+        for line in f:
+            if line.startswith("Environment="):
+                for item in line[len("Environment="):].split():
+                    key, _, value = item.partition("=")
+                    if key in UNIT_ENV_KEYS:
+                        env[key] = os.environ.get(key, value)
+                        if key in os.environ and os.environ[key] != value:
+                            log(f"{key} from this environment ({os.environ[key]!r}) in place of the unit's ({value!r})")
+    return env
+
+
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -62,6 +84,9 @@ class Procs:
         self.procs = []
 
     def start(self, name, argv, log_path=None, **kw):
+        if os.path.basename(argv[0]) == "token-rotator" and UNIT_ENV:
+            # As the service runs: the unit's allocator settings (the image sets the same), unless set here already.
+            kw["env"] = dict(UNIT_ENV, **(kw.get("env") or os.environ))
         out = open(log_path, "wb") if log_path else subprocess.DEVNULL
         kw.setdefault("stdout", out)
         kw.setdefault("stderr", out)
@@ -481,7 +506,9 @@ def bench_daemon(procs, work, n, orgs, policy, logs, bin_dir, idle_seconds, scra
     c.close()
     r.update(metrics_ms=statistics.median(lat) * 1000, metrics_max_ms=max(lat) * 1000,
              metrics_cpu_ms=(cpu_seconds(p.pid) - cpu0) * 1000 / scrapes, metrics_kb=size / 1024,
-             metrics_series=sum(1 for ln in body.split(b"\n") if ln and not ln.startswith(b"#")))
+             metrics_series=sum(1 for ln in body.split(b"\n") if ln and not ln.startswith(b"#")),
+             # What a scraped daemon keeps: a page's buffers may stay in the heap (glibc's dynamic mmap threshold).
+             metrics_rss_mb=status_kb(p.pid, "VmRSS") / 1024)
     # Rotation: every token, forced, through the running daemon.
     log(f"daemon: rotate --all ({n} tokens)")
     (u0, s0), marks = cpu_split(p.pid), logs.mark()
@@ -642,6 +669,7 @@ ROWS = [
     ("/metrics render (median)", "metrics_ms", "{:.1f} ms", None),
     ("/metrics daemon CPU per scrape", "metrics_cpu_ms", "{:.1f} ms", None),
     ("/metrics size", "metrics_kb", "{:.0f} KiB", None),
+    ("RSS after the /metrics scrapes", "metrics_rss_mb", "{:.1f} MB", None),
     ("CPU per rotation", "cpu_per_rotation_ms", "{:.3f} ms", None),
     ("rotations per second", "rotations_per_s", "{:.1f}", None),
     ("throughput / rate limit", "throughput", "{:.0%}", None),
@@ -780,7 +808,11 @@ def main():
                     help="also time `token-rotator check` of a policy this large (default 10x the largest size; "
                          "0: not)")
     ap.add_argument("--keep", action="store_true", help="keep the work directories (logs, policies)")
+    ap.add_argument("--no-unit-env", action="store_true",
+                    help="run token-rotator without the systemd unit's Environment= settings (GLIBC_TUNABLES)")
     args = ap.parse_args()
+    if not args.no_unit_env:
+        UNIT_ENV.update(unit_environment())
     args.sizes = [int(s) for s in (args.sizes or ("100" if args.quick else "100,1000,10000")).split(",")]
     args.idle_seconds = args.idle_seconds or (3 if args.quick else 60)
     args.scrapes = args.scrapes or (5 if args.quick else 20)
@@ -809,7 +841,8 @@ def main():
         sys.exit("bench: interrupted")
     print(f"token-rotator benchmark — binaries {os.path.relpath(bin_dir, ROOT)}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d')}, issuers' requests_per_second = {args.issuer_rps or '25 (default)'}, "
-          f"journal: {'shared, in OpenBao ([cluster])' if args.cluster else 'local (state_dir)'}")
+          f"journal: {'shared, in OpenBao ([cluster])' if args.cluster else 'local (state_dir)'}, "
+          f"token-rotator's environment from the unit: {' '.join(f'{k}={v}' for k, v in UNIT_ENV.items()) or 'none'}")
     print(table(results, args.idle_seconds))
     if check:
         print(f"\n`token-rotator check` of {check['tokens']} tokens (offline): peak RSS {check['peak_rss_mb']:.1f} MB, "
@@ -821,6 +854,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "bin_dir": bin_dir, "idle_seconds": args.idle_seconds,
+                       "unit_env": UNIT_ENV,
                        "results": results, "check": check}, f, indent=1)
     print(f"\nbench: done in {time.monotonic() - started:.0f}s")
 

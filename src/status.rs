@@ -2,12 +2,14 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use crate::record::CurrentToken;
+use crate::schedule::DueReason;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenStatus {
@@ -25,7 +27,7 @@ pub struct TokenStatus {
     /// Why the last attempt failed; never contains a token value.
     pub last_error: Option<String>,
     pub next_due: Option<DateTime<Utc>>,
-    pub next_reason: Cow<'static, str>,
+    pub next_reason: NextReason,
     /// Set while a visit is in flight that makes the stored token unusable until it ends (a singleton being
     /// replaced at the issuer): why the token is not ready meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,7 +53,7 @@ impl TokenStatus {
             consecutive_failures: 0,
             last_error: None,
             next_due: None,
-            next_reason: Cow::Borrowed("not yet examined"),
+            next_reason: NextReason::NotExamined,
             pending: None,
             previous_last_used: None,
         }
@@ -115,6 +117,48 @@ impl TokenStatus {
             ));
         }
         None
+    }
+}
+
+/// Why `next_due` is when it is. Kept as the schedule's own value and rendered only when read (`status`, the
+/// control socket): a rendered text per token was 0.6 MB of small long-lived allocations at 10,000 tokens, made
+/// among the short-lived ones of each visit (BENCHMARKS.md, issue 19). A token with a window or `manual` still
+/// keeps a small allocation (the boxed reason, the window's text). Serialized as its text, so the control socket's
+/// JSON is as before either way; read back as [`NextReason::Text`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextReason {
+    /// Before the token's first visit.
+    NotExamined,
+    /// What the schedule said at the end of the last visit.
+    Due(DueReason),
+    /// The last attempt failed; retried after backoff (the count of failures in a row).
+    Retry(u32),
+    /// As rendered by another process (the control socket's client).
+    Text(String),
+}
+
+impl fmt::Display for NextReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NextReason::NotExamined => f.write_str("not yet examined"),
+            NextReason::Due(why) => why.fmt(f),
+            NextReason::Retry(failures) => {
+                write!(f, "retry after a failed attempt ({failures} in a row)")
+            }
+            NextReason::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Serialize for NextReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NextReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(NextReason::Text)
     }
 }
 
@@ -233,6 +277,37 @@ impl StatusBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The control socket carries the reason as the text it always had: a client of another version reads it.
+    #[test]
+    fn the_next_reason_travels_as_its_text() {
+        let expires_at = "2027-01-04T14:50:07Z".parse().unwrap();
+        let cases = [
+            (NextReason::NotExamined, "not yet examined"),
+            (NextReason::Retry(3), "retry after a failed attempt (3 in a row)"),
+            (
+                NextReason::Due(DueReason::Expiry {
+                    expires_at,
+                    rotate_before: std::time::Duration::from_secs(7 * 86400),
+                }),
+                "expires at 2027-01-04T14:50:07Z, rotate 7d before",
+            ),
+            (
+                NextReason::Due(DueReason::Manual(Box::new(DueReason::NoRecord))),
+                "manual: rotated only by `token-rotator rotate` (the schedule would say: no record in the sinks: \
+                 rotate at start-up)",
+            ),
+        ];
+        for (reason, text) in cases {
+            let mut s = TokenStatus::new("t", "i", "team");
+            s.next_reason = reason;
+            let json = serde_json::to_value(&s).unwrap();
+            assert_eq!(json["next_reason"], text);
+            let back: TokenStatus = serde_json::from_value(json).unwrap();
+            assert_eq!(back.next_reason, NextReason::Text(text.into()));
+            assert_eq!(back.next_reason.to_string(), text);
+        }
+    }
 
     #[test]
     fn insert_missing_keeps_what_is_there_and_the_first_of_equal_keys() {

@@ -19,7 +19,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("logging", &["policy"]),
     ("manual", &["policy"]),
     ("schedule", &["policy", "record"]),
-    ("status", &["record"]),
+    ("status", &["record", "schedule"]),
     ("metrics", &["clock", "status"]),
     ("journal", &["clock", "record", "secret"]),
     // Telling consumers: runs one action; never the token value (it gets none).

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Policy, TokenPolicy};
 use crate::rotation::{AttemptError, Failure, Rotator, Tended};
 use crate::schedule;
-use crate::status::StatusBoard;
+use crate::status::{NextReason, StatusBoard};
 
 /// How long in-flight rotations get to reach a journaled state after SIGTERM/SIGINT (SPEC §5.7).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -553,7 +553,7 @@ impl Daemon {
                     s.consecutive_failures = 0;
                     s.last_error = None;
                     s.next_due = due.at;
-                    s.next_reason = due.reason.to_string().into();
+                    s.next_reason = NextReason::Due(due.reason.clone());
                     if role_changed && leading {
                         // A standby's follow that ended after this instance took the lease over: the takeover's
                         // mark stays until this instance's own first visit.
@@ -615,8 +615,7 @@ impl Daemon {
                 slot.backoff_until = Some(tokio::time::Instant::now() + wait);
                 self.board.update(&name, |s| {
                     s.next_due = Some(slot.next_at);
-                    s.next_reason =
-                        format!("retry after a failed attempt ({} in a row)", failures).into();
+                    s.next_reason = NextReason::Retry(failures);
                 });
                 tracing::error!(token = %name, failures, retry_in_s = wait.as_secs(), error = %f.error, "rotation attempt failed");
             }

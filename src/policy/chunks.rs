@@ -13,8 +13,16 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-/// Below this size a policy is parsed whole (the peak is small anyway).
-pub(super) const MIN_SPLIT: usize = 256 << 10;
+/// Below this size a policy is parsed whole (the peak is small anyway: under 3 MB).
+pub(super) const MIN_SPLIT: usize = 64 << 10;
+
+/// The size of a slice (a token larger than this is a slice of its own). Small, so that each slice's lexer and
+/// event vectors stay under glibc's 128 KiB mmap threshold: they are then served from the heap and reused by the
+/// next slice. Slices of an eighth of the file (190 KiB at 10,000 tokens) made vectors of megabytes, each mapped and
+/// unmapped, and each unmap raised glibc's dynamic mmap threshold, so the next slices' vectors grew the heap
+/// instead, which the daemon kept for good. `check` of 10,000 tokens peaked at 26.7 MB RSS with them and 21.1 MB
+/// with 8 KiB slices, no slower (BENCHMARKS.md, History, row t).
+pub(super) const SLICE: usize = 8 << 10;
 
 /// Where to cut `source`: the end of the head (everything before the first token section) and the slices of token
 /// sections, each about `target` bytes and holding whole tokens. `None`: parse it whole.

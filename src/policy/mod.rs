@@ -234,9 +234,7 @@ pub fn parse(
     kinds: &Kinds,
 ) -> Result<Policy, Diagnostics> {
     if source.len() >= chunks::MIN_SPLIT {
-        // At least eight slices of at most 512 KiB.
-        let target = (source.len() / 8).clamp(chunks::MIN_SPLIT / 2, 2 * chunks::MIN_SPLIT);
-        if let Some(result) = chunks::split(source, target)
+        if let Some(result) = chunks::split(source, chunks::SLICE)
             .and_then(|split| parse_parts(display, path, source, env, kinds, Some(split)))
         {
             return result;

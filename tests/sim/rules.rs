@@ -634,7 +634,7 @@ fn a_manual_token_is_minted_and_rotated_only_when_asked() {
                 s.next_due
             );
             assert!(
-                s.next_reason.starts_with("manual: "),
+                s.next_reason.to_string().starts_with("manual: "),
                 "{name}: {}",
                 s.next_reason
             );
@@ -658,7 +658,7 @@ fn a_manual_token_is_minted_and_rotated_only_when_asked() {
             "an expired token is ready"
         );
         assert!(
-            org.next_reason.contains("expired at"),
+            org.next_reason.to_string().contains("expired at"),
             "{}",
             org.next_reason
         );
