@@ -89,7 +89,8 @@ where
     let (cpu0, wall0) = (cpu_ns(), Instant::now());
     for i in 0..count {
         if let Some(every) = pace {
-            next += every;
+            // Never behind: a late exchange does not make the next ones back to back.
+            next = (next + every).max(tokio::time::Instant::now());
             tokio::time::sleep_until(next).await;
         }
         one(i).await.map_err(|e| format!("{what} #{i}: {e}"))?;
