@@ -191,6 +191,31 @@ proptest! {
     fn arbitrary_text_never_panics(src in "\\PC{0,400}") {
         check_located(&src);
     }
+
+    /// Read in slices (`chunks`, here of any size down to one token each), a mutated policy reads exactly as when
+    /// parsed whole: the same tokens, or the same located errors. Only a policy of 64 KiB or more is sliced in
+    /// use; the slicing does not depend on the size.
+    #[test]
+    fn a_policy_read_in_slices_reads_as_the_whole(
+        muts in proptest::collection::vec(mutation(), 0..4),
+        target in 1usize..400,
+    ) {
+        let mut src = VALID.to_string();
+        for m in &muts {
+            src = apply(m, &src);
+        }
+        let read = |split| {
+            super::parse_parts("p.toml", Path::new("p.toml"), &src, &Env::default(), &crate::kinds(), split)
+                .map(|r| r.map(|p| format!("{:?}", p.tokens)).map_err(|mut d| d.render()))
+        };
+        let whole = read(None).expect("a whole parse always gives a result");
+        if let Some(split) = super::chunks::split(&src, target) {
+            // `None`: a slice did not parse on its own, and the whole file is parsed instead (as `parse` does).
+            if let Some(sliced) = read(Some(split)) {
+                prop_assert_eq!(sliced, whole);
+            }
+        }
+    }
 }
 
 #[test]
