@@ -89,7 +89,7 @@ fn cpu_ns() -> Result<u64, String> {
     Ok(total)
 }
 
-/// Runs `one` `count` times, back to back or paced, and prints its CPU per call.
+/// Runs `one` `count` times, chained (`pace` none) or paced, and prints its CPU and wall time per call.
 async fn measure<F, Fut>(
     what: &str,
     count: u32,
